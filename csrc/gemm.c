@@ -1,0 +1,64 @@
+/* gemm.c -- GEMM dispatch: picks the block routine of the active ISA and spreads the
+ * GEMM_MB x GEMM_NB blocks of C over the thread pool. */
+#include "internal.h"
+
+typedef struct {
+    vaec_gemm_args g;
+    vaec_gemm_block_fn block;
+    int64_t nbj;
+    vaec_pool *pool;
+    float *scratch;  /* used when pool == NULL */
+} gemm_job;
+
+static void gemm_task(void *ctx, int64_t t, int tid) {
+    gemm_job *job = ctx;
+    float *scratch = job->pool ? vaec_pool_scratch(job->pool, tid) : job->scratch;
+    job->block(&job->g, t / job->nbj, t % job->nbj, scratch);
+}
+
+typedef struct { const vaec_gemm_args *g; } naive_job;
+static void naive_task(void *ctx, int64_t row, int tid) {
+    (void)tid;
+    const vaec_gemm_args *g = ((naive_job *)ctx)->g;
+    const float *A = g->transA ? g->A + row : g->A + row * g->lda;
+    vaec_sgemm_naive(g->transA, g->transB, 1, g->N, g->K, A, g->lda, g->B, g->ldb, g->beta,
+                     g->C + row * g->ldc, g->ldc);
+}
+
+static vaec_gemm_block_fn block_for(vaec_isa isa) {
+    switch (isa) {
+#if defined(VAEC_X86)
+    case VAEC_ISA_AVX512: return vaec_gemm_block_avx512;
+    case VAEC_ISA_AVX2: return vaec_gemm_block_avx2;
+#endif
+#if defined(VAEC_ARM64)
+    case VAEC_ISA_NEON: return vaec_gemm_block_neon;
+#endif
+    case VAEC_ISA_NAIVE: return NULL;
+    default: return vaec_gemm_block_scalar;
+    }
+}
+
+void vaec_sgemm(vaec_pool *pool, int transA, int transB, int64_t M, int64_t N, int64_t K,
+                const float *A, int64_t lda, const float *B, int64_t ldb,
+                float beta, float *C, int64_t ldc) {
+    if (M <= 0 || N <= 0) return;
+    vaec_gemm_args g = {transA, transB, M, N, K, A, lda, B, ldb, beta, C, ldc};
+    vaec_gemm_block_fn block = block_for(vaec_cpu_active_isa());
+    if (!block) {
+        naive_job nj = {&g};
+        vaec_pool_run(pool, naive_task, &nj, M);
+        return;
+    }
+    gemm_job job = {g, block, (N + GEMM_NB - 1) / GEMM_NB, pool, NULL};
+    int64_t nbi = (M + GEMM_MB - 1) / GEMM_MB;
+    if (!pool) {
+        job.scratch = vaec_alloc(GEMM_SCRATCH_FLOATS, sizeof(float));
+        if (!job.scratch) {  /* cannot pack: fall back to the reference loop */
+            vaec_sgemm_naive(transA, transB, M, N, K, A, lda, B, ldb, beta, C, ldc);
+            return;
+        }
+    }
+    vaec_pool_run(pool, gemm_task, &job, nbi * job.nbj);
+    if (!pool) vaec_free(job.scratch);
+}

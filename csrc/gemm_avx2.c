@@ -1,0 +1,10 @@
+/* gemm_avx2.c -- the GEMM block routine for AVX2+FMA: 6x16 register tile. */
+#include "internal.h"
+#if defined(VAEC_X86)
+#define VAEC_SIMD_AVX2
+#include "simd.h"
+#define VK_MR 6
+#define VK_NREG 2
+#include "gemm_kernel.inc"
+VAEC_SIMD_END
+#endif

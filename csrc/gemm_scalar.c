@@ -1,0 +1,7 @@
+/* gemm_scalar.c -- the portable GEMM block routine (any CPU): 4x4 register tile. */
+#include "internal.h"
+#define VAEC_SIMD_SCALAR
+#include "simd.h"
+#define VK_MR 4
+#define VK_NREG 4
+#include "gemm_kernel.inc"

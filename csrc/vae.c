@@ -1,0 +1,673 @@
+/* vae.c -- the variational autoencoder: Gaussian encoder, Bernoulli or Gaussian decoder,
+ * the ELBO with the reparameterization trick, its full backward pass, and Adam.
+ *
+ *   encoder  h_0 = x, h_i = act(W_i h_{i-1} + b_i), [mu | logvar] = W_h h + b_h
+ *   z        = mu + exp(logvar / 2) * eps,  eps ~ N(0, I)
+ *   decoder  g_0 = z, g_i = act(...), out = W_o g + b_o   (logits, or [mean | logvar])
+ *   ELBO     = (1/L) sum_l log p(x | z_l) - KL(N(mu, exp(logvar)) || N(0, I))
+ *
+ * The mu and logvar heads are one (2*latent, H) matrix in the arena (mu rows first), so
+ * they cost one GEMM; the Gaussian decoder's mean and logvar heads likewise.
+ * Batches are processed in chunks of at most VAE_CHUNK rows; gradients of every chunk
+ * are added, so memory is bounded and the results depend only on the inputs.
+ * Tasks are split by rows or output tiles, never by reduction order, so the results
+ * are bitwise identical for every thread count. */
+#include "internal.h"
+#include "vae_impl.h"
+#include <math.h>
+#include <string.h>
+
+#define LOG_2PI 1.8378770664093453
+#define ROW_GRAIN 8
+#define ADAM_GRAIN 16384
+
+enum { STREAM_EPS = 0, STREAM_BINARIZE = 1, STREAM_INIT = 2 };
+static uint64_t stream_id(uint64_t counter, int purpose) { return counter * 4 + (uint64_t)purpose; }
+
+/* ------------------------------------------------------------ parallel rows */
+typedef struct {
+    vaec_act act; float *y; const float *x; float *d; int64_t cols;
+} act_job;
+static void act_fwd_task(void *ctx, int64_t t, int tid) {
+    (void)tid;
+    act_job *j = ctx;
+    int64_t off = t * ROW_GRAIN * j->cols;
+    vaec_act_forward(j->act, j->y + off, j->x + off, ROW_GRAIN * j->cols);
+}
+static void act_bwd_task(void *ctx, int64_t t, int tid) {
+    (void)tid;
+    act_job *j = ctx;
+    int64_t off = t * ROW_GRAIN * j->cols;
+    vaec_act_backward(j->act, j->d + off, j->y + off, ROW_GRAIN * j->cols);
+}
+/* Rows are padded in the workspace to a multiple of ROW_GRAIN, so tasks never split
+ * a row range unevenly (the extra rows are scratch). */
+static void par_act_forward(vaec_pool *pool, vaec_act act, float *y, int64_t rows, int64_t cols) {
+    act_job j = {act, y, y, NULL, cols};
+    vaec_pool_run(pool, act_fwd_task, &j, vaec_ntasks(rows, ROW_GRAIN));
+}
+static void par_act_backward(vaec_pool *pool, vaec_act act, float *d, const float *y,
+                             int64_t rows, int64_t cols) {
+    act_job j = {act, (float *)y, NULL, d, cols};
+    vaec_pool_run(pool, act_bwd_task, &j, vaec_ntasks(rows, ROW_GRAIN));
+}
+
+/* ------------------------------------------------------------------ arena */
+static int64_t align16(int64_t n) { return (n + 15) & ~(int64_t)15; }
+
+static void add_tensor(vaec_vae *m, const char *name, int64_t offset, int ndim, int64_t d0, int64_t d1) {
+    vaec_tensor_info *t = &m->tensors[m->ntensors++];
+    snprintf(t->name, sizeof t->name, "%s", name);
+    t->offset = offset;
+    t->ndim = ndim;
+    t->shape[0] = d0;
+    t->shape[1] = ndim == 2 ? d1 : 0;
+}
+
+/* A dense layer with `heads` output heads of `out` rows each, stacked in the arena:
+ * the weights of all heads, then the biases of all heads. */
+static vaec_layer plan_layer(vaec_vae *m, int64_t *cursor, const char *const *names, int heads,
+                             int64_t in, int64_t out, vaec_act act) {
+    vaec_layer L = {0};
+    L.in = in;
+    L.out = out * heads;
+    L.act = act;
+    L.W = *cursor;
+    L.b = L.W + L.out * in;
+    *cursor = align16(L.b + L.out);
+    char buf[VAEC_NAME_LEN];
+    for (int h = 0; h < heads; h++) {
+        snprintf(buf, sizeof buf, "%s.weight", names[h]);
+        add_tensor(m, buf, L.W + h * out * in, 2, out, in);
+        snprintf(buf, sizeof buf, "%s.bias", names[h]);
+        add_tensor(m, buf, L.b + h * out, 1, out, 0);
+    }
+    return L;
+}
+
+static vaec_status check_config(const vaec_vae_config *c) {
+    if (c->input_dim < 1 || c->input_dim > (1 << 26))
+        return vaec_fail(VAEC_ERR_ARG, "input_dim must be between 1 and 2^26, got %lld", (long long)c->input_dim);
+    if (c->latent_dim < 1 || c->latent_dim > (1 << 20))
+        return vaec_fail(VAEC_ERR_ARG, "latent_dim must be between 1 and 2^20, got %lld", (long long)c->latent_dim);
+    if (c->n_hidden < 0 || c->n_hidden > VAEC_MAX_HIDDEN)
+        return vaec_fail(VAEC_ERR_ARG, "hidden must have at most %d layers, got %d", VAEC_MAX_HIDDEN, c->n_hidden);
+    for (int i = 0; i < c->n_hidden; i++)
+        if (c->hidden[i] < 1 || c->hidden[i] > (1 << 20))
+            return vaec_fail(VAEC_ERR_ARG, "hidden[%d] must be between 1 and 2^20, got %lld", i, (long long)c->hidden[i]);
+    if ((unsigned)c->activation >= VAEC_ACT_COUNT || c->activation == VAEC_ACT_IDENTITY)
+        return vaec_fail(VAEC_ERR_ARG, "activation: unknown code %d", (int)c->activation);
+    if (c->likelihood != VAEC_LIK_BERNOULLI && c->likelihood != VAEC_LIK_GAUSSIAN)
+        return vaec_fail(VAEC_ERR_ARG, "likelihood: unknown code %d", (int)c->likelihood);
+    if (c->threads > 256)
+        return vaec_fail(VAEC_ERR_ARG, "threads must be at most 256, got %d", c->threads);
+    return VAEC_OK;
+}
+
+vaec_status vaec_vae_create(vaec_vae **out, const vaec_vae_config *cfg) {
+    *out = NULL;
+    vaec_status st = check_config(cfg);
+    if (st) return st;
+    vaec_vae *m = vaec_alloc(1, sizeof *m);
+    if (!m) return vaec_fail(VAEC_ERR_NOMEM, "out of memory");
+    m->cfg = *cfg;
+    const int64_t D = cfg->input_dim, Z = cfg->latent_dim;
+    const int nh = cfg->n_hidden;
+    int64_t cur = 0;
+    char name[VAEC_NAME_LEN];
+    const char *nm[2];
+    int64_t prev = D;
+    for (int i = 0; i < nh; i++) {
+        snprintf(name, sizeof name, "encoder.%d", i);
+        nm[0] = name;
+        m->enc[i] = plan_layer(m, &cur, nm, 1, prev, cfg->hidden[i], cfg->activation);
+        prev = cfg->hidden[i];
+    }
+    const char *enc_heads[2] = {"encoder.mu", "encoder.logvar"};
+    m->enc_heads = plan_layer(m, &cur, enc_heads, 2, prev, Z, VAEC_ACT_IDENTITY);
+    prev = Z;
+    for (int i = 0; i < nh; i++) {
+        snprintf(name, sizeof name, "decoder.%d", i);
+        nm[0] = name;
+        int64_t w = cfg->hidden[nh - 1 - i];
+        m->dec[i] = plan_layer(m, &cur, nm, 1, prev, w, cfg->activation);
+        prev = w;
+    }
+    const char *dec_heads[2] = {"decoder.out", "decoder.logvar"};
+    m->dec_out = plan_layer(m, &cur, dec_heads, cfg->likelihood == VAEC_LIK_GAUSSIAN ? 2 : 1,
+                            prev, D, VAEC_ACT_IDENTITY);
+    m->nparams = cur;
+    m->params = vaec_alloc((size_t)cur, sizeof(float));
+    m->grads = vaec_alloc((size_t)cur, sizeof(float));
+    m->adam_m = vaec_alloc((size_t)cur, sizeof(float));
+    m->adam_v = vaec_alloc((size_t)cur, sizeof(float));
+    if (!m->params || !m->grads || !m->adam_m || !m->adam_v) {
+        vaec_vae_destroy(m);
+        return vaec_fail(VAEC_ERR_NOMEM, "out of memory allocating %lld parameters", (long long)cur);
+    }
+    st = vaec_pool_create(&m->pool, cfg->threads);
+    if (st) { vaec_vae_destroy(m); return st; }
+    m->adam = (vaec_adam_config){0.9f, 0.999f, 1e-8f};
+    m->rng_seed = cfg->seed;
+    m->rng_counter = 0;
+    /* torch.nn.Linear's default: weight and bias ~ U(-1/sqrt(in), 1/sqrt(in)) */
+    for (int t = 0; t < m->ntensors; t++) {
+        const vaec_tensor_info *ti = &m->tensors[t];
+        int64_t count = ti->ndim == 2 ? ti->shape[0] * ti->shape[1] : ti->shape[0];
+        const vaec_tensor_info *w = ti->ndim == 2 ? ti : &m->tensors[t - 1];
+        float bound = 1.0f / sqrtf((float)w->shape[1]);
+        float *p = m->params + ti->offset;
+        vaec_rng_uniform(p, count, cfg->seed, stream_id((uint64_t)t, STREAM_INIT), 0);
+        for (int64_t i = 0; i < count; i++) p[i] = (2.0f * p[i] - 1.0f) * bound;
+    }
+    *out = m;
+    return VAEC_OK;
+}
+
+void vaec_vae_destroy(vaec_vae *m) {
+    if (!m) return;
+    vaec_pool_destroy(m->pool);
+    vaec_free(m->params);
+    vaec_free(m->grads);
+    vaec_free(m->adam_m);
+    vaec_free(m->adam_v);
+    vaec_free(m->ws);
+    vaec_free(m);
+}
+
+const vaec_vae_config *vaec_vae_config_get(const vaec_vae *m) { return &m->cfg; }
+int vaec_vae_threads(const vaec_vae *m) { return vaec_pool_size(m->pool); }
+int64_t vaec_vae_num_params(const vaec_vae *m) { return m->nparams; }
+float *vaec_vae_params(vaec_vae *m) { return m->params; }
+float *vaec_vae_grads(vaec_vae *m) { return m->grads; }
+float *vaec_vae_adam_m(vaec_vae *m) { return m->adam_m; }
+float *vaec_vae_adam_v(vaec_vae *m) { return m->adam_v; }
+int vaec_vae_num_tensors(const vaec_vae *m) { return m->ntensors; }
+const vaec_tensor_info *vaec_vae_tensor(const vaec_vae *m, int i) {
+    return i >= 0 && i < m->ntensors ? &m->tensors[i] : NULL;
+}
+int64_t vaec_vae_step_count(const vaec_vae *m) { return m->step; }
+void vaec_vae_step_set(vaec_vae *m, int64_t step) { m->step = step < 0 ? 0 : step; }
+vaec_adam_config vaec_vae_adam_get(const vaec_vae *m) { return m->adam; }
+vaec_status vaec_vae_adam_set(vaec_vae *m, vaec_adam_config c) {
+    if (!(c.beta1 >= 0.0f && c.beta1 < 1.0f)) return vaec_fail(VAEC_ERR_ARG, "beta1 must be in [0, 1), got %g", c.beta1);
+    if (!(c.beta2 >= 0.0f && c.beta2 < 1.0f)) return vaec_fail(VAEC_ERR_ARG, "beta2 must be in [0, 1), got %g", c.beta2);
+    if (!(c.eps > 0.0f) || !isfinite(c.eps)) return vaec_fail(VAEC_ERR_ARG, "eps must be a positive number, got %g", c.eps);
+    m->adam = c;
+    return VAEC_OK;
+}
+void vaec_vae_adam_reset(vaec_vae *m) {
+    memset(m->adam_m, 0, (size_t)m->nparams * sizeof(float));
+    memset(m->adam_v, 0, (size_t)m->nparams * sizeof(float));
+    m->step = 0;
+}
+uint64_t vaec_vae_rng_counter(const vaec_vae *m) { return m->rng_counter; }
+uint64_t vaec_vae_rng_seed(const vaec_vae *m) { return m->rng_seed; }
+void vaec_vae_rng_set(vaec_vae *m, uint64_t seed, uint64_t counter) {
+    m->rng_seed = seed;
+    m->rng_counter = counter;
+}
+
+/* -------------------------------------------------------------- workspace */
+/* Every buffer holds `rows` rows, rows rounded up to ROW_GRAIN. */
+static vaec_status ensure_workspace(vaec_vae *m, int64_t rows) {
+    rows = (rows + ROW_GRAIN - 1) / ROW_GRAIN * ROW_GRAIN;
+    if (rows <= m->ws_rows) return VAEC_OK;
+    const vaec_vae_config *c = &m->cfg;
+    const int nh = c->n_hidden;
+    int64_t D = c->input_dim, Z = c->latent_dim, Dout = m->dec_out.out;
+    int64_t per_row = 0, hsum = 0;
+    for (int i = 0; i < nh; i++) hsum += align16(c->hidden[i]);
+    /* x, enc acts, heads, eps, z, dec acts, out, then the gradient twins */
+    per_row = align16(D) + 2 * hsum + 2 * align16(2 * Z) + 3 * align16(Z) + 2 * align16(Dout) + 2 * hsum;
+    per_row += 2 * 2; /* two float64 per row: rec, kl (as 4 floats) */
+    float *ws = vaec_alloc((size_t)rows, (size_t)per_row * sizeof(float));
+    if (!ws) return vaec_fail(VAEC_ERR_NOMEM, "out of memory for a workspace of %lld rows", (long long)rows);
+    vaec_free(m->ws);
+    m->ws = ws;
+    m->ws_rows = rows;
+    float *p = ws;
+#define TAKE(ptr, cols) do { (ptr) = p; p += rows * align16(cols); } while (0)
+    TAKE(m->w_x, D);
+    for (int i = 0; i < nh; i++) TAKE(m->w_enc[i], c->hidden[i]);
+    TAKE(m->w_heads, 2 * Z);
+    TAKE(m->w_eps, Z);
+    TAKE(m->w_z, Z);
+    for (int i = 0; i < nh; i++) TAKE(m->w_dec[i], m->dec[i].out);
+    TAKE(m->w_out, Dout);
+    TAKE(m->d_out, Dout);
+    for (int i = 0; i < nh; i++) TAKE(m->d_dec[i], m->dec[i].out);
+    TAKE(m->d_z, Z);
+    TAKE(m->d_heads, 2 * Z);
+    for (int i = 0; i < nh; i++) TAKE(m->d_enc[i], c->hidden[i]);
+#undef TAKE
+    m->w_rec = (double *)p;
+    m->w_kl = m->w_rec + rows;
+    return VAEC_OK;
+}
+
+/* ----------------------------------------------------------------- pieces */
+typedef struct {
+    vaec_vae *m;
+    const vaec_input *x;
+    int64_t r0, R;
+    uint64_t seed, stream;
+} input_job;
+
+static void input_task(void *ctx, int64_t t, int tid) {
+    (void)tid;
+    input_job *j = ctx;
+    int64_t D = j->x->dim;
+    int64_t a = t * ROW_GRAIN, b = a + ROW_GRAIN < j->R ? a + ROW_GRAIN : j->R;
+    for (int64_t r = a; r < b; r++) {
+        float *dst = j->m->w_x + r * align16(D);
+        int64_t row = j->r0 + r;
+        if (j->x->dtype == VAEC_U8) {
+            const uint8_t *s = (const uint8_t *)j->x->data + row * D;
+            for (int64_t d = 0; d < D; d++) dst[d] = (float)s[d] * (1.0f / 255.0f);
+        } else {
+            const float *s = (const float *)j->x->data + row * D;
+            memcpy(dst, s, (size_t)D * sizeof(float));
+        }
+        if (j->x->binarize) {
+            /* Bernoulli(p) per pixel: uniform u in [0,1) < p; uniforms indexed by pixel */
+            float u[256];
+            for (int64_t d0 = 0; d0 < D; d0 += 256) {
+                int64_t cnt = D - d0 < 256 ? D - d0 : 256;
+                vaec_rng_uniform(u, cnt, j->seed, j->stream, (uint64_t)(row * D + d0));
+                for (int64_t d = 0; d < cnt; d++) dst[d0 + d] = u[d] < dst[d0 + d] ? 1.0f : 0.0f;
+            }
+        }
+    }
+}
+
+/* x rows [r0, r0+R) as float rows with stride *ld: in place when possible. */
+static const float *prepare_input(vaec_vae *m, const vaec_input *x, int64_t r0, int64_t R,
+                                  uint64_t seed, uint64_t counter, int64_t *ld) {
+    if (x->dtype == VAEC_F32 && !x->binarize) {
+        *ld = x->dim;
+        return (const float *)x->data + r0 * x->dim;
+    }
+    input_job j = {m, x, r0, R, seed, stream_id(counter, STREAM_BINARIZE)};
+    vaec_pool_run(m->pool, input_task, &j, vaec_ntasks(R, ROW_GRAIN));
+    *ld = align16(x->dim);
+    return m->w_x;
+}
+
+/* Dense layer on strided rows: out rows have stride ldo, input rows stride ldi. */
+static void layer_forward(vaec_vae *m, const vaec_layer *L, float *out, int64_t ldo,
+                          const float *in, int64_t ldi, int64_t R) {
+    const float *W = m->params + L->W, *b = m->params + L->b;
+    for (int64_t r = 0; r < R; r++) memcpy(out + r * ldo, b, (size_t)L->out * sizeof(float));
+    vaec_sgemm(m->pool, 0, 1, R, L->out, L->in, in, ldi, W, L->in, 1.0f, out, ldo);
+}
+
+typedef struct { float *db; const float *dout; int64_t ldd, R, OUT; } colsum_job;
+static void colsum_task(void *ctx, int64_t t, int tid) {
+    (void)tid;
+    colsum_job *j = ctx;
+    enum { G = 256 };
+    int64_t o0 = t * G, o1 = o0 + G < j->OUT ? o0 + G : j->OUT;
+    double acc[G] = {0};
+    for (int64_t r = 0; r < j->R; r++) {
+        const float *row = j->dout + r * j->ldd;
+        for (int64_t o = o0; o < o1; o++) acc[o - o0] += row[o];
+    }
+    for (int64_t o = o0; o < o1; o++) j->db[o] += (float)acc[o - o0];
+}
+
+/* Adds dW += dout^T in, db += colsum(dout); din = dout W when din != NULL. */
+static void layer_backward(vaec_vae *m, const vaec_layer *L, float *din, int64_t ldin,
+                           const float *dout, int64_t ldd, const float *in, int64_t ldi, int64_t R) {
+    const float *W = m->params + L->W;
+    vaec_sgemm(m->pool, 1, 0, L->out, L->in, R, dout, ldd, in, ldi, 1.0f, m->grads + L->W, L->in);
+    colsum_job cj = {m->grads + L->b, dout, ldd, R, L->out};
+    vaec_pool_run(m->pool, colsum_task, &cj, vaec_ntasks(L->out, 256));
+    if (din) vaec_sgemm(m->pool, 0, 0, R, L->in, L->out, dout, ldd, W, L->in, 0.0f, din, ldin);
+}
+
+/* KL per row and, with gradients, d_heads = scale * dKL/d(mu, logvar). */
+typedef struct { vaec_vae *m; int64_t R; float scale; int grad; } kl_job;
+static void kl_task(void *ctx, int64_t t, int tid) {
+    (void)tid;
+    kl_job *j = ctx;
+    vaec_vae *m = j->m;
+    int64_t Z = m->cfg.latent_dim, ld = align16(2 * Z);
+    int64_t a = t * ROW_GRAIN, b = a + ROW_GRAIN < j->R ? a + ROW_GRAIN : j->R;
+    for (int64_t r = a; r < b; r++) {
+        const float *mu = m->w_heads + r * ld, *lv = mu + Z;
+        double kl = 0.0;
+        for (int64_t k = 0; k < Z; k++) {
+            double e = exp((double)lv[k]);
+            kl += (double)mu[k] * mu[k] + e - 1.0 - lv[k];
+        }
+        m->w_kl[r] = 0.5 * kl;
+        m->w_rec[r] = 0.0;
+        if (j->grad) {
+            float *dmu = m->d_heads + r * ld, *dlv = dmu + Z;
+            for (int64_t k = 0; k < Z; k++) {
+                dmu[k] = j->scale * mu[k];
+                dlv[k] = j->scale * 0.5f * expm1f(lv[k]);
+            }
+        }
+    }
+}
+
+/* z = mu + exp(logvar/2) * eps */
+typedef struct { vaec_vae *m; int64_t R; } reparam_job;
+static void reparam_task(void *ctx, int64_t t, int tid) {
+    (void)tid;
+    reparam_job *j = ctx;
+    vaec_vae *m = j->m;
+    int64_t Z = m->cfg.latent_dim, ld = align16(2 * Z), lz = align16(Z);
+    int64_t a = t * ROW_GRAIN, b = a + ROW_GRAIN < j->R ? a + ROW_GRAIN : j->R;
+    for (int64_t r = a; r < b; r++) {
+        const float *mu = m->w_heads + r * ld, *lv = mu + Z, *eps = m->w_eps + r * lz;
+        float *z = m->w_z + r * lz;
+        for (int64_t k = 0; k < Z; k++) z[k] = mu[k] + expf(0.5f * lv[k]) * eps[k];
+    }
+}
+
+/* dz -> d(mu, logvar): dmu += dz, dlogvar += dz * eps * exp(logvar/2) / 2 */
+static void reparam_back_task(void *ctx, int64_t t, int tid) {
+    (void)tid;
+    reparam_job *j = ctx;
+    vaec_vae *m = j->m;
+    int64_t Z = m->cfg.latent_dim, ld = align16(2 * Z), lz = align16(Z);
+    int64_t a = t * ROW_GRAIN, b = a + ROW_GRAIN < j->R ? a + ROW_GRAIN : j->R;
+    for (int64_t r = a; r < b; r++) {
+        const float *lv = m->w_heads + r * ld + Z, *eps = m->w_eps + r * lz, *dz = m->d_z + r * lz;
+        float *dmu = m->d_heads + r * ld, *dlv = dmu + Z;
+        for (int64_t k = 0; k < Z; k++) {
+            dmu[k] += dz[k];
+            dlv[k] += dz[k] * eps[k] * 0.5f * expf(0.5f * lv[k]);
+        }
+    }
+}
+
+/* log p(x|z) per row into w_rec (added), and d_out = scale * d(-log p)/d(out). */
+typedef struct { vaec_vae *m; const float *x; int64_t ldx, R; float scale; int grad; } lik_job;
+static void lik_task(void *ctx, int64_t t, int tid) {
+    (void)tid;
+    lik_job *j = ctx;
+    vaec_vae *m = j->m;
+    int64_t D = m->cfg.input_dim, ld = align16(m->dec_out.out);
+    int64_t a = t * ROW_GRAIN, b = a + ROW_GRAIN < j->R ? a + ROW_GRAIN : j->R;
+    for (int64_t r = a; r < b; r++) {
+        const float *x = j->x + r * j->ldx, *o = m->w_out + r * ld;
+        float *d = m->d_out + r * ld;
+        double lp = 0.0;
+        if (m->cfg.likelihood == VAEC_LIK_BERNOULLI) {
+            /* log p = x l - softplus(l); d(-log p)/dl = sigmoid(l) - x */
+            for (int64_t k = 0; k < D; k++) {
+                float l = o[k], e = expf(-fabsf(l));
+                float sp = fmaxf(l, 0.0f) + log1pf(e);
+                lp += (double)x[k] * l - sp;
+                if (j->grad) {
+                    float s = l >= 0 ? 1.0f / (1.0f + e) : e / (1.0f + e);
+                    d[k] = j->scale * (s - x[k]);
+                }
+            }
+        } else {
+            /* log p = -0.5 (log 2 pi + lv + (x - mean)^2 exp(-lv)) */
+            const float *lv = o + D;
+            for (int64_t k = 0; k < D; k++) {
+                float diff = x[k] - o[k], iv = expf(-lv[k]);
+                float q = diff * diff * iv;
+                lp += -0.5 * (LOG_2PI + lv[k] + q);
+                if (j->grad) {
+                    d[k] = -j->scale * diff * iv;
+                    d[D + k] = j->scale * 0.5f * (1.0f - q);
+                }
+            }
+        }
+        m->w_rec[r] += lp;
+    }
+}
+
+/* The noise of a call: explicit eps, or the RNG key and counter to draw from. */
+typedef struct { const float *eps; int L; uint64_t seed, counter; } noise_plan;
+
+static vaec_status plan_noise(vaec_vae *m, const vaec_noise *noise, noise_plan *np) {
+    int L = noise ? noise->samples : 1;
+    if (L < 1) return vaec_fail(VAEC_ERR_ARG, "samples must be at least 1, got %d", L);
+    np->L = L;
+    np->eps = noise ? noise->eps : NULL;
+    if (noise && noise->use_seed) {
+        np->seed = noise->seed;
+        np->counter = 0;
+    } else {
+        np->seed = m->rng_seed;
+        np->counter = m->rng_counter++;
+    }
+    return VAEC_OK;
+}
+
+/* One chunk of rows [r0, r0+R) of an n-row batch: forward, ELBO per row into elbo_out
+ * (when given), the sum of -ELBO into *neg_sum, and with grad, gradients of
+ * (1/n) sum of -ELBO added into m->grads. */
+static void run_chunk(vaec_vae *m, const vaec_input *x, int64_t r0, int64_t R, const noise_plan *np,
+                      int grad, double *elbo_out, double *neg_sum) {
+    const vaec_vae_config *c = &m->cfg;
+    const int nh = c->n_hidden;
+    const int64_t n = x->n, Z = c->latent_dim, lz = align16(Z), lh = align16(2 * Z);
+    const int64_t lo = align16(m->dec_out.out);
+    vaec_pool *pool = m->pool;
+    int64_t ldx;
+    const float *xin = prepare_input(m, x, r0, R, np->seed, np->counter, &ldx);
+
+    /* encoder */
+    const float *h = xin;
+    int64_t ldh = ldx;
+    for (int i = 0; i < nh; i++) {
+        layer_forward(m, &m->enc[i], m->w_enc[i], align16(m->enc[i].out), h, ldh, R);
+        par_act_forward(pool, c->activation, m->w_enc[i], R, align16(m->enc[i].out));
+        h = m->w_enc[i];
+        ldh = align16(m->enc[i].out);
+    }
+    layer_forward(m, &m->enc_heads, m->w_heads, lh, h, ldh, R);
+    kl_job kj = {m, R, (float)(1.0 / (double)n), grad};
+    vaec_pool_run(pool, kl_task, &kj, vaec_ntasks(R, ROW_GRAIN));
+
+    const float scale = (float)(1.0 / ((double)n * np->L));
+    for (int l = 0; l < np->L; l++) {
+        /* eps rows: index (l * n + row) * Z of the call's noise */
+        if (np->eps) {
+            for (int64_t r = 0; r < R; r++)
+                memcpy(m->w_eps + r * lz, np->eps + ((int64_t)l * n + r0 + r) * Z, (size_t)Z * sizeof(float));
+        } else {
+            for (int64_t r = 0; r < R; r++)
+                vaec_rng_normal(m->w_eps + r * lz, Z, np->seed, stream_id(np->counter, STREAM_EPS),
+                                (uint64_t)(((int64_t)l * n + r0 + r) * Z));
+        }
+        reparam_job rj = {m, R};
+        vaec_pool_run(pool, reparam_task, &rj, vaec_ntasks(R, ROW_GRAIN));
+        /* decoder */
+        const float *g = m->w_z;
+        int64_t ldg = lz;
+        for (int i = 0; i < nh; i++) {
+            layer_forward(m, &m->dec[i], m->w_dec[i], align16(m->dec[i].out), g, ldg, R);
+            par_act_forward(pool, c->activation, m->w_dec[i], R, align16(m->dec[i].out));
+            g = m->w_dec[i];
+            ldg = align16(m->dec[i].out);
+        }
+        layer_forward(m, &m->dec_out, m->w_out, lo, g, ldg, R);
+        lik_job lj = {m, xin, ldx, R, scale, grad};
+        vaec_pool_run(pool, lik_task, &lj, vaec_ntasks(R, ROW_GRAIN));
+        if (!grad) continue;
+        /* decoder backward, down to dz */
+        float *dprev = nh ? m->d_dec[nh - 1] : m->d_z;
+        int64_t lprev = nh ? align16(m->dec[nh - 1].out) : lz;
+        layer_backward(m, &m->dec_out, dprev, lprev, m->d_out, lo, g, ldg, R);
+        for (int i = nh - 1; i >= 0; i--) {
+            int64_t ldi = align16(m->dec[i].out);
+            par_act_backward(pool, c->activation, m->d_dec[i], m->w_dec[i], R, ldi);
+            const float *gin = i ? m->w_dec[i - 1] : m->w_z;
+            int64_t ldin = i ? align16(m->dec[i - 1].out) : lz;
+            float *din = i ? m->d_dec[i - 1] : m->d_z;
+            layer_backward(m, &m->dec[i], din, ldin, m->d_dec[i], ldi, gin, ldin, R);
+        }
+        vaec_pool_run(pool, reparam_back_task, &rj, vaec_ntasks(R, ROW_GRAIN));
+    }
+    /* per-row ELBO, summed in row order in float64 */
+    double s = 0.0;
+    for (int64_t r = 0; r < R; r++) {
+        double e = m->w_rec[r] / np->L - m->w_kl[r];
+        if (elbo_out) elbo_out[r0 + r] = e;
+        s -= e;
+    }
+    *neg_sum += s;
+    if (!grad) return;
+    /* encoder backward */
+    float *dh = nh ? m->d_enc[nh - 1] : NULL;
+    layer_backward(m, &m->enc_heads, dh, nh ? align16(m->enc[nh - 1].out) : 0, m->d_heads, lh, h, ldh, R);
+    for (int i = nh - 1; i >= 0; i--) {
+        int64_t ldi = align16(m->enc[i].out);
+        par_act_backward(pool, c->activation, m->d_enc[i], m->w_enc[i], R, ldi);
+        const float *in = i ? m->w_enc[i - 1] : xin;
+        int64_t ldin = i ? align16(m->enc[i - 1].out) : ldx;
+        float *din = i ? m->d_enc[i - 1] : NULL;
+        layer_backward(m, &m->enc[i], din, i ? ldin : 0, m->d_enc[i], ldi, in, ldin, R);
+    }
+}
+
+static vaec_status check_input(const vaec_vae *m, const vaec_input *x) {
+    if (!x || (!x->data && x->n > 0)) return vaec_fail(VAEC_ERR_ARG, "x: no data");
+    if (x->n < 0) return vaec_fail(VAEC_ERR_ARG, "x: negative number of rows");
+    if (x->dim != m->cfg.input_dim)
+        return vaec_fail(VAEC_ERR_ARG, "x: expected %lld columns (input_dim), got %lld",
+                         (long long)m->cfg.input_dim, (long long)x->dim);
+    if (x->dtype != VAEC_F32 && x->dtype != VAEC_U8) return vaec_fail(VAEC_ERR_ARG, "x: unknown dtype");
+    return VAEC_OK;
+}
+
+static vaec_status forward_all(vaec_vae *m, const vaec_input *x, const vaec_noise *noise, int grad,
+                               double *elbo_out, double *loss) {
+    vaec_status st = check_input(m, x);
+    if (st) return st;
+    noise_plan np = {0};
+    if ((st = plan_noise(m, noise, &np))) return st;
+    int64_t chunk = x->n < VAE_CHUNK ? x->n : VAE_CHUNK;
+    if (chunk > 0 && (st = ensure_workspace(m, chunk))) return st;
+    if (grad) memset(m->grads, 0, (size_t)m->nparams * sizeof(float));
+    double neg = 0.0;
+    for (int64_t r0 = 0; r0 < x->n; r0 += VAE_CHUNK) {
+        int64_t R = x->n - r0 < VAE_CHUNK ? x->n - r0 : VAE_CHUNK;
+        run_chunk(m, x, r0, R, &np, grad, elbo_out, &neg);
+    }
+    if (loss) *loss = x->n > 0 ? neg / (double)x->n : 0.0;
+    return VAEC_OK;
+}
+
+vaec_status vaec_vae_loss_grad(vaec_vae *m, const vaec_input *x, const vaec_noise *noise, double *loss) {
+    if (x && x->n == 0) return vaec_fail(VAEC_ERR_ARG, "x: empty batch; the loss needs at least one example");
+    vaec_status st = forward_all(m, x, noise, 1, NULL, loss);
+    if (st) return st;
+    if (!isfinite(*loss))
+        return vaec_fail(VAEC_ERR_NONFINITE, "the loss is %s (non-finite)", isnan(*loss) ? "NaN" : "Inf");
+    return VAEC_OK;
+}
+
+vaec_status vaec_vae_elbo(vaec_vae *m, const vaec_input *x, const vaec_noise *noise, double *out) {
+    return forward_all(m, x, noise, 0, out, NULL);
+}
+
+typedef struct { vaec_vae *m; float lr, bc1, sqrt_bc2; } adam_job;
+static void adam_task(void *ctx, int64_t t, int tid) {
+    (void)tid;
+    adam_job *j = ctx;
+    vaec_vae *m = j->m;
+    const float b1 = m->adam.beta1, b2 = m->adam.beta2, eps = m->adam.eps;
+    const float step = j->lr / j->bc1;
+    int64_t a = t * ADAM_GRAIN, b = a + ADAM_GRAIN < m->nparams ? a + ADAM_GRAIN : m->nparams;
+    float *p = m->params, *g = m->grads, *mm = m->adam_m, *v = m->adam_v;
+    for (int64_t i = a; i < b; i++) {
+        mm[i] = b1 * mm[i] + (1.0f - b1) * g[i];
+        v[i] = b2 * v[i] + (1.0f - b2) * g[i] * g[i];
+        p[i] -= step * mm[i] / (sqrtf(v[i]) / j->sqrt_bc2 + eps);
+    }
+}
+
+vaec_status vaec_vae_adam_step(vaec_vae *m, float lr) {
+    if (!(lr >= 0.0f) || !isfinite(lr)) return vaec_fail(VAEC_ERR_ARG, "lr must be a finite number >= 0, got %g", lr);
+    for (int64_t i = 0; i < m->nparams; i++)
+        if (!isfinite(m->grads[i]))
+            return vaec_fail(VAEC_ERR_NONFINITE, "a gradient is non-finite; the step was not taken");
+    m->step++;
+    adam_job j = {m, lr, (float)(1.0 - pow(m->adam.beta1, (double)m->step)),
+                  (float)sqrt(1.0 - pow(m->adam.beta2, (double)m->step))};
+    vaec_pool_run(m->pool, adam_task, &j, vaec_ntasks(m->nparams, ADAM_GRAIN));
+    return VAEC_OK;
+}
+
+vaec_status vaec_vae_train_step(vaec_vae *m, const vaec_input *x, const vaec_noise *noise, float lr, double *loss) {
+    if (!(lr >= 0.0f) || !isfinite(lr)) return vaec_fail(VAEC_ERR_ARG, "lr must be a finite number >= 0, got %g", lr);
+    vaec_status st = vaec_vae_loss_grad(m, x, noise, loss);
+    if (st) return st;
+    return vaec_vae_adam_step(m, lr);
+}
+
+vaec_status vaec_vae_encode(vaec_vae *m, const vaec_input *x, float *mu, float *logvar) {
+    vaec_status st = check_input(m, x);
+    if (st) return st;
+    const int nh = m->cfg.n_hidden;
+    const int64_t Z = m->cfg.latent_dim, lh = align16(2 * Z);
+    int64_t chunk = x->n < VAE_CHUNK ? x->n : VAE_CHUNK;
+    if (chunk > 0 && (st = ensure_workspace(m, chunk))) return st;
+    for (int64_t r0 = 0; r0 < x->n; r0 += VAE_CHUNK) {
+        int64_t R = x->n - r0 < VAE_CHUNK ? x->n - r0 : VAE_CHUNK, ldh;
+        const float *h = prepare_input(m, x, r0, R, m->rng_seed, m->rng_counter, &ldh);
+        for (int i = 0; i < nh; i++) {
+            layer_forward(m, &m->enc[i], m->w_enc[i], align16(m->enc[i].out), h, ldh, R);
+            par_act_forward(m->pool, m->cfg.activation, m->w_enc[i], R, align16(m->enc[i].out));
+            h = m->w_enc[i];
+            ldh = align16(m->enc[i].out);
+        }
+        layer_forward(m, &m->enc_heads, m->w_heads, lh, h, ldh, R);
+        for (int64_t r = 0; r < R; r++) {
+            if (mu) memcpy(mu + (r0 + r) * Z, m->w_heads + r * lh, (size_t)Z * sizeof(float));
+            if (logvar) memcpy(logvar + (r0 + r) * Z, m->w_heads + r * lh + Z, (size_t)Z * sizeof(float));
+        }
+    }
+    return VAEC_OK;
+}
+
+vaec_status vaec_vae_decode(vaec_vae *m, const float *z, int64_t n, float *out) {
+    if (n < 0) return vaec_fail(VAEC_ERR_ARG, "z: negative number of rows");
+    const int nh = m->cfg.n_hidden;
+    const int64_t D = m->cfg.input_dim, Z = m->cfg.latent_dim, lz = align16(Z), lo = align16(m->dec_out.out);
+    vaec_status st;
+    int64_t chunk = n < VAE_CHUNK ? n : VAE_CHUNK;
+    if (chunk > 0 && (st = ensure_workspace(m, chunk))) return st;
+    for (int64_t r0 = 0; r0 < n; r0 += VAE_CHUNK) {
+        int64_t R = n - r0 < VAE_CHUNK ? n - r0 : VAE_CHUNK;
+        for (int64_t r = 0; r < R; r++) memcpy(m->w_z + r * lz, z + (r0 + r) * Z, (size_t)Z * sizeof(float));
+        const float *g = m->w_z;
+        int64_t ldg = lz;
+        for (int i = 0; i < nh; i++) {
+            layer_forward(m, &m->dec[i], m->w_dec[i], align16(m->dec[i].out), g, ldg, R);
+            par_act_forward(m->pool, m->cfg.activation, m->w_dec[i], R, align16(m->dec[i].out));
+            g = m->w_dec[i];
+            ldg = align16(m->dec[i].out);
+        }
+        layer_forward(m, &m->dec_out, m->w_out, lo, g, ldg, R);
+        for (int64_t r = 0; r < R; r++) {
+            float *dst = out + (r0 + r) * D;
+            const float *o = m->w_out + r * lo;
+            if (m->cfg.likelihood == VAEC_LIK_BERNOULLI)
+                vaec_act_forward(VAEC_ACT_SIGMOID, dst, o, D);
+            else
+                memcpy(dst, o, (size_t)D * sizeof(float));
+        }
+    }
+    return VAEC_OK;
+}
+
+int64_t vaec_check_range(const float *x, int64_t n, float lo, float hi, int check_range) {
+    for (int64_t i = 0; i < n; i++) {
+        float v = x[i];
+        if (!isfinite(v)) return i;
+        if (check_range && (v < lo || v > hi)) return i;
+    }
+    return -1;
+}

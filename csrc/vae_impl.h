@@ -1,0 +1,37 @@
+/* vae_impl.h -- the layout of a vaec_vae, shared by vae.c and io.c (not public). */
+#ifndef VAEC_VAE_IMPL_H
+#define VAEC_VAE_IMPL_H
+#include "internal.h"
+#include <stdio.h>
+
+#define VAE_CHUNK 256                   /* rows processed at once */
+#define VAE_MAX_TENSORS (4 * VAEC_MAX_HIDDEN + 8)
+
+typedef struct {
+    int64_t W, b;        /* offsets into the arena: W (out, in), b (out) */
+    int64_t in, out;
+    vaec_act act;
+} vaec_layer;
+
+struct vaec_vae {
+    vaec_vae_config cfg;
+    vaec_pool *pool;
+    /* the arena: four buffers of nparams floats with one layout */
+    int64_t nparams;
+    float *params, *grads, *adam_m, *adam_v;
+    vaec_tensor_info tensors[VAE_MAX_TENSORS];
+    int ntensors;
+    vaec_layer enc[VAEC_MAX_HIDDEN], enc_heads, dec[VAEC_MAX_HIDDEN], dec_out;
+    /* optimizer and RNG state */
+    vaec_adam_config adam;
+    int64_t step;
+    uint64_t rng_seed, rng_counter;
+    /* workspace: activations and their gradients for ws_rows rows */
+    int64_t ws_rows;
+    float *ws;
+    float *w_x, *w_enc[VAEC_MAX_HIDDEN], *w_heads, *w_eps, *w_z, *w_dec[VAEC_MAX_HIDDEN], *w_out;
+    float *d_out, *d_dec[VAEC_MAX_HIDDEN], *d_z, *d_heads, *d_enc[VAEC_MAX_HIDDEN];
+    double *w_rec, *w_kl;
+};
+
+#endif

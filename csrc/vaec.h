@@ -1,0 +1,216 @@
+/*
+ * vaec.h -- the one public header of the vaec C core.
+ *
+ * vaec trains variational autoencoders on the CPU. This library is plain C11 with
+ * no Python in it; the CPython binding (vaec/_core.c) is one client of this header.
+ *
+ * Overview
+ *   - Models are opaque handles (vaec_vae). A model owns:
+ *       * one parameter arena: every weight and bias in ONE contiguous float32 buffer,
+ *         with gradients and the two Adam moments in buffers of the same layout, so
+ *         the optimizer is one flat loop and a client can expose zero-copy views;
+ *       * a table of named tensors (torch.nn.Linear naming: "encoder.0.weight" is
+ *         (out, in), row-major) pointing into the arena;
+ *       * a workspace sized for the largest chunk seen, so a training step does not
+ *         allocate once warm;
+ *       * a thread pool (vaec_pool) and a counter-based RNG key.
+ *   - Inputs are described by vaec_input: float32 (used in place) or uint8 images
+ *     (scaled by 1/255 inside, chunk by chunk, so data sets never need a float copy).
+ *   - Every function returns a vaec_status; on failure vaec_last_error() gives a
+ *     human-readable message (per thread).
+ *   - Determinism: for a given seed, results are bitwise identical whatever the
+ *     thread count (work is split by output tiles / rows, never by reduction order).
+ *
+ * Naming: vaec_<noun>_<verb>. Shapes are written as (rows, cols), row-major.
+ */
+#ifndef VAEC_H
+#define VAEC_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define VAEC_VERSION_STRING "0.1.0"
+#define VAEC_MAX_HIDDEN 8          /* hidden layers per network */
+#define VAEC_NAME_LEN 48
+
+typedef enum {
+    VAEC_OK = 0,
+    VAEC_ERR_ARG = 1,        /* invalid argument (message says which)   */
+    VAEC_ERR_NOMEM = 2,      /* allocation failed or size overflow      */
+    VAEC_ERR_IO = 3,         /* file could not be opened/read/written   */
+    VAEC_ERR_FORMAT = 4,     /* file is corrupted, truncated or foreign */
+    VAEC_ERR_NONFINITE = 5,  /* a NaN or Inf appeared                   */
+    VAEC_ERR_NOTFOUND = 6    /* file does not exist                     */
+} vaec_status;
+
+/* Message describing the last error on this thread ("" if none). */
+const char *vaec_last_error(void);
+
+/* ---------------------------------------------------------------- CPU / ISA */
+typedef enum { VAEC_ISA_NAIVE = 0, VAEC_ISA_SCALAR = 1, VAEC_ISA_NEON = 2,
+               VAEC_ISA_AVX2 = 3, VAEC_ISA_AVX512 = 4 } vaec_isa;
+/* The best ISA the CPU supports (CPUID / build target). */
+vaec_isa vaec_cpu_best_isa(void);
+/* The ISA the kernels use now: the best one, lowered by the environment variable
+ * VAEC_ISA=avx512|avx2|neon|scalar|naive (never raised above what the CPU has). */
+vaec_isa vaec_cpu_active_isa(void);
+/* Force a kernel path (clamped to the best supported); returns the one now active. */
+vaec_isa vaec_cpu_set_isa(vaec_isa isa);
+const char *vaec_isa_name(vaec_isa isa);
+/* Comma-separated CPU features detected, e.g. "sse2,avx,avx2,fma". */
+const char *vaec_cpu_features(void);
+/* Number of cores this process may run on (>= 1). */
+int vaec_cpu_count(void);
+
+/* --------------------------------------------------------------- thread pool */
+typedef struct vaec_pool vaec_pool;
+/* A persistent pool of nthreads-1 workers (the caller is the nthreads-th). */
+vaec_status vaec_pool_create(vaec_pool **out, int nthreads);
+void vaec_pool_destroy(vaec_pool *pool);
+int vaec_pool_size(const vaec_pool *pool);
+/* Run fn(ctx, task, tid) for task in [0, ntasks); returns when all are done.
+ * tid in [0, size) names the thread running it (0 is the caller), e.g. to pick a
+ * per-thread scratch buffer. pool may be NULL (runs serially, tid 0).
+ * Tasks must write disjoint outputs. */
+typedef void (*vaec_task_fn)(void *ctx, int64_t task, int tid);
+void vaec_pool_run(vaec_pool *pool, vaec_task_fn fn, void *ctx, int64_t ntasks);
+
+/* ---------------------------------------------------------------------- GEMM */
+/* C(M,N) = beta*C + op(A)(M,K) . op(B)(K,N), row-major, beta in {0, 1}.
+ * op(A) = A (lda >= K) or A^T when transA (A is (K,M), lda >= M); likewise B.
+ * Packed, register-tiled, dispatched to the active ISA, split over the pool. */
+void vaec_sgemm(vaec_pool *pool, int transA, int transB, int64_t M, int64_t N, int64_t K,
+                const float *A, int64_t lda, const float *B, int64_t ldb,
+                float beta, float *C, int64_t ldc);
+/* The plain triple loop (float64 accumulation): reference and fallback. */
+void vaec_sgemm_naive(int transA, int transB, int64_t M, int64_t N, int64_t K,
+                      const float *A, int64_t lda, const float *B, int64_t ldb,
+                      float beta, float *C, int64_t ldc);
+
+/* --------------------------------------------------------------- activations */
+typedef enum { VAEC_ACT_IDENTITY = 0, VAEC_ACT_TANH, VAEC_ACT_RELU, VAEC_ACT_SOFTPLUS,
+               VAEC_ACT_SIGMOID, VAEC_ACT_ELU, VAEC_ACT_LEAKY_RELU, VAEC_ACT_COUNT } vaec_act;
+const char *vaec_act_name(vaec_act act);
+/* y = act(x), n elements (x may equal y). */
+void vaec_act_forward(vaec_act act, float *y, const float *x, int64_t n);
+/* d *= act'(.) written in terms of the OUTPUT y (every activation here allows it). */
+void vaec_act_backward(vaec_act act, float *d, const float *y, int64_t n);
+
+/* -------------------------------------------------------------- dense layers */
+/* out(B,OUT) = in(B,IN) . W(OUT,IN)^T + b(OUT) */
+void vaec_dense_forward(vaec_pool *pool, float *out, const float *in, const float *W,
+                        const float *b, int64_t B, int64_t IN, int64_t OUT);
+/* Adds: dW(OUT,IN) += dout^T . in, db(OUT) += colsum(dout); writes din(B,IN) = dout . W
+ * when din != NULL. */
+void vaec_dense_backward(vaec_pool *pool, float *din, float *dW, float *db, const float *dout,
+                         const float *in, const float *W, int64_t B, int64_t IN, int64_t OUT);
+
+/* ----------------------------------------------------------------------- RNG */
+/* Counter-based (Philox4x32-10): the k-th number of stream `stream` under `seed`
+ * depends only on (seed, stream, k), so any split of the work gives the same numbers. */
+void vaec_rng_normal(float *out, int64_t n, uint64_t seed, uint64_t stream, uint64_t offset);
+void vaec_rng_uniform(float *out, int64_t n, uint64_t seed, uint64_t stream, uint64_t offset);
+
+/* -------------------------------------------------------------------- inputs */
+typedef enum { VAEC_F32 = 0, VAEC_U8 = 1 } vaec_dtype;
+typedef struct {
+    const void *data;   /* (n, dim) row-major, contiguous */
+    vaec_dtype dtype;   /* float32 used as is; uint8 scaled by 1/255 */
+    int64_t n;
+    int64_t dim;
+    int binarize;       /* 1: each pixel resampled as Bernoulli(value) (dynamic binarization) */
+} vaec_input;
+/* Index of the first non-finite or out-of-[lo,hi] float, or -1 if all are fine. */
+int64_t vaec_check_range(const float *x, int64_t n, float lo, float hi, int check_range);
+
+/* ---------------------------------------------------------------------- VAE */
+typedef enum { VAEC_LIK_BERNOULLI = 0, VAEC_LIK_GAUSSIAN = 1 } vaec_likelihood;
+
+typedef struct {
+    int64_t input_dim;
+    int64_t latent_dim;
+    int n_hidden;
+    int64_t hidden[VAEC_MAX_HIDDEN];   /* encoder widths; the decoder mirrors them */
+    vaec_act activation;
+    vaec_likelihood likelihood;
+    uint64_t seed;                     /* initialization and default noise */
+    int threads;                       /* <= 0: vaec_cpu_count() */
+} vaec_vae_config;
+
+typedef struct {
+    char name[VAEC_NAME_LEN];
+    int64_t offset;    /* in floats from the start of the arena */
+    int ndim;          /* 1 or 2 */
+    int64_t shape[2];
+} vaec_tensor_info;
+
+typedef struct {
+    float beta1, beta2, eps;   /* torch defaults 0.9, 0.999, 1e-8 */
+} vaec_adam_config;
+
+typedef struct vaec_vae vaec_vae;
+
+vaec_status vaec_vae_create(vaec_vae **out, const vaec_vae_config *cfg);
+void vaec_vae_destroy(vaec_vae *m);
+const vaec_vae_config *vaec_vae_config_get(const vaec_vae *m);
+int vaec_vae_threads(const vaec_vae *m);
+
+/* The arena: parameters, gradients and Adam moments, each num_params floats. */
+int64_t vaec_vae_num_params(const vaec_vae *m);
+float *vaec_vae_params(vaec_vae *m);
+float *vaec_vae_grads(vaec_vae *m);
+float *vaec_vae_adam_m(vaec_vae *m);
+float *vaec_vae_adam_v(vaec_vae *m);
+int vaec_vae_num_tensors(const vaec_vae *m);
+const vaec_tensor_info *vaec_vae_tensor(const vaec_vae *m, int i);
+
+/* Optimizer state: Adam step count, hyper-parameters; the RNG call counter. */
+int64_t vaec_vae_step_count(const vaec_vae *m);
+void vaec_vae_step_set(vaec_vae *m, int64_t step);
+vaec_adam_config vaec_vae_adam_get(const vaec_vae *m);
+vaec_status vaec_vae_adam_set(vaec_vae *m, vaec_adam_config cfg);
+/* Reset Adam moments and step count to zero. */
+void vaec_vae_adam_reset(vaec_vae *m);
+uint64_t vaec_vae_rng_counter(const vaec_vae *m);
+void vaec_vae_rng_set(vaec_vae *m, uint64_t seed, uint64_t counter);
+uint64_t vaec_vae_rng_seed(const vaec_vae *m);
+
+/* Noise source for a call: explicit eps (L, n, latent) float32, or the counter-based
+ * RNG under `seed` (use_seed=1) or the model's own key and call counter (use_seed=0;
+ * the counter then advances by one). */
+typedef struct {
+    const float *eps;  /* NULL: draw from the RNG */
+    int samples;       /* L >= 1 */
+    int use_seed;
+    uint64_t seed;
+} vaec_noise;
+
+/* Mean over the batch of -ELBO; gradients of it are written (not added) to grads. */
+vaec_status vaec_vae_loss_grad(vaec_vae *m, const vaec_input *x, const vaec_noise *noise,
+                               double *loss);
+/* loss_grad followed by one bias-corrected Adam step with learning rate lr. */
+vaec_status vaec_vae_train_step(vaec_vae *m, const vaec_input *x, const vaec_noise *noise,
+                                float lr, double *loss);
+/* Adam over the flat arena using the current grads. */
+vaec_status vaec_vae_adam_step(vaec_vae *m, float lr);
+/* Per-example ELBO averaged over the L samples, out (n,) float64. */
+vaec_status vaec_vae_elbo(vaec_vae *m, const vaec_input *x, const vaec_noise *noise, double *out);
+/* mu, logvar (n, latent). */
+vaec_status vaec_vae_encode(vaec_vae *m, const vaec_input *x, float *mu, float *logvar);
+/* z (n, latent) -> out (n, input_dim): Bernoulli probabilities or Gaussian means. */
+vaec_status vaec_vae_decode(vaec_vae *m, const float *z, int64_t n, float *out);
+
+/* Model file: magic, format version, config, parameters, optimizer and RNG state,
+ * checksum. Written to a temporary file, flushed, then renamed over `path`. */
+vaec_status vaec_vae_save(const vaec_vae *m, const char *path);
+/* threads <= 0: default. */
+vaec_status vaec_vae_load(vaec_vae **out, const char *path, int threads);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* VAEC_H */

@@ -1,0 +1,18 @@
+"""vaec: variational autoencoders with a pure-C core and a NumPy face."""
+from ._core import cpu_features as _cpu_features
+from .models import VAE, load
+
+__version__ = "0.1.0"
+__all__ = ["VAE", "load", "cpu_features", "__version__"]
+
+
+def cpu_features():
+    """The kernel path in use and what the CPU offers.
+
+    Returns a dict: ``isa`` (the path the kernels run now: 'avx512', 'avx2', 'neon',
+    'scalar' or 'naive'), ``best_isa`` (the best this CPU supports), ``features``
+    (detected CPU features, comma-separated) and ``cores`` (cores available to this
+    process). Set the environment variable ``VAEC_ISA`` before importing vaec to force
+    a lower path.
+    """
+    return dict(_cpu_features())

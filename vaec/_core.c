@@ -1,0 +1,772 @@
+/* _core.c -- the CPython + NumPy binding of the vaec C core.
+ *
+ * Nothing numerical lives here: converters check every array argument (kind, dtype,
+ * ndim, shape, finiteness, range) and say which argument is wrong; float32 and uint8
+ * C-contiguous inputs are passed to C without a copy; the GIL is released only around
+ * pure C work, and a model refuses a second caller while it is busy.
+ * Multi-phase initialisation (PEP 489); NumPy's API is imported in the exec slot. */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#define NPY_NO_DEPRECATED_API NPY_1_23_API_VERSION
+#include <numpy/arrayobject.h>
+#include <numpy/npy_2_compat.h>
+#include <structmember.h>
+#include "vaec.h"
+
+/* ------------------------------------------------------------- errors */
+static PyObject *raise_status(vaec_status st) {
+    const char *msg = vaec_last_error();
+    switch (st) {
+    case VAEC_ERR_NOMEM: PyErr_SetString(PyExc_MemoryError, msg); break;
+    case VAEC_ERR_IO: PyErr_SetString(PyExc_OSError, msg); break;
+    case VAEC_ERR_NOTFOUND: PyErr_SetString(PyExc_FileNotFoundError, msg); break;
+    case VAEC_ERR_NONFINITE: PyErr_SetString(PyExc_FloatingPointError, msg); break;
+    default: PyErr_SetString(PyExc_ValueError, msg); break;
+    }
+    return NULL;
+}
+
+/* ---------------------------------------------------------- converters */
+/* A real-valued array (bool, integer or float); anything else is a TypeError. */
+static PyArrayObject *as_real_array(PyObject *obj, const char *name) {
+    if (obj == Py_None) {
+        PyErr_Format(PyExc_TypeError, "%s: expected an array, got None", name);
+        return NULL;
+    }
+    PyArrayObject *a;
+    if (PyArray_Check(obj)) {
+        Py_INCREF(obj);
+        a = (PyArrayObject *)obj;
+    } else {
+        a = (PyArrayObject *)PyArray_FromAny(obj, NULL, 0, 0, 0, NULL);
+        if (!a) {
+            if (PyErr_ExceptionMatches(PyExc_ValueError)) {  /* ragged nesting and the like */
+                PyErr_Clear();
+                PyErr_Format(PyExc_ValueError, "%s: expected a rectangular array of numbers", name);
+            }
+            return NULL;
+        }
+    }
+    char kind = PyArray_DESCR(a)->kind;
+    if (kind != 'b' && kind != 'i' && kind != 'u' && kind != 'f') {
+        PyObject *d = PyObject_Str((PyObject *)PyArray_DESCR(a));
+        PyErr_Format(PyExc_TypeError, "%s: expected a real-valued numeric array (float32 or uint8 "
+                     "preferred), got dtype %U", name, d ? d : Py_None);
+        Py_XDECREF(d);
+        Py_DECREF(a);
+        return NULL;
+    }
+    return a;
+}
+
+static PyObject *shape_str(PyArrayObject *a) {
+    PyObject *t = PyTuple_New(PyArray_NDIM(a));
+    if (!t) return NULL;
+    for (int i = 0; i < PyArray_NDIM(a); i++) PyTuple_SET_ITEM(t, i, PyLong_FromSsize_t(PyArray_DIM(a, i)));
+    PyObject *s = PyObject_Str(t);
+    Py_DECREF(t);
+    return s;
+}
+
+static int wrong_shape(PyArrayObject *a, const char *name, const char *expected) {
+    PyObject *s = shape_str(a);
+    PyErr_Format(PyExc_ValueError, "%s: expected %s, got shape %U", name, expected, s ? s : Py_None);
+    Py_XDECREF(s);
+    return -1;
+}
+
+/* float32 contiguous copy-or-view of a real array. */
+static PyArrayObject *as_f32(PyArrayObject *a) {
+    return (PyArrayObject *)PyArray_FromAny((PyObject *)a, PyArray_DescrFromType(NPY_FLOAT32), 0, 0,
+                                            NPY_ARRAY_C_CONTIGUOUS | NPY_ARRAY_ALIGNED | NPY_ARRAY_FORCECAST, NULL);
+}
+
+/* Check a float32 array for NaN/Inf and (optionally) [0,1]; GIL released for the scan. */
+static int check_values(PyArrayObject *f, const char *name, int unit_range, const char *why) {
+    const float *p = (const float *)PyArray_DATA(f);
+    int64_t n = (int64_t)PyArray_SIZE(f), bad;
+    Py_BEGIN_ALLOW_THREADS
+    bad = vaec_check_range(p, n, 0.0f, 1.0f, unit_range);
+    Py_END_ALLOW_THREADS
+    if (bad < 0) return 0;
+    int64_t cols = PyArray_NDIM(f) >= 2 ? (int64_t)PyArray_DIM(f, PyArray_NDIM(f) - 1) : 1;
+    if (cols < 1) cols = 1;
+    float v = p[bad];
+    PyObject *fv = PyFloat_FromDouble((double)v);
+    PyObject *fs = fv ? PyObject_Repr(fv) : NULL;
+    if (v != v || v - v != 0.0f)
+        PyErr_Format(PyExc_ValueError, "%s: contains %U at flat index %lld (row %lld, column %lld); "
+                     "expected finite values", name, fs, (long long)bad, (long long)(bad / cols), (long long)(bad % cols));
+    else
+        PyErr_Format(PyExc_ValueError, "%s: values must be in [0, 1]%s; found %U at row %lld, column %lld "
+                     "(uint8 images are scaled by 1/255 automatically)", name, why, fs,
+                     (long long)(bad / cols), (long long)(bad % cols));
+    Py_XDECREF(fv);
+    Py_XDECREF(fs);
+    return -1;
+}
+
+/* A data matrix (n, dim): uint8 or float32 C-contiguous are used in place; other real
+ * dtypes or layouts are converted once. `*keep` holds the reference to release. */
+static int convert_x(PyObject *obj, const char *name, int64_t dim, int unit_range, vaec_input *in,
+                     PyArrayObject **keep) {
+    *keep = NULL;
+    PyArrayObject *a = as_real_array(obj, name);
+    if (!a) return -1;
+    char expected[96];
+    snprintf(expected, sizeof expected, "a 2-D array of shape (n, %lld)", (long long)dim);
+    if (PyArray_NDIM(a) != 2 || PyArray_DIM(a, 1) != dim) {
+        wrong_shape(a, name, expected);
+        Py_DECREF(a);
+        return -1;
+    }
+    PyArrayObject *c;
+    int is_u8 = PyArray_TYPE(a) == NPY_UINT8;
+    if (is_u8) {
+        c = (PyArrayObject *)PyArray_FromAny((PyObject *)a, PyArray_DescrFromType(NPY_UINT8), 0, 0,
+                                             NPY_ARRAY_C_CONTIGUOUS | NPY_ARRAY_ALIGNED, NULL);
+    } else {
+        c = as_f32(a);
+    }
+    Py_DECREF(a);
+    if (!c) return -1;
+    if (!is_u8 && check_values(c, name, unit_range, " for a Bernoulli likelihood")) {
+        Py_DECREF(c);
+        return -1;
+    }
+    in->data = PyArray_DATA(c);
+    in->dtype = is_u8 ? VAEC_U8 : VAEC_F32;
+    in->n = (int64_t)PyArray_DIM(c, 0);
+    in->dim = dim;
+    in->binarize = 0;
+    *keep = c;
+    return 0;
+}
+
+/* eps: (L, n, Z) or (n, Z) standard-normal noise, float32 finite. */
+static int convert_eps(PyObject *obj, int64_t n, int64_t Z, int *L, PyArrayObject **keep) {
+    *keep = NULL;
+    PyArrayObject *a = as_real_array(obj, "eps");
+    if (!a) return -1;
+    char expected[128];
+    snprintf(expected, sizeof expected, "shape (samples, %lld, %lld) or (%lld, %lld)",
+             (long long)n, (long long)Z, (long long)n, (long long)Z);
+    int nd = PyArray_NDIM(a);
+    int ok = (nd == 2 && PyArray_DIM(a, 0) == n && PyArray_DIM(a, 1) == Z) ||
+             (nd == 3 && PyArray_DIM(a, 0) >= 1 && PyArray_DIM(a, 1) == n && PyArray_DIM(a, 2) == Z);
+    if (!ok) {
+        wrong_shape(a, "eps", expected);
+        Py_DECREF(a);
+        return -1;
+    }
+    if (nd == 3 && PyArray_DIM(a, 0) > 1000000) {
+        PyErr_SetString(PyExc_ValueError, "eps: too many samples");
+        Py_DECREF(a);
+        return -1;
+    }
+    PyArrayObject *c = as_f32(a);
+    Py_DECREF(a);
+    if (!c) return -1;
+    if (check_values(c, "eps", 0, "")) { Py_DECREF(c); return -1; }
+    *L = nd == 3 ? (int)PyArray_DIM(c, 0) : 1;
+    *keep = c;
+    return 0;
+}
+
+/* seed: None or a non-negative integer < 2^64. */
+static int convert_seed(PyObject *obj, int *use, uint64_t *seed) {
+    *use = 0;
+    *seed = 0;
+    if (obj == NULL || obj == Py_None) return 0;
+    if (PyBool_Check(obj) || !PyIndex_Check(obj)) {
+        PyErr_Format(PyExc_TypeError, "seed: expected None or a non-negative integer, got %s", Py_TYPE(obj)->tp_name);
+        return -1;
+    }
+    PyObject *i = PyNumber_Index(obj);
+    if (!i) return -1;
+    unsigned long long v = PyLong_AsUnsignedLongLong(i);
+    Py_DECREF(i);
+    if (PyErr_Occurred()) {
+        PyErr_Clear();
+        PyErr_SetString(PyExc_ValueError, "seed: expected an integer in [0, 2**64)");
+        return -1;
+    }
+    *use = 1;
+    *seed = v;
+    return 0;
+}
+
+static int convert_samples(PyObject *obj, int *L) {
+    if (obj == NULL || obj == Py_None) { *L = 1; return 0; }
+    if (PyBool_Check(obj) || !PyLong_Check(obj)) {
+        PyErr_Format(PyExc_TypeError, "samples: expected a positive integer, got %s", Py_TYPE(obj)->tp_name);
+        return -1;
+    }
+    long v = PyLong_AsLong(obj);
+    if (v == -1 && PyErr_Occurred()) return -1;
+    if (v < 1 || v > 1000000) {
+        PyErr_Format(PyExc_ValueError, "samples: expected an integer between 1 and 1000000, got %ld", v);
+        return -1;
+    }
+    *L = (int)v;
+    return 0;
+}
+
+/* ------------------------------------------------------------- the type */
+typedef struct {
+    PyObject_HEAD
+    vaec_vae *m;
+    int busy;
+    PyObject *weakrefs;
+} VAEObject;
+
+static int acquire(VAEObject *self) {
+    if (!self->m) {
+        PyErr_SetString(PyExc_RuntimeError, "the model is not initialised");
+        return -1;
+    }
+    if (self->busy) {
+        PyErr_SetString(PyExc_RuntimeError, "the model is in use by another thread");
+        return -1;
+    }
+    self->busy = 1;
+    return 0;
+}
+static void release(VAEObject *self) { self->busy = 0; }
+
+static int parse_act(PyObject *s, vaec_act *out) {
+    for (int i = 1; i < VAEC_ACT_COUNT; i++)
+        if (PyUnicode_CompareWithASCIIString(s, vaec_act_name((vaec_act)i)) == 0) { *out = (vaec_act)i; return 0; }
+    PyErr_Format(PyExc_ValueError, "activation: expected one of 'tanh', 'relu', 'softplus', 'sigmoid', "
+                 "'elu', 'leaky_relu', got %R", s);
+    return -1;
+}
+
+static int VAE_init(VAEObject *self, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"input_dim", "latent_dim", "hidden", "activation", "likelihood", "seed", "threads", NULL};
+    long long input_dim, latent_dim;
+    unsigned long long seed = 0;
+    PyObject *hidden;
+    PyObject *act, *lik;
+    int threads = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "LLOUUKi", kwlist, &input_dim, &latent_dim, &hidden, &act, &lik,
+                                     &seed, &threads))
+        return -1;
+    vaec_vae_config c = {0};
+    c.input_dim = input_dim;
+    c.latent_dim = latent_dim;
+    c.seed = (uint64_t)seed;
+    c.threads = threads;
+    PyObject *seq = PySequence_Fast(hidden, "hidden: expected a sequence of layer widths");
+    if (!seq) return -1;
+    Py_ssize_t nh = PySequence_Fast_GET_SIZE(seq);
+    if (nh > VAEC_MAX_HIDDEN) {
+        Py_DECREF(seq);
+        PyErr_Format(PyExc_ValueError, "hidden: at most %d layers, got %zd", VAEC_MAX_HIDDEN, nh);
+        return -1;
+    }
+    c.n_hidden = (int)nh;
+    for (Py_ssize_t i = 0; i < nh; i++) {
+        long long w = PyLong_AsLongLong(PySequence_Fast_GET_ITEM(seq, i));
+        if (w == -1 && PyErr_Occurred()) { Py_DECREF(seq); return -1; }
+        c.hidden[i] = w;
+    }
+    Py_DECREF(seq);
+    if (parse_act(act, &c.activation)) return -1;
+    if (PyUnicode_CompareWithASCIIString(lik, "bernoulli") == 0) c.likelihood = VAEC_LIK_BERNOULLI;
+    else if (PyUnicode_CompareWithASCIIString(lik, "gaussian") == 0) c.likelihood = VAEC_LIK_GAUSSIAN;
+    else {
+        PyErr_Format(PyExc_ValueError, "likelihood: expected 'bernoulli' or 'gaussian', got %R", lik);
+        return -1;
+    }
+    vaec_vae *m = NULL;
+    vaec_status st;
+    Py_BEGIN_ALLOW_THREADS
+    st = vaec_vae_create(&m, &c);
+    Py_END_ALLOW_THREADS
+    if (st) { raise_status(st); return -1; }
+    if (self->m) vaec_vae_destroy(self->m);
+    self->m = m;
+    return 0;
+}
+
+static void VAE_dealloc(VAEObject *self) {
+    PyTypeObject *tp = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
+    if (self->weakrefs) PyObject_ClearWeakRefs((PyObject *)self);
+    if (self->m) vaec_vae_destroy(self->m);
+    tp->tp_free((PyObject *)self);
+    Py_DECREF(tp);
+}
+
+static int VAE_traverse(VAEObject *self, visitproc visit, void *arg) {
+    Py_VISIT(Py_TYPE(self));
+    return 0;
+}
+
+/* Common argument handling for loss_grad / train_step / elbo. */
+typedef struct {
+    vaec_input x;
+    vaec_noise noise;
+    PyArrayObject *xa, *ea;
+} call_args;
+
+static void call_args_clear(call_args *a) {
+    Py_XDECREF(a->xa);
+    Py_XDECREF(a->ea);
+}
+
+static int parse_call(VAEObject *self, call_args *a, PyObject *x, PyObject *eps, PyObject *samples,
+                      PyObject *seed, int binarize) {
+    memset(a, 0, sizeof *a);
+    const vaec_vae_config *c = vaec_vae_config_get(self->m);
+    int unit = c->likelihood == VAEC_LIK_BERNOULLI || binarize;
+    if (convert_x(x, "x", c->input_dim, unit, &a->x, &a->xa)) return -1;
+    a->x.binarize = binarize;
+    int L = 1;
+    if (eps != NULL && eps != Py_None) {
+        if (convert_eps(eps, a->x.n, c->latent_dim, &L, &a->ea)) return -1;
+        if (samples && samples != Py_None) {
+            int Ls;
+            if (convert_samples(samples, &Ls)) return -1;
+            if (Ls != L) {
+                PyErr_Format(PyExc_ValueError, "samples: %d does not match eps, which holds %d sample(s)", Ls, L);
+                return -1;
+            }
+        }
+        a->noise.eps = (const float *)PyArray_DATA(a->ea);
+    } else if (convert_samples(samples, &L)) {
+        return -1;
+    }
+    a->noise.samples = L;
+    if (convert_seed(seed, &a->noise.use_seed, &a->noise.seed)) return -1;
+    return 0;
+}
+
+static PyObject *VAE_loss_grad(VAEObject *self, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"x", "eps", "samples", "seed", "binarize", "lr", NULL};
+    PyObject *x, *eps = Py_None, *samples = Py_None, *seed = Py_None;
+    int binarize = 0;
+    double lr = -1.0;  /* < 0: no optimizer step */
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|OOOpd", kwlist, &x, &eps, &samples, &seed, &binarize, &lr))
+        return NULL;
+    if (acquire(self)) return NULL;
+    call_args a;
+    PyObject *res = NULL;
+    if (parse_call(self, &a, x, eps, samples, seed, binarize)) goto done;
+    if (a.x.n == 0) {
+        PyErr_SetString(PyExc_ValueError, "x: empty batch; the loss needs at least one example");
+        goto done;
+    }
+    double loss = 0.0;
+    vaec_status st;
+    Py_BEGIN_ALLOW_THREADS
+    st = lr >= 0.0 ? vaec_vae_train_step(self->m, &a.x, &a.noise, (float)lr, &loss)
+                   : vaec_vae_loss_grad(self->m, &a.x, &a.noise, &loss);
+    Py_END_ALLOW_THREADS
+    if (st) { raise_status(st); goto done; }
+    res = PyFloat_FromDouble(loss);
+done:
+    call_args_clear(&a);
+    release(self);
+    return res;
+}
+
+static PyObject *VAE_elbo(VAEObject *self, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"x", "eps", "samples", "seed", "binarize", NULL};
+    PyObject *x, *eps = Py_None, *samples = Py_None, *seed = Py_None;
+    int binarize = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|OOOp", kwlist, &x, &eps, &samples, &seed, &binarize))
+        return NULL;
+    if (acquire(self)) return NULL;
+    call_args a;
+    PyObject *res = NULL;
+    if (parse_call(self, &a, x, eps, samples, seed, binarize)) goto done;
+    npy_intp dims[1] = {(npy_intp)a.x.n};
+    res = PyArray_SimpleNew(1, dims, NPY_FLOAT64);
+    if (!res) goto done;
+    double *out = (double *)PyArray_DATA((PyArrayObject *)res);
+    vaec_status st;
+    Py_BEGIN_ALLOW_THREADS
+    st = vaec_vae_elbo(self->m, &a.x, &a.noise, out);
+    Py_END_ALLOW_THREADS
+    if (st) { Py_CLEAR(res); raise_status(st); }
+done:
+    call_args_clear(&a);
+    release(self);
+    return res;
+}
+
+static PyObject *VAE_adam_step(VAEObject *self, PyObject *args) {
+    double lr;
+    if (!PyArg_ParseTuple(args, "d", &lr)) return NULL;
+    if (acquire(self)) return NULL;
+    vaec_status st;
+    Py_BEGIN_ALLOW_THREADS
+    st = vaec_vae_adam_step(self->m, (float)lr);
+    Py_END_ALLOW_THREADS
+    release(self);
+    if (st) return raise_status(st);
+    Py_RETURN_NONE;
+}
+
+static PyObject *VAE_encode(VAEObject *self, PyObject *args) {
+    PyObject *x;
+    if (!PyArg_ParseTuple(args, "O", &x)) return NULL;
+    if (acquire(self)) return NULL;
+    const vaec_vae_config *c = vaec_vae_config_get(self->m);
+    vaec_input in;
+    PyArrayObject *xa = NULL;
+    PyObject *mu = NULL, *lv = NULL, *res = NULL;
+    if (convert_x(x, "x", c->input_dim, c->likelihood == VAEC_LIK_BERNOULLI, &in, &xa)) goto done;
+    npy_intp dims[2] = {(npy_intp)in.n, (npy_intp)c->latent_dim};
+    mu = PyArray_SimpleNew(2, dims, NPY_FLOAT32);
+    lv = PyArray_SimpleNew(2, dims, NPY_FLOAT32);
+    if (!mu || !lv) goto done;
+    vaec_status st;
+    Py_BEGIN_ALLOW_THREADS
+    st = vaec_vae_encode(self->m, &in, (float *)PyArray_DATA((PyArrayObject *)mu),
+                         (float *)PyArray_DATA((PyArrayObject *)lv));
+    Py_END_ALLOW_THREADS
+    if (st) { raise_status(st); goto done; }
+    res = PyTuple_Pack(2, mu, lv);
+done:
+    Py_XDECREF(mu);
+    Py_XDECREF(lv);
+    Py_XDECREF(xa);
+    release(self);
+    return res;
+}
+
+static PyObject *VAE_decode(VAEObject *self, PyObject *args) {
+    PyObject *z;
+    if (!PyArg_ParseTuple(args, "O", &z)) return NULL;
+    if (acquire(self)) return NULL;
+    const vaec_vae_config *c = vaec_vae_config_get(self->m);
+    PyObject *out = NULL;
+    PyArrayObject *za = as_real_array(z, "z"), *zf = NULL;
+    char expected[64];
+    snprintf(expected, sizeof expected, "a 2-D array of shape (n, %lld)", (long long)c->latent_dim);
+    if (!za) goto done;
+    if (PyArray_NDIM(za) != 2 || PyArray_DIM(za, 1) != c->latent_dim) { wrong_shape(za, "z", expected); goto done; }
+    if (!(zf = as_f32(za))) goto done;
+    if (check_values(zf, "z", 0, "")) goto done;
+    npy_intp dims[2] = {PyArray_DIM(zf, 0), (npy_intp)c->input_dim};
+    out = PyArray_SimpleNew(2, dims, NPY_FLOAT32);
+    if (!out) goto done;
+    vaec_status st;
+    const float *zp = (const float *)PyArray_DATA(zf);
+    float *op = (float *)PyArray_DATA((PyArrayObject *)out);
+    int64_t n = (int64_t)dims[0];
+    Py_BEGIN_ALLOW_THREADS
+    st = vaec_vae_decode(self->m, zp, n, op);
+    Py_END_ALLOW_THREADS
+    if (st) { Py_CLEAR(out); raise_status(st); }
+done:
+    Py_XDECREF(za);
+    Py_XDECREF(zf);
+    release(self);
+    return out;
+}
+
+/* A 1-D float32 view of one of the arena's buffers; the array keeps the model alive. */
+static PyObject *VAE_arena(VAEObject *self, PyObject *args) {
+    const char *which;
+    if (!PyArg_ParseTuple(args, "s", &which)) return NULL;
+    if (!self->m) { PyErr_SetString(PyExc_RuntimeError, "the model is not initialised"); return NULL; }
+    float *p;
+    if (strcmp(which, "params") == 0) p = vaec_vae_params(self->m);
+    else if (strcmp(which, "grads") == 0) p = vaec_vae_grads(self->m);
+    else if (strcmp(which, "adam_m") == 0) p = vaec_vae_adam_m(self->m);
+    else if (strcmp(which, "adam_v") == 0) p = vaec_vae_adam_v(self->m);
+    else { PyErr_Format(PyExc_ValueError, "arena: unknown buffer '%s'", which); return NULL; }
+    npy_intp dims[1] = {(npy_intp)vaec_vae_num_params(self->m)};
+    PyObject *arr = PyArray_SimpleNewFromData(1, dims, NPY_FLOAT32, p);
+    if (!arr) return NULL;
+    Py_INCREF(self);
+    if (PyArray_SetBaseObject((PyArrayObject *)arr, (PyObject *)self) < 0) { Py_DECREF(arr); return NULL; }
+    return arr;
+}
+
+static PyObject *VAE_tensors(VAEObject *self, PyObject *noargs) {
+    if (!self->m) { PyErr_SetString(PyExc_RuntimeError, "the model is not initialised"); return NULL; }
+    int n = vaec_vae_num_tensors(self->m);
+    PyObject *list = PyList_New(n);
+    if (!list) return NULL;
+    for (int i = 0; i < n; i++) {
+        const vaec_tensor_info *t = vaec_vae_tensor(self->m, i);
+        PyObject *shape = t->ndim == 2 ? Py_BuildValue("(LL)", (long long)t->shape[0], (long long)t->shape[1])
+                                       : Py_BuildValue("(L)", (long long)t->shape[0]);
+        PyObject *item = shape ? Py_BuildValue("(sLN)", t->name, (long long)t->offset, shape) : NULL;
+        if (!item) { Py_DECREF(list); return NULL; }
+        PyList_SET_ITEM(list, i, item);
+    }
+    return list;
+}
+
+static PyObject *VAE_get_state(VAEObject *self, PyObject *noargs) {
+    if (!self->m) { PyErr_SetString(PyExc_RuntimeError, "the model is not initialised"); return NULL; }
+    vaec_adam_config a = vaec_vae_adam_get(self->m);
+    return Py_BuildValue("{s:L,s:K,s:K,s:f,s:f,s:f,s:i}", "step", (long long)vaec_vae_step_count(self->m),
+                         "rng_seed", (unsigned long long)vaec_vae_rng_seed(self->m),
+                         "rng_counter", (unsigned long long)vaec_vae_rng_counter(self->m),
+                         "beta1", (double)a.beta1, "beta2", (double)a.beta2, "adam_eps", (double)a.eps,
+                         "threads", vaec_vae_threads(self->m));
+}
+
+static PyObject *VAE_set_adam(VAEObject *self, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"beta1", "beta2", "eps", NULL};
+    vaec_adam_config a = vaec_vae_adam_get(self->m);
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "|fff", kwlist, &a.beta1, &a.beta2, &a.eps)) return NULL;
+    vaec_status st = vaec_vae_adam_set(self->m, a);
+    if (st) return raise_status(st);
+    Py_RETURN_NONE;
+}
+
+static PyObject *VAE_reset_optimizer(VAEObject *self, PyObject *noargs) {
+    if (acquire(self)) return NULL;
+    vaec_vae_adam_reset(self->m);
+    release(self);
+    Py_RETURN_NONE;
+}
+
+static PyObject *VAE_set_rng(VAEObject *self, PyObject *args) {
+    unsigned long long seed, counter;
+    long long step = -1;
+    if (!PyArg_ParseTuple(args, "KK|L", &seed, &counter, &step)) return NULL;
+    vaec_vae_rng_set(self->m, seed, counter);
+    if (step >= 0) vaec_vae_step_set(self->m, step);
+    Py_RETURN_NONE;
+}
+
+static PyObject *VAE_save(VAEObject *self, PyObject *args) {
+    PyObject *path;
+    if (!PyArg_ParseTuple(args, "O&", PyUnicode_FSConverter, &path)) return NULL;
+    if (acquire(self)) { Py_DECREF(path); return NULL; }
+    const char *p = PyBytes_AS_STRING(path);
+    vaec_status st;
+    Py_BEGIN_ALLOW_THREADS
+    st = vaec_vae_save(self->m, p);
+    Py_END_ALLOW_THREADS
+    release(self);
+    Py_DECREF(path);
+    if (st) return raise_status(st);
+    Py_RETURN_NONE;
+}
+
+static PyObject *VAE_config(VAEObject *self, PyObject *noargs) {
+    if (!self->m) { PyErr_SetString(PyExc_RuntimeError, "the model is not initialised"); return NULL; }
+    const vaec_vae_config *c = vaec_vae_config_get(self->m);
+    PyObject *hidden = PyTuple_New(c->n_hidden);
+    if (!hidden) return NULL;
+    for (int i = 0; i < c->n_hidden; i++) PyTuple_SET_ITEM(hidden, i, PyLong_FromLongLong(c->hidden[i]));
+    return Py_BuildValue("{s:L,s:L,s:N,s:s,s:s,s:K}", "input_dim", (long long)c->input_dim,
+                         "latent_dim", (long long)c->latent_dim, "hidden", hidden,
+                         "activation", vaec_act_name(c->activation),
+                         "likelihood", c->likelihood == VAEC_LIK_BERNOULLI ? "bernoulli" : "gaussian",
+                         "seed", (unsigned long long)c->seed);
+}
+
+static PyMethodDef VAE_methods[] = {
+    {"loss_grad", (PyCFunction)(void (*)(void))VAE_loss_grad, METH_VARARGS | METH_KEYWORDS,
+     "loss_grad(x, eps=None, samples=None, seed=None, binarize=False, lr=-1) -> float\n"
+     "Mean -ELBO; gradients written to the grads arena; with lr >= 0 also one Adam step."},
+    {"elbo", (PyCFunction)(void (*)(void))VAE_elbo, METH_VARARGS | METH_KEYWORDS,
+     "elbo(x, eps=None, samples=None, seed=None, binarize=False) -> float64 (n,)"},
+    {"adam_step", (PyCFunction)VAE_adam_step, METH_VARARGS, "adam_step(lr): Adam on the current grads."},
+    {"encode", (PyCFunction)VAE_encode, METH_VARARGS, "encode(x) -> (mu, logvar)"},
+    {"decode", (PyCFunction)VAE_decode, METH_VARARGS, "decode(z) -> (n, input_dim)"},
+    {"arena", (PyCFunction)VAE_arena, METH_VARARGS, "arena(which) -> zero-copy float32 view"},
+    {"tensors", (PyCFunction)VAE_tensors, METH_NOARGS, "[(name, offset, shape)]"},
+    {"state", (PyCFunction)VAE_get_state, METH_NOARGS, "optimizer and RNG state"},
+    {"set_adam", (PyCFunction)(void (*)(void))VAE_set_adam, METH_VARARGS | METH_KEYWORDS, "set_adam(beta1, beta2, eps)"},
+    {"reset_optimizer", (PyCFunction)VAE_reset_optimizer, METH_NOARGS, "zero Adam moments and step"},
+    {"set_rng", (PyCFunction)VAE_set_rng, METH_VARARGS, "set_rng(seed, counter, step=-1): RNG stream position (and Adam step count)"},
+    {"save", (PyCFunction)VAE_save, METH_VARARGS, "save(path): atomic write"},
+    {"config", (PyCFunction)VAE_config, METH_NOARGS, "the configuration as a dict"},
+    {NULL}
+};
+
+static PyMemberDef VAE_members[] = {
+    {"__weaklistoffset__", T_PYSSIZET, offsetof(VAEObject, weakrefs), READONLY},
+    {NULL}
+};
+
+static PyType_Slot VAE_slots[] = {
+    {Py_tp_doc, "The C model behind vaec.VAE (use vaec.VAE)."},
+    {Py_tp_init, VAE_init},
+    {Py_tp_dealloc, VAE_dealloc},
+    {Py_tp_traverse, VAE_traverse},
+    {Py_tp_methods, VAE_methods},
+    {Py_tp_members, VAE_members},
+    {0, NULL}
+};
+
+static PyType_Spec VAE_spec = {
+    "vaec._core.VAECore", sizeof(VAEObject), 0,
+    Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC, VAE_slots
+};
+
+/* ------------------------------------------------------ module functions */
+static PyObject *mod_load(PyObject *module, PyObject *args) {
+    PyObject *path;
+    int threads = 0;
+    if (!PyArg_ParseTuple(args, "O&|i", PyUnicode_FSConverter, &path, &threads)) return NULL;
+    PyTypeObject *tp = (PyTypeObject *)PyObject_GetAttrString(module, "VAECore");
+    if (!tp) { Py_DECREF(path); return NULL; }
+    vaec_vae *m = NULL;
+    vaec_status st;
+    const char *p = PyBytes_AS_STRING(path);
+    Py_BEGIN_ALLOW_THREADS
+    st = vaec_vae_load(&m, p, threads);
+    Py_END_ALLOW_THREADS
+    Py_DECREF(path);
+    if (st) { Py_DECREF(tp); return raise_status(st); }
+    VAEObject *obj = (VAEObject *)tp->tp_alloc(tp, 0);
+    Py_DECREF(tp);
+    if (!obj) { vaec_vae_destroy(m); return NULL; }
+    obj->m = m;
+    return (PyObject *)obj;
+}
+
+static PyObject *mod_cpu_features(PyObject *module, PyObject *noargs) {
+    return Py_BuildValue("{s:s,s:s,s:s,s:i}", "isa", vaec_isa_name(vaec_cpu_active_isa()),
+                         "best_isa", vaec_isa_name(vaec_cpu_best_isa()), "features", vaec_cpu_features(),
+                         "cores", vaec_cpu_count());
+}
+
+static PyObject *mod_set_isa(PyObject *module, PyObject *args) {
+    const char *name;
+    if (!PyArg_ParseTuple(args, "s", &name)) return NULL;
+    for (int i = 0; i <= VAEC_ISA_AVX512; i++)
+        if (strcmp(name, vaec_isa_name((vaec_isa)i)) == 0)
+            return PyUnicode_FromString(vaec_isa_name(vaec_cpu_set_isa((vaec_isa)i)));
+    PyErr_Format(PyExc_ValueError, "isa: expected one of 'avx512', 'avx2', 'neon', 'scalar', 'naive', got '%s'", name);
+    return NULL;
+}
+
+/* sgemm(A, B, transA, transB, C=None, naive=False) -> C = op(A) op(B) (+ C): for tests. */
+static PyObject *mod_sgemm(PyObject *module, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"A", "B", "transA", "transB", "C", "naive", "threads", NULL};
+    PyObject *Ao, *Bo, *Co = Py_None;
+    int ta = 0, tb = 0, naive = 0, threads = 1;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|ppOpi", kwlist, &Ao, &Bo, &ta, &tb, &Co, &naive, &threads))
+        return NULL;
+    PyArrayObject *A = NULL, *B = NULL, *C = NULL, *Ar = NULL, *Br = NULL, *Cr = NULL;
+    PyObject *res = NULL;
+    if (!(Ar = as_real_array(Ao, "A")) || !(Br = as_real_array(Bo, "B"))) goto done;
+    if (!(A = as_f32(Ar)) || !(B = as_f32(Br))) goto done;
+    if (PyArray_NDIM(A) != 2) { wrong_shape(A, "A", "a 2-D array"); goto done; }
+    if (PyArray_NDIM(B) != 2) { wrong_shape(B, "B", "a 2-D array"); goto done; }
+    int64_t M = ta ? PyArray_DIM(A, 1) : PyArray_DIM(A, 0), K = ta ? PyArray_DIM(A, 0) : PyArray_DIM(A, 1);
+    int64_t KB = tb ? PyArray_DIM(B, 1) : PyArray_DIM(B, 0), N = tb ? PyArray_DIM(B, 0) : PyArray_DIM(B, 1);
+    if (K != KB) { PyErr_SetString(PyExc_ValueError, "B: inner dimensions of op(A) and op(B) differ"); goto done; }
+    float beta = 0.0f;
+    if (Co != Py_None) {
+        if (!(Cr = as_real_array(Co, "C"))) goto done;
+        C = (PyArrayObject *)PyArray_FromAny((PyObject *)Cr, PyArray_DescrFromType(NPY_FLOAT32), 2, 2,
+                                             NPY_ARRAY_C_CONTIGUOUS | NPY_ARRAY_ALIGNED | NPY_ARRAY_ENSURECOPY |
+                                             NPY_ARRAY_FORCECAST, NULL);
+        if (!C) goto done;
+        if (PyArray_DIM(C, 0) != M || PyArray_DIM(C, 1) != N) { wrong_shape(C, "C", "shape (M, N)"); goto done; }
+        beta = 1.0f;
+    } else {
+        npy_intp dims[2] = {(npy_intp)M, (npy_intp)N};
+        C = (PyArrayObject *)PyArray_ZEROS(2, dims, NPY_FLOAT32, 0);
+        if (!C) goto done;
+    }
+    vaec_pool *pool = NULL;
+    if (!naive && threads > 1) {
+        vaec_status st = vaec_pool_create(&pool, threads);
+        if (st) { raise_status(st); goto done; }
+    }
+    const float *a = PyArray_DATA(A), *b = PyArray_DATA(B);
+    float *c = PyArray_DATA(C);
+    int64_t lda = PyArray_DIM(A, 1), ldb = PyArray_DIM(B, 1);
+    Py_BEGIN_ALLOW_THREADS
+    if (naive) vaec_sgemm_naive(ta, tb, M, N, K, a, lda, b, ldb, beta, c, N);
+    else vaec_sgemm(pool, ta, tb, M, N, K, a, lda, b, ldb, beta, c, N);
+    Py_END_ALLOW_THREADS
+    vaec_pool_destroy(pool);
+    res = (PyObject *)C;
+    C = NULL;
+done:
+    Py_XDECREF(A); Py_XDECREF(B); Py_XDECREF(C); Py_XDECREF(Ar); Py_XDECREF(Br); Py_XDECREF(Cr);
+    return res;
+}
+
+/* act(name, x, backward_of=None): forward y = act(x), or d * act'(y) with d = x and y given. */
+static PyObject *mod_act(PyObject *module, PyObject *args) {
+    PyObject *nameo, *xo, *yo = Py_None;
+    if (!PyArg_ParseTuple(args, "UO|O", &nameo, &xo, &yo)) return NULL;
+    vaec_act act;
+    if (PyUnicode_CompareWithASCIIString(nameo, "identity") == 0) act = VAEC_ACT_IDENTITY;
+    else if (parse_act(nameo, &act)) return NULL;
+    PyArrayObject *xr = as_real_array(xo, "x"), *x = NULL, *yr = NULL, *y = NULL;
+    PyObject *res = NULL;
+    if (!xr) return NULL;
+    x = (PyArrayObject *)PyArray_FromAny((PyObject *)xr, PyArray_DescrFromType(NPY_FLOAT32), 0, 0,
+                                         NPY_ARRAY_C_CONTIGUOUS | NPY_ARRAY_ALIGNED | NPY_ARRAY_ENSURECOPY |
+                                         NPY_ARRAY_FORCECAST, NULL);
+    if (!x) goto done;
+    int64_t n = (int64_t)PyArray_SIZE(x);
+    if (yo == Py_None) {
+        vaec_act_forward(act, PyArray_DATA(x), PyArray_DATA(x), n);
+    } else {
+        if (!(yr = as_real_array(yo, "y")) || !(y = as_f32(yr))) goto done;
+        if (PyArray_SIZE(y) != n) { PyErr_SetString(PyExc_ValueError, "y: must have the size of x"); goto done; }
+        vaec_act_backward(act, PyArray_DATA(x), PyArray_DATA(y), n);
+    }
+    res = (PyObject *)x;
+    x = NULL;
+done:
+    Py_XDECREF(xr); Py_XDECREF(x); Py_XDECREF(yr); Py_XDECREF(y);
+    return res;
+}
+
+static PyObject *mod_rng(PyObject *module, PyObject *args) {
+    const char *kind;
+    long long n;
+    unsigned long long seed, stream, offset;
+    if (!PyArg_ParseTuple(args, "sLKKK", &kind, &n, &seed, &stream, &offset)) return NULL;
+    if (n < 0) { PyErr_SetString(PyExc_ValueError, "n: must be >= 0"); return NULL; }
+    npy_intp dims[1] = {(npy_intp)n};
+    PyObject *out = PyArray_SimpleNew(1, dims, NPY_FLOAT32);
+    if (!out) return NULL;
+    float *p = PyArray_DATA((PyArrayObject *)out);
+    if (strcmp(kind, "normal") == 0) vaec_rng_normal(p, n, seed, stream, offset);
+    else if (strcmp(kind, "uniform") == 0) vaec_rng_uniform(p, n, seed, stream, offset);
+    else { Py_DECREF(out); PyErr_SetString(PyExc_ValueError, "kind: 'normal' or 'uniform'"); return NULL; }
+    return out;
+}
+
+static PyMethodDef module_methods[] = {
+    {"load", mod_load, METH_VARARGS, "load(path, threads=0) -> VAECore"},
+    {"cpu_features", mod_cpu_features, METH_NOARGS, "the kernel path in use and the CPU's features"},
+    {"set_isa", mod_set_isa, METH_VARARGS, "set_isa(name) -> the path now active (never above the CPU's)"},
+    {"sgemm", (PyCFunction)(void (*)(void))mod_sgemm, METH_VARARGS | METH_KEYWORDS, "GEMM, for tests"},
+    {"act", mod_act, METH_VARARGS, "activation forward/backward, for tests"},
+    {"rng", mod_rng, METH_VARARGS, "rng(kind, n, seed, stream, offset): the counter-based RNG, for tests"},
+    {NULL}
+};
+
+static int module_exec(PyObject *module) {
+    if (PyArray_ImportNumPyAPI() < 0) return -1;
+    PyObject *tp = PyType_FromModuleAndSpec(module, &VAE_spec, NULL);
+    if (!tp) return -1;
+    if (PyModule_AddObject(module, "VAECore", tp) < 0) { Py_DECREF(tp); return -1; }
+    if (PyModule_AddStringConstant(module, "c_version", VAEC_VERSION_STRING) < 0) return -1;
+    return 0;
+}
+
+static PyModuleDef_Slot module_slots[] = {
+    {Py_mod_exec, module_exec},
+    {0, NULL}
+};
+
+static struct PyModuleDef module_def = {
+    PyModuleDef_HEAD_INIT, "vaec._core", "The C core of vaec (use the vaec package).", 0,
+    module_methods, module_slots, NULL, NULL, NULL
+};
+
+PyMODINIT_FUNC PyInit__core(void) { return PyModuleDef_Init(&module_def); }
