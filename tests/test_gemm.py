@@ -1,0 +1,82 @@
+"""The packed SIMD GEMM against the naive triple loop, on every ISA path this CPU has."""
+import numpy as np
+import pytest
+
+from vaec import _core
+
+from _helpers import available_isas, forced_isa
+
+SHAPES = [(1, 1, 1), (1, 7, 17), (7, 1, 63), (17, 63, 7), (63, 17, 257), (257, 300, 5), (6, 16, 256),
+          (96, 256, 257), (97, 257, 513), (5, 1000, 3), (300, 33, 1)]
+
+
+def op(a, t):
+    return a.T if t else a
+
+
+@pytest.mark.parametrize("isa", available_isas())
+@pytest.mark.parametrize("ta,tb", [(0, 0), (0, 1), (1, 0), (1, 1)])
+def test_sgemm_matches_naive(isa, ta, tb):
+    rng = np.random.default_rng(123)
+    for M, N, K in SHAPES:
+        A = rng.standard_normal((K, M) if ta else (M, K), dtype=np.float32)
+        B = rng.standard_normal((N, K) if tb else (K, N), dtype=np.float32)
+        C0 = rng.standard_normal((M, N), dtype=np.float32)
+        exact = op(A, ta).astype(np.float64) @ op(B, tb).astype(np.float64)
+        naive = _core.sgemm(A, B, ta, tb, naive=True)
+        with forced_isa(isa):
+            fast = _core.sgemm(A, B, ta, tb)
+            fast_acc = _core.sgemm(A, B, ta, tb, C=C0)
+            fast_mt = _core.sgemm(A, B, ta, tb, threads=2)
+        # float32 sums of K products: error grows like sqrt(K) * eps * |a||b|
+        scale = np.sqrt(K) * 1e-6 * (np.abs(op(A, ta)) @ np.abs(op(B, tb)) + 1)
+        assert np.all(np.abs(naive - exact) <= scale), (M, N, K)
+        assert np.all(np.abs(fast - exact) <= 4 * scale), (isa, M, N, K, np.max(np.abs(fast - exact)))
+        assert np.all(np.abs(fast_acc - (exact + C0)) <= 4 * scale + 1e-6 * np.abs(C0)), (isa, M, N, K)
+        # the split over threads never changes the arithmetic
+        assert np.array_equal(fast, fast_mt), (isa, M, N, K)
+
+
+def test_sgemm_catches_a_wrong_result():
+    """The comparison above is able to fail: a perturbed product is flagged."""
+    rng = np.random.default_rng(0)
+    A = rng.standard_normal((17, 63), dtype=np.float32)
+    B = rng.standard_normal((63, 7), dtype=np.float32)
+    C = _core.sgemm(A, B)
+    C[3, 4] += 1e-2
+    exact = A.astype(np.float64) @ B
+    scale = np.sqrt(63) * 1e-6 * (np.abs(A) @ np.abs(B) + 1)
+    assert not np.all(np.abs(C - exact) <= 4 * scale)
+
+
+def test_sgemm_empty_and_bad_shapes():
+    A = np.zeros((0, 5), np.float32)
+    B = np.ones((5, 3), np.float32)
+    assert _core.sgemm(A, B).shape == (0, 3)
+    K0 = _core.sgemm(np.zeros((4, 0), np.float32), np.zeros((0, 3), np.float32))
+    assert K0.shape == (4, 3) and not K0.any()
+    with pytest.raises(ValueError, match="B: inner dimensions"):
+        _core.sgemm(np.ones((2, 3), np.float32), np.ones((4, 2), np.float32))
+    with pytest.raises(TypeError, match="A: expected a real-valued"):
+        _core.sgemm(np.ones((2, 2), complex), np.ones((2, 2), np.float32))
+
+
+def test_cpu_features_reports_the_active_path():
+    import vaec
+    f = vaec.cpu_features()
+    assert f["isa"] in ("avx512", "avx2", "neon", "scalar", "naive")
+    assert f["cores"] >= 1
+    with forced_isa("scalar"):
+        assert vaec.cpu_features()["isa"] == "scalar"
+    # never above what the CPU has
+    assert _core.set_isa("avx512") == f["best_isa"] or f["best_isa"] == "avx512"
+    _core.set_isa(f["isa"])
+
+
+def test_vaec_isa_environment_variable_lowers_the_path():
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "-c", "import vaec; print(vaec.cpu_features()['isa'])"],
+                         env={**__import__('os').environ, "VAEC_ISA": "scalar"}, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "scalar"

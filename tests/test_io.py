@@ -1,0 +1,140 @@
+"""The .vaec model file: round trip, atomic writes, and corruption detection."""
+import os
+import pickle
+import struct
+import zlib
+
+import numpy as np
+import pytest
+
+import vaec
+
+
+@pytest.fixture
+def trained(tmp_path):
+    m = vaec.VAE(20, 4, hidden=(12, 6), activation="elu", likelihood="gaussian", seed=3, threads=1)
+    x = np.random.default_rng(0).random((40, 20), dtype=np.float32)
+    m.set_optimizer(beta1=0.8, beta2=0.99, eps=1e-4)
+    for _ in range(3):
+        m.train_step(x, lr=1e-2)
+    return m, x
+
+
+def test_round_trip_restores_everything(trained, tmp_path):
+    m, x = trained
+    path = tmp_path / "model.vaec"
+    m.save(path)
+    r = vaec.load(path)
+    assert (r.input_dim, r.latent_dim, r.hidden, r.activation, r.likelihood, r.seed) == \
+        (m.input_dim, m.latent_dim, m.hidden, m.activation, m.likelihood, m.seed)
+    for k in m.params:
+        assert np.array_equal(m.params[k], r.params[k])
+    assert r.optimizer_state["step"] == 3
+    s = r.optimizer_state
+    assert abs(s["beta1"] - 0.8) < 1e-7 and abs(s["adam_eps"] - 1e-4) < 1e-10
+    # the optimizer moments and the RNG position came along: the next steps are identical
+    a = [m.train_step(x, lr=1e-2) for _ in range(3)]
+    b = [r.train_step(x, lr=1e-2) for _ in range(3)]
+    assert a == b
+    for k in m.params:
+        assert np.array_equal(m.params[k], r.params[k])
+
+
+def test_save_is_atomic_and_leaves_no_temporary(trained, tmp_path):
+    m, _ = trained
+    path = tmp_path / "m.vaec"
+    m.save(str(path))
+    first = path.read_bytes()
+    m.params["encoder.0.bias"][...] += 1
+    m.save(path)
+    assert path.read_bytes() != first
+    assert sorted(os.listdir(tmp_path)) == ["m.vaec"]
+
+
+def test_file_layout_ends_with_a_crc32(trained, tmp_path):
+    m, _ = trained
+    path = tmp_path / "m.vaec"
+    m.save(path)
+    data = path.read_bytes()
+    assert data[:8] == b"\x89VAEC\r\n\x1a"
+    assert struct.unpack("<I", data[-4:])[0] == zlib.crc32(data[:-4])
+    assert len(data) == 172 + 3 * 4 * m._arenas["params"].size + 4
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.vaec"):
+        vaec.load(tmp_path / "nope.vaec")
+
+
+def test_save_into_a_missing_directory(trained, tmp_path):
+    m, _ = trained
+    with pytest.raises(FileNotFoundError):
+        m.save(tmp_path / "no" / "such" / "dir.vaec")
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "magic", "version", "empty", "foreign", "append"])
+def test_corrupted_files_are_refused(trained, tmp_path, damage):
+    m, _ = trained
+    path = tmp_path / "m.vaec"
+    m.save(path)
+    data = bytearray(path.read_bytes())
+    if damage == "flip":
+        data[len(data) // 2] ^= 0x10
+        expect = "checksum"
+    elif damage == "truncate":
+        data = data[: len(data) - 100]
+        expect = "checksum|truncated"
+    elif damage == "magic":
+        data[1:5] = b"XXXX"
+        expect = "not a vaec model file"
+    elif damage == "version":
+        data[8:12] = struct.pack("<I", 99)
+        expect = "format version 99"
+    elif damage == "empty":
+        data = b""
+        expect = "too short"
+    elif damage == "foreign":
+        data = b"PK\x03\x04" + os.urandom(400)
+        expect = "not a vaec model file"
+    else:  # bytes appended after a valid file: the checksum no longer sits at the end
+        data = data + b"\0" * 16
+        expect = "checksum|inconsistent"
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=expect):
+        vaec.load(path)
+
+
+def test_consistent_checksum_but_inconsistent_sizes_are_refused(trained, tmp_path):
+    """A file whose header lies about its size, even with a recomputed checksum."""
+    m, _ = trained
+    path = tmp_path / "m.vaec"
+    m.save(path)
+    data = bytearray(path.read_bytes())
+    # latent_dim (bytes 28..36) changed: the parameter count no longer fits the config
+    data[28:36] = struct.pack("<q", 5)
+    data[-4:] = struct.pack("<I", zlib.crc32(bytes(data[:-4])))
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="inconsistent"):
+        vaec.load(path)
+    data[28:36] = struct.pack("<q", -1)
+    data[-4:] = struct.pack("<I", zlib.crc32(bytes(data[:-4])))
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="invalid model configuration"):
+        vaec.load(path)
+
+
+def test_pickle_round_trip(trained):
+    m, x = trained
+    r = pickle.loads(pickle.dumps(m))
+    for k in m.params:
+        assert np.array_equal(m.params[k], r.params[k])
+    assert r.optimizer_state["step"] == m.optimizer_state["step"]
+    assert m.train_step(x) == r.train_step(x)
+
+
+def test_load_threads_argument(trained, tmp_path):
+    m, _ = trained
+    m.save(tmp_path / "m.vaec")
+    assert vaec.load(tmp_path / "m.vaec", threads=2).threads == 2
+    with pytest.raises(ValueError, match="threads"):
+        vaec.load(tmp_path / "m.vaec", threads=0)
