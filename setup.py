@@ -13,7 +13,7 @@ import numpy
 from setuptools import Extension, setup
 
 csrc = sorted(glob(os.path.join("csrc", "*.c")))
-extra_compile = ["-std=c11", "-O3", "-fno-strict-aliasing", "-Wall", "-Wextra", "-Wno-unused-parameter",
+extra_compile = ["-std=c11", "-O3", "-fno-math-errno", "-fno-strict-aliasing", "-Wall", "-Wextra", "-Wno-unused-parameter",
                  "-Wno-missing-field-initializers", "-Wno-cast-function-type"]
 extra_link = []
 if os.environ.get("VAEC_DEBUG"):
