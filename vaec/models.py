@@ -239,14 +239,19 @@ class VAE:
         return self._core.state()
 
     def fit(self, X, epochs=10, batch_size=100, lr=1e-3, validation_data=None, shuffle=True, seed=None,
-            progress=True, samples=1, binarize=None, verbose=False):
+            progress=True, samples=1, binarize=None, verbose=None, callback=None):
         """Train with Adam on mini-batches of X.
 
         Returns the history, a dict of per-epoch lists: ``loss`` (mean training -ELBO),
         ``val_elbo`` (mean validation ELBO, or None without validation data), ``seconds``
-        and ``examples_per_s``. ``validation_data`` is an array or a tuple whose first item
-        is one. ``binarize='dynamic'`` resamples every pixel as Bernoulli(grey level) each
-        time an image is used (inside C). ``seed`` fixes the shuffling and the noise."""
+        and ``examples_per_s``; calling fit again appends to it (``model.history``).
+        ``validation_data`` is an array or a tuple whose first item is one; its ELBO is
+        computed with a fixed seed, so epochs are compared on the same noise.
+        ``binarize='dynamic'`` resamples every pixel as Bernoulli(grey level) each time an
+        image is used (inside C). ``seed`` fixes the shuffling and the noise.
+        ``progress`` shows a progress bar (terminal or Jupyter); ``verbose`` (default: as
+        ``progress``) prints one line per epoch. ``callback(epoch, logs)`` is called after
+        each epoch with that epoch's numbers; returning True stops training."""
         epochs = _int_arg("epochs", epochs, 0)
         batch_size = _int_arg("batch_size", batch_size, 1)
         lr = _float_arg("lr", lr, 0.0)
@@ -289,14 +294,18 @@ class VAE:
             hist["examples_per_s"].append(seen / secs if secs > 0 else float("inf"))
             val = None
             if X_val is not None and X_val.shape[0] > 0:
-                val = float(np.mean(self._core.elbo(X_val, None, 1, None, bin_flag)))
+                val = float(np.mean(self._core.elbo(X_val, None, 1, 0, bin_flag)))
             hist["val_elbo"].append(val)
-            if progress or verbose:
+            if verbose or (verbose is None and progress):
                 msg = f"epoch {len(hist['loss']):3d}  loss {total / seen:9.3f}"
                 if val is not None:
                     msg += f"  val ELBO {val:9.3f}"
                 msg += f"  {seen / secs:9.0f} ex/s  {secs:6.2f}s"
-                print(msg, file=sys.stderr if not verbose else sys.stdout, flush=True)
+                print(msg, flush=True)
+            if callback is not None:
+                logs = {k: v[-1] for k, v in hist.items()}
+                if callback(len(hist["loss"]), logs):
+                    break
         return hist
 
     def _check_data(self, X, name):

@@ -1,0 +1,86 @@
+"""The command line, end to end in quick mode, and its one-line errors."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import vaec
+
+ENV = {**os.environ, "VAEC_OFFLINE": "1", "MPLBACKEND": "Agg"}
+
+
+def run(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "vaec", *args], capture_output=True, text=True, env=ENV,
+                          cwd=cwd, timeout=300)
+
+
+def test_train_writes_model_metrics_and_pictures(tmp_path):
+    out = tmp_path / "run"
+    r = run("train", "--epochs", "2", "--limit", "2000", "--latent", "2", "--hidden", "64",
+            "--out", str(out), "--quiet", "--seed", "3")
+    assert r.returncode == 0, r.stderr
+    lines = [l for l in r.stdout.splitlines() if l.startswith("epoch")]
+    assert len(lines) == 2 and "train loss" in lines[0] and "test ELBO" in lines[0] and "ex/s" in lines[0]
+    assert "shipped" in r.stdout  # the offline fallback is announced once, as a note
+    files = sorted(os.listdir(out))
+    assert files == ["history.png", "latent.png", "metrics.json", "model.vaec", "reconstructions.png",
+                     "samples.png"]
+    for f in files:
+        if f.endswith(".png"):
+            assert (out / f).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["model"]["latent_dim"] == 2 and metrics["model"]["hidden"] == [64]
+    assert len(metrics["history"]["loss"]) == 2
+    m = vaec.load(out / "model.vaec")
+    assert m.latent_dim == 2
+    r2 = run("eval", str(out / "model.vaec"), "--seed", "0")
+    assert r2.returncode == 0, r2.stderr
+    elbo = float(r2.stdout.split("test ELBO (1 sample): ")[1].split()[0])
+    assert -400 < elbo < -100
+
+
+def test_sample_writes_a_png(tmp_path):
+    m = vaec.VAE(784, 3, hidden=(16,), seed=0)
+    m.save(tmp_path / "m.vaec")
+    r = run("sample", str(tmp_path / "m.vaec"), "--n", "16", "--out", str(tmp_path / "s.png"), "--seed", "1")
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "s.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("args,message", [
+    (["train", "--bogus"], "unrecognized arguments: --bogus"),
+    (["train", "--epochs", "-1"], "--epochs: expected a non-negative integer"),
+    (["train", "--lr", "0"], "--lr: expected a positive number"),
+    (["train", "--hidden", "40,x"], "--hidden: expected widths"),
+    (["train", "--dataset", "cifar"], "--dataset: invalid choice"),
+    (["train", "--likelihood", "gaussian", "--binarize", "dynamic", "--epochs", "0"], "needs --likelihood bernoulli"),
+    (["sample", "/no/such/model.vaec"], "model file not found"),
+    (["eval", "/no/such/model.vaec"], "model file not found"),
+    (["nonsense"], "invalid choice"),
+])
+def test_errors_are_one_line_with_status_2(args, message):
+    r = run(*args)
+    assert r.returncode == 2
+    err = r.stderr.strip().splitlines()
+    assert len(err) == 1 and message in err[0] and "Traceback" not in r.stderr, r.stderr
+
+
+def test_corrupt_model_file_is_one_line(tmp_path):
+    p = tmp_path / "bad.vaec"
+    p.write_bytes(b"not a model at all" * 20)
+    r = run("eval", str(p))
+    assert r.returncode == 2 and "not a vaec model file" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_missing_dataset_is_one_line(tmp_path):
+    r = run("train", "--dataset", "frey", "--data", str(tmp_path), "--epochs", "1")
+    assert r.returncode == 2 and "frey_rawface.mat not found" in r.stderr
+
+
+@pytest.mark.parametrize("cmd", [[], ["train"], ["sample"], ["eval"]])
+def test_help_everywhere(cmd):
+    r = run(*cmd, "--help")
+    assert r.returncode == 0 and "usage:" in r.stdout

@@ -1,0 +1,329 @@
+"""The command line: ``python -m vaec train | sample | eval``.
+
+Errors in arguments or files print one line and exit with status 2 (no traceback).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import sys
+import time
+import warnings
+
+import numpy as np
+
+DATASETS = ("mnist", "fashion-mnist", "frey")
+IMAGE_SHAPE = {"mnist": (28, 28), "fashion-mnist": (28, 28), "frey": (28, 20)}
+
+
+class UsageError(Exception):
+    """A mistake in the command's arguments or inputs: one line, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, no usage dump
+        raise UsageError(f"{self.prog}: {message} (see --help)")
+
+
+def _positive_int(s):
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}")
+    return v
+
+
+def _nonneg_int(s):
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {s!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {s!r}")
+    return v
+
+
+def _positive_float(s):
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {s!r}") from None
+    if not (v > 0 and np.isfinite(v)):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {s!r}")
+    return v
+
+
+def _hidden(s):
+    """'400' or '500,200' (or '' / 'none' for no hidden layer)."""
+    if s.strip().lower() in ("", "none"):
+        return ()
+    try:
+        widths = tuple(int(w) for w in s.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected widths like 400 or 500,200, got {s!r}") from None
+    if any(w < 1 for w in widths):
+        raise argparse.ArgumentTypeError(f"layer widths must be positive, got {s!r}")
+    return widths
+
+
+def load_dataset(name, path=None):
+    """(X_train, y_train, X_test, y_test) as uint8; y is None for Frey faces.
+    Data warnings (such as falling back to the shipped subset) become one-line notes."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        data = _load_dataset(name, path)
+    for w in caught:
+        print(f"note: {w.message}", flush=True)
+    return data
+
+
+def _load_dataset(name, path):
+    from . import datasets
+
+    if name == "mnist":
+        Xtr, ytr = datasets.load_mnist("train", path)
+        Xte, yte = datasets.load_mnist("test", path)
+    elif name == "fashion-mnist":
+        Xtr, ytr = datasets.load_fashion_mnist("train", path)
+        Xte, yte = datasets.load_fashion_mnist("test", path)
+    elif name == "frey":
+        X = datasets.load_frey_faces(path)
+        # a fixed split: every 10th face is held out
+        test = np.arange(X.shape[0]) % 10 == 0
+        Xtr, ytr, Xte, yte = X[~test], None, X[test], None
+    else:
+        raise UsageError(f"unknown dataset {name!r}; expected one of {', '.join(DATASETS)}")
+    return Xtr, ytr, Xte, yte
+
+
+def _have_matplotlib():
+    try:
+        import matplotlib  # noqa: F401
+        return True
+    except ImportError:
+        return False
+
+
+def _save_figure(fig, path):
+    tmp = f"{path}.tmp-{os.getpid()}.png"
+    fig.savefig(tmp, dpi=100, bbox_inches="tight")
+    os.replace(tmp, path)
+
+
+def write_pictures(model, out, X, y, shape, history=None):
+    """The samples grid, reconstructions, training curves and latent space as PNGs."""
+    from . import plot
+
+    written = []
+    figs = [("samples.png", plot.samples_grid(model, n=64, seed=0, shape=shape)),
+            ("reconstructions.png", plot.reconstructions(model, X, n=10, shape=shape))]
+    if history:
+        figs.append(("history.png", plot.history(history)))
+    if model.latent_dim == 2:
+        figs.append(("latent.png", plot.latent_manifold(model, n=20, shape=shape)))
+    else:
+        n = min(len(X), 2000)
+        figs.append(("latent.png", plot.latent_scatter(model, X[:n], None if y is None else y[:n])))
+    for name, fig in figs:
+        path = os.path.join(out, name)
+        _save_figure(fig, path)
+        written.append(path)
+    return written
+
+
+def _atomic_json(obj, path):
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def cmd_train(args):
+    import vaec
+
+    likelihood = args.likelihood or ("gaussian" if args.dataset == "frey" else "bernoulli")
+    binarize = args.binarize
+    if binarize is None:
+        binarize = "dynamic" if likelihood == "bernoulli" else "none"
+    if binarize == "dynamic" and likelihood != "bernoulli":
+        raise UsageError("train: --binarize dynamic needs --likelihood bernoulli")
+    hidden = args.hidden if args.hidden is not None else ((200,) if args.dataset == "frey" else (400,))
+    out = args.out or os.path.join("runs", datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))
+    Xtr, ytr, Xte, yte = load_dataset(args.dataset, args.data)
+    # default budget: about 300,000 training examples (30 epochs of the shipped MNIST
+    # subset, 5 of full MNIST, 170 of Frey faces): well under 2 minutes on 2 cores
+    epochs = args.epochs if args.epochs is not None else max(5, min(200, 300_000 // len(Xtr)))
+    if args.limit:
+        Xtr, Xte = Xtr[:args.limit], Xte[:max(1, args.limit // 5)]
+        ytr = None if ytr is None else ytr[:args.limit]
+        yte = None if yte is None else yte[:max(1, args.limit // 5)]
+    os.makedirs(out, exist_ok=True)
+    model = vaec.VAE(Xtr.shape[1], args.latent, hidden=hidden, activation=args.activation,
+                     likelihood=likelihood, seed=args.seed, threads=args.threads)
+    print(f"vaec {vaec.__version__}: training {model!r}", flush=True)
+    print(f"data: {args.dataset}, {len(Xtr)} train / {len(Xte)} test images, binarize={binarize}, "
+          f"kernels={vaec.cpu_features()['isa']}, threads={model.threads}", flush=True)
+    bin_flag = "dynamic" if binarize == "dynamic" else None
+    hist = {"loss": [], "test_elbo": [], "seconds": [], "examples_per_s": []}
+
+    def report(epoch, logs):
+        hist["loss"].append(logs["loss"])
+        hist["test_elbo"].append(logs["val_elbo"])
+        hist["seconds"].append(logs["seconds"])
+        hist["examples_per_s"].append(logs["examples_per_s"])
+        print(f"epoch {epoch:3d}/{epochs}  train loss {logs['loss']:9.3f}  test ELBO {logs['val_elbo']:9.3f}  "
+              f"{logs['examples_per_s']:8.0f} ex/s", flush=True)
+
+    t_start = time.perf_counter()
+    model.fit(Xtr, epochs=epochs, batch_size=args.batch_size, lr=args.lr, validation_data=Xte,
+              progress=not args.quiet, verbose=False, seed=args.seed, binarize=bin_flag, callback=report)
+    total = time.perf_counter() - t_start
+    model_path = os.path.join(out, "model.vaec")
+    model.save(model_path)
+    metrics = {
+        "vaec_version": vaec.__version__,
+        "command": " ".join(sys.argv),
+        "dataset": args.dataset, "n_train": int(len(Xtr)), "n_test": int(len(Xte)), "binarize": binarize,
+        "model": {"input_dim": model.input_dim, "latent_dim": model.latent_dim, "hidden": list(model.hidden),
+                  "activation": model.activation, "likelihood": model.likelihood, "seed": model.seed},
+        "epochs": epochs, "batch_size": args.batch_size, "lr": args.lr,
+        "history": hist, "final_test_elbo": hist["test_elbo"][-1] if hist["test_elbo"] else None,
+        "seconds": total, "cpu": vaec.cpu_features(), "threads": model.threads,
+        "python": platform.python_version(), "numpy": np.__version__,
+    }
+    _atomic_json(metrics, os.path.join(out, "metrics.json"))
+    print(f"wrote {model_path}, {os.path.join(out, 'metrics.json')}")
+    if _have_matplotlib():
+        hist_plot = {"loss": hist["loss"], "val_elbo": hist["test_elbo"], "seconds": hist["seconds"],
+                     "examples_per_s": hist["examples_per_s"]}
+        for p in write_pictures(model, out, Xte, yte, IMAGE_SHAPE[args.dataset], hist_plot):
+            print(f"wrote {p}")
+    else:
+        print("pictures skipped: matplotlib is not installed (pip install 'vaec[plot]')")
+    print(f"done in {total:.1f} s; final test ELBO {metrics['final_test_elbo']:.3f} nats")
+    return 0
+
+
+def _load_model(path):
+    import vaec
+
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"model file not found: {path}")
+    return vaec.load(path)
+
+
+def cmd_sample(args):
+    from . import plot
+
+    model = _load_model(args.model)
+    if not _have_matplotlib():
+        raise UsageError("sample: matplotlib is needed to write a PNG (pip install 'vaec[plot]')")
+    shape = tuple(args.shape) if args.shape else _guess_shape(model.input_dim)
+    fig = plot.samples_grid(model, n=args.n, seed=args.seed, shape=shape)
+    _save_figure(fig, args.out)
+    print(f"wrote {args.out}")
+    return 0
+
+
+def _guess_shape(d):
+    if d == 560:
+        return (28, 20)
+    s = int(round(np.sqrt(d)))
+    if s * s == d:
+        return (s, s)
+    return (1, d)
+
+
+def cmd_eval(args):
+    model = _load_model(args.model)
+    dataset = args.dataset or ("frey" if model.input_dim == 560 else "mnist")
+    _, _, Xte, _ = load_dataset(dataset, args.data)
+    if Xte.shape[1] != model.input_dim:
+        raise UsageError(f"eval: the model takes {model.input_dim} inputs, {dataset} has {Xte.shape[1]}")
+    binarize = model.likelihood == "bernoulli" and not args.no_binarize
+    t = time.perf_counter()
+    elbo = model.elbo(Xte, samples=args.samples, seed=args.seed, binarize="dynamic" if binarize else None)
+    secs = time.perf_counter() - t
+    print(f"{dataset} test set: {len(Xte)} images, binarize={'dynamic' if binarize else 'none'}")
+    print(f"test ELBO ({args.samples} sample{'s' if args.samples > 1 else ''}): {elbo.mean():.3f} nats "
+          f"(std err {elbo.std(ddof=1) / np.sqrt(len(elbo)) if len(elbo) > 1 else 0:.3f}), {secs:.2f} s")
+    return 0
+
+
+def build_parser():
+    p = _Parser(prog="python -m vaec", description="Variational autoencoders with a C core.")
+    sub = p.add_subparsers(dest="command", metavar="{train,sample,eval}", parser_class=_Parser)
+
+    t = sub.add_parser("train", help="train a VAE and write the model, metrics and pictures",
+                       description="Train a VAE. With no arguments: MNIST (the full set if found in "
+                                   "--data, $VAEC_DATA or ~/.cache/vaec, else the subset shipped with vaec), "
+                                   "20 latent dimensions, one hidden layer of 400, about 300,000 examples' worth of epochs.")
+    t.add_argument("--dataset", choices=DATASETS, default="mnist")
+    t.add_argument("--data", metavar="PATH", help="folder holding the data set's files")
+    t.add_argument("--latent", type=_positive_int, default=20, help="latent dimensions (default 20)")
+    t.add_argument("--hidden", type=_hidden, default=None,
+                   help="hidden widths, e.g. 400 or 500,200 (default 400; 200 for frey)")
+    t.add_argument("--activation", default="tanh",
+                   choices=("tanh", "relu", "softplus", "sigmoid", "elu", "leaky_relu"))
+    t.add_argument("--epochs", type=_nonneg_int, default=None,
+                   help="default: about 300,000 examples' worth (30 epochs of the shipped MNIST subset)")
+    t.add_argument("--batch-size", type=_positive_int, default=100)
+    t.add_argument("--lr", type=_positive_float, default=1e-3)
+    t.add_argument("--likelihood", choices=("bernoulli", "gaussian"), default=None,
+                   help="default bernoulli (gaussian for frey)")
+    t.add_argument("--binarize", choices=("dynamic", "none"), default=None,
+                   help="dynamic: resample pixels as Bernoulli(grey level) each use (default with bernoulli)")
+    t.add_argument("--seed", type=_nonneg_int, default=0)
+    t.add_argument("--threads", type=_positive_int, default=None, help="default: all cores")
+    t.add_argument("--limit", type=_positive_int, default=None, help="use only the first N training images")
+    t.add_argument("--out", metavar="DIR", default=None, help="output folder (default runs/<timestamp>)")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("sample", help="draw samples from a trained model into a PNG grid")
+    s.add_argument("model", metavar="MODEL", help="a .vaec file written by train")
+    s.add_argument("--n", type=_positive_int, default=64)
+    s.add_argument("--out", metavar="FILE.png", default="samples.png")
+    s.add_argument("--seed", type=_nonneg_int, default=None)
+    s.add_argument("--shape", type=_positive_int, nargs=2, metavar=("H", "W"), default=None)
+    s.set_defaults(func=cmd_sample)
+
+    e = sub.add_parser("eval", help="evaluate a trained model on a test set")
+    e.add_argument("model", metavar="MODEL", help="a .vaec file written by train")
+    e.add_argument("--dataset", choices=DATASETS, default=None)
+    e.add_argument("--data", metavar="PATH")
+    e.add_argument("--samples", type=_positive_int, default=1, help="ELBO samples per image")
+    e.add_argument("--seed", type=_nonneg_int, default=0)
+    e.add_argument("--no-binarize", action="store_true", help="evaluate on grey levels")
+    e.set_defaults(func=cmd_eval)
+    return p
+
+
+def main(argv=None):
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        if not args.command:
+            parser.print_help()
+            return 2
+        return args.func(args)
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, ValueError, TypeError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
