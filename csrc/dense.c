@@ -1,38 +1,55 @@
-/* dense.c -- the dense (fully connected) layer: forward and backward on the GEMM. */
+/* dense.c -- the dense (fully connected) layer: forward and backward on the GEMM.
+ * The _strided forms take row strides (ld*) so callers can keep padded buffers; the
+ * plain forms of vaec.h are the contiguous case. */
 #include "internal.h"
+#include <string.h>
 
 /* out(B,OUT) = in(B,IN) . W(OUT,IN)^T + b(OUT) */
-void vaec_dense_forward(vaec_pool *pool, float *out, const float *in, const float *W,
-                        const float *b, int64_t B, int64_t IN, int64_t OUT) {
-    for (int64_t i = 0; i < B; i++)
-        for (int64_t o = 0; o < OUT; o++) out[i * OUT + o] = b ? b[o] : 0.0f;
-    vaec_sgemm(pool, 0, 1, B, OUT, IN, in, IN, W, IN, 1.0f, out, OUT);
+void vaec_dense_forward_strided(vaec_pool *pool, float *out, int64_t ldo, const float *in, int64_t ldi,
+                                const float *W, const float *b, int64_t B, int64_t IN, int64_t OUT) {
+    for (int64_t i = 0; i < B; i++) {
+        if (b) memcpy(out + i * ldo, b, (size_t)OUT * sizeof(float));
+        else memset(out + i * ldo, 0, (size_t)OUT * sizeof(float));
+    }
+    vaec_sgemm(pool, 0, 1, B, OUT, IN, in, ldi, W, IN, 1.0f, out, ldo);
 }
 
-typedef struct { float *db; const float *dout; int64_t B, OUT; } colsum_job;
+typedef struct { float *db; const float *dout; int64_t ldd, B, OUT; } colsum_job;
 enum { COLSUM_GRAIN = 256 };
 
+/* db[o] += sum over rows of dout[., o], in float64, rows in order (thread-count free) */
 static void colsum_task(void *ctx, int64_t t, int tid) {
     (void)tid;
     colsum_job *j = ctx;
     int64_t o0 = t * COLSUM_GRAIN, o1 = o0 + COLSUM_GRAIN < j->OUT ? o0 + COLSUM_GRAIN : j->OUT;
     double acc[COLSUM_GRAIN] = {0};
     for (int64_t i = 0; i < j->B; i++) {
-        const float *row = j->dout + i * j->OUT;
+        const float *row = j->dout + i * j->ldd;
         for (int64_t o = o0; o < o1; o++) acc[o - o0] += row[o];
     }
     for (int64_t o = o0; o < o1; o++) j->db[o] += (float)acc[o - o0];
 }
 
-/* dW(OUT,IN) += dout(B,OUT)^T . in(B,IN); db(OUT) += sum over B of dout (float64);
- * din(B,IN) = dout . W when din != NULL. */
-void vaec_dense_backward(vaec_pool *pool, float *din, float *dW, float *db, const float *dout,
-                         const float *in, const float *W, int64_t B, int64_t IN, int64_t OUT) {
+/* Adds dW(OUT,IN) += dout^T . in and db(OUT) += colsum(dout); writes din = dout . W when
+ * din != NULL. */
+void vaec_dense_backward_strided(vaec_pool *pool, float *din, int64_t ldin, float *dW, float *db,
+                                 const float *dout, int64_t ldd, const float *in, int64_t ldi,
+                                 const float *W, int64_t B, int64_t IN, int64_t OUT) {
     if (B <= 0) return;
-    if (dW) vaec_sgemm(pool, 1, 0, OUT, IN, B, dout, OUT, in, IN, 1.0f, dW, IN);
+    if (dW) vaec_sgemm(pool, 1, 0, OUT, IN, B, dout, ldd, in, ldi, 1.0f, dW, IN);
     if (db) {
-        colsum_job j = {db, dout, B, OUT};
+        colsum_job j = {db, dout, ldd, B, OUT};
         vaec_pool_run(pool, colsum_task, &j, vaec_ntasks(OUT, COLSUM_GRAIN));
     }
-    if (din) vaec_sgemm(pool, 0, 0, B, IN, OUT, dout, OUT, W, IN, 0.0f, din, IN);
+    if (din) vaec_sgemm(pool, 0, 0, B, IN, OUT, dout, ldd, W, IN, 0.0f, din, ldin);
+}
+
+void vaec_dense_forward(vaec_pool *pool, float *out, const float *in, const float *W,
+                        const float *b, int64_t B, int64_t IN, int64_t OUT) {
+    vaec_dense_forward_strided(pool, out, OUT, in, IN, W, b, B, IN, OUT);
+}
+
+void vaec_dense_backward(vaec_pool *pool, float *din, float *dW, float *db, const float *dout,
+                         const float *in, const float *W, int64_t B, int64_t IN, int64_t OUT) {
+    vaec_dense_backward_strided(pool, din, IN, dW, db, dout, OUT, in, IN, W, B, IN, OUT);
 }

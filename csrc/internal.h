@@ -51,6 +51,13 @@ void vaec_gemm_block_avx512(const vaec_gemm_args *g, int64_t bi, int64_t bj, flo
 void vaec_gemm_block_neon(const vaec_gemm_args *g, int64_t bi, int64_t bj, float *scratch);
 #endif
 
+/* Dense layers on row-strided buffers (vaec_dense_* are the contiguous case). */
+void vaec_dense_forward_strided(vaec_pool *pool, float *out, int64_t ldo, const float *in, int64_t ldi,
+                                const float *W, const float *b, int64_t B, int64_t IN, int64_t OUT);
+void vaec_dense_backward_strided(vaec_pool *pool, float *din, int64_t ldin, float *dW, float *db,
+                                 const float *dout, int64_t ldd, const float *in, int64_t ldi,
+                                 const float *W, int64_t B, int64_t IN, int64_t OUT);
+
 /* Split [0, n) rows into tasks of about `grain` rows for the pool. */
 static inline int64_t vaec_ntasks(int64_t n, int64_t grain) {
     return n <= 0 ? 0 : (n + grain - 1) / grain;

@@ -294,36 +294,16 @@ static const float *prepare_input(vaec_vae *m, const vaec_input *x, int64_t r0, 
     return m->w_x;
 }
 
-/* Dense layer on strided rows: out rows have stride ldo, input rows stride ldi. */
+/* The model's layers on its padded workspace rows. */
 static void layer_forward(vaec_vae *m, const vaec_layer *L, float *out, int64_t ldo,
                           const float *in, int64_t ldi, int64_t R) {
-    const float *W = m->params + L->W, *b = m->params + L->b;
-    for (int64_t r = 0; r < R; r++) memcpy(out + r * ldo, b, (size_t)L->out * sizeof(float));
-    vaec_sgemm(m->pool, 0, 1, R, L->out, L->in, in, ldi, W, L->in, 1.0f, out, ldo);
+    vaec_dense_forward_strided(m->pool, out, ldo, in, ldi, m->params + L->W, m->params + L->b, R, L->in, L->out);
 }
 
-typedef struct { float *db; const float *dout; int64_t ldd, R, OUT; } colsum_job;
-static void colsum_task(void *ctx, int64_t t, int tid) {
-    (void)tid;
-    colsum_job *j = ctx;
-    enum { G = 256 };
-    int64_t o0 = t * G, o1 = o0 + G < j->OUT ? o0 + G : j->OUT;
-    double acc[G] = {0};
-    for (int64_t r = 0; r < j->R; r++) {
-        const float *row = j->dout + r * j->ldd;
-        for (int64_t o = o0; o < o1; o++) acc[o - o0] += row[o];
-    }
-    for (int64_t o = o0; o < o1; o++) j->db[o] += (float)acc[o - o0];
-}
-
-/* Adds dW += dout^T in, db += colsum(dout); din = dout W when din != NULL. */
 static void layer_backward(vaec_vae *m, const vaec_layer *L, float *din, int64_t ldin,
                            const float *dout, int64_t ldd, const float *in, int64_t ldi, int64_t R) {
-    const float *W = m->params + L->W;
-    vaec_sgemm(m->pool, 1, 0, L->out, L->in, R, dout, ldd, in, ldi, 1.0f, m->grads + L->W, L->in);
-    colsum_job cj = {m->grads + L->b, dout, ldd, R, L->out};
-    vaec_pool_run(m->pool, colsum_task, &cj, vaec_ntasks(L->out, 256));
-    if (din) vaec_sgemm(m->pool, 0, 0, R, L->in, L->out, dout, ldd, W, L->in, 0.0f, din, ldin);
+    vaec_dense_backward_strided(m->pool, din, ldin, m->grads + L->W, m->grads + L->b, dout, ldd, in, ldi,
+                                m->params + L->W, R, L->in, L->out);
 }
 
 /* KL per row and, with gradients, d_heads = scale * dKL/d(mu, logvar). */
