@@ -25,6 +25,29 @@ static void naive_task(void *ctx, int64_t row, int tid) {
                      g->C + row * g->ldc, g->ldc);
 }
 
+static vaec_gemm_small_fn small_for(vaec_isa isa) {
+    switch (isa) {
+#if defined(VAEC_X86)
+    case VAEC_ISA_AVX512: return vaec_gemm_small_m_avx512;
+    case VAEC_ISA_AVX2: return vaec_gemm_small_m_avx2;
+#endif
+#if defined(VAEC_ARM64)
+    case VAEC_ISA_NEON: return vaec_gemm_small_m_neon;
+#endif
+    case VAEC_ISA_NAIVE: return NULL;
+    default: return vaec_gemm_small_m_scalar;
+    }
+}
+
+enum { SMALL_GRAIN = 64 };  /* columns per task */
+typedef struct { const vaec_gemm_args *g; vaec_gemm_small_fn fn; } small_job;
+static void small_task(void *ctx, int64_t t, int tid) {
+    (void)tid;
+    small_job *j = ctx;
+    int64_t j0 = t * SMALL_GRAIN, j1 = j0 + SMALL_GRAIN < j->g->N ? j0 + SMALL_GRAIN : j->g->N;
+    j->fn(j->g, j0, j1);
+}
+
 static vaec_gemm_block_fn block_for(vaec_isa isa) {
     switch (isa) {
 #if defined(VAEC_X86)
@@ -44,7 +67,15 @@ void vaec_sgemm(vaec_pool *pool, int transA, int transB, int64_t M, int64_t N, i
                 float beta, float *C, int64_t ldc) {
     if (M <= 0 || N <= 0) return;
     vaec_gemm_args g = {transA, transB, M, N, K, A, lda, B, ldb, beta, C, ldc};
-    vaec_gemm_block_fn block = block_for(vaec_cpu_active_isa());
+    vaec_isa isa = vaec_cpu_active_isa();
+    vaec_gemm_small_fn small = small_for(isa);
+    if (small && M <= GEMM_SMALL_M && !transA) {
+        /* a few rows: packing would cost as much as the product; split over columns */
+        small_job sj = {&g, small};
+        vaec_pool_run(pool, small_task, &sj, vaec_ntasks(N, SMALL_GRAIN));
+        return;
+    }
+    vaec_gemm_block_fn block = block_for(isa);
     if (!block) {
         naive_job nj = {&g};
         vaec_pool_run(pool, naive_task, &nj, M);

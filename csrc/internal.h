@@ -41,14 +41,21 @@ typedef struct {
 /* One ISA's block routine: computes block (bi, bj) of C using `scratch`. */
 typedef void (*vaec_gemm_block_fn)(const vaec_gemm_args *g, int64_t bi, int64_t bj, float *scratch);
 void vaec_gemm_block_scalar(const vaec_gemm_args *g, int64_t bi, int64_t bj, float *scratch);
+/* One ISA's routine for M <= GEMM_SMALL_M rows (op(A) not transposed): columns [j0, j1). */
+typedef void (*vaec_gemm_small_fn)(const vaec_gemm_args *g, int64_t j0, int64_t j1);
+#define GEMM_SMALL_M 4
+void vaec_gemm_small_m_scalar(const vaec_gemm_args *g, int64_t j0, int64_t j1);
 #if defined(__x86_64__) || defined(_M_X64)
 #define VAEC_X86 1
 void vaec_gemm_block_avx2(const vaec_gemm_args *g, int64_t bi, int64_t bj, float *scratch);
 void vaec_gemm_block_avx512(const vaec_gemm_args *g, int64_t bi, int64_t bj, float *scratch);
+void vaec_gemm_small_m_avx2(const vaec_gemm_args *g, int64_t j0, int64_t j1);
+void vaec_gemm_small_m_avx512(const vaec_gemm_args *g, int64_t j0, int64_t j1);
 #endif
 #if defined(__aarch64__)
 #define VAEC_ARM64 1
 void vaec_gemm_block_neon(const vaec_gemm_args *g, int64_t bi, int64_t bj, float *scratch);
+void vaec_gemm_small_m_neon(const vaec_gemm_args *g, int64_t j0, int64_t j1);
 #endif
 
 /* Dense layers on row-strided buffers (vaec_dense_* are the contiguous case). */
