@@ -28,9 +28,9 @@ setup(
     ext_modules=[
         Extension(
             "vaec._core",
-            sources=["vaec/_core.c"] + csrc,
+            sources=sorted(glob(os.path.join("vaec", "*.c"))) + csrc,
             include_dirs=["csrc", numpy.get_include()],
-            depends=glob(os.path.join("csrc", "*.h")) + glob(os.path.join("csrc", "*.inc")),
+            depends=glob(os.path.join("csrc", "*.h")) + glob(os.path.join("csrc", "*.inc")) + glob(os.path.join("vaec", "*.h")),
             extra_compile_args=extra_compile,
             extra_link_args=extra_link,
             libraries=libraries,

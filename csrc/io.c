@@ -1,29 +1,29 @@
-/* io.c -- the model file (.vaec).
+/* io.c -- the model file (.vaec), one format for every kind of model.
  *
- * Layout (little-endian, as written by this host; the endian marker rejects others):
+ * Layout (little-endian; the endian marker rejects other byte orders):
  *   magic      8 bytes  "\x89VAEC\r\n\x1a"  (binary-safe: detects text-mode mangling)
  *   version    u32      VAEC_FILE_VERSION
  *   endian     u32      0x01020304
- *   model kind u32      1 = VAE
- *   config     i64 input_dim, i64 latent_dim, i32 n_hidden, i32 activation,
- *              i32 likelihood, i32 0, i64 hidden[8], u64 seed
- *   arena      i64 nparams
- *   optimizer  f32 beta1, f32 beta2, f32 eps, i32 0, i64 step
+ *   kind       u32      VAEC_KIND_VAE, ...
+ *   config     u32 length, then that many bytes (the kind's own config record)
+ *   arena      i64 n, f32 beta1, f32 beta2, f32 eps, i32 0, i64 step
  *   rng        u64 seed, u64 counter
- *   data       f32 params[nparams], f32 adam_m[nparams], f32 adam_v[nparams]
+ *   data       f32 params[n], f32 adam_m[n], f32 adam_v[n]
  *   checksum   u32 CRC-32 (zlib's polynomial) of every byte before it
  * Saving writes "<path>.tmp-<pid>", flushes and fsyncs it, then renames it over path,
- * so a reader never sees a half-written model. Loading checks the size, the magic,
- * the version, the checksum and the config before building the model. */
+ * so a reader never sees a half-written file. Reading checks the size, the magic, the
+ * version and the checksum before anything is used. */
 #define _POSIX_C_SOURCE 200809L
-#include "vae_impl.h"
+#include "internal.h"
 #include <errno.h>
+#include <stdio.h>
 #include <string.h>
 #include <unistd.h>
 
 #define VAEC_FILE_VERSION 1u
 static const unsigned char MAGIC[8] = {0x89, 'V', 'A', 'E', 'C', '\r', '\n', 0x1a};
-#define HEADER_BYTES (8 + 4 * 3 + (8 + 8 + 4 * 4 + 8 * VAEC_MAX_HIDDEN + 8) + 8 + (4 * 4 + 8) + 16)
+#define FIXED_HEAD (8 + 4 * 4)           /* magic, version, endian, kind, config length */
+#define ARENA_HEAD (8 + 4 * 4 + 8 + 16)  /* n, adam (3 f32 + pad), step, rng */
 
 static uint32_t crc_table[256];
 static void crc_init(void) {
@@ -43,39 +43,31 @@ static uint32_t crc32_update(uint32_t crc, const void *data, size_t n) {
 
 typedef struct { unsigned char *buf; size_t len; } bytes;
 static void put(bytes *b, const void *p, size_t n) { memcpy(b->buf + b->len, p, n); b->len += n; }
-#define PUT(b, v) do { __typeof__(v) tmp_ = (v); put((b), &tmp_, sizeof tmp_); } while (0)
+#define PUT(b, T, v) do { T tmp_ = (v); put((b), &tmp_, sizeof tmp_); } while (0)
 
-static size_t file_bytes(int64_t nparams) { return HEADER_BYTES + (size_t)nparams * 12 + 4; }
-
-vaec_status vaec_vae_save(const vaec_vae *m, const char *path) {
-    size_t total = file_bytes(m->nparams);
+vaec_status vaec_file_write(const char *path, uint32_t kind, const void *config, uint32_t config_len,
+                            const vaec_arena *a, uint64_t rng_seed, uint64_t rng_counter) {
+    size_t total = FIXED_HEAD + config_len + ARENA_HEAD + (size_t)a->n * 12 + 4;
     bytes b = {vaec_alloc(total, 1), 0};
     if (!b.buf) return vaec_fail(VAEC_ERR_NOMEM, "out of memory serializing the model");
-    const vaec_vae_config *c = &m->cfg;
     put(&b, MAGIC, 8);
-    PUT(&b, (uint32_t)VAEC_FILE_VERSION);
-    PUT(&b, (uint32_t)0x01020304u);
-    PUT(&b, (uint32_t)1u);
-    PUT(&b, (int64_t)c->input_dim);
-    PUT(&b, (int64_t)c->latent_dim);
-    PUT(&b, (int32_t)c->n_hidden);
-    PUT(&b, (int32_t)c->activation);
-    PUT(&b, (int32_t)c->likelihood);
-    PUT(&b, (int32_t)0);
-    for (int i = 0; i < VAEC_MAX_HIDDEN; i++) PUT(&b, (int64_t)(i < c->n_hidden ? c->hidden[i] : 0));
-    PUT(&b, (uint64_t)c->seed);
-    PUT(&b, (int64_t)m->nparams);
-    PUT(&b, m->adam.beta1);
-    PUT(&b, m->adam.beta2);
-    PUT(&b, m->adam.eps);
-    PUT(&b, (int32_t)0);
-    PUT(&b, (int64_t)m->step);
-    PUT(&b, (uint64_t)m->rng_seed);
-    PUT(&b, (uint64_t)m->rng_counter);
-    put(&b, m->params, (size_t)m->nparams * 4);
-    put(&b, m->adam_m, (size_t)m->nparams * 4);
-    put(&b, m->adam_v, (size_t)m->nparams * 4);
-    PUT(&b, crc32_update(0, b.buf, b.len));
+    PUT(&b, uint32_t, VAEC_FILE_VERSION);
+    PUT(&b, uint32_t, 0x01020304u);
+    PUT(&b, uint32_t, kind);
+    PUT(&b, uint32_t, config_len);
+    put(&b, config, config_len);
+    PUT(&b, int64_t, a->n);
+    PUT(&b, float, a->adam.beta1);
+    PUT(&b, float, a->adam.beta2);
+    PUT(&b, float, a->adam.eps);
+    PUT(&b, int32_t, 0);
+    PUT(&b, int64_t, a->step);
+    PUT(&b, uint64_t, rng_seed);
+    PUT(&b, uint64_t, rng_counter);
+    put(&b, a->params, (size_t)a->n * 4);
+    put(&b, a->adam_m, (size_t)a->n * 4);
+    put(&b, a->adam_v, (size_t)a->n * 4);
+    PUT(&b, uint32_t, crc32_update(0, b.buf, b.len));
 
     size_t plen = strlen(path);
     char *tmp = vaec_alloc(plen + 48, 1);
@@ -103,92 +95,92 @@ vaec_status vaec_vae_save(const vaec_vae *m, const char *path) {
 typedef struct { const unsigned char *p; size_t pos; } reader;
 static void take(reader *r, void *dst, size_t n) { memcpy(dst, r->p + r->pos, n); r->pos += n; }
 
-vaec_status vaec_vae_load(vaec_vae **out, const char *path, int threads) {
-    *out = NULL;
+vaec_status vaec_file_read(vaec_file *out, const char *path) {
+    memset(out, 0, sizeof *out);
+    snprintf(out->path, sizeof out->path, "%s", path);
     FILE *f = fopen(path, "rb");
     if (!f) return vaec_fail(errno == ENOENT ? VAEC_ERR_NOTFOUND : VAEC_ERR_IO, "cannot open '%s': %s", path, strerror(errno));
     unsigned char *buf = NULL;
     vaec_status st = VAEC_OK;
-    vaec_vae *m = NULL;
-    if (fseek(f, 0, SEEK_END) != 0) { st = vaec_fail(VAEC_ERR_IO, "cannot read '%s'", path); goto done; }
-    long size = ftell(f);
+    long size = -1;
+    if (fseek(f, 0, SEEK_END) == 0) size = ftell(f);
     rewind(f);
-    if (size < (long)(HEADER_BYTES + 4)) {
+    if (size < 0) { st = vaec_fail(VAEC_ERR_IO, "cannot read '%s'", path); goto fail; }
+    if (size < (long)(FIXED_HEAD + ARENA_HEAD + 4)) {
         st = vaec_fail(VAEC_ERR_FORMAT, "'%s' is not a vaec model file (too short: %ld bytes)", path, size);
-        goto done;
+        goto fail;
     }
     buf = vaec_alloc((size_t)size, 1);
-    if (!buf) { st = vaec_fail(VAEC_ERR_NOMEM, "out of memory reading '%s'", path); goto done; }
-    if (fread(buf, 1, (size_t)size, f) != (size_t)size) { st = vaec_fail(VAEC_ERR_IO, "cannot read '%s'", path); goto done; }
+    if (!buf) { st = vaec_fail(VAEC_ERR_NOMEM, "out of memory reading '%s'", path); goto fail; }
+    if (fread(buf, 1, (size_t)size, f) != (size_t)size) { st = vaec_fail(VAEC_ERR_IO, "cannot read '%s'", path); goto fail; }
     reader r = {buf, 0};
     unsigned char magic[8];
-    uint32_t version, endian, kind;
+    uint32_t version, endian, clen, stored;
     take(&r, magic, 8);
     take(&r, &version, 4);
     take(&r, &endian, 4);
-    take(&r, &kind, 4);
-    if (memcmp(magic, MAGIC, 8) != 0) { st = vaec_fail(VAEC_ERR_FORMAT, "'%s' is not a vaec model file (bad magic)", path); goto done; }
-    if (endian != 0x01020304u) { st = vaec_fail(VAEC_ERR_FORMAT, "'%s' was written on a machine of other byte order", path); goto done; }
+    take(&r, &out->kind, 4);
+    take(&r, &clen, 4);
+    if (memcmp(magic, MAGIC, 8) != 0) { st = vaec_fail(VAEC_ERR_FORMAT, "'%s' is not a vaec model file (bad magic)", path); goto fail; }
+    if (endian != 0x01020304u) { st = vaec_fail(VAEC_ERR_FORMAT, "'%s' was written on a machine of other byte order", path); goto fail; }
     if (version != VAEC_FILE_VERSION) {
         st = vaec_fail(VAEC_ERR_FORMAT, "'%s' has format version %u; this vaec reads version %u", path, version, VAEC_FILE_VERSION);
-        goto done;
+        goto fail;
     }
-    if (kind != 1u) { st = vaec_fail(VAEC_ERR_FORMAT, "'%s' holds a model of kind %u, not a VAE", path, kind); goto done; }
-    uint32_t stored;
     memcpy(&stored, buf + size - 4, 4);
     if (crc32_update(0, buf, (size_t)size - 4) != stored) {
         st = vaec_fail(VAEC_ERR_FORMAT, "'%s' is corrupted or truncated (checksum mismatch)", path);
-        goto done;
+        goto fail;
     }
-    vaec_vae_config c = {0};
-    int64_t i64, hid[VAEC_MAX_HIDDEN];
-    int32_t i32;
-    take(&r, &i64, 8); c.input_dim = i64;
-    take(&r, &i64, 8); c.latent_dim = i64;
-    take(&r, &i32, 4); c.n_hidden = i32;
-    take(&r, &i32, 4); c.activation = (vaec_act)i32;
-    take(&r, &i32, 4); c.likelihood = (vaec_likelihood)i32;
-    take(&r, &i32, 4);
-    take(&r, hid, sizeof hid);
-    take(&r, &c.seed, 8);
-    for (int i = 0; i < VAEC_MAX_HIDDEN; i++) c.hidden[i] = hid[i];
-    c.threads = threads;
-    int64_t nparams, step;
-    vaec_adam_config adam;
-    uint64_t rs, rc;
-    take(&r, &nparams, 8);
-    take(&r, &adam.beta1, 4);
-    take(&r, &adam.beta2, 4);
-    take(&r, &adam.eps, 4);
-    take(&r, &i32, 4);
-    take(&r, &step, 8);
-    take(&r, &rs, 8);
-    take(&r, &rc, 8);
-    if ((st = vaec_vae_create(&m, &c))) {
-        st = vaec_fail(VAEC_ERR_FORMAT, "'%s' holds an invalid model configuration (%s)", path, vaec_last_error());
-        goto done;
+    if ((size_t)clen > (size_t)size - FIXED_HEAD - ARENA_HEAD - 4) {
+        st = vaec_fail(VAEC_ERR_FORMAT, "'%s' is inconsistent: its config record overruns the file", path);
+        goto fail;
     }
-    if (nparams != m->nparams || (size_t)size != file_bytes(nparams)) {
-        st = vaec_fail(VAEC_ERR_FORMAT, "'%s' is inconsistent: its parameter count does not match its configuration", path);
-        goto done;
+    out->config = buf + r.pos;
+    out->config_len = clen;
+    r.pos += clen;
+    int32_t pad;
+    take(&r, &out->nparams, 8);
+    take(&r, &out->adam.beta1, 4);
+    take(&r, &out->adam.beta2, 4);
+    take(&r, &out->adam.eps, 4);
+    take(&r, &pad, 4);
+    take(&r, &out->step, 8);
+    take(&r, &out->rng_seed, 8);
+    take(&r, &out->rng_counter, 8);
+    if (out->nparams < 0 || (size_t)out->nparams > ((size_t)size - r.pos - 4) / 12 ||
+        r.pos + (size_t)out->nparams * 12 + 4 != (size_t)size) {
+        st = vaec_fail(VAEC_ERR_FORMAT, "'%s' is inconsistent: its parameter count does not match its size", path);
+        goto fail;
     }
-    take(&r, m->params, (size_t)nparams * 4);
-    take(&r, m->adam_m, (size_t)nparams * 4);
-    take(&r, m->adam_v, (size_t)nparams * 4);
-    if ((st = vaec_vae_adam_set(m, adam))) {
-        st = vaec_fail(VAEC_ERR_FORMAT, "'%s' holds invalid optimizer settings", path);
-        goto done;
-    }
-    m->step = step;
-    m->rng_seed = rs;
-    m->rng_counter = rc;
-done:
+    out->params = (const float *)(buf + r.pos);
+    out->adam_m = out->params + out->nparams;
+    out->adam_v = out->adam_m + out->nparams;
+    out->buffer = buf;
+    fclose(f);
+    return VAEC_OK;
+fail:
     fclose(f);
     vaec_free(buf);
-    if (st) {
-        vaec_vae_destroy(m);
-        return st;
-    }
-    *out = m;
+    out->buffer = NULL;
+    return st;
+}
+
+vaec_status vaec_file_apply(const vaec_file *f, vaec_arena *a) {
+    if (f->nparams != a->n)
+        return vaec_fail(VAEC_ERR_FORMAT, "'%s' is inconsistent: %lld parameters stored, its configuration has %lld",
+                         f->path, (long long)f->nparams, (long long)a->n);
+    vaec_status st = vaec_arena_adam_set(a, f->adam);
+    if (st) return vaec_fail(VAEC_ERR_FORMAT, "'%s' holds invalid optimizer settings", f->path);
+    /* the data may sit at any byte offset after a variable-length config: memcpy */
+    memcpy(a->params, f->params, (size_t)a->n * 4);
+    memcpy(a->adam_m, f->adam_m, (size_t)a->n * 4);
+    memcpy(a->adam_v, f->adam_v, (size_t)a->n * 4);
+    a->step = f->step;
     return VAEC_OK;
+}
+
+void vaec_file_close(vaec_file *f) {
+    vaec_free(f->buffer);
+    f->buffer = NULL;
 }

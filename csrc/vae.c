@@ -52,38 +52,8 @@ static void par_act_backward(vaec_pool *pool, vaec_act act, float *d, const floa
     vaec_pool_run(pool, act_bwd_task, &j, vaec_ntasks(rows, ROW_GRAIN));
 }
 
-/* ------------------------------------------------------------------ arena */
+/* ------------------------------------------------------------------ model */
 static int64_t align16(int64_t n) { return (n + 15) & ~(int64_t)15; }
-
-static void add_tensor(vaec_vae *m, const char *name, int64_t offset, int ndim, int64_t d0, int64_t d1) {
-    vaec_tensor_info *t = &m->tensors[m->ntensors++];
-    snprintf(t->name, sizeof t->name, "%s", name);
-    t->offset = offset;
-    t->ndim = ndim;
-    t->shape[0] = d0;
-    t->shape[1] = ndim == 2 ? d1 : 0;
-}
-
-/* A dense layer with `heads` output heads of `out` rows each, stacked in the arena:
- * the weights of all heads, then the biases of all heads. */
-static vaec_layer plan_layer(vaec_vae *m, int64_t *cursor, const char *const *names, int heads,
-                             int64_t in, int64_t out, vaec_act act) {
-    vaec_layer L = {0};
-    L.in = in;
-    L.out = out * heads;
-    L.act = act;
-    L.W = *cursor;
-    L.b = L.W + L.out * in;
-    *cursor = align16(L.b + L.out);
-    char buf[VAEC_NAME_LEN];
-    for (int h = 0; h < heads; h++) {
-        snprintf(buf, sizeof buf, "%s.weight", names[h]);
-        add_tensor(m, buf, L.W + h * out * in, 2, out, in);
-        snprintf(buf, sizeof buf, "%s.bias", names[h]);
-        add_tensor(m, buf, L.b + h * out, 1, out, 0);
-    }
-    return L;
-}
 
 static vaec_status check_config(const vaec_vae_config *c) {
     if (c->input_dim < 1 || c->input_dim > (1 << 26))
@@ -113,53 +83,31 @@ vaec_status vaec_vae_create(vaec_vae **out, const vaec_vae_config *cfg) {
     m->cfg = *cfg;
     const int64_t D = cfg->input_dim, Z = cfg->latent_dim;
     const int nh = cfg->n_hidden;
-    int64_t cur = 0;
+    vaec_arena *A = &m->arena;
     char name[VAEC_NAME_LEN];
-    const char *nm[2];
+    const char *nm[1] = {name};
     int64_t prev = D;
-    for (int i = 0; i < nh; i++) {
+    for (int i = 0; i < nh && !st; i++) {
         snprintf(name, sizeof name, "encoder.%d", i);
-        nm[0] = name;
-        m->enc[i] = plan_layer(m, &cur, nm, 1, prev, cfg->hidden[i], cfg->activation);
+        st = vaec_arena_add_linear(A, &m->enc[i], nm, 1, prev, cfg->hidden[i]);
         prev = cfg->hidden[i];
     }
     const char *enc_heads[2] = {"encoder.mu", "encoder.logvar"};
-    m->enc_heads = plan_layer(m, &cur, enc_heads, 2, prev, Z, VAEC_ACT_IDENTITY);
+    if (!st) st = vaec_arena_add_linear(A, &m->enc_heads, enc_heads, 2, prev, Z);
     prev = Z;
-    for (int i = 0; i < nh; i++) {
+    for (int i = 0; i < nh && !st; i++) {
         snprintf(name, sizeof name, "decoder.%d", i);
-        nm[0] = name;
         int64_t w = cfg->hidden[nh - 1 - i];
-        m->dec[i] = plan_layer(m, &cur, nm, 1, prev, w, cfg->activation);
+        st = vaec_arena_add_linear(A, &m->dec[i], nm, 1, prev, w);
         prev = w;
     }
     const char *dec_heads[2] = {"decoder.out", "decoder.logvar"};
-    m->dec_out = plan_layer(m, &cur, dec_heads, cfg->likelihood == VAEC_LIK_GAUSSIAN ? 2 : 1,
-                            prev, D, VAEC_ACT_IDENTITY);
-    m->nparams = cur;
-    m->params = vaec_alloc((size_t)cur, sizeof(float));
-    m->grads = vaec_alloc((size_t)cur, sizeof(float));
-    m->adam_m = vaec_alloc((size_t)cur, sizeof(float));
-    m->adam_v = vaec_alloc((size_t)cur, sizeof(float));
-    if (!m->params || !m->grads || !m->adam_m || !m->adam_v) {
-        vaec_vae_destroy(m);
-        return vaec_fail(VAEC_ERR_NOMEM, "out of memory allocating %lld parameters", (long long)cur);
-    }
-    st = vaec_pool_create(&m->pool, cfg->threads);
+    if (!st) st = vaec_arena_add_linear(A, &m->dec_out, dec_heads, cfg->likelihood == VAEC_LIK_GAUSSIAN ? 2 : 1, prev, D);
+    if (!st) st = vaec_arena_alloc(A, cfg->seed);
+    if (!st) st = vaec_pool_create(&m->pool, cfg->threads);
     if (st) { vaec_vae_destroy(m); return st; }
-    m->adam = (vaec_adam_config){0.9f, 0.999f, 1e-8f};
     m->rng_seed = cfg->seed;
     m->rng_counter = 0;
-    /* torch.nn.Linear's default: weight and bias ~ U(-1/sqrt(in), 1/sqrt(in)) */
-    for (int t = 0; t < m->ntensors; t++) {
-        const vaec_tensor_info *ti = &m->tensors[t];
-        int64_t count = ti->ndim == 2 ? ti->shape[0] * ti->shape[1] : ti->shape[0];
-        const vaec_tensor_info *w = ti->ndim == 2 ? ti : &m->tensors[t - 1];
-        float bound = 1.0f / sqrtf((float)w->shape[1]);
-        float *p = m->params + ti->offset;
-        vaec_rng_uniform(p, count, cfg->seed, stream_id((uint64_t)t, STREAM_INIT), 0);
-        for (int64_t i = 0; i < count; i++) p[i] = (2.0f * p[i] - 1.0f) * bound;
-    }
     *out = m;
     return VAEC_OK;
 }
@@ -167,40 +115,15 @@ vaec_status vaec_vae_create(vaec_vae **out, const vaec_vae_config *cfg) {
 void vaec_vae_destroy(vaec_vae *m) {
     if (!m) return;
     vaec_pool_destroy(m->pool);
-    vaec_free(m->params);
-    vaec_free(m->grads);
-    vaec_free(m->adam_m);
-    vaec_free(m->adam_v);
+    vaec_arena_free(&m->arena);
     vaec_free(m->ws);
     vaec_free(m);
 }
 
 const vaec_vae_config *vaec_vae_config_get(const vaec_vae *m) { return &m->cfg; }
 int vaec_vae_threads(const vaec_vae *m) { return vaec_pool_size(m->pool); }
-int64_t vaec_vae_num_params(const vaec_vae *m) { return m->nparams; }
-float *vaec_vae_params(vaec_vae *m) { return m->params; }
-float *vaec_vae_grads(vaec_vae *m) { return m->grads; }
-float *vaec_vae_adam_m(vaec_vae *m) { return m->adam_m; }
-float *vaec_vae_adam_v(vaec_vae *m) { return m->adam_v; }
-int vaec_vae_num_tensors(const vaec_vae *m) { return m->ntensors; }
-const vaec_tensor_info *vaec_vae_tensor(const vaec_vae *m, int i) {
-    return i >= 0 && i < m->ntensors ? &m->tensors[i] : NULL;
-}
-int64_t vaec_vae_step_count(const vaec_vae *m) { return m->step; }
-void vaec_vae_step_set(vaec_vae *m, int64_t step) { m->step = step < 0 ? 0 : step; }
-vaec_adam_config vaec_vae_adam_get(const vaec_vae *m) { return m->adam; }
-vaec_status vaec_vae_adam_set(vaec_vae *m, vaec_adam_config c) {
-    if (!(c.beta1 >= 0.0f && c.beta1 < 1.0f)) return vaec_fail(VAEC_ERR_ARG, "beta1 must be in [0, 1), got %g", c.beta1);
-    if (!(c.beta2 >= 0.0f && c.beta2 < 1.0f)) return vaec_fail(VAEC_ERR_ARG, "beta2 must be in [0, 1), got %g", c.beta2);
-    if (!(c.eps > 0.0f) || !isfinite(c.eps)) return vaec_fail(VAEC_ERR_ARG, "eps must be a positive number, got %g", c.eps);
-    m->adam = c;
-    return VAEC_OK;
-}
-void vaec_vae_adam_reset(vaec_vae *m) {
-    memset(m->adam_m, 0, (size_t)m->nparams * sizeof(float));
-    memset(m->adam_v, 0, (size_t)m->nparams * sizeof(float));
-    m->step = 0;
-}
+vaec_arena *vaec_vae_arena(vaec_vae *m) { return &m->arena; }
+vaec_status vaec_vae_adam_step(vaec_vae *m, float lr) { return vaec_arena_adam_step(&m->arena, m->pool, lr); }
 uint64_t vaec_vae_rng_counter(const vaec_vae *m) { return m->rng_counter; }
 uint64_t vaec_vae_rng_seed(const vaec_vae *m) { return m->rng_seed; }
 void vaec_vae_rng_set(vaec_vae *m, uint64_t seed, uint64_t counter) {
@@ -297,13 +220,13 @@ static const float *prepare_input(vaec_vae *m, const vaec_input *x, int64_t r0, 
 /* The model's layers on its padded workspace rows. */
 static void layer_forward(vaec_vae *m, const vaec_layer *L, float *out, int64_t ldo,
                           const float *in, int64_t ldi, int64_t R) {
-    vaec_dense_forward_strided(m->pool, out, ldo, in, ldi, m->params + L->W, m->params + L->b, R, L->in, L->out);
+    vaec_dense_forward_strided(m->pool, out, ldo, in, ldi, m->arena.params + L->W, m->arena.params + L->b, R, L->in, L->out);
 }
 
 static void layer_backward(vaec_vae *m, const vaec_layer *L, float *din, int64_t ldin,
                            const float *dout, int64_t ldd, const float *in, int64_t ldi, int64_t R) {
-    vaec_dense_backward_strided(m->pool, din, ldin, m->grads + L->W, m->grads + L->b, dout, ldd, in, ldi,
-                                m->params + L->W, R, L->in, L->out);
+    vaec_dense_backward_strided(m->pool, din, ldin, m->arena.grads + L->W, m->arena.grads + L->b, dout, ldd, in, ldi,
+                                m->arena.params + L->W, R, L->in, L->out);
 }
 
 /* KL per row and, with gradients, d_heads = scale * dKL/d(mu, logvar). */
@@ -529,7 +452,7 @@ static vaec_status forward_all(vaec_vae *m, const vaec_input *x, const vaec_nois
     if ((st = plan_noise(m, noise, &np))) return st;
     int64_t chunk = x->n < VAE_CHUNK ? x->n : VAE_CHUNK;
     if (chunk > 0 && (st = ensure_workspace(m, chunk))) return st;
-    if (grad) memset(m->grads, 0, (size_t)m->nparams * sizeof(float));
+    if (grad) vaec_arena_zero_grads(&m->arena);
     double neg = 0.0;
     for (int64_t r0 = 0; r0 < x->n; r0 += VAE_CHUNK) {
         int64_t R = x->n - r0 < VAE_CHUNK ? x->n - r0 : VAE_CHUNK;
@@ -552,39 +475,11 @@ vaec_status vaec_vae_elbo(vaec_vae *m, const vaec_input *x, const vaec_noise *no
     return forward_all(m, x, noise, 0, out, NULL);
 }
 
-typedef struct { vaec_vae *m; float lr, bc1, sqrt_bc2; } adam_job;
-static void adam_task(void *ctx, int64_t t, int tid) {
-    (void)tid;
-    adam_job *j = ctx;
-    vaec_vae *m = j->m;
-    const float b1 = m->adam.beta1, b2 = m->adam.beta2, eps = m->adam.eps;
-    const float step = j->lr / j->bc1;
-    int64_t a = t * ADAM_GRAIN, b = a + ADAM_GRAIN < m->nparams ? a + ADAM_GRAIN : m->nparams;
-    float *p = m->params, *g = m->grads, *mm = m->adam_m, *v = m->adam_v;
-    for (int64_t i = a; i < b; i++) {
-        mm[i] = b1 * mm[i] + (1.0f - b1) * g[i];
-        v[i] = b2 * v[i] + (1.0f - b2) * g[i] * g[i];
-        p[i] -= step * mm[i] / (sqrtf(v[i]) / j->sqrt_bc2 + eps);
-    }
-}
-
-vaec_status vaec_vae_adam_step(vaec_vae *m, float lr) {
-    if (!(lr >= 0.0f) || !isfinite(lr)) return vaec_fail(VAEC_ERR_ARG, "lr must be a finite number >= 0, got %g", lr);
-    for (int64_t i = 0; i < m->nparams; i++)
-        if (!isfinite(m->grads[i]))
-            return vaec_fail(VAEC_ERR_NONFINITE, "a gradient is non-finite; the step was not taken");
-    m->step++;
-    adam_job j = {m, lr, (float)(1.0 - pow(m->adam.beta1, (double)m->step)),
-                  (float)sqrt(1.0 - pow(m->adam.beta2, (double)m->step))};
-    vaec_pool_run(m->pool, adam_task, &j, vaec_ntasks(m->nparams, ADAM_GRAIN));
-    return VAEC_OK;
-}
-
 vaec_status vaec_vae_train_step(vaec_vae *m, const vaec_input *x, const vaec_noise *noise, float lr, double *loss) {
     if (!(lr >= 0.0f) || !isfinite(lr)) return vaec_fail(VAEC_ERR_ARG, "lr must be a finite number >= 0, got %g", lr);
     vaec_status st = vaec_vae_loss_grad(m, x, noise, loss);
     if (st) return st;
-    return vaec_vae_adam_step(m, lr);
+    return vaec_arena_adam_step(&m->arena, m->pool, lr);
 }
 
 vaec_status vaec_vae_encode(vaec_vae *m, const vaec_input *x, float *mu, float *logvar) {
@@ -650,4 +545,65 @@ int64_t vaec_check_range(const float *x, int64_t n, float lo, float hi, int chec
         if (check_range && (v < lo || v > hi)) return i;
     }
     return -1;
+}
+
+/* ------------------------------------------------------------------ files */
+/* The VAE's config record: i64 input_dim, i64 latent_dim, i32 n_hidden, i32 activation,
+ * i32 likelihood, i32 0, i64 hidden[8], u64 seed (104 bytes, little-endian). */
+#define VAE_CONFIG_BYTES 104
+
+vaec_status vaec_vae_save(const vaec_vae *m, const char *path) {
+    unsigned char rec[VAE_CONFIG_BYTES] = {0};
+    const vaec_vae_config *c = &m->cfg;
+    int64_t i64[2] = {c->input_dim, c->latent_dim};
+    int32_t i32[4] = {c->n_hidden, (int32_t)c->activation, (int32_t)c->likelihood, 0};
+    int64_t hid[VAEC_MAX_HIDDEN] = {0};
+    for (int i = 0; i < c->n_hidden; i++) hid[i] = c->hidden[i];
+    memcpy(rec, i64, 16);
+    memcpy(rec + 16, i32, 16);
+    memcpy(rec + 32, hid, 64);
+    memcpy(rec + 96, &c->seed, 8);
+    return vaec_file_write(path, VAEC_KIND_VAE, rec, VAE_CONFIG_BYTES, &m->arena, m->rng_seed, m->rng_counter);
+}
+
+vaec_status vaec_vae_load(vaec_vae **out, const char *path, int threads) {
+    *out = NULL;
+    vaec_file f;
+    vaec_status st = vaec_file_read(&f, path);
+    if (st) return st;
+    vaec_vae *m = NULL;
+    if (f.kind != VAEC_KIND_VAE) {
+        st = vaec_fail(VAEC_ERR_FORMAT, "'%s' holds a model of kind %u, not a VAE", path, f.kind);
+    } else if (f.config_len != VAE_CONFIG_BYTES) {
+        st = vaec_fail(VAEC_ERR_FORMAT, "'%s' is inconsistent: a VAE config record of %u bytes", path, f.config_len);
+    } else {
+        const unsigned char *rec = f.config;
+        vaec_vae_config c = {0};
+        int64_t i64[2], hid[VAEC_MAX_HIDDEN];
+        int32_t i32[4];
+        memcpy(i64, rec, 16);
+        memcpy(i32, rec + 16, 16);
+        memcpy(hid, rec + 32, 64);
+        memcpy(&c.seed, rec + 96, 8);
+        c.input_dim = i64[0];
+        c.latent_dim = i64[1];
+        c.n_hidden = i32[0];
+        c.activation = (vaec_act)i32[1];
+        c.likelihood = (vaec_likelihood)i32[2];
+        for (int i = 0; i < VAEC_MAX_HIDDEN; i++) c.hidden[i] = hid[i];
+        c.threads = threads;
+        if ((st = check_config(&c)))
+            st = vaec_fail(VAEC_ERR_FORMAT, "'%s' holds an invalid model configuration (%s)", path, vaec_last_error());
+        else if ((st = vaec_vae_create(&m, &c)) == VAEC_OK && (st = vaec_file_apply(&f, &m->arena)) == VAEC_OK) {
+            m->rng_seed = f.rng_seed;
+            m->rng_counter = f.rng_counter;
+        }
+    }
+    vaec_file_close(&f);
+    if (st) {
+        vaec_vae_destroy(m);
+        return st;
+    }
+    *out = m;
+    return VAEC_OK;
 }

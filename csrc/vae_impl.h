@@ -5,26 +5,13 @@
 #include <stdio.h>
 
 #define VAE_CHUNK 256                   /* rows processed at once */
-#define VAE_MAX_TENSORS (4 * VAEC_MAX_HIDDEN + 8)
-
-typedef struct {
-    int64_t W, b;        /* offsets into the arena: W (out, in), b (out) */
-    int64_t in, out;
-    vaec_act act;
-} vaec_layer;
+typedef vaec_linear vaec_layer;
 
 struct vaec_vae {
     vaec_vae_config cfg;
     vaec_pool *pool;
-    /* the arena: four buffers of nparams floats with one layout */
-    int64_t nparams;
-    float *params, *grads, *adam_m, *adam_v;
-    vaec_tensor_info tensors[VAE_MAX_TENSORS];
-    int ntensors;
+    vaec_arena arena;     /* parameters, gradients, Adam state */
     vaec_layer enc[VAEC_MAX_HIDDEN], enc_heads, dec[VAEC_MAX_HIDDEN], dec_out;
-    /* optimizer and RNG state */
-    vaec_adam_config adam;
-    int64_t step;
     uint64_t rng_seed, rng_counter;
     /* workspace: activations and their gradients for ws_rows rows */
     int64_t ws_rows;

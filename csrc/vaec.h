@@ -95,6 +95,8 @@ void vaec_sgemm_naive(int transA, int transB, int64_t M, int64_t N, int64_t K,
 typedef enum { VAEC_ACT_IDENTITY = 0, VAEC_ACT_TANH, VAEC_ACT_RELU, VAEC_ACT_SOFTPLUS,
                VAEC_ACT_SIGMOID, VAEC_ACT_ELU, VAEC_ACT_LEAKY_RELU, VAEC_ACT_COUNT } vaec_act;
 const char *vaec_act_name(vaec_act act);
+/* Vectorized on the active ISA (within 3 ULP of float64 libm over the whole float range,
+ * NaN and infinities handled); the naive path is the plain libm loop. */
 /* y = act(x), n elements (x may equal y). */
 void vaec_act_forward(vaec_act act, float *y, const float *x, int64_t n);
 /* d *= act'(.) written in terms of the OUTPUT y (every activation here allows it). */
@@ -127,6 +129,85 @@ typedef struct {
 /* Index of the first non-finite or out-of-[lo,hi] float, or -1 if all are fine. */
 int64_t vaec_check_range(const float *x, int64_t n, float lo, float hi, int check_range);
 
+/* ------------------------------------------------------------ parameter arena */
+/* Every model keeps all its parameters in ONE contiguous float32 buffer, with gradients
+ * and the two Adam moments in buffers of the same layout: the optimizer is one flat loop
+ * and clients get zero-copy views. Tensors are planned first (vaec_arena_add_*), then
+ * vaec_arena_alloc allocates and initializes them. */
+#define VAEC_MAX_TENSORS 160
+
+typedef struct {
+    char name[VAEC_NAME_LEN];
+    int64_t offset;    /* in floats from the start of the arena */
+    int ndim;          /* 1 or 2 */
+    int64_t shape[2];
+    float init_bound;  /* initialized ~ U(-bound, bound); 0 gives zeros */
+} vaec_tensor_info;
+
+typedef struct {
+    float beta1, beta2, eps;   /* torch defaults 0.9, 0.999, 1e-8 */
+} vaec_adam_config;
+
+typedef struct {
+    int64_t n;                          /* floats in each buffer (groups padded to 16) */
+    float *params, *grads, *adam_m, *adam_v;
+    vaec_tensor_info tensors[VAEC_MAX_TENSORS];
+    int ntensors;
+    vaec_adam_config adam;
+    int64_t step;                       /* Adam steps taken */
+} vaec_arena;
+
+/* A dense layer's place in the arena: W (out, in) at offset W, b (out) at offset b. */
+typedef struct {
+    int64_t W, b;
+    int64_t in, out;
+} vaec_linear;
+
+/* Plan a dense layer with `heads` output heads of `out` rows each (named names[h]): the
+ * weights of all heads are stacked, then the biases, so the heads cost one GEMM of
+ * heads*out rows. Initialized like torch.nn.Linear: U(+-1/sqrt(in)). */
+vaec_status vaec_arena_add_linear(vaec_arena *a, vaec_linear *out, const char *const *names, int heads,
+                                  int64_t in, int64_t out_rows);
+/* Plan one free tensor (1-D: d1 = 0); returns its offset through *offset. */
+vaec_status vaec_arena_add_tensor(vaec_arena *a, int64_t *offset, const char *name, int ndim,
+                                  int64_t d0, int64_t d1, float init_bound);
+/* Allocate the four buffers and initialize the parameters from `seed`. */
+vaec_status vaec_arena_alloc(vaec_arena *a, uint64_t seed);
+void vaec_arena_free(vaec_arena *a);
+void vaec_arena_zero_grads(vaec_arena *a);
+/* Bias-corrected Adam (torch's form) over the flat buffers; refuses non-finite grads. */
+vaec_status vaec_arena_adam_step(vaec_arena *a, vaec_pool *pool, float lr);
+vaec_status vaec_arena_adam_set(vaec_arena *a, vaec_adam_config cfg);
+void vaec_arena_adam_reset(vaec_arena *a);
+/* Index of the tensor called name, or -1. */
+int vaec_arena_find(const vaec_arena *a, const char *name);
+
+/* --------------------------------------------------------------- model files */
+/* One format for every model: magic "\x89VAEC\r\n\x1a", format version, endian marker,
+ * model kind, the kind's config blob, the arena (parameters, Adam moments and state),
+ * the RNG state, and a CRC-32 of all that. Written to "<path>.tmp-<pid>", flushed,
+ * fsynced and renamed over path. */
+enum { VAEC_KIND_VAE = 1, VAEC_KIND_M2 = 2, VAEC_KIND_FLOW = 3 };
+vaec_status vaec_file_write(const char *path, uint32_t kind, const void *config, uint32_t config_len,
+                            const vaec_arena *a, uint64_t rng_seed, uint64_t rng_counter);
+/* A file read and verified (size, magic, version, checksum) but not yet applied. */
+typedef struct {
+    uint32_t kind;
+    const void *config;
+    uint32_t config_len;
+    int64_t nparams;
+    vaec_adam_config adam;
+    int64_t step;
+    uint64_t rng_seed, rng_counter;
+    const float *params, *adam_m, *adam_v;
+    void *buffer;     /* owns the bytes above */
+    char path[256];
+} vaec_file;
+vaec_status vaec_file_read(vaec_file *f, const char *path);
+/* Copy the file's arena into `a` (same parameter count, else VAEC_ERR_FORMAT). */
+vaec_status vaec_file_apply(const vaec_file *f, vaec_arena *a);
+void vaec_file_close(vaec_file *f);
+
 /* ---------------------------------------------------------------------- VAE */
 typedef enum { VAEC_LIK_BERNOULLI = 0, VAEC_LIK_GAUSSIAN = 1 } vaec_likelihood;
 
@@ -141,17 +222,6 @@ typedef struct {
     int threads;                       /* <= 0: vaec_cpu_count() */
 } vaec_vae_config;
 
-typedef struct {
-    char name[VAEC_NAME_LEN];
-    int64_t offset;    /* in floats from the start of the arena */
-    int ndim;          /* 1 or 2 */
-    int64_t shape[2];
-} vaec_tensor_info;
-
-typedef struct {
-    float beta1, beta2, eps;   /* torch defaults 0.9, 0.999, 1e-8 */
-} vaec_adam_config;
-
 typedef struct vaec_vae vaec_vae;
 
 vaec_status vaec_vae_create(vaec_vae **out, const vaec_vae_config *cfg);
@@ -159,22 +229,11 @@ void vaec_vae_destroy(vaec_vae *m);
 const vaec_vae_config *vaec_vae_config_get(const vaec_vae *m);
 int vaec_vae_threads(const vaec_vae *m);
 
-/* The arena: parameters, gradients and Adam moments, each num_params floats. */
-int64_t vaec_vae_num_params(const vaec_vae *m);
-float *vaec_vae_params(vaec_vae *m);
-float *vaec_vae_grads(vaec_vae *m);
-float *vaec_vae_adam_m(vaec_vae *m);
-float *vaec_vae_adam_v(vaec_vae *m);
-int vaec_vae_num_tensors(const vaec_vae *m);
-const vaec_tensor_info *vaec_vae_tensor(const vaec_vae *m, int i);
+/* The model's parameter arena (parameters, gradients, Adam state). */
+vaec_arena *vaec_vae_arena(vaec_vae *m);
+/* One Adam step over the arena with the current gradients. */
+vaec_status vaec_vae_adam_step(vaec_vae *m, float lr);
 
-/* Optimizer state: Adam step count, hyper-parameters; the RNG call counter. */
-int64_t vaec_vae_step_count(const vaec_vae *m);
-void vaec_vae_step_set(vaec_vae *m, int64_t step);
-vaec_adam_config vaec_vae_adam_get(const vaec_vae *m);
-vaec_status vaec_vae_adam_set(vaec_vae *m, vaec_adam_config cfg);
-/* Reset Adam moments and step count to zero. */
-void vaec_vae_adam_reset(vaec_vae *m);
 uint64_t vaec_vae_rng_counter(const vaec_vae *m);
 void vaec_vae_rng_set(vaec_vae *m, uint64_t seed, uint64_t counter);
 uint64_t vaec_vae_rng_seed(const vaec_vae *m);
@@ -195,8 +254,6 @@ vaec_status vaec_vae_loss_grad(vaec_vae *m, const vaec_input *x, const vaec_nois
 /* loss_grad followed by one bias-corrected Adam step with learning rate lr. */
 vaec_status vaec_vae_train_step(vaec_vae *m, const vaec_input *x, const vaec_noise *noise,
                                 float lr, double *loss);
-/* Adam over the flat arena using the current grads. */
-vaec_status vaec_vae_adam_step(vaec_vae *m, float lr);
 /* Per-example ELBO averaged over the L samples, out (n,) float64. */
 vaec_status vaec_vae_elbo(vaec_vae *m, const vaec_input *x, const vaec_noise *noise, double *out);
 /* mu, logvar (n, latent). */

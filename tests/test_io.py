@@ -58,7 +58,7 @@ def test_file_layout_ends_with_a_crc32(trained, tmp_path):
     data = path.read_bytes()
     assert data[:8] == b"\x89VAEC\r\n\x1a"
     assert struct.unpack("<I", data[-4:])[0] == zlib.crc32(data[:-4])
-    assert len(data) == 172 + 3 * 4 * m._arenas["params"].size + 4
+    assert len(data) == 24 + 104 + 48 + 3 * 4 * m._arenas["params"].size + 4  # head, VAE config, arena head
 
 
 def test_missing_file(tmp_path):
@@ -110,13 +110,13 @@ def test_consistent_checksum_but_inconsistent_sizes_are_refused(trained, tmp_pat
     path = tmp_path / "m.vaec"
     m.save(path)
     data = bytearray(path.read_bytes())
-    # latent_dim (bytes 28..36) changed: the parameter count no longer fits the config
-    data[28:36] = struct.pack("<q", 5)
+    # latent_dim (bytes 32..40: the VAE config record starts at 24) changed: the parameter count no longer fits the config
+    data[32:40] = struct.pack("<q", 5)
     data[-4:] = struct.pack("<I", zlib.crc32(bytes(data[:-4])))
     path.write_bytes(bytes(data))
     with pytest.raises(ValueError, match="inconsistent"):
         vaec.load(path)
-    data[28:36] = struct.pack("<q", -1)
+    data[32:40] = struct.pack("<q", -1)
     data[-4:] = struct.pack("<I", zlib.crc32(bytes(data[:-4])))
     path.write_bytes(bytes(data))
     with pytest.raises(ValueError, match="invalid model configuration"):

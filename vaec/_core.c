@@ -1,216 +1,12 @@
-/* _core.c -- the CPython + NumPy binding of the vaec C core.
+/* _core.c -- the CPython + NumPy binding of the vaec C core: the VAE type and the module.
  *
- * Nothing numerical lives here: converters check every array argument (kind, dtype,
- * ndim, shape, finiteness, range) and say which argument is wrong; float32 and uint8
- * C-contiguous inputs are passed to C without a copy; the GIL is released only around
- * pure C work, and a model refuses a second caller while it is busy.
+ * Nothing numerical lives here: converters (_common.c) check every array argument (kind,
+ * dtype, ndim, shape, finiteness, range) and say which argument is wrong; float32 and
+ * uint8 C-contiguous inputs are passed to C without a copy; the GIL is released only
+ * around pure C work, and a model refuses a second caller while it is busy.
  * Multi-phase initialisation (PEP 489); NumPy's API is imported in the exec slot. */
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
-#define NPY_NO_DEPRECATED_API NPY_1_23_API_VERSION
-#include <numpy/arrayobject.h>
-#include <numpy/npy_2_compat.h>
-#include <structmember.h>
-#include "vaec.h"
-
-/* ------------------------------------------------------------- errors */
-static PyObject *raise_status(vaec_status st) {
-    const char *msg = vaec_last_error();
-    switch (st) {
-    case VAEC_ERR_NOMEM: PyErr_SetString(PyExc_MemoryError, msg); break;
-    case VAEC_ERR_IO: PyErr_SetString(PyExc_OSError, msg); break;
-    case VAEC_ERR_NOTFOUND: PyErr_SetString(PyExc_FileNotFoundError, msg); break;
-    case VAEC_ERR_NONFINITE: PyErr_SetString(PyExc_FloatingPointError, msg); break;
-    default: PyErr_SetString(PyExc_ValueError, msg); break;
-    }
-    return NULL;
-}
-
-/* ---------------------------------------------------------- converters */
-/* A real-valued array (bool, integer or float); anything else is a TypeError. */
-static PyArrayObject *as_real_array(PyObject *obj, const char *name) {
-    if (obj == Py_None) {
-        PyErr_Format(PyExc_TypeError, "%s: expected an array, got None", name);
-        return NULL;
-    }
-    PyArrayObject *a;
-    if (PyArray_Check(obj)) {
-        Py_INCREF(obj);
-        a = (PyArrayObject *)obj;
-    } else {
-        a = (PyArrayObject *)PyArray_FromAny(obj, NULL, 0, 0, 0, NULL);
-        if (!a) {
-            if (PyErr_ExceptionMatches(PyExc_ValueError)) {  /* ragged nesting and the like */
-                PyErr_Clear();
-                PyErr_Format(PyExc_ValueError, "%s: expected a rectangular array of numbers", name);
-            }
-            return NULL;
-        }
-    }
-    char kind = PyArray_DESCR(a)->kind;
-    if (kind != 'b' && kind != 'i' && kind != 'u' && kind != 'f') {
-        PyObject *d = PyObject_Str((PyObject *)PyArray_DESCR(a));
-        PyErr_Format(PyExc_TypeError, "%s: expected a real-valued numeric array (float32 or uint8 "
-                     "preferred), got dtype %U", name, d ? d : Py_None);
-        Py_XDECREF(d);
-        Py_DECREF(a);
-        return NULL;
-    }
-    return a;
-}
-
-static PyObject *shape_str(PyArrayObject *a) {
-    PyObject *t = PyTuple_New(PyArray_NDIM(a));
-    if (!t) return NULL;
-    for (int i = 0; i < PyArray_NDIM(a); i++) PyTuple_SET_ITEM(t, i, PyLong_FromSsize_t(PyArray_DIM(a, i)));
-    PyObject *s = PyObject_Str(t);
-    Py_DECREF(t);
-    return s;
-}
-
-static int wrong_shape(PyArrayObject *a, const char *name, const char *expected) {
-    PyObject *s = shape_str(a);
-    PyErr_Format(PyExc_ValueError, "%s: expected %s, got shape %U", name, expected, s ? s : Py_None);
-    Py_XDECREF(s);
-    return -1;
-}
-
-/* float32 contiguous copy-or-view of a real array. */
-static PyArrayObject *as_f32(PyArrayObject *a) {
-    return (PyArrayObject *)PyArray_FromAny((PyObject *)a, PyArray_DescrFromType(NPY_FLOAT32), 0, 0,
-                                            NPY_ARRAY_C_CONTIGUOUS | NPY_ARRAY_ALIGNED | NPY_ARRAY_FORCECAST, NULL);
-}
-
-/* Check a float32 array for NaN/Inf and (optionally) [0,1]; GIL released for the scan. */
-static int check_values(PyArrayObject *f, const char *name, int unit_range, const char *why) {
-    const float *p = (const float *)PyArray_DATA(f);
-    int64_t n = (int64_t)PyArray_SIZE(f), bad;
-    Py_BEGIN_ALLOW_THREADS
-    bad = vaec_check_range(p, n, 0.0f, 1.0f, unit_range);
-    Py_END_ALLOW_THREADS
-    if (bad < 0) return 0;
-    int64_t cols = PyArray_NDIM(f) >= 2 ? (int64_t)PyArray_DIM(f, PyArray_NDIM(f) - 1) : 1;
-    if (cols < 1) cols = 1;
-    float v = p[bad];
-    PyObject *fv = PyFloat_FromDouble((double)v);
-    PyObject *fs = fv ? PyObject_Repr(fv) : NULL;
-    if (v != v || v - v != 0.0f)
-        PyErr_Format(PyExc_ValueError, "%s: contains %U at flat index %lld (row %lld, column %lld); "
-                     "expected finite values", name, fs, (long long)bad, (long long)(bad / cols), (long long)(bad % cols));
-    else
-        PyErr_Format(PyExc_ValueError, "%s: values must be in [0, 1]%s; found %U at row %lld, column %lld "
-                     "(uint8 images are scaled by 1/255 automatically)", name, why, fs,
-                     (long long)(bad / cols), (long long)(bad % cols));
-    Py_XDECREF(fv);
-    Py_XDECREF(fs);
-    return -1;
-}
-
-/* A data matrix (n, dim): uint8 or float32 C-contiguous are used in place; other real
- * dtypes or layouts are converted once. `*keep` holds the reference to release. */
-static int convert_x(PyObject *obj, const char *name, int64_t dim, int unit_range, vaec_input *in,
-                     PyArrayObject **keep) {
-    *keep = NULL;
-    PyArrayObject *a = as_real_array(obj, name);
-    if (!a) return -1;
-    char expected[96];
-    snprintf(expected, sizeof expected, "a 2-D array of shape (n, %lld)", (long long)dim);
-    if (PyArray_NDIM(a) != 2 || PyArray_DIM(a, 1) != dim) {
-        wrong_shape(a, name, expected);
-        Py_DECREF(a);
-        return -1;
-    }
-    PyArrayObject *c;
-    int is_u8 = PyArray_TYPE(a) == NPY_UINT8;
-    if (is_u8) {
-        c = (PyArrayObject *)PyArray_FromAny((PyObject *)a, PyArray_DescrFromType(NPY_UINT8), 0, 0,
-                                             NPY_ARRAY_C_CONTIGUOUS | NPY_ARRAY_ALIGNED, NULL);
-    } else {
-        c = as_f32(a);
-    }
-    Py_DECREF(a);
-    if (!c) return -1;
-    if (!is_u8 && check_values(c, name, unit_range, " for a Bernoulli likelihood")) {
-        Py_DECREF(c);
-        return -1;
-    }
-    in->data = PyArray_DATA(c);
-    in->dtype = is_u8 ? VAEC_U8 : VAEC_F32;
-    in->n = (int64_t)PyArray_DIM(c, 0);
-    in->dim = dim;
-    in->binarize = 0;
-    *keep = c;
-    return 0;
-}
-
-/* eps: (L, n, Z) or (n, Z) standard-normal noise, float32 finite. */
-static int convert_eps(PyObject *obj, int64_t n, int64_t Z, int *L, PyArrayObject **keep) {
-    *keep = NULL;
-    PyArrayObject *a = as_real_array(obj, "eps");
-    if (!a) return -1;
-    char expected[128];
-    snprintf(expected, sizeof expected, "shape (samples, %lld, %lld) or (%lld, %lld)",
-             (long long)n, (long long)Z, (long long)n, (long long)Z);
-    int nd = PyArray_NDIM(a);
-    int ok = (nd == 2 && PyArray_DIM(a, 0) == n && PyArray_DIM(a, 1) == Z) ||
-             (nd == 3 && PyArray_DIM(a, 0) >= 1 && PyArray_DIM(a, 1) == n && PyArray_DIM(a, 2) == Z);
-    if (!ok) {
-        wrong_shape(a, "eps", expected);
-        Py_DECREF(a);
-        return -1;
-    }
-    if (nd == 3 && PyArray_DIM(a, 0) > 1000000) {
-        PyErr_SetString(PyExc_ValueError, "eps: too many samples");
-        Py_DECREF(a);
-        return -1;
-    }
-    PyArrayObject *c = as_f32(a);
-    Py_DECREF(a);
-    if (!c) return -1;
-    if (check_values(c, "eps", 0, "")) { Py_DECREF(c); return -1; }
-    *L = nd == 3 ? (int)PyArray_DIM(c, 0) : 1;
-    *keep = c;
-    return 0;
-}
-
-/* seed: None or a non-negative integer < 2^64. */
-static int convert_seed(PyObject *obj, int *use, uint64_t *seed) {
-    *use = 0;
-    *seed = 0;
-    if (obj == NULL || obj == Py_None) return 0;
-    if (PyBool_Check(obj) || !PyIndex_Check(obj)) {
-        PyErr_Format(PyExc_TypeError, "seed: expected None or a non-negative integer, got %s", Py_TYPE(obj)->tp_name);
-        return -1;
-    }
-    PyObject *i = PyNumber_Index(obj);
-    if (!i) return -1;
-    unsigned long long v = PyLong_AsUnsignedLongLong(i);
-    Py_DECREF(i);
-    if (PyErr_Occurred()) {
-        PyErr_Clear();
-        PyErr_SetString(PyExc_ValueError, "seed: expected an integer in [0, 2**64)");
-        return -1;
-    }
-    *use = 1;
-    *seed = v;
-    return 0;
-}
-
-static int convert_samples(PyObject *obj, int *L) {
-    if (obj == NULL || obj == Py_None) { *L = 1; return 0; }
-    if (PyBool_Check(obj) || !PyLong_Check(obj)) {
-        PyErr_Format(PyExc_TypeError, "samples: expected a positive integer, got %s", Py_TYPE(obj)->tp_name);
-        return -1;
-    }
-    long v = PyLong_AsLong(obj);
-    if (v == -1 && PyErr_Occurred()) return -1;
-    if (v < 1 || v > 1000000) {
-        PyErr_Format(PyExc_ValueError, "samples: expected an integer between 1 and 1000000, got %ld", v);
-        return -1;
-    }
-    *L = (int)v;
-    return 0;
-}
+#define VAEC_BINDING_MAIN
+#include "_common.h"
 
 /* ------------------------------------------------------------- the type */
 typedef struct {
@@ -284,7 +80,7 @@ static int VAE_init(VAEObject *self, PyObject *args, PyObject *kw) {
     Py_BEGIN_ALLOW_THREADS
     st = vaec_vae_create(&m, &c);
     Py_END_ALLOW_THREADS
-    if (st) { raise_status(st); return -1; }
+    if (st) { vaec_py_raise(st); return -1; }
     if (self->m) vaec_vae_destroy(self->m);
     self->m = m;
     return 0;
@@ -321,25 +117,25 @@ static int parse_call(VAEObject *self, call_args *a, PyObject *x, PyObject *eps,
     memset(a, 0, sizeof *a);
     const vaec_vae_config *c = vaec_vae_config_get(self->m);
     int unit = c->likelihood == VAEC_LIK_BERNOULLI || binarize;
-    if (convert_x(x, "x", c->input_dim, unit, &a->x, &a->xa)) return -1;
+    if (vaec_py_convert_x(x, "x", c->input_dim, unit, &a->x, &a->xa)) return -1;
     a->x.binarize = binarize;
     int L = 1;
     if (eps != NULL && eps != Py_None) {
-        if (convert_eps(eps, a->x.n, c->latent_dim, &L, &a->ea)) return -1;
+        if (vaec_py_convert_eps(eps, a->x.n, c->latent_dim, &L, &a->ea)) return -1;
         if (samples && samples != Py_None) {
             int Ls;
-            if (convert_samples(samples, &Ls)) return -1;
+            if (vaec_py_convert_samples(samples, &Ls)) return -1;
             if (Ls != L) {
                 PyErr_Format(PyExc_ValueError, "samples: %d does not match eps, which holds %d sample(s)", Ls, L);
                 return -1;
             }
         }
         a->noise.eps = (const float *)PyArray_DATA(a->ea);
-    } else if (convert_samples(samples, &L)) {
+    } else if (vaec_py_convert_samples(samples, &L)) {
         return -1;
     }
     a->noise.samples = L;
-    if (convert_seed(seed, &a->noise.use_seed, &a->noise.seed)) return -1;
+    if (vaec_py_convert_seed(seed, &a->noise.use_seed, &a->noise.seed)) return -1;
     return 0;
 }
 
@@ -364,7 +160,7 @@ static PyObject *VAE_loss_grad(VAEObject *self, PyObject *args, PyObject *kw) {
     st = lr >= 0.0 ? vaec_vae_train_step(self->m, &a.x, &a.noise, (float)lr, &loss)
                    : vaec_vae_loss_grad(self->m, &a.x, &a.noise, &loss);
     Py_END_ALLOW_THREADS
-    if (st) { raise_status(st); goto done; }
+    if (st) { vaec_py_raise(st); goto done; }
     res = PyFloat_FromDouble(loss);
 done:
     call_args_clear(&a);
@@ -390,7 +186,7 @@ static PyObject *VAE_elbo(VAEObject *self, PyObject *args, PyObject *kw) {
     Py_BEGIN_ALLOW_THREADS
     st = vaec_vae_elbo(self->m, &a.x, &a.noise, out);
     Py_END_ALLOW_THREADS
-    if (st) { Py_CLEAR(res); raise_status(st); }
+    if (st) { Py_CLEAR(res); vaec_py_raise(st); }
 done:
     call_args_clear(&a);
     release(self);
@@ -406,7 +202,7 @@ static PyObject *VAE_adam_step(VAEObject *self, PyObject *args) {
     st = vaec_vae_adam_step(self->m, (float)lr);
     Py_END_ALLOW_THREADS
     release(self);
-    if (st) return raise_status(st);
+    if (st) return vaec_py_raise(st);
     Py_RETURN_NONE;
 }
 
@@ -418,7 +214,7 @@ static PyObject *VAE_encode(VAEObject *self, PyObject *args) {
     vaec_input in;
     PyArrayObject *xa = NULL;
     PyObject *mu = NULL, *lv = NULL, *res = NULL;
-    if (convert_x(x, "x", c->input_dim, c->likelihood == VAEC_LIK_BERNOULLI, &in, &xa)) goto done;
+    if (vaec_py_convert_x(x, "x", c->input_dim, c->likelihood == VAEC_LIK_BERNOULLI, &in, &xa)) goto done;
     npy_intp dims[2] = {(npy_intp)in.n, (npy_intp)c->latent_dim};
     mu = PyArray_SimpleNew(2, dims, NPY_FLOAT32);
     lv = PyArray_SimpleNew(2, dims, NPY_FLOAT32);
@@ -428,7 +224,7 @@ static PyObject *VAE_encode(VAEObject *self, PyObject *args) {
     st = vaec_vae_encode(self->m, &in, (float *)PyArray_DATA((PyArrayObject *)mu),
                          (float *)PyArray_DATA((PyArrayObject *)lv));
     Py_END_ALLOW_THREADS
-    if (st) { raise_status(st); goto done; }
+    if (st) { vaec_py_raise(st); goto done; }
     res = PyTuple_Pack(2, mu, lv);
 done:
     Py_XDECREF(mu);
@@ -444,13 +240,13 @@ static PyObject *VAE_decode(VAEObject *self, PyObject *args) {
     if (acquire(self)) return NULL;
     const vaec_vae_config *c = vaec_vae_config_get(self->m);
     PyObject *out = NULL;
-    PyArrayObject *za = as_real_array(z, "z"), *zf = NULL;
+    PyArrayObject *za = vaec_py_real_array(z, "z"), *zf = NULL;
     char expected[64];
     snprintf(expected, sizeof expected, "a 2-D array of shape (n, %lld)", (long long)c->latent_dim);
     if (!za) goto done;
-    if (PyArray_NDIM(za) != 2 || PyArray_DIM(za, 1) != c->latent_dim) { wrong_shape(za, "z", expected); goto done; }
-    if (!(zf = as_f32(za))) goto done;
-    if (check_values(zf, "z", 0, "")) goto done;
+    if (PyArray_NDIM(za) != 2 || PyArray_DIM(za, 1) != c->latent_dim) { vaec_py_wrong_shape(za, "z", expected); goto done; }
+    if (!(zf = vaec_py_as_f32(za))) goto done;
+    if (vaec_py_check_values(zf, "z", 0, "")) goto done;
     npy_intp dims[2] = {PyArray_DIM(zf, 0), (npy_intp)c->input_dim};
     out = PyArray_SimpleNew(2, dims, NPY_FLOAT32);
     if (!out) goto done;
@@ -461,7 +257,7 @@ static PyObject *VAE_decode(VAEObject *self, PyObject *args) {
     Py_BEGIN_ALLOW_THREADS
     st = vaec_vae_decode(self->m, zp, n, op);
     Py_END_ALLOW_THREADS
-    if (st) { Py_CLEAR(out); raise_status(st); }
+    if (st) { Py_CLEAR(out); vaec_py_raise(st); }
 done:
     Py_XDECREF(za);
     Py_XDECREF(zf);
@@ -474,58 +270,46 @@ static PyObject *VAE_arena(VAEObject *self, PyObject *args) {
     const char *which;
     if (!PyArg_ParseTuple(args, "s", &which)) return NULL;
     if (!self->m) { PyErr_SetString(PyExc_RuntimeError, "the model is not initialised"); return NULL; }
-    float *p;
-    if (strcmp(which, "params") == 0) p = vaec_vae_params(self->m);
-    else if (strcmp(which, "grads") == 0) p = vaec_vae_grads(self->m);
-    else if (strcmp(which, "adam_m") == 0) p = vaec_vae_adam_m(self->m);
-    else if (strcmp(which, "adam_v") == 0) p = vaec_vae_adam_v(self->m);
-    else { PyErr_Format(PyExc_ValueError, "arena: unknown buffer '%s'", which); return NULL; }
-    npy_intp dims[1] = {(npy_intp)vaec_vae_num_params(self->m)};
-    PyObject *arr = PyArray_SimpleNewFromData(1, dims, NPY_FLOAT32, p);
-    if (!arr) return NULL;
-    Py_INCREF(self);
-    if (PyArray_SetBaseObject((PyArrayObject *)arr, (PyObject *)self) < 0) { Py_DECREF(arr); return NULL; }
-    return arr;
+    return vaec_py_arena_view((PyObject *)self, vaec_vae_arena(self->m), which);
 }
 
 static PyObject *VAE_tensors(VAEObject *self, PyObject *noargs) {
     if (!self->m) { PyErr_SetString(PyExc_RuntimeError, "the model is not initialised"); return NULL; }
-    int n = vaec_vae_num_tensors(self->m);
-    PyObject *list = PyList_New(n);
-    if (!list) return NULL;
-    for (int i = 0; i < n; i++) {
-        const vaec_tensor_info *t = vaec_vae_tensor(self->m, i);
-        PyObject *shape = t->ndim == 2 ? Py_BuildValue("(LL)", (long long)t->shape[0], (long long)t->shape[1])
-                                       : Py_BuildValue("(L)", (long long)t->shape[0]);
-        PyObject *item = shape ? Py_BuildValue("(sLN)", t->name, (long long)t->offset, shape) : NULL;
-        if (!item) { Py_DECREF(list); return NULL; }
-        PyList_SET_ITEM(list, i, item);
-    }
-    return list;
+    return vaec_py_arena_tensors(vaec_vae_arena(self->m));
 }
 
 static PyObject *VAE_get_state(VAEObject *self, PyObject *noargs) {
     if (!self->m) { PyErr_SetString(PyExc_RuntimeError, "the model is not initialised"); return NULL; }
-    vaec_adam_config a = vaec_vae_adam_get(self->m);
-    return Py_BuildValue("{s:L,s:K,s:K,s:f,s:f,s:f,s:i}", "step", (long long)vaec_vae_step_count(self->m),
-                         "rng_seed", (unsigned long long)vaec_vae_rng_seed(self->m),
-                         "rng_counter", (unsigned long long)vaec_vae_rng_counter(self->m),
-                         "beta1", (double)a.beta1, "beta2", (double)a.beta2, "adam_eps", (double)a.eps,
-                         "threads", vaec_vae_threads(self->m));
+    PyObject *d = vaec_py_arena_state(vaec_vae_arena(self->m));
+    if (!d) return NULL;
+    PyObject *v[3] = {PyLong_FromUnsignedLongLong(vaec_vae_rng_seed(self->m)),
+                      PyLong_FromUnsignedLongLong(vaec_vae_rng_counter(self->m)),
+                      PyLong_FromLong(vaec_vae_threads(self->m))};
+    const char *k[3] = {"rng_seed", "rng_counter", "threads"};
+    for (int i = 0; i < 3; i++) {
+        if (!v[i] || PyDict_SetItemString(d, k[i], v[i]) < 0) {
+            for (int j = 0; j < 3; j++) Py_XDECREF(v[j]);
+            Py_DECREF(d);
+            return NULL;
+        }
+    }
+    for (int j = 0; j < 3; j++) Py_DECREF(v[j]);
+    return d;
 }
 
 static PyObject *VAE_set_adam(VAEObject *self, PyObject *args, PyObject *kw) {
     static char *kwlist[] = {"beta1", "beta2", "eps", NULL};
-    vaec_adam_config a = vaec_vae_adam_get(self->m);
+    vaec_arena *ar = vaec_vae_arena(self->m);
+    vaec_adam_config a = ar->adam;
     if (!PyArg_ParseTupleAndKeywords(args, kw, "|fff", kwlist, &a.beta1, &a.beta2, &a.eps)) return NULL;
-    vaec_status st = vaec_vae_adam_set(self->m, a);
-    if (st) return raise_status(st);
+    vaec_status st = vaec_arena_adam_set(ar, a);
+    if (st) return vaec_py_raise(st);
     Py_RETURN_NONE;
 }
 
 static PyObject *VAE_reset_optimizer(VAEObject *self, PyObject *noargs) {
     if (acquire(self)) return NULL;
-    vaec_vae_adam_reset(self->m);
+    vaec_arena_adam_reset(vaec_vae_arena(self->m));
     release(self);
     Py_RETURN_NONE;
 }
@@ -535,7 +319,7 @@ static PyObject *VAE_set_rng(VAEObject *self, PyObject *args) {
     long long step = -1;
     if (!PyArg_ParseTuple(args, "KK|L", &seed, &counter, &step)) return NULL;
     vaec_vae_rng_set(self->m, seed, counter);
-    if (step >= 0) vaec_vae_step_set(self->m, step);
+    if (step >= 0) vaec_vae_arena(self->m)->step = step;
     Py_RETURN_NONE;
 }
 
@@ -550,7 +334,7 @@ static PyObject *VAE_save(VAEObject *self, PyObject *args) {
     Py_END_ALLOW_THREADS
     release(self);
     Py_DECREF(path);
-    if (st) return raise_status(st);
+    if (st) return vaec_py_raise(st);
     Py_RETURN_NONE;
 }
 
@@ -621,7 +405,7 @@ static PyObject *mod_load(PyObject *module, PyObject *args) {
     st = vaec_vae_load(&m, p, threads);
     Py_END_ALLOW_THREADS
     Py_DECREF(path);
-    if (st) { Py_DECREF(tp); return raise_status(st); }
+    if (st) { Py_DECREF(tp); return vaec_py_raise(st); }
     VAEObject *obj = (VAEObject *)tp->tp_alloc(tp, 0);
     Py_DECREF(tp);
     if (!obj) { vaec_vae_destroy(m); return NULL; }
@@ -654,21 +438,21 @@ static PyObject *mod_sgemm(PyObject *module, PyObject *args, PyObject *kw) {
         return NULL;
     PyArrayObject *A = NULL, *B = NULL, *C = NULL, *Ar = NULL, *Br = NULL, *Cr = NULL;
     PyObject *res = NULL;
-    if (!(Ar = as_real_array(Ao, "A")) || !(Br = as_real_array(Bo, "B"))) goto done;
-    if (!(A = as_f32(Ar)) || !(B = as_f32(Br))) goto done;
-    if (PyArray_NDIM(A) != 2) { wrong_shape(A, "A", "a 2-D array"); goto done; }
-    if (PyArray_NDIM(B) != 2) { wrong_shape(B, "B", "a 2-D array"); goto done; }
+    if (!(Ar = vaec_py_real_array(Ao, "A")) || !(Br = vaec_py_real_array(Bo, "B"))) goto done;
+    if (!(A = vaec_py_as_f32(Ar)) || !(B = vaec_py_as_f32(Br))) goto done;
+    if (PyArray_NDIM(A) != 2) { vaec_py_wrong_shape(A, "A", "a 2-D array"); goto done; }
+    if (PyArray_NDIM(B) != 2) { vaec_py_wrong_shape(B, "B", "a 2-D array"); goto done; }
     int64_t M = ta ? PyArray_DIM(A, 1) : PyArray_DIM(A, 0), K = ta ? PyArray_DIM(A, 0) : PyArray_DIM(A, 1);
     int64_t KB = tb ? PyArray_DIM(B, 1) : PyArray_DIM(B, 0), N = tb ? PyArray_DIM(B, 0) : PyArray_DIM(B, 1);
     if (K != KB) { PyErr_SetString(PyExc_ValueError, "B: inner dimensions of op(A) and op(B) differ"); goto done; }
     float beta = 0.0f;
     if (Co != Py_None) {
-        if (!(Cr = as_real_array(Co, "C"))) goto done;
+        if (!(Cr = vaec_py_real_array(Co, "C"))) goto done;
         C = (PyArrayObject *)PyArray_FromAny((PyObject *)Cr, PyArray_DescrFromType(NPY_FLOAT32), 2, 2,
                                              NPY_ARRAY_C_CONTIGUOUS | NPY_ARRAY_ALIGNED | NPY_ARRAY_ENSURECOPY |
                                              NPY_ARRAY_FORCECAST, NULL);
         if (!C) goto done;
-        if (PyArray_DIM(C, 0) != M || PyArray_DIM(C, 1) != N) { wrong_shape(C, "C", "shape (M, N)"); goto done; }
+        if (PyArray_DIM(C, 0) != M || PyArray_DIM(C, 1) != N) { vaec_py_wrong_shape(C, "C", "shape (M, N)"); goto done; }
         beta = 1.0f;
     } else {
         npy_intp dims[2] = {(npy_intp)M, (npy_intp)N};
@@ -678,7 +462,7 @@ static PyObject *mod_sgemm(PyObject *module, PyObject *args, PyObject *kw) {
     vaec_pool *pool = NULL;
     if (!naive && threads > 1) {
         vaec_status st = vaec_pool_create(&pool, threads);
-        if (st) { raise_status(st); goto done; }
+        if (st) { vaec_py_raise(st); goto done; }
     }
     const float *a = PyArray_DATA(A), *b = PyArray_DATA(B);
     float *c = PyArray_DATA(C);
@@ -702,7 +486,7 @@ static PyObject *mod_act(PyObject *module, PyObject *args) {
     vaec_act act;
     if (PyUnicode_CompareWithASCIIString(nameo, "identity") == 0) act = VAEC_ACT_IDENTITY;
     else if (parse_act(nameo, &act)) return NULL;
-    PyArrayObject *xr = as_real_array(xo, "x"), *x = NULL, *yr = NULL, *y = NULL;
+    PyArrayObject *xr = vaec_py_real_array(xo, "x"), *x = NULL, *yr = NULL, *y = NULL;
     PyObject *res = NULL;
     if (!xr) return NULL;
     x = (PyArrayObject *)PyArray_FromAny((PyObject *)xr, PyArray_DescrFromType(NPY_FLOAT32), 0, 0,
@@ -713,7 +497,7 @@ static PyObject *mod_act(PyObject *module, PyObject *args) {
     if (yo == Py_None) {
         vaec_act_forward(act, PyArray_DATA(x), PyArray_DATA(x), n);
     } else {
-        if (!(yr = as_real_array(yo, "y")) || !(y = as_f32(yr))) goto done;
+        if (!(yr = vaec_py_real_array(yo, "y")) || !(y = vaec_py_as_f32(yr))) goto done;
         if (PyArray_SIZE(y) != n) { PyErr_SetString(PyExc_ValueError, "y: must have the size of x"); goto done; }
         vaec_act_backward(act, PyArray_DATA(x), PyArray_DATA(y), n);
     }

@@ -1,0 +1,149 @@
+/* params.c -- the parameter arena: planning named tensors, allocation with torch-style
+ * initialization, and bias-corrected Adam as one flat loop over the buffers. */
+#include "internal.h"
+#include <math.h>
+#include <stdio.h>
+#include <stdatomic.h>
+#include <string.h>
+
+#define ADAM_GRAIN 16384
+#define INIT_STREAM(t) ((uint64_t)(t) * 4 + 2)   /* RNG stream of tensor t's initial values */
+
+static int64_t align16(int64_t n) { return (n + 15) & ~(int64_t)15; }
+
+static vaec_status add_info(vaec_arena *a, const char *name, int64_t offset, int ndim, int64_t d0, int64_t d1,
+                            float bound) {
+    if (a->ntensors >= VAEC_MAX_TENSORS)
+        return vaec_fail(VAEC_ERR_ARG, "too many parameter tensors (at most %d)", VAEC_MAX_TENSORS);
+    size_t len = strlen(name);
+    if (len >= VAEC_NAME_LEN) return vaec_fail(VAEC_ERR_ARG, "tensor name too long: %s", name);
+    vaec_tensor_info *t = &a->tensors[a->ntensors++];
+    memcpy(t->name, name, len + 1);
+    t->offset = offset;
+    t->ndim = ndim;
+    t->shape[0] = d0;
+    t->shape[1] = ndim == 2 ? d1 : 0;
+    t->init_bound = bound;
+    return VAEC_OK;
+}
+
+vaec_status vaec_arena_add_linear(vaec_arena *a, vaec_linear *L, const char *const *names, int heads,
+                                  int64_t in, int64_t out) {
+    if (a->params) return vaec_fail(VAEC_ERR_ARG, "arena: tensors must be planned before allocation");
+    L->in = in;
+    L->out = out * heads;
+    L->W = a->n;
+    L->b = L->W + L->out * in;
+    a->n = align16(L->b + L->out);
+    float bound = 1.0f / sqrtf((float)in);
+    char buf[VAEC_NAME_LEN + 8];
+    vaec_status st;
+    for (int h = 0; h < heads; h++) {
+        snprintf(buf, sizeof buf, "%s.weight", names[h]);
+        if ((st = add_info(a, buf, L->W + h * out * in, 2, out, in, bound))) return st;
+        snprintf(buf, sizeof buf, "%s.bias", names[h]);
+        if ((st = add_info(a, buf, L->b + h * out, 1, out, 0, bound))) return st;
+    }
+    return VAEC_OK;
+}
+
+vaec_status vaec_arena_add_tensor(vaec_arena *a, int64_t *offset, const char *name, int ndim, int64_t d0,
+                                  int64_t d1, float init_bound) {
+    if (a->params) return vaec_fail(VAEC_ERR_ARG, "arena: tensors must be planned before allocation");
+    *offset = a->n;
+    a->n = align16(a->n + (ndim == 2 ? d0 * d1 : d0));
+    return add_info(a, name, *offset, ndim, d0, d1, init_bound);
+}
+
+vaec_status vaec_arena_alloc(vaec_arena *a, uint64_t seed) {
+    size_t n = (size_t)(a->n > 0 ? a->n : 1);
+    a->params = vaec_alloc(n, sizeof(float));
+    a->grads = vaec_alloc(n, sizeof(float));
+    a->adam_m = vaec_alloc(n, sizeof(float));
+    a->adam_v = vaec_alloc(n, sizeof(float));
+    if (!a->params || !a->grads || !a->adam_m || !a->adam_v) {
+        vaec_arena_free(a);
+        return vaec_fail(VAEC_ERR_NOMEM, "out of memory allocating %lld parameters", (long long)a->n);
+    }
+    a->adam = (vaec_adam_config){0.9f, 0.999f, 1e-8f};
+    a->step = 0;
+    for (int t = 0; t < a->ntensors; t++) {
+        const vaec_tensor_info *ti = &a->tensors[t];
+        int64_t count = ti->ndim == 2 ? ti->shape[0] * ti->shape[1] : ti->shape[0];
+        float *p = a->params + ti->offset;
+        if (ti->init_bound == 0.0f) continue;  /* zeros */
+        vaec_rng_uniform(p, count, seed, INIT_STREAM(t), 0);
+        for (int64_t i = 0; i < count; i++) p[i] = (2.0f * p[i] - 1.0f) * ti->init_bound;
+    }
+    return VAEC_OK;
+}
+
+void vaec_arena_free(vaec_arena *a) {
+    vaec_free(a->params);
+    vaec_free(a->grads);
+    vaec_free(a->adam_m);
+    vaec_free(a->adam_v);
+    a->params = a->grads = a->adam_m = a->adam_v = NULL;
+}
+
+void vaec_arena_zero_grads(vaec_arena *a) { memset(a->grads, 0, (size_t)a->n * sizeof(float)); }
+
+int vaec_arena_find(const vaec_arena *a, const char *name) {
+    for (int t = 0; t < a->ntensors; t++)
+        if (strcmp(a->tensors[t].name, name) == 0) return t;
+    return -1;
+}
+
+vaec_status vaec_arena_adam_set(vaec_arena *a, vaec_adam_config c) {
+    if (!(c.beta1 >= 0.0f && c.beta1 < 1.0f)) return vaec_fail(VAEC_ERR_ARG, "beta1 must be in [0, 1), got %g", c.beta1);
+    if (!(c.beta2 >= 0.0f && c.beta2 < 1.0f)) return vaec_fail(VAEC_ERR_ARG, "beta2 must be in [0, 1), got %g", c.beta2);
+    if (!(c.eps > 0.0f) || !isfinite(c.eps)) return vaec_fail(VAEC_ERR_ARG, "eps must be a positive number, got %g", c.eps);
+    a->adam = c;
+    return VAEC_OK;
+}
+
+void vaec_arena_adam_reset(vaec_arena *a) {
+    memset(a->adam_m, 0, (size_t)a->n * sizeof(float));
+    memset(a->adam_v, 0, (size_t)a->n * sizeof(float));
+    a->step = 0;
+}
+
+typedef struct { vaec_arena *a; float step_size, sqrt_bc2; _Atomic int bad; } adam_job;
+
+/* a task's slice: check finiteness first (sum of g*0 is NaN iff some g is not finite) */
+static void finite_task(void *ctx, int64_t t, int tid) {
+    (void)tid;
+    adam_job *j = ctx;
+    int64_t a0 = t * ADAM_GRAIN, a1 = a0 + ADAM_GRAIN < j->a->n ? a0 + ADAM_GRAIN : j->a->n;
+    const float *g = j->a->grads;
+    float s = 0.0f;
+    for (int64_t i = a0; i < a1; i++) s += g[i] * 0.0f;
+    if (s != 0.0f || s != s) atomic_store(&j->bad, 1);
+}
+
+static void adam_task(void *ctx, int64_t t, int tid) {
+    (void)tid;
+    adam_job *j = ctx;
+    vaec_arena *a = j->a;
+    const float b1 = a->adam.beta1, b2 = a->adam.beta2, eps = a->adam.eps;
+    int64_t a0 = t * ADAM_GRAIN, a1 = a0 + ADAM_GRAIN < a->n ? a0 + ADAM_GRAIN : a->n;
+    float *restrict p = a->params, *restrict g = a->grads, *restrict mm = a->adam_m, *restrict v = a->adam_v;
+    for (int64_t i = a0; i < a1; i++) {
+        mm[i] = b1 * mm[i] + (1.0f - b1) * g[i];
+        v[i] = b2 * v[i] + (1.0f - b2) * g[i] * g[i];
+        p[i] -= j->step_size * mm[i] / (sqrtf(v[i]) / j->sqrt_bc2 + eps);
+    }
+}
+
+vaec_status vaec_arena_adam_step(vaec_arena *a, vaec_pool *pool, float lr) {
+    if (!(lr >= 0.0f) || !isfinite(lr)) return vaec_fail(VAEC_ERR_ARG, "lr must be a finite number >= 0, got %g", lr);
+    adam_job j = {a, 0.0f, 0.0f, 0};
+    int64_t tasks = vaec_ntasks(a->n, ADAM_GRAIN);
+    vaec_pool_run(pool, finite_task, &j, tasks);
+    if (atomic_load(&j.bad)) return vaec_fail(VAEC_ERR_NONFINITE, "a gradient is NaN or Inf; the step was not taken");
+    a->step++;
+    j.step_size = (float)(lr / (1.0 - pow(a->adam.beta1, (double)a->step)));
+    j.sqrt_bc2 = (float)sqrt(1.0 - pow(a->adam.beta2, (double)a->step));
+    vaec_pool_run(pool, adam_task, &j, tasks);
+    return VAEC_OK;
+}

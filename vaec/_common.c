@@ -1,0 +1,237 @@
+/* _common.c -- the shared converters of the binding (see _common.h). */
+#include "_common.h"
+
+/* ------------------------------------------------------------- errors */
+PyObject *vaec_py_raise(vaec_status st) {
+    const char *msg = vaec_last_error();
+    switch (st) {
+    case VAEC_ERR_NOMEM: PyErr_SetString(PyExc_MemoryError, msg); break;
+    case VAEC_ERR_IO: PyErr_SetString(PyExc_OSError, msg); break;
+    case VAEC_ERR_NOTFOUND: PyErr_SetString(PyExc_FileNotFoundError, msg); break;
+    case VAEC_ERR_NONFINITE: PyErr_SetString(PyExc_FloatingPointError, msg); break;
+    default: PyErr_SetString(PyExc_ValueError, msg); break;
+    }
+    return NULL;
+}
+
+/* ---------------------------------------------------------- converters */
+/* A real-valued array (bool, integer or float); anything else is a TypeError. */
+PyArrayObject *vaec_py_real_array(PyObject *obj, const char *name) {
+    if (obj == Py_None) {
+        PyErr_Format(PyExc_TypeError, "%s: expected an array, got None", name);
+        return NULL;
+    }
+    PyArrayObject *a;
+    if (PyArray_Check(obj)) {
+        Py_INCREF(obj);
+        a = (PyArrayObject *)obj;
+    } else {
+        a = (PyArrayObject *)PyArray_FromAny(obj, NULL, 0, 0, 0, NULL);
+        if (!a) {
+            if (PyErr_ExceptionMatches(PyExc_ValueError)) {  /* ragged nesting and the like */
+                PyErr_Clear();
+                PyErr_Format(PyExc_ValueError, "%s: expected a rectangular array of numbers", name);
+            }
+            return NULL;
+        }
+    }
+    char kind = PyArray_DESCR(a)->kind;
+    if (kind != 'b' && kind != 'i' && kind != 'u' && kind != 'f') {
+        PyObject *d = PyObject_Str((PyObject *)PyArray_DESCR(a));
+        PyErr_Format(PyExc_TypeError, "%s: expected a real-valued numeric array (float32 or uint8 "
+                     "preferred), got dtype %U", name, d ? d : Py_None);
+        Py_XDECREF(d);
+        Py_DECREF(a);
+        return NULL;
+    }
+    return a;
+}
+
+static PyObject *shape_str(PyArrayObject *a) {
+    PyObject *t = PyTuple_New(PyArray_NDIM(a));
+    if (!t) return NULL;
+    for (int i = 0; i < PyArray_NDIM(a); i++) PyTuple_SET_ITEM(t, i, PyLong_FromSsize_t(PyArray_DIM(a, i)));
+    PyObject *s = PyObject_Str(t);
+    Py_DECREF(t);
+    return s;
+}
+
+int vaec_py_wrong_shape(PyArrayObject *a, const char *name, const char *expected) {
+    PyObject *s = shape_str(a);
+    PyErr_Format(PyExc_ValueError, "%s: expected %s, got shape %U", name, expected, s ? s : Py_None);
+    Py_XDECREF(s);
+    return -1;
+}
+
+/* float32 contiguous copy-or-view of a real array. */
+PyArrayObject *vaec_py_as_f32(PyArrayObject *a) {
+    return (PyArrayObject *)PyArray_FromAny((PyObject *)a, PyArray_DescrFromType(NPY_FLOAT32), 0, 0,
+                                            NPY_ARRAY_C_CONTIGUOUS | NPY_ARRAY_ALIGNED | NPY_ARRAY_FORCECAST, NULL);
+}
+
+/* Check a float32 array for NaN/Inf and (optionally) [0,1]; GIL released for the scan. */
+int vaec_py_check_values(PyArrayObject *f, const char *name, int unit_range, const char *why) {
+    const float *p = (const float *)PyArray_DATA(f);
+    int64_t n = (int64_t)PyArray_SIZE(f), bad;
+    Py_BEGIN_ALLOW_THREADS
+    bad = vaec_check_range(p, n, 0.0f, 1.0f, unit_range);
+    Py_END_ALLOW_THREADS
+    if (bad < 0) return 0;
+    int64_t cols = PyArray_NDIM(f) >= 2 ? (int64_t)PyArray_DIM(f, PyArray_NDIM(f) - 1) : 1;
+    if (cols < 1) cols = 1;
+    float v = p[bad];
+    PyObject *fv = PyFloat_FromDouble((double)v);
+    PyObject *fs = fv ? PyObject_Repr(fv) : NULL;
+    if (v != v || v - v != 0.0f)
+        PyErr_Format(PyExc_ValueError, "%s: contains %U at flat index %lld (row %lld, column %lld); "
+                     "expected finite values", name, fs, (long long)bad, (long long)(bad / cols), (long long)(bad % cols));
+    else
+        PyErr_Format(PyExc_ValueError, "%s: values must be in [0, 1]%s; found %U at row %lld, column %lld "
+                     "(uint8 images are scaled by 1/255 automatically)", name, why, fs,
+                     (long long)(bad / cols), (long long)(bad % cols));
+    Py_XDECREF(fv);
+    Py_XDECREF(fs);
+    return -1;
+}
+
+/* A data matrix (n, dim): uint8 or float32 C-contiguous are used in place; other real
+ * dtypes or layouts are converted once. `*keep` holds the reference to release. */
+int vaec_py_convert_x(PyObject *obj, const char *name, int64_t dim, int unit_range, vaec_input *in,
+                     PyArrayObject **keep) {
+    *keep = NULL;
+    PyArrayObject *a = vaec_py_real_array(obj, name);
+    if (!a) return -1;
+    char expected[96];
+    snprintf(expected, sizeof expected, "a 2-D array of shape (n, %lld)", (long long)dim);
+    if (PyArray_NDIM(a) != 2 || PyArray_DIM(a, 1) != dim) {
+        vaec_py_wrong_shape(a, name, expected);
+        Py_DECREF(a);
+        return -1;
+    }
+    PyArrayObject *c;
+    int is_u8 = PyArray_TYPE(a) == NPY_UINT8;
+    if (is_u8) {
+        c = (PyArrayObject *)PyArray_FromAny((PyObject *)a, PyArray_DescrFromType(NPY_UINT8), 0, 0,
+                                             NPY_ARRAY_C_CONTIGUOUS | NPY_ARRAY_ALIGNED, NULL);
+    } else {
+        c = vaec_py_as_f32(a);
+    }
+    Py_DECREF(a);
+    if (!c) return -1;
+    if (!is_u8 && vaec_py_check_values(c, name, unit_range, " for a Bernoulli likelihood")) {
+        Py_DECREF(c);
+        return -1;
+    }
+    in->data = PyArray_DATA(c);
+    in->dtype = is_u8 ? VAEC_U8 : VAEC_F32;
+    in->n = (int64_t)PyArray_DIM(c, 0);
+    in->dim = dim;
+    in->binarize = 0;
+    *keep = c;
+    return 0;
+}
+
+/* eps: (L, n, Z) or (n, Z) standard-normal noise, float32 finite. */
+int vaec_py_convert_eps(PyObject *obj, int64_t n, int64_t Z, int *L, PyArrayObject **keep) {
+    *keep = NULL;
+    PyArrayObject *a = vaec_py_real_array(obj, "eps");
+    if (!a) return -1;
+    char expected[128];
+    snprintf(expected, sizeof expected, "shape (samples, %lld, %lld) or (%lld, %lld)",
+             (long long)n, (long long)Z, (long long)n, (long long)Z);
+    int nd = PyArray_NDIM(a);
+    int ok = (nd == 2 && PyArray_DIM(a, 0) == n && PyArray_DIM(a, 1) == Z) ||
+             (nd == 3 && PyArray_DIM(a, 0) >= 1 && PyArray_DIM(a, 1) == n && PyArray_DIM(a, 2) == Z);
+    if (!ok) {
+        vaec_py_wrong_shape(a, "eps", expected);
+        Py_DECREF(a);
+        return -1;
+    }
+    if (nd == 3 && PyArray_DIM(a, 0) > 1000000) {
+        PyErr_SetString(PyExc_ValueError, "eps: too many samples");
+        Py_DECREF(a);
+        return -1;
+    }
+    PyArrayObject *c = vaec_py_as_f32(a);
+    Py_DECREF(a);
+    if (!c) return -1;
+    if (vaec_py_check_values(c, "eps", 0, "")) { Py_DECREF(c); return -1; }
+    *L = nd == 3 ? (int)PyArray_DIM(c, 0) : 1;
+    *keep = c;
+    return 0;
+}
+
+/* seed: None or a non-negative integer < 2^64. */
+int vaec_py_convert_seed(PyObject *obj, int *use, uint64_t *seed) {
+    *use = 0;
+    *seed = 0;
+    if (obj == NULL || obj == Py_None) return 0;
+    if (PyBool_Check(obj) || !PyIndex_Check(obj)) {
+        PyErr_Format(PyExc_TypeError, "seed: expected None or a non-negative integer, got %s", Py_TYPE(obj)->tp_name);
+        return -1;
+    }
+    PyObject *i = PyNumber_Index(obj);
+    if (!i) return -1;
+    unsigned long long v = PyLong_AsUnsignedLongLong(i);
+    Py_DECREF(i);
+    if (PyErr_Occurred()) {
+        PyErr_Clear();
+        PyErr_SetString(PyExc_ValueError, "seed: expected an integer in [0, 2**64)");
+        return -1;
+    }
+    *use = 1;
+    *seed = v;
+    return 0;
+}
+
+int vaec_py_convert_samples(PyObject *obj, int *L) {
+    if (obj == NULL || obj == Py_None) { *L = 1; return 0; }
+    if (PyBool_Check(obj) || !PyLong_Check(obj)) {
+        PyErr_Format(PyExc_TypeError, "samples: expected a positive integer, got %s", Py_TYPE(obj)->tp_name);
+        return -1;
+    }
+    long v = PyLong_AsLong(obj);
+    if (v == -1 && PyErr_Occurred()) return -1;
+    if (v < 1 || v > 1000000) {
+        PyErr_Format(PyExc_ValueError, "samples: expected an integer between 1 and 1000000, got %ld", v);
+        return -1;
+    }
+    *L = (int)v;
+    return 0;
+}
+
+
+/* ------------------------------------------------------------- arenas */
+PyObject *vaec_py_arena_view(PyObject *owner, vaec_arena *a, const char *which) {
+    float *p;
+    if (strcmp(which, "params") == 0) p = a->params;
+    else if (strcmp(which, "grads") == 0) p = a->grads;
+    else if (strcmp(which, "adam_m") == 0) p = a->adam_m;
+    else if (strcmp(which, "adam_v") == 0) p = a->adam_v;
+    else { PyErr_Format(PyExc_ValueError, "arena: unknown buffer '%s'", which); return NULL; }
+    npy_intp dims[1] = {(npy_intp)a->n};
+    PyObject *arr = PyArray_SimpleNewFromData(1, dims, NPY_FLOAT32, p);
+    if (!arr) return NULL;
+    Py_INCREF(owner);
+    if (PyArray_SetBaseObject((PyArrayObject *)arr, owner) < 0) { Py_DECREF(arr); return NULL; }
+    return arr;
+}
+
+PyObject *vaec_py_arena_tensors(const vaec_arena *a) {
+    PyObject *list = PyList_New(a->ntensors);
+    if (!list) return NULL;
+    for (int i = 0; i < a->ntensors; i++) {
+        const vaec_tensor_info *t = &a->tensors[i];
+        PyObject *shape = t->ndim == 2 ? Py_BuildValue("(LL)", (long long)t->shape[0], (long long)t->shape[1])
+                                       : Py_BuildValue("(L)", (long long)t->shape[0]);
+        PyObject *item = shape ? Py_BuildValue("(sLN)", t->name, (long long)t->offset, shape) : NULL;
+        if (!item) { Py_DECREF(list); return NULL; }
+        PyList_SET_ITEM(list, i, item);
+    }
+    return list;
+}
+
+PyObject *vaec_py_arena_state(const vaec_arena *a) {
+    return Py_BuildValue("{s:L,s:f,s:f,s:f}", "step", (long long)a->step, "beta1", (double)a->adam.beta1,
+                         "beta2", (double)a->adam.beta2, "adam_eps", (double)a->adam.eps);
+}
