@@ -534,8 +534,13 @@ static PyMethodDef module_methods[] = {
     {NULL}
 };
 
+/* the other models' types, each registered by its own binding file */
+int vaec_py_add_flow(PyObject *module);
+int vaec_py_add_m2(PyObject *module);
+
 static int module_exec(PyObject *module) {
     if (PyArray_ImportNumPyAPI() < 0) return -1;
+    if (vaec_py_add_flow(module) < 0 || vaec_py_add_m2(module) < 0) return -1;
     PyObject *tp = PyType_FromModuleAndSpec(module, &VAE_spec, NULL);
     if (!tp) return -1;
     if (PyModule_AddObject(module, "VAECore", tp) < 0) { Py_DECREF(tp); return -1; }
