@@ -9,6 +9,7 @@
  *   arena      i64 n, f32 beta1, f32 beta2, f32 eps, i32 0, i64 step
  *   rng        u64 seed, u64 counter
  *   data       f32 params[n], f32 adam_m[n], f32 adam_v[n]
+ *   extra      u32 length, then that many bytes (e.g. a trainer's state; may be empty)
  *   checksum   u32 CRC-32 (zlib's polynomial) of every byte before it
  * Saving writes "<path>.tmp-<pid>", flushes and fsyncs it, then renames it over path,
  * so a reader never sees a half-written file. Reading checks the size, the magic, the
@@ -47,7 +48,13 @@ static void put(bytes *b, const void *p, size_t n) { memcpy(b->buf + b->len, p, 
 
 vaec_status vaec_file_write(const char *path, uint32_t kind, const void *config, uint32_t config_len,
                             const vaec_arena *a, uint64_t rng_seed, uint64_t rng_counter) {
-    size_t total = FIXED_HEAD + config_len + ARENA_HEAD + (size_t)a->n * 12 + 4;
+    return vaec_file_write_ex(path, kind, config, config_len, a, rng_seed, rng_counter, NULL, 0);
+}
+
+vaec_status vaec_file_write_ex(const char *path, uint32_t kind, const void *config, uint32_t config_len,
+                               const vaec_arena *a, uint64_t rng_seed, uint64_t rng_counter,
+                               const void *extra, uint32_t extra_len) {
+    size_t total = FIXED_HEAD + config_len + ARENA_HEAD + (size_t)a->n * 12 + 4 + extra_len + 4;
     bytes b = {vaec_alloc(total, 1), 0};
     if (!b.buf) return vaec_fail(VAEC_ERR_NOMEM, "out of memory serializing the model");
     put(&b, MAGIC, 8);
@@ -67,6 +74,8 @@ vaec_status vaec_file_write(const char *path, uint32_t kind, const void *config,
     put(&b, a->params, (size_t)a->n * 4);
     put(&b, a->adam_m, (size_t)a->n * 4);
     put(&b, a->adam_v, (size_t)a->n * 4);
+    PUT(&b, uint32_t, extra_len);
+    if (extra_len) put(&b, extra, extra_len);
     PUT(&b, uint32_t, crc32_update(0, b.buf, b.len));
 
     size_t plen = strlen(path);
@@ -148,14 +157,22 @@ vaec_status vaec_file_read(vaec_file *out, const char *path) {
     take(&r, &out->step, 8);
     take(&r, &out->rng_seed, 8);
     take(&r, &out->rng_counter, 8);
-    if (out->nparams < 0 || (size_t)out->nparams > ((size_t)size - r.pos - 4) / 12 ||
-        r.pos + (size_t)out->nparams * 12 + 4 != (size_t)size) {
+    if (out->nparams < 0 || (size_t)out->nparams > ((size_t)size - r.pos - 8) / 12) {
         st = vaec_fail(VAEC_ERR_FORMAT, "'%s' is inconsistent: its parameter count does not match its size", path);
         goto fail;
     }
     out->params = (const float *)(buf + r.pos);
     out->adam_m = out->params + out->nparams;
     out->adam_v = out->adam_m + out->nparams;
+    r.pos += (size_t)out->nparams * 12;
+    uint32_t elen;
+    take(&r, &elen, 4);
+    if (r.pos + (size_t)elen + 4 != (size_t)size) {
+        st = vaec_fail(VAEC_ERR_FORMAT, "'%s' is inconsistent: its sections do not add up to its size", path);
+        goto fail;
+    }
+    out->extra = buf + r.pos;
+    out->extra_len = elen;
     out->buffer = buf;
     fclose(f);
     return VAEC_OK;

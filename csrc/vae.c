@@ -117,6 +117,7 @@ void vaec_vae_destroy(vaec_vae *m) {
     vaec_pool_destroy(m->pool);
     vaec_arena_free(&m->arena);
     vaec_free(m->ws);
+    vaec_free(m->w_lw);
     vaec_free(m);
 }
 
@@ -143,10 +144,14 @@ static vaec_status ensure_workspace(vaec_vae *m, int64_t rows) {
     for (int i = 0; i < nh; i++) hsum += align16(c->hidden[i]);
     /* x, enc acts, heads, eps, z, dec acts, out, then the gradient twins */
     per_row = align16(D) + 2 * hsum + 2 * align16(2 * Z) + 3 * align16(Z) + 2 * align16(Dout) + 2 * hsum;
-    per_row += 2 * 2; /* two float64 per row: rec, kl (as 4 floats) */
+    per_row += align16(Z) + 2;   /* per-dimension KL, per-row IWAE weight (float) */
+    per_row += 2 * 6;             /* six float64 per row: rec, kl, lp, lpq, lse max and sum */
     float *ws = vaec_alloc((size_t)rows, (size_t)per_row * sizeof(float));
     if (!ws) return vaec_fail(VAEC_ERR_NOMEM, "out of memory for a workspace of %lld rows", (long long)rows);
     vaec_free(m->ws);
+    vaec_free(m->w_lw);
+    m->w_lw = NULL;
+    m->lw_cap = 0;
     m->ws = ws;
     m->ws_rows = rows;
     float *p = ws;
@@ -163,9 +168,15 @@ static vaec_status ensure_workspace(vaec_vae *m, int64_t rows) {
     TAKE(m->d_z, Z);
     TAKE(m->d_heads, 2 * Z);
     for (int i = 0; i < nh; i++) TAKE(m->d_enc[i], c->hidden[i]);
+    TAKE(m->w_kld, Z);
 #undef TAKE
+    m->w_rs = p;
+    p += 2 * rows;
     m->w_rec = (double *)p;
     m->w_kl = m->w_rec + rows;
+    m->w_lp = m->w_kl + rows;
+    m->w_lpq = m->w_lp + rows;
+    m->w_lse = m->w_lpq + rows;   /* max, then sum: 2 * rows */
     return VAEC_OK;
 }
 
@@ -229,35 +240,55 @@ static void layer_backward(vaec_vae *m, const vaec_layer *L, float *din, int64_t
                                 m->arena.params + L->W, R, L->in, L->out);
 }
 
-/* KL per row and, with gradients, d_heads = scale * dKL/d(mu, logvar). */
-typedef struct { vaec_vae *m; int64_t R; float scale; int grad; } kl_job;
+/* KL per row (and per dimension, for free bits) and, with gradients, d_heads =
+ * scale * dKL/d(mu, logvar) (zero when the objective has no analytic KL). */
+typedef struct { vaec_vae *m; int64_t R; float scale; int grad, analytic; } kl_job;
 static void kl_task(void *ctx, int64_t t, int tid) {
     (void)tid;
     kl_job *j = ctx;
     vaec_vae *m = j->m;
-    int64_t Z = m->cfg.latent_dim, ld = align16(2 * Z);
+    int64_t Z = m->cfg.latent_dim, ld = align16(2 * Z), lz = align16(Z);
     int64_t a = t * ROW_GRAIN, b = a + ROW_GRAIN < j->R ? a + ROW_GRAIN : j->R;
     for (int64_t r = a; r < b; r++) {
         const float *mu = m->w_heads + r * ld, *lv = mu + Z;
+        float *kld = m->w_kld + r * lz;
         double kl = 0.0;
         for (int64_t k = 0; k < Z; k++) {
             double e = exp((double)lv[k]);
-            kl += (double)mu[k] * mu[k] + e - 1.0 - lv[k];
+            double v = 0.5 * ((double)mu[k] * mu[k] + e - 1.0 - lv[k]);
+            kld[k] = (float)v;
+            kl += v;
         }
-        m->w_kl[r] = 0.5 * kl;
+        m->w_kl[r] = kl;
         m->w_rec[r] = 0.0;
         if (j->grad) {
             float *dmu = m->d_heads + r * ld, *dlv = dmu + Z;
             for (int64_t k = 0; k < Z; k++) {
-                dmu[k] = j->scale * mu[k];
-                dlv[k] = j->scale * 0.5f * expm1f(lv[k]);
+                dmu[k] = j->analytic ? j->scale * mu[k] : 0.0f;
+                dlv[k] = j->analytic ? j->scale * 0.5f * expm1f(lv[k]) : 0.0f;
             }
         }
     }
 }
 
-/* z = mu + exp(logvar/2) * eps */
-typedef struct { vaec_vae *m; int64_t R; } reparam_job;
+/* Free bits: zero the KL gradient of dimensions whose chunk-mean KL is below the floor. */
+static void free_bits_mask(vaec_vae *m, int64_t R, float floor_nats, double *kl_floor_sum) {
+    int64_t Z = m->cfg.latent_dim, ld = align16(2 * Z), lz = align16(Z);
+    double total = 0.0;
+    for (int64_t k = 0; k < Z; k++) {
+        double mean = 0.0;
+        for (int64_t r = 0; r < R; r++) mean += m->w_kld[r * lz + k];
+        mean /= (double)R;
+        total += mean > floor_nats ? mean : floor_nats;
+        if (mean < floor_nats && m->d_heads)
+            for (int64_t r = 0; r < R; r++) m->d_heads[r * ld + k] = m->d_heads[r * ld + Z + k] = 0.0f;
+    }
+    *kl_floor_sum = total;
+}
+
+/* z = mu + exp(logvar/2) * eps, and per row log p(z) - log q(z|x) = 0.5 sum(eps^2 + logvar - z^2)
+ * (the log 2 pi terms cancel) into w_lpq. */
+typedef struct { vaec_vae *m; int64_t R; const float *rs; } reparam_job;
 static void reparam_task(void *ctx, int64_t t, int tid) {
     (void)tid;
     reparam_job *j = ctx;
@@ -267,11 +298,18 @@ static void reparam_task(void *ctx, int64_t t, int tid) {
     for (int64_t r = a; r < b; r++) {
         const float *mu = m->w_heads + r * ld, *lv = mu + Z, *eps = m->w_eps + r * lz;
         float *z = m->w_z + r * lz;
-        for (int64_t k = 0; k < Z; k++) z[k] = mu[k] + expf(0.5f * lv[k]) * eps[k];
+        double lpq = 0.0;
+        for (int64_t k = 0; k < Z; k++) {
+            z[k] = mu[k] + expf(0.5f * lv[k]) * eps[k];
+            lpq += (double)eps[k] * eps[k] + lv[k] - (double)z[k] * z[k];
+        }
+        m->w_lpq[r] = 0.5 * lpq;
     }
 }
 
-/* dz -> d(mu, logvar): dmu += dz, dlogvar += dz * eps * exp(logvar/2) / 2 */
+/* dz -> d(mu, logvar): dmu += dz, dlogvar += dz * eps * exp(logvar/2) / 2. With per-row
+ * weights rs (IWAE), first dz += rs * z (from -log p(z)) and dlogvar -= rs / 2 (from
+ * +log q(z|x) = -0.5 sum(log 2 pi + logvar + eps^2) at fixed eps). */
 static void reparam_back_task(void *ctx, int64_t t, int tid) {
     (void)tid;
     reparam_job *j = ctx;
@@ -279,17 +317,21 @@ static void reparam_back_task(void *ctx, int64_t t, int tid) {
     int64_t Z = m->cfg.latent_dim, ld = align16(2 * Z), lz = align16(Z);
     int64_t a = t * ROW_GRAIN, b = a + ROW_GRAIN < j->R ? a + ROW_GRAIN : j->R;
     for (int64_t r = a; r < b; r++) {
-        const float *lv = m->w_heads + r * ld + Z, *eps = m->w_eps + r * lz, *dz = m->d_z + r * lz;
+        const float *lv = m->w_heads + r * ld + Z, *eps = m->w_eps + r * lz, *z = m->w_z + r * lz;
+        float *dz = m->d_z + r * lz;
         float *dmu = m->d_heads + r * ld, *dlv = dmu + Z;
+        float w = j->rs ? j->rs[r] : 0.0f;
         for (int64_t k = 0; k < Z; k++) {
-            dmu[k] += dz[k];
-            dlv[k] += dz[k] * eps[k] * 0.5f * expf(0.5f * lv[k]);
+            float g = dz[k] + w * z[k];
+            dmu[k] += g;
+            dlv[k] += g * eps[k] * 0.5f * expf(0.5f * lv[k]) - 0.5f * w;
         }
     }
 }
 
-/* log p(x|z) per row into w_rec (added), and d_out = scale * d(-log p)/d(out). */
-typedef struct { vaec_vae *m; const float *x; int64_t ldx, R; float scale; int grad; } lik_job;
+/* log p(x|z) per row into w_lp, and d_out = scale_r * d(-log p)/d(out) with scale_r the
+ * row's weight (rs[r]) or the uniform `scale`. */
+typedef struct { vaec_vae *m; const float *x; int64_t ldx, R; float scale; const float *rs; int grad; } lik_job;
 static void lik_task(void *ctx, int64_t t, int tid) {
     (void)tid;
     lik_job *j = ctx;
@@ -299,6 +341,7 @@ static void lik_task(void *ctx, int64_t t, int tid) {
     for (int64_t r = a; r < b; r++) {
         const float *x = j->x + r * j->ldx, *o = m->w_out + r * ld;
         float *d = m->d_out + r * ld;
+        const float sc = j->rs ? j->rs[r] : j->scale;
         double lp = 0.0;
         if (m->cfg.likelihood == VAEC_LIK_BERNOULLI) {
             /* log p = x l - softplus(l); d(-log p)/dl = sigmoid(l) - x */
@@ -308,7 +351,7 @@ static void lik_task(void *ctx, int64_t t, int tid) {
                 lp += (double)x[k] * l - sp;
                 if (j->grad) {
                     float s = l >= 0 ? 1.0f / (1.0f + e) : e / (1.0f + e);
-                    d[k] = j->scale * (s - x[k]);
+                    d[k] = sc * (s - x[k]);
                 }
             }
         } else {
@@ -319,12 +362,12 @@ static void lik_task(void *ctx, int64_t t, int tid) {
                 float q = diff * diff * iv;
                 lp += -0.5 * (LOG_2PI + lv[k] + q);
                 if (j->grad) {
-                    d[k] = -j->scale * diff * iv;
-                    d[D + k] = j->scale * 0.5f * (1.0f - q);
+                    d[k] = -sc * diff * iv;
+                    d[D + k] = sc * 0.5f * (1.0f - q);
                 }
             }
         }
-        m->w_rec[r] += lp;
+        m->w_lp[r] = lp;
     }
 }
 
@@ -346,15 +389,76 @@ static vaec_status plan_noise(vaec_vae *m, const vaec_noise *noise, noise_plan *
     return VAEC_OK;
 }
 
-/* One chunk of rows [r0, r0+R) of an n-row batch: forward, ELBO per row into elbo_out
- * (when given), the sum of -ELBO into *neg_sum, and with grad, gradients of
- * (1/n) sum of -ELBO added into m->grads. */
-static void run_chunk(vaec_vae *m, const vaec_input *x, int64_t r0, int64_t R, const noise_plan *np,
-                      int grad, double *elbo_out, double *neg_sum) {
+/* What a call computes. */
+enum { RUN_ELBO = 0, RUN_IWAE = 1 };
+typedef struct {
+    int kind;          /* RUN_ELBO: analytic-KL ELBO; RUN_IWAE: importance-weighted bound */
+    int grad;
+    float beta, free_bits;
+} run_plan;
+
+/* Sample l's eps rows (index (l * n + row) * Z of the call's noise), z, and the decoder. */
+static void decode_sample(vaec_vae *m, const noise_plan *np, int64_t n, int64_t r0, int64_t R, int l,
+                          const float **g_out, int64_t *ldg_out) {
+    const vaec_vae_config *c = &m->cfg;
+    const int64_t Z = c->latent_dim, lz = align16(Z);
+    if (np->eps) {
+        for (int64_t r = 0; r < R; r++)
+            memcpy(m->w_eps + r * lz, np->eps + ((int64_t)l * n + r0 + r) * Z, (size_t)Z * sizeof(float));
+    } else {
+        for (int64_t r = 0; r < R; r++)
+            vaec_rng_normal(m->w_eps + r * lz, Z, np->seed, stream_id(np->counter, STREAM_EPS),
+                            (uint64_t)(((int64_t)l * n + r0 + r) * Z));
+    }
+    reparam_job rj = {m, R, NULL};
+    vaec_pool_run(m->pool, reparam_task, &rj, vaec_ntasks(R, ROW_GRAIN));
+    const float *g = m->w_z;
+    int64_t ldg = lz;
+    for (int i = 0; i < c->n_hidden; i++) {
+        layer_forward(m, &m->dec[i], m->w_dec[i], align16(m->dec[i].out), g, ldg, R);
+        par_act_forward(m->pool, c->activation, m->w_dec[i], R, align16(m->dec[i].out));
+        g = m->w_dec[i];
+        ldg = align16(m->dec[i].out);
+    }
+    layer_forward(m, &m->dec_out, m->w_out, align16(m->dec_out.out), g, ldg, R);
+    *g_out = g;
+    *ldg_out = ldg;
+}
+
+/* Decoder backward from d_out down to dz, then dz into d_heads (rs: IWAE row weights). */
+static void backward_sample(vaec_vae *m, int64_t R, const float *g, int64_t ldg, const float *rs) {
     const vaec_vae_config *c = &m->cfg;
     const int nh = c->n_hidden;
-    const int64_t n = x->n, Z = c->latent_dim, lz = align16(Z), lh = align16(2 * Z);
-    const int64_t lo = align16(m->dec_out.out);
+    const int64_t lz = align16(c->latent_dim);
+    float *dprev = nh ? m->d_dec[nh - 1] : m->d_z;
+    int64_t lprev = nh ? align16(m->dec[nh - 1].out) : lz;
+    layer_backward(m, &m->dec_out, dprev, lprev, m->d_out, align16(m->dec_out.out), g, ldg, R);
+    for (int i = nh - 1; i >= 0; i--) {
+        int64_t ldi = align16(m->dec[i].out);
+        par_act_backward(m->pool, c->activation, m->d_dec[i], m->w_dec[i], R, ldi);
+        const float *gin = i ? m->w_dec[i - 1] : m->w_z;
+        int64_t ldin = i ? align16(m->dec[i - 1].out) : lz;
+        float *din = i ? m->d_dec[i - 1] : m->d_z;
+        layer_backward(m, &m->dec[i], din, ldin, m->d_dec[i], ldi, gin, ldin, R);
+    }
+    reparam_job rj = {m, R, rs};
+    vaec_pool_run(m->pool, reparam_back_task, &rj, vaec_ntasks(R, ROW_GRAIN));
+}
+
+/* One chunk of rows [r0, r0+R) of an n-row batch.
+ * RUN_ELBO: per-row ELBO = (1/L) sum_l log p(x|z_l) - KL into out; the objective
+ *   -(1/L) sum log p(x|z_l) + beta * KL (KL per dimension floored at free_bits, chunk-
+ *   averaged) summed into *obj_sum; with grad, gradients of its batch mean added.
+ * RUN_IWAE: per-row log (1/k) sum_l w_l, log w = log p(x|z) + log p(z) - log q(z|x),
+ *   by a streaming log-sum-exp in float64 (k = L samples, never all held); with grad, a
+ *   second pass recomputes each sample and back-propagates it with its normalized
+ *   weight (Burda et al. 2016), so no per-sample activations are kept. */
+static void run_chunk(vaec_vae *m, const vaec_input *x, int64_t r0, int64_t R, const noise_plan *np,
+                      const run_plan *rp, double *out, double *obj_sum) {
+    const vaec_vae_config *c = &m->cfg;
+    const int nh = c->n_hidden;
+    const int64_t n = x->n, lh = align16(2 * c->latent_dim);
+    const int grad = rp->grad, L = np->L;
     vaec_pool *pool = m->pool;
     int64_t ldx;
     const float *xin = prepare_input(m, x, r0, R, np->seed, np->counter, &ldx);
@@ -369,57 +473,68 @@ static void run_chunk(vaec_vae *m, const vaec_input *x, int64_t r0, int64_t R, c
         ldh = align16(m->enc[i].out);
     }
     layer_forward(m, &m->enc_heads, m->w_heads, lh, h, ldh, R);
-    kl_job kj = {m, R, (float)(1.0 / (double)n), grad};
+    kl_job kj = {m, R, (float)(rp->beta / (double)n), grad, rp->kind == RUN_ELBO};
     vaec_pool_run(pool, kl_task, &kj, vaec_ntasks(R, ROW_GRAIN));
 
-    const float scale = (float)(1.0 / ((double)n * np->L));
-    for (int l = 0; l < np->L; l++) {
-        /* eps rows: index (l * n + row) * Z of the call's noise */
-        if (np->eps) {
-            for (int64_t r = 0; r < R; r++)
-                memcpy(m->w_eps + r * lz, np->eps + ((int64_t)l * n + r0 + r) * Z, (size_t)Z * sizeof(float));
-        } else {
-            for (int64_t r = 0; r < R; r++)
-                vaec_rng_normal(m->w_eps + r * lz, Z, np->seed, stream_id(np->counter, STREAM_EPS),
-                                (uint64_t)(((int64_t)l * n + r0 + r) * Z));
-        }
-        reparam_job rj = {m, R};
-        vaec_pool_run(pool, reparam_task, &rj, vaec_ntasks(R, ROW_GRAIN));
-        /* decoder */
-        const float *g = m->w_z;
-        int64_t ldg = lz;
-        for (int i = 0; i < nh; i++) {
-            layer_forward(m, &m->dec[i], m->w_dec[i], align16(m->dec[i].out), g, ldg, R);
-            par_act_forward(pool, c->activation, m->w_dec[i], R, align16(m->dec[i].out));
-            g = m->w_dec[i];
-            ldg = align16(m->dec[i].out);
-        }
-        layer_forward(m, &m->dec_out, m->w_out, lo, g, ldg, R);
-        lik_job lj = {m, xin, ldx, R, scale, grad};
-        vaec_pool_run(pool, lik_task, &lj, vaec_ntasks(R, ROW_GRAIN));
-        if (!grad) continue;
-        /* decoder backward, down to dz */
-        float *dprev = nh ? m->d_dec[nh - 1] : m->d_z;
-        int64_t lprev = nh ? align16(m->dec[nh - 1].out) : lz;
-        layer_backward(m, &m->dec_out, dprev, lprev, m->d_out, lo, g, ldg, R);
-        for (int i = nh - 1; i >= 0; i--) {
-            int64_t ldi = align16(m->dec[i].out);
-            par_act_backward(pool, c->activation, m->d_dec[i], m->w_dec[i], R, ldi);
-            const float *gin = i ? m->w_dec[i - 1] : m->w_z;
-            int64_t ldin = i ? align16(m->dec[i - 1].out) : lz;
-            float *din = i ? m->d_dec[i - 1] : m->d_z;
-            layer_backward(m, &m->dec[i], din, ldin, m->d_dec[i], ldi, gin, ldin, R);
-        }
-        vaec_pool_run(pool, reparam_back_task, &rj, vaec_ntasks(R, ROW_GRAIN));
-    }
-    /* per-row ELBO, summed in row order in float64 */
+    const float *g;
+    int64_t ldg;
     double s = 0.0;
-    for (int64_t r = 0; r < R; r++) {
-        double e = m->w_rec[r] / np->L - m->w_kl[r];
-        if (elbo_out) elbo_out[r0 + r] = e;
-        s -= e;
+    if (rp->kind == RUN_ELBO) {
+        double kl_obj = 0.0;  /* the chunk's KL term of the objective, summed over rows */
+        if (rp->free_bits > 0.0f) {
+            double per_row;
+            free_bits_mask(m, R, rp->free_bits, &per_row);
+            kl_obj = per_row * (double)R;
+        } else {
+            for (int64_t r = 0; r < R; r++) kl_obj += m->w_kl[r];
+        }
+        const float scale = (float)(1.0 / ((double)n * L));
+        for (int l = 0; l < L; l++) {
+            decode_sample(m, np, n, r0, R, l, &g, &ldg);
+            lik_job lj = {m, xin, ldx, R, scale, NULL, grad};
+            vaec_pool_run(pool, lik_task, &lj, vaec_ntasks(R, ROW_GRAIN));
+            for (int64_t r = 0; r < R; r++) m->w_rec[r] += m->w_lp[r];
+            if (grad) backward_sample(m, R, g, ldg, NULL);
+        }
+        for (int64_t r = 0; r < R; r++) {
+            double e = m->w_rec[r] / L - m->w_kl[r];
+            if (out) out[r0 + r] = e;
+            s -= m->w_rec[r] / L;
+        }
+        s += rp->beta * kl_obj;
+    } else {
+        /* pass 1: log weights, streamed through a per-row log-sum-exp */
+        double *mx = m->w_lse, *sm = m->w_lse + m->ws_rows;
+        for (int64_t r = 0; r < R; r++) { mx[r] = -INFINITY; sm[r] = 0.0; }
+        for (int l = 0; l < L; l++) {
+            decode_sample(m, np, n, r0, R, l, &g, &ldg);
+            lik_job lj = {m, xin, ldx, R, 0.0f, NULL, 0};
+            vaec_pool_run(pool, lik_task, &lj, vaec_ntasks(R, ROW_GRAIN));
+            for (int64_t r = 0; r < R; r++) {
+                double lw = m->w_lp[r] + m->w_lpq[r];
+                if (grad) m->w_lw[r * m->lw_cap + l] = lw;
+                if (lw > mx[r]) { sm[r] = sm[r] * exp(mx[r] - lw) + 1.0; mx[r] = lw; }
+                else sm[r] += exp(lw - mx[r]);
+            }
+        }
+        for (int64_t r = 0; r < R; r++) {
+            double bound = mx[r] + log(sm[r]) - log((double)L);
+            if (out) out[r0 + r] = bound;
+            s -= bound;
+        }
+        if (grad) {
+            /* pass 2: each sample again, weighted by w_l / sum w (per row) / n */
+            for (int l = 0; l < L; l++) {
+                for (int64_t r = 0; r < R; r++)
+                    m->w_rs[r] = (float)(exp(m->w_lw[r * m->lw_cap + l] - mx[r]) / sm[r] / (double)n);
+                decode_sample(m, np, n, r0, R, l, &g, &ldg);
+                lik_job lj = {m, xin, ldx, R, 0.0f, m->w_rs, 1};
+                vaec_pool_run(pool, lik_task, &lj, vaec_ntasks(R, ROW_GRAIN));
+                backward_sample(m, R, g, ldg, m->w_rs);
+            }
+        }
     }
-    *neg_sum += s;
+    *obj_sum += s;
     if (!grad) return;
     /* encoder backward */
     float *dh = nh ? m->d_enc[nh - 1] : NULL;
@@ -444,40 +559,74 @@ static vaec_status check_input(const vaec_vae *m, const vaec_input *x) {
     return VAEC_OK;
 }
 
-static vaec_status forward_all(vaec_vae *m, const vaec_input *x, const vaec_noise *noise, int grad,
-                               double *elbo_out, double *loss) {
+static vaec_status forward_all(vaec_vae *m, const vaec_input *x, const vaec_noise *noise, const run_plan *rp,
+                               double *out, double *loss) {
     vaec_status st = check_input(m, x);
     if (st) return st;
     noise_plan np = {0};
     if ((st = plan_noise(m, noise, &np))) return st;
     int64_t chunk = x->n < VAE_CHUNK ? x->n : VAE_CHUNK;
     if (chunk > 0 && (st = ensure_workspace(m, chunk))) return st;
-    if (grad) vaec_arena_zero_grads(&m->arena);
-    double neg = 0.0;
+    if (rp->kind == RUN_IWAE && rp->grad && np.L > m->lw_cap) {
+        /* per-row log weights of every sample, for the weighted second pass */
+        double *lw = vaec_alloc((size_t)m->ws_rows * (size_t)np.L, sizeof(double));
+        if (!lw) return vaec_fail(VAEC_ERR_NOMEM, "out of memory for %d importance samples", np.L);
+        vaec_free(m->w_lw);
+        m->w_lw = lw;
+        m->lw_cap = np.L;
+    }
+    if (rp->grad) vaec_arena_zero_grads(&m->arena);
+    double sum = 0.0;
     for (int64_t r0 = 0; r0 < x->n; r0 += VAE_CHUNK) {
         int64_t R = x->n - r0 < VAE_CHUNK ? x->n - r0 : VAE_CHUNK;
-        run_chunk(m, x, r0, R, &np, grad, elbo_out, &neg);
+        run_chunk(m, x, r0, R, &np, rp, out, &sum);
     }
-    if (loss) *loss = x->n > 0 ? neg / (double)x->n : 0.0;
+    if (loss) *loss = x->n > 0 ? sum / (double)x->n : 0.0;
     return VAEC_OK;
 }
 
-vaec_status vaec_vae_loss_grad(vaec_vae *m, const vaec_input *x, const vaec_noise *noise, double *loss) {
+static vaec_status plan_objective(const vaec_objective *obj, int grad, run_plan *rp) {
+    rp->kind = RUN_ELBO;
+    rp->grad = grad;
+    rp->beta = 1.0f;
+    rp->free_bits = 0.0f;
+    if (!obj) return VAEC_OK;
+    if (!(obj->beta >= 0.0f) || !isfinite(obj->beta)) return vaec_fail(VAEC_ERR_ARG, "beta must be a finite number >= 0, got %g", obj->beta);
+    if (!(obj->free_bits >= 0.0f) || !isfinite(obj->free_bits))
+        return vaec_fail(VAEC_ERR_ARG, "free_bits must be a finite number >= 0, got %g", obj->free_bits);
+    if (obj->iw && (obj->beta != 1.0f || obj->free_bits != 0.0f))
+        return vaec_fail(VAEC_ERR_ARG, "beta and free_bits apply to the ELBO, not to the IWAE objective");
+    rp->kind = obj->iw ? RUN_IWAE : RUN_ELBO;
+    rp->beta = obj->beta;
+    rp->free_bits = obj->free_bits;
+    return VAEC_OK;
+}
+
+vaec_status vaec_vae_loss_grad(vaec_vae *m, const vaec_input *x, const vaec_noise *noise,
+                               const vaec_objective *obj, double *loss) {
     if (x && x->n == 0) return vaec_fail(VAEC_ERR_ARG, "x: empty batch; the loss needs at least one example");
-    vaec_status st = forward_all(m, x, noise, 1, NULL, loss);
-    if (st) return st;
+    run_plan rp;
+    vaec_status st = plan_objective(obj, 1, &rp);
+    if (st || (st = forward_all(m, x, noise, &rp, NULL, loss))) return st;
     if (!isfinite(*loss))
         return vaec_fail(VAEC_ERR_NONFINITE, "the loss is %s (non-finite)", isnan(*loss) ? "NaN" : "Inf");
     return VAEC_OK;
 }
 
 vaec_status vaec_vae_elbo(vaec_vae *m, const vaec_input *x, const vaec_noise *noise, double *out) {
-    return forward_all(m, x, noise, 0, out, NULL);
+    run_plan rp = {RUN_ELBO, 0, 1.0f, 0.0f};
+    return forward_all(m, x, noise, &rp, out, NULL);
 }
 
-vaec_status vaec_vae_train_step(vaec_vae *m, const vaec_input *x, const vaec_noise *noise, float lr, double *loss) {
+vaec_status vaec_vae_iwae(vaec_vae *m, const vaec_input *x, const vaec_noise *noise, double *out) {
+    run_plan rp = {RUN_IWAE, 0, 1.0f, 0.0f};
+    return forward_all(m, x, noise, &rp, out, NULL);
+}
+
+vaec_status vaec_vae_train_step(vaec_vae *m, const vaec_input *x, const vaec_noise *noise,
+                                const vaec_objective *obj, float lr, double *loss) {
     if (!(lr >= 0.0f) || !isfinite(lr)) return vaec_fail(VAEC_ERR_ARG, "lr must be a finite number >= 0, got %g", lr);
-    vaec_status st = vaec_vae_loss_grad(m, x, noise, loss);
+    vaec_status st = vaec_vae_loss_grad(m, x, noise, obj, loss);
     if (st) return st;
     return vaec_arena_adam_step(&m->arena, m->pool, lr);
 }
@@ -552,7 +701,7 @@ int64_t vaec_check_range(const float *x, int64_t n, float lo, float hi, int chec
  * i32 likelihood, i32 0, i64 hidden[8], u64 seed (104 bytes, little-endian). */
 #define VAE_CONFIG_BYTES 104
 
-vaec_status vaec_vae_save(const vaec_vae *m, const char *path) {
+vaec_status vaec_vae_save(const vaec_vae *m, const char *path, const void *extra, uint32_t extra_len) {
     unsigned char rec[VAE_CONFIG_BYTES] = {0};
     const vaec_vae_config *c = &m->cfg;
     int64_t i64[2] = {c->input_dim, c->latent_dim};
@@ -563,11 +712,13 @@ vaec_status vaec_vae_save(const vaec_vae *m, const char *path) {
     memcpy(rec + 16, i32, 16);
     memcpy(rec + 32, hid, 64);
     memcpy(rec + 96, &c->seed, 8);
-    return vaec_file_write(path, VAEC_KIND_VAE, rec, VAE_CONFIG_BYTES, &m->arena, m->rng_seed, m->rng_counter);
+    return vaec_file_write_ex(path, VAEC_KIND_VAE, rec, VAE_CONFIG_BYTES, &m->arena, m->rng_seed, m->rng_counter,
+                              extra, extra_len);
 }
 
-vaec_status vaec_vae_load(vaec_vae **out, const char *path, int threads) {
+vaec_status vaec_vae_load(vaec_vae **out, const char *path, int threads, void **extra, uint32_t *extra_len) {
     *out = NULL;
+    if (extra) { *extra = NULL; *extra_len = 0; }
     vaec_file f;
     vaec_status st = vaec_file_read(&f, path);
     if (st) return st;
@@ -597,6 +748,10 @@ vaec_status vaec_vae_load(vaec_vae **out, const char *path, int threads) {
         else if ((st = vaec_vae_create(&m, &c)) == VAEC_OK && (st = vaec_file_apply(&f, &m->arena)) == VAEC_OK) {
             m->rng_seed = f.rng_seed;
             m->rng_counter = f.rng_counter;
+            if (extra && f.extra_len) {
+                if (!(*extra = malloc(f.extra_len))) st = vaec_fail(VAEC_ERR_NOMEM, "out of memory");
+                else { memcpy(*extra, f.extra, f.extra_len); *extra_len = f.extra_len; }
+            }
         }
     }
     vaec_file_close(&f);

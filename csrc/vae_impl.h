@@ -18,7 +18,10 @@ struct vaec_vae {
     float *ws;
     float *w_x, *w_enc[VAEC_MAX_HIDDEN], *w_heads, *w_eps, *w_z, *w_dec[VAEC_MAX_HIDDEN], *w_out;
     float *d_out, *d_dec[VAEC_MAX_HIDDEN], *d_z, *d_heads, *d_enc[VAEC_MAX_HIDDEN];
-    double *w_rec, *w_kl;
+    float *w_kld, *w_rs;            /* per-dimension KL; per-row IWAE weights */
+    double *w_rec, *w_kl, *w_lp, *w_lpq, *w_lse;
+    double *w_lw;                   /* (rows, lw_cap) log weights for IWAE training */
+    int64_t lw_cap;
 };
 
 #endif

@@ -190,6 +190,10 @@ int vaec_arena_find(const vaec_arena *a, const char *name);
 enum { VAEC_KIND_VAE = 1, VAEC_KIND_M2 = 2, VAEC_KIND_FLOW = 3 };
 vaec_status vaec_file_write(const char *path, uint32_t kind, const void *config, uint32_t config_len,
                             const vaec_arena *a, uint64_t rng_seed, uint64_t rng_counter);
+/* The same with an opaque `extra` record stored after the arena (e.g. a trainer's state). */
+vaec_status vaec_file_write_ex(const char *path, uint32_t kind, const void *config, uint32_t config_len,
+                               const vaec_arena *a, uint64_t rng_seed, uint64_t rng_counter,
+                               const void *extra, uint32_t extra_len);
 /* A file read and verified (size, magic, version, checksum) but not yet applied. */
 typedef struct {
     uint32_t kind;
@@ -200,6 +204,8 @@ typedef struct {
     int64_t step;
     uint64_t rng_seed, rng_counter;
     const float *params, *adam_m, *adam_v;
+    const void *extra;     /* the extra record (extra_len bytes, maybe 0) */
+    uint32_t extra_len;
     void *buffer;     /* owns the bytes above */
     char path[256];
 } vaec_file;
@@ -248,12 +254,27 @@ typedef struct {
     uint64_t seed;
 } vaec_noise;
 
-/* Mean over the batch of -ELBO; gradients of it are written (not added) to grads. */
+/* The training objective; NULL means the plain ELBO. */
+typedef struct {
+    int iw;           /* 0: the ELBO with analytic KL; k >= 1: the k-sample IWAE bound
+                         (Burda et al. 2016), k = noise->samples */
+    float beta;       /* weight of the KL term (ELBO only); 1 gives the ELBO */
+    float free_bits;  /* ELBO only: each latent dimension's KL, averaged over the batch
+                         (over each 256-row chunk of larger batches), counts at least this
+                         many nats and passes no gradient below it (Kingma et al. 2016) */
+} vaec_objective;
+
+/* Mean over the batch of the negative objective; gradients of it are written (not added)
+ * to the arena's grads. */
 vaec_status vaec_vae_loss_grad(vaec_vae *m, const vaec_input *x, const vaec_noise *noise,
-                               double *loss);
+                               const vaec_objective *obj, double *loss);
 /* loss_grad followed by one bias-corrected Adam step with learning rate lr. */
 vaec_status vaec_vae_train_step(vaec_vae *m, const vaec_input *x, const vaec_noise *noise,
-                                float lr, double *loss);
+                                const vaec_objective *obj, float lr, double *loss);
+/* Per-example k-sample importance-weighted bound log (1/k) sum_l p(x,z_l)/q(z_l|x),
+ * k = noise->samples, out (n,) float64. Streams the samples through a float64
+ * log-sum-exp: memory does not grow with k. With large k, an estimate of log p(x). */
+vaec_status vaec_vae_iwae(vaec_vae *m, const vaec_input *x, const vaec_noise *noise, double *out);
 /* Per-example ELBO averaged over the L samples, out (n,) float64. */
 vaec_status vaec_vae_elbo(vaec_vae *m, const vaec_input *x, const vaec_noise *noise, double *out);
 /* mu, logvar (n, latent). */
@@ -261,11 +282,12 @@ vaec_status vaec_vae_encode(vaec_vae *m, const vaec_input *x, float *mu, float *
 /* z (n, latent) -> out (n, input_dim): Bernoulli probabilities or Gaussian means. */
 vaec_status vaec_vae_decode(vaec_vae *m, const float *z, int64_t n, float *out);
 
-/* Model file: magic, format version, config, parameters, optimizer and RNG state,
- * checksum. Written to a temporary file, flushed, then renamed over `path`. */
-vaec_status vaec_vae_save(const vaec_vae *m, const char *path);
-/* threads <= 0: default. */
-vaec_status vaec_vae_load(vaec_vae **out, const char *path, int threads);
+/* Model file (see vaec_file_write): config, parameters, optimizer and RNG state, an
+ * optional extra record, checksum; written atomically. */
+vaec_status vaec_vae_save(const vaec_vae *m, const char *path, const void *extra, uint32_t extra_len);
+/* threads <= 0: default. When extra is given, *extra receives a malloc'ed copy of the
+ * file's extra record (free with free()) and *extra_len its length. */
+vaec_status vaec_vae_load(vaec_vae **out, const char *path, int threads, void **extra, uint32_t *extra_len);
 
 #ifdef __cplusplus
 }

@@ -140,12 +140,15 @@ static int parse_call(VAEObject *self, call_args *a, PyObject *x, PyObject *eps,
 }
 
 static PyObject *VAE_loss_grad(VAEObject *self, PyObject *args, PyObject *kw) {
-    static char *kwlist[] = {"x", "eps", "samples", "seed", "binarize", "lr", NULL};
+    static char *kwlist[] = {"x", "eps", "samples", "seed", "binarize", "lr", "iw", "beta", "free_bits", NULL};
     PyObject *x, *eps = Py_None, *samples = Py_None, *seed = Py_None;
-    int binarize = 0;
+    int binarize = 0, iw = 0;
     double lr = -1.0;  /* < 0: no optimizer step */
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|OOOpd", kwlist, &x, &eps, &samples, &seed, &binarize, &lr))
+    float beta = 1.0f, free_bits = 0.0f;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|OOOpdpff", kwlist, &x, &eps, &samples, &seed, &binarize, &lr,
+                                     &iw, &beta, &free_bits))
         return NULL;
+    vaec_objective obj = {iw, beta, free_bits};
     if (acquire(self)) return NULL;
     call_args a;
     PyObject *res = NULL;
@@ -157,8 +160,8 @@ static PyObject *VAE_loss_grad(VAEObject *self, PyObject *args, PyObject *kw) {
     double loss = 0.0;
     vaec_status st;
     Py_BEGIN_ALLOW_THREADS
-    st = lr >= 0.0 ? vaec_vae_train_step(self->m, &a.x, &a.noise, (float)lr, &loss)
-                   : vaec_vae_loss_grad(self->m, &a.x, &a.noise, &loss);
+    st = lr >= 0.0 ? vaec_vae_train_step(self->m, &a.x, &a.noise, &obj, (float)lr, &loss)
+                   : vaec_vae_loss_grad(self->m, &a.x, &a.noise, &obj, &loss);
     Py_END_ALLOW_THREADS
     if (st) { vaec_py_raise(st); goto done; }
     res = PyFloat_FromDouble(loss);
@@ -168,7 +171,7 @@ done:
     return res;
 }
 
-static PyObject *VAE_elbo(VAEObject *self, PyObject *args, PyObject *kw) {
+static PyObject *VAE_bound(VAEObject *self, PyObject *args, PyObject *kw, int iwae) {
     static char *kwlist[] = {"x", "eps", "samples", "seed", "binarize", NULL};
     PyObject *x, *eps = Py_None, *samples = Py_None, *seed = Py_None;
     int binarize = 0;
@@ -184,7 +187,7 @@ static PyObject *VAE_elbo(VAEObject *self, PyObject *args, PyObject *kw) {
     double *out = (double *)PyArray_DATA((PyArrayObject *)res);
     vaec_status st;
     Py_BEGIN_ALLOW_THREADS
-    st = vaec_vae_elbo(self->m, &a.x, &a.noise, out);
+    st = iwae ? vaec_vae_iwae(self->m, &a.x, &a.noise, out) : vaec_vae_elbo(self->m, &a.x, &a.noise, out);
     Py_END_ALLOW_THREADS
     if (st) { Py_CLEAR(res); vaec_py_raise(st); }
 done:
@@ -192,6 +195,9 @@ done:
     release(self);
     return res;
 }
+
+static PyObject *VAE_elbo(VAEObject *self, PyObject *args, PyObject *kw) { return VAE_bound(self, args, kw, 0); }
+static PyObject *VAE_iwae(VAEObject *self, PyObject *args, PyObject *kw) { return VAE_bound(self, args, kw, 1); }
 
 static PyObject *VAE_adam_step(VAEObject *self, PyObject *args) {
     double lr;
@@ -325,14 +331,22 @@ static PyObject *VAE_set_rng(VAEObject *self, PyObject *args) {
 
 static PyObject *VAE_save(VAEObject *self, PyObject *args) {
     PyObject *path;
-    if (!PyArg_ParseTuple(args, "O&", PyUnicode_FSConverter, &path)) return NULL;
-    if (acquire(self)) { Py_DECREF(path); return NULL; }
+    Py_buffer extra = {0};
+    if (!PyArg_ParseTuple(args, "O&|y*", PyUnicode_FSConverter, &path, &extra)) return NULL;
+    if (extra.len > 0x7fffffff) {
+        PyBuffer_Release(&extra);
+        Py_DECREF(path);
+        PyErr_SetString(PyExc_ValueError, "extra: at most 2 GiB");
+        return NULL;
+    }
+    if (acquire(self)) { PyBuffer_Release(&extra); Py_DECREF(path); return NULL; }
     const char *p = PyBytes_AS_STRING(path);
     vaec_status st;
     Py_BEGIN_ALLOW_THREADS
-    st = vaec_vae_save(self->m, p);
+    st = vaec_vae_save(self->m, p, extra.buf, (uint32_t)extra.len);
     Py_END_ALLOW_THREADS
     release(self);
+    PyBuffer_Release(&extra);
     Py_DECREF(path);
     if (st) return vaec_py_raise(st);
     Py_RETURN_NONE;
@@ -353,10 +367,13 @@ static PyObject *VAE_config(VAEObject *self, PyObject *noargs) {
 
 static PyMethodDef VAE_methods[] = {
     {"loss_grad", (PyCFunction)(void (*)(void))VAE_loss_grad, METH_VARARGS | METH_KEYWORDS,
-     "loss_grad(x, eps=None, samples=None, seed=None, binarize=False, lr=-1) -> float\n"
-     "Mean -ELBO; gradients written to the grads arena; with lr >= 0 also one Adam step."},
+     "loss_grad(x, eps=None, samples=None, seed=None, binarize=False, lr=-1, iw=False, beta=1, free_bits=0)\n"
+     "Mean negative objective (ELBO, or IWAE with iw); gradients written to the grads arena;\n"
+     "with lr >= 0 also one Adam step."},
     {"elbo", (PyCFunction)(void (*)(void))VAE_elbo, METH_VARARGS | METH_KEYWORDS,
      "elbo(x, eps=None, samples=None, seed=None, binarize=False) -> float64 (n,)"},
+    {"iwae", (PyCFunction)(void (*)(void))VAE_iwae, METH_VARARGS | METH_KEYWORDS,
+     "iwae(x, eps=None, samples=None, seed=None, binarize=False) -> float64 (n,): the k-sample bound"},
     {"adam_step", (PyCFunction)VAE_adam_step, METH_VARARGS, "adam_step(lr): Adam on the current grads."},
     {"encode", (PyCFunction)VAE_encode, METH_VARARGS, "encode(x) -> (mu, logvar)"},
     {"decode", (PyCFunction)VAE_decode, METH_VARARGS, "decode(z) -> (n, input_dim)"},
@@ -366,7 +383,7 @@ static PyMethodDef VAE_methods[] = {
     {"set_adam", (PyCFunction)(void (*)(void))VAE_set_adam, METH_VARARGS | METH_KEYWORDS, "set_adam(beta1, beta2, eps)"},
     {"reset_optimizer", (PyCFunction)VAE_reset_optimizer, METH_NOARGS, "zero Adam moments and step"},
     {"set_rng", (PyCFunction)VAE_set_rng, METH_VARARGS, "set_rng(seed, counter, step=-1): RNG stream position (and Adam step count)"},
-    {"save", (PyCFunction)VAE_save, METH_VARARGS, "save(path): atomic write"},
+    {"save", (PyCFunction)VAE_save, METH_VARARGS, "save(path, extra=b''): atomic write"},
     {"config", (PyCFunction)VAE_config, METH_NOARGS, "the configuration as a dict"},
     {NULL}
 };
@@ -392,6 +409,7 @@ static PyType_Spec VAE_spec = {
 };
 
 /* ------------------------------------------------------ module functions */
+/* load(path, threads=0) -> (VAECore, extra bytes or None) */
 static PyObject *mod_load(PyObject *module, PyObject *args) {
     PyObject *path;
     int threads = 0;
@@ -399,18 +417,23 @@ static PyObject *mod_load(PyObject *module, PyObject *args) {
     PyTypeObject *tp = (PyTypeObject *)PyObject_GetAttrString(module, "VAECore");
     if (!tp) { Py_DECREF(path); return NULL; }
     vaec_vae *m = NULL;
+    void *extra = NULL;
+    uint32_t extra_len = 0;
     vaec_status st;
     const char *p = PyBytes_AS_STRING(path);
     Py_BEGIN_ALLOW_THREADS
-    st = vaec_vae_load(&m, p, threads);
+    st = vaec_vae_load(&m, p, threads, &extra, &extra_len);
     Py_END_ALLOW_THREADS
     Py_DECREF(path);
     if (st) { Py_DECREF(tp); return vaec_py_raise(st); }
     VAEObject *obj = (VAEObject *)tp->tp_alloc(tp, 0);
     Py_DECREF(tp);
-    if (!obj) { vaec_vae_destroy(m); return NULL; }
+    if (!obj) { vaec_vae_destroy(m); free(extra); return NULL; }
     obj->m = m;
-    return (PyObject *)obj;
+    PyObject *ex = extra ? PyBytes_FromStringAndSize(extra, extra_len) : (Py_INCREF(Py_None), Py_None);
+    free(extra);
+    if (!ex) { Py_DECREF(obj); return NULL; }
+    return Py_BuildValue("(NN)", obj, ex);
 }
 
 static PyObject *mod_cpu_features(PyObject *module, PyObject *noargs) {
@@ -525,7 +548,7 @@ static PyObject *mod_rng(PyObject *module, PyObject *args) {
 }
 
 static PyMethodDef module_methods[] = {
-    {"load", mod_load, METH_VARARGS, "load(path, threads=0) -> VAECore"},
+    {"load", mod_load, METH_VARARGS, "load(path, threads=0) -> (VAECore, extra bytes or None)"},
     {"cpu_features", mod_cpu_features, METH_NOARGS, "the kernel path in use and the CPU's features"},
     {"set_isa", mod_set_isa, METH_VARARGS, "set_isa(name) -> the path now active (never above the CPU's)"},
     {"sgemm", (PyCFunction)(void (*)(void))mod_sgemm, METH_VARARGS | METH_KEYWORDS, "GEMM, for tests"},

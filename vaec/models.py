@@ -5,6 +5,7 @@ zero-copy parameter views, and runs the fit loop with its progress bar and histo
 """
 from __future__ import annotations
 
+import json
 import math
 import numbers
 import os
@@ -18,6 +19,8 @@ from . import _core
 __all__ = ["VAE", "load"]
 
 ACTIVATIONS = ("tanh", "relu", "softplus", "sigmoid", "elu", "leaky_relu")
+MAX_SAMPLES = 10_000_000
+BURDA_STAGES = 8  # 3^i epochs at lr * 10^(-i/7), i = 0..7 (Burda et al. 2016)
 LIKELIHOODS = ("bernoulli", "gaussian")
 
 
@@ -212,19 +215,41 @@ class VAE:
             self.params[name][...] = arr
 
     # ------------------------------------------------------------ training
-    def loss_and_grad(self, x, eps=None, seed=None, samples=None, binarize=None):
-        """The batch mean of -ELBO (nats per example); its gradients are written into
-        ``grads``. ``eps``: standard-normal noise of shape (L, n, latent_dim) or
-        (n, latent_dim); without it, L = ``samples`` draws from the counter-based RNG
-        under ``seed`` (or the model's own stream)."""
-        return self._core.loss_grad(x, eps, samples, _seed_arg(seed), _binarize_arg(binarize))
+    def loss_and_grad(self, x, eps=None, seed=None, samples=None, binarize=None, iw_samples=None, beta=1.0,
+                      free_bits=0.0):
+        """The batch mean of the negative training objective (nats per example); its
+        gradients are written into ``grads``.
 
-    def train_step(self, x, lr=1e-3, eps=None, seed=None, samples=None, binarize=None):
-        """One Adam step on batch x; returns the loss before the step. If the loss or a
-        gradient is not finite, FloatingPointError is raised and the parameters are left
-        as they were."""
+        The objective is the ELBO, averaged over ``samples`` reparameterized draws (KL
+        analytic, weighted by ``beta``, each latent dimension's batch-mean KL floored at
+        ``free_bits`` nats), or with ``iw_samples=k`` the k-sample IWAE bound of Burda et
+        al. ``eps``: standard-normal noise of shape (L, n, latent_dim) or (n, latent_dim);
+        without it, draws from the counter-based RNG under ``seed`` (or the model's own
+        stream)."""
+        samples, iw = self._objective_samples(samples, iw_samples, eps)
+        return self._core.loss_grad(x, eps, samples, _seed_arg(seed), _binarize_arg(binarize), -1.0, iw,
+                                    _float_arg("beta", beta, 0.0), _float_arg("free_bits", free_bits, 0.0))
+
+    def train_step(self, x, lr=1e-3, eps=None, seed=None, samples=None, binarize=None, iw_samples=None, beta=1.0,
+                   free_bits=0.0):
+        """One Adam step on batch x (objective as in ``loss_and_grad``); returns the loss
+        before the step. If the loss or a gradient is not finite, FloatingPointError is
+        raised and the parameters are left as they were."""
         lr = _float_arg("lr", lr, 0.0)
-        return self._core.loss_grad(x, eps, samples, _seed_arg(seed), _binarize_arg(binarize), lr)
+        samples, iw = self._objective_samples(samples, iw_samples, eps)
+        return self._core.loss_grad(x, eps, samples, _seed_arg(seed), _binarize_arg(binarize), lr, iw,
+                                    _float_arg("beta", beta, 0.0), _float_arg("free_bits", free_bits, 0.0))
+
+    @staticmethod
+    def _objective_samples(samples, iw_samples, eps):
+        if iw_samples is None:
+            return samples, False
+        k = _int_arg("iw_samples", iw_samples, 1, MAX_SAMPLES)
+        if samples not in (None, 1, k):
+            raise ValueError(f"samples: give either samples (ELBO) or iw_samples (IWAE), got {samples} and {k}")
+        if eps is not None and np.ndim(eps) == 3 and np.shape(eps)[0] != k:
+            raise ValueError(f"eps: holds {np.shape(eps)[0]} samples, iw_samples is {k}")
+        return (k if eps is None else None), True
 
     def set_optimizer(self, beta1=0.9, beta2=0.999, eps=1e-8, reset=False):
         """Adam's hyper-parameters (kept in the model file); ``reset`` zeroes its moments."""
@@ -239,25 +264,59 @@ class VAE:
         return self._core.state()
 
     def fit(self, X, epochs=10, batch_size=100, lr=1e-3, validation_data=None, shuffle=True, seed=None,
-            progress=True, samples=1, binarize=None, verbose=None, callback=None):
-        """Train with Adam on mini-batches of X.
+            progress=True, samples=1, binarize=None, verbose=None, callback=None, *, iw_samples=None, beta=1.0,
+            warmup=None, free_bits=0.0, lr_schedule="constant", lr_decay=0.97, patience=None,
+            checkpoint_dir=None, checkpoint_every=1, resume=None):
+        """Train with Adam on mini-batches of X; returns the history (also ``model.history``).
 
-        Returns the history, a dict of per-epoch lists: ``loss`` (mean training -ELBO),
-        ``val_elbo`` (mean validation ELBO, or None without validation data), ``seconds``
-        and ``examples_per_s``; calling fit again appends to it (``model.history``).
-        ``validation_data`` is an array or a tuple whose first item is one; its ELBO is
-        computed with a fixed seed, so epochs are compared on the same noise.
-        ``binarize='dynamic'`` resamples every pixel as Bernoulli(grey level) each time an
-        image is used (inside C). ``seed`` fixes the shuffling and the noise.
-        ``progress`` shows a progress bar (terminal or Jupyter); ``verbose`` (default: as
-        ``progress``) prints one line per epoch. ``callback(epoch, logs)`` is called after
-        each epoch with that epoch's numbers; returning True stops training."""
+        The history is a dict of per-epoch lists: ``loss`` (mean training objective, e.g.
+        -ELBO), ``val_elbo`` (mean validation ELBO, or None), ``lr``, ``beta``, ``seconds``,
+        ``examples_per_s``. ``validation_data`` is an array or a tuple whose first item is
+        one; its ELBO uses a fixed seed so epochs are compared on the same noise.
+
+        Objective: ``samples=L`` reparameterized ELBO samples, or ``iw_samples=k`` for the
+        IWAE bound; ``beta`` weights the KL (beta-VAE); ``warmup`` anneals that weight from
+        0: an int N rises linearly over N epochs, ``"rezende"`` follows Rezende & Mohamed's
+        beta_t = min(1, 0.01 + t/10000) per iteration; ``free_bits`` floors each latent
+        dimension's KL (nats). ``binarize='dynamic'`` resamples every pixel as Bernoulli(grey
+        level) each time an image is used (inside C).
+
+        Learning rate: ``lr_schedule`` ``"constant"``, ``"exponential"`` (lr * lr_decay^epoch),
+        ``"burda"`` (3^i epochs at lr * 10^(-i/7), i = 0..7) or a callable epoch -> lr.
+        ``patience``: stop when the validation ELBO has not improved for that many epochs and
+        keep the best parameters. ``checkpoint_dir``/``checkpoint_every``: an atomic
+        checkpoint (``checkpoint.vaec``) every N epochs; ``fit(..., resume=path)`` continues
+        from one and ends exactly where an uninterrupted run with the same seed would.
+
+        ``seed`` fixes the shuffling and the noise. ``progress`` shows a progress bar
+        (terminal or Jupyter); ``verbose`` (default: as ``progress``) prints one line per
+        epoch. ``callback(epoch, logs)`` runs after each epoch; returning True stops.
+        A NaN or Inf loss raises FloatingPointError naming the epoch and step; the model
+        keeps its last finite parameters and the last checkpoint stays valid."""
         epochs = _int_arg("epochs", epochs, 0)
         batch_size = _int_arg("batch_size", batch_size, 1)
         lr = _float_arg("lr", lr, 0.0)
-        samples = _int_arg("samples", samples, 1, 1000000)
+        samples = _int_arg("samples", samples, 1, MAX_SAMPLES)
+        beta = _float_arg("beta", beta, 0.0)
+        free_bits = _float_arg("free_bits", free_bits, 0.0)
+        lr_decay = _float_arg("lr_decay", lr_decay, 0.0, low_inclusive=False)
         bin_flag = _binarize_arg(binarize)
         seed = _seed_arg(seed)
+        iw = False
+        if iw_samples is not None:
+            samples = _int_arg("iw_samples", iw_samples, 1, MAX_SAMPLES)
+            iw = True
+            if beta != 1.0 or free_bits != 0.0 or warmup is not None:
+                raise ValueError("beta, warmup and free_bits apply to the ELBO, not with iw_samples")
+        if warmup is not None and warmup != "rezende":
+            warmup = _int_arg("warmup", warmup, 1)
+        if not (callable(lr_schedule) or lr_schedule in ("constant", "exponential", "burda")):
+            raise ValueError(f"lr_schedule: expected 'constant', 'exponential', 'burda' or a callable, got {lr_schedule!r}")
+        if patience is not None:
+            patience = _int_arg("patience", patience, 1)
+            if validation_data is None:
+                raise ValueError("patience: early stopping needs validation_data")
+        checkpoint_every = _int_arg("checkpoint_every", checkpoint_every, 1)
         X = self._check_data(X, "X")
         if X.shape[0] == 0:
             raise ValueError("X: empty data set")
@@ -265,48 +324,138 @@ class VAE:
         if validation_data is not None:
             X_val = validation_data[0] if isinstance(validation_data, tuple) else validation_data
             X_val = self._check_data(X_val, "validation_data")
-        if seed is not None:
-            self._core.set_rng(seed, 0)
-        state = self._core.state()
-        order_rng = np.random.default_rng([state["rng_seed"] & (2**63 - 1), state["rng_counter"]])
         n = X.shape[0]
-        hist = self.history if self.history else {"loss": [], "val_elbo": [], "seconds": [], "examples_per_s": []}
+        steps_per_epoch = -(-n // batch_size)
+
+        if resume is not None:
+            state, best_params = self._resume(resume)
+        else:
+            if seed is not None:
+                self._core.set_rng(seed, 0)
+            st = self._core.state()
+            base = seed if seed is not None else int(np.random.SeedSequence(
+                [st["rng_seed"], st["rng_counter"]]).generate_state(1, np.uint64)[0])
+            # a later fit continues the model's history (the schedules start afresh)
+            history = {k: list(self.history.get(k, [])) for k in
+                       ("loss", "val_elbo", "lr", "beta", "seconds", "examples_per_s")}
+            state = {"epoch": 0, "step": 0, "base_seed": int(base), "best_val": None, "best_epoch": None,
+                     "bad_epochs": 0, "history": history}
+            best_params = None
+        hist = state["history"]
         self.history = hist
         interactive = progress and (sys.stderr.isatty() or "ipykernel" in sys.modules)
-        for epoch in range(epochs):
+        ckpt_path = None
+        if checkpoint_dir is not None:
+            os.makedirs(checkpoint_dir, exist_ok=True)
+            ckpt_path = os.path.join(os.fspath(checkpoint_dir), "checkpoint.vaec")
+
+        def lr_at(epoch):
+            if callable(lr_schedule):
+                return _float_arg("lr_schedule(epoch)", lr_schedule(epoch), 0.0)
+            if lr_schedule == "exponential":
+                return lr * lr_decay ** epoch
+            if lr_schedule == "burda":
+                i, end = 0, 1
+                while epoch >= end and i < BURDA_STAGES - 1:
+                    i += 1
+                    end += 3 ** i
+                return lr * 10 ** (-i / 7)
+            return lr
+
+        def beta_at(step):
+            if warmup is None:
+                return beta
+            if warmup == "rezende":
+                return beta * min(1.0, 0.01 + step / 10000)
+            return beta * min(1.0, (step + 1) / (warmup * steps_per_epoch))
+
+        stopped = False
+        while state["epoch"] < epochs and not stopped:
+            epoch = state["epoch"]
+            lr_e = lr_at(epoch)
             t0 = time.perf_counter()
-            order = order_rng.permutation(n) if shuffle else np.arange(n)
-            bar = _Progress(n, f"epoch {len(hist['loss']) + 1}", interactive)
-            total, seen = 0.0, 0
+            order = (np.random.default_rng([state["base_seed"], epoch]).permutation(n) if shuffle else None)
+            bar = _Progress(n, f"epoch {epoch + 1}", interactive)
+            total, seen, beta_t = 0.0, 0, beta
             try:
-                for start in range(0, n, batch_size):
-                    idx = order[start:start + batch_size]
-                    xb = X[idx] if shuffle else X[start:start + batch_size]
-                    loss = self._core.loss_grad(xb, None, samples, None, bin_flag, lr)
-                    total += loss * len(idx)
-                    seen += len(idx)
-                    bar.update(len(idx), loss)
+                for b, start in enumerate(range(0, n, batch_size)):
+                    xb = X[order[start:start + batch_size]] if shuffle else X[start:start + batch_size]
+                    beta_t = beta_at(state["step"])
+                    try:
+                        loss = self._core.loss_grad(xb, None, samples, None, bin_flag, lr_e, iw, beta_t, free_bits)
+                    except FloatingPointError as e:
+                        where = f" The last checkpoint, {ckpt_path}, is intact." if ckpt_path and os.path.exists(ckpt_path) else ""
+                        raise FloatingPointError(
+                            f"training stopped at epoch {epoch + 1}, step {b + 1} (global step {state['step'] + 1}): {e}. "
+                            f"The model keeps its last finite parameters.{where}") from None
+                    state["step"] += 1
+                    total += loss * len(xb)
+                    seen += len(xb)
+                    bar.update(len(xb), loss)
             finally:
                 bar.close()
             secs = time.perf_counter() - t0
-            hist["loss"].append(total / seen)
-            hist["seconds"].append(secs)
-            hist["examples_per_s"].append(seen / secs if secs > 0 else float("inf"))
             val = None
             if X_val is not None and X_val.shape[0] > 0:
                 val = float(np.mean(self._core.elbo(X_val, None, 1, 0, bin_flag)))
-            hist["val_elbo"].append(val)
+            for k, v in (("loss", total / seen), ("val_elbo", val), ("lr", lr_e), ("beta", beta_t),
+                         ("seconds", secs), ("examples_per_s", seen / secs if secs > 0 else float("inf"))):
+                hist[k].append(v)
+            state["epoch"] = epoch + 1
+            if patience is not None and val is not None:
+                if state["best_val"] is None or val > state["best_val"]:
+                    state.update(best_val=val, best_epoch=epoch + 1, bad_epochs=0)
+                    best_params = self._arenas["params"].copy()
+                else:
+                    state["bad_epochs"] += 1
+                    stopped = state["bad_epochs"] >= patience
             if verbose or (verbose is None and progress):
-                msg = f"epoch {len(hist['loss']):3d}  loss {total / seen:9.3f}"
+                msg = f"epoch {epoch + 1:3d}  loss {total / seen:9.3f}"
                 if val is not None:
                     msg += f"  val ELBO {val:9.3f}"
                 msg += f"  {seen / secs:9.0f} ex/s  {secs:6.2f}s"
                 print(msg, flush=True)
-            if callback is not None:
-                logs = {k: v[-1] for k, v in hist.items()}
-                if callback(len(hist["loss"]), logs):
-                    break
+            if ckpt_path and (state["epoch"] % checkpoint_every == 0 or state["epoch"] == epochs or stopped):
+                self._checkpoint(ckpt_path, state, best_params)
+            if callback is not None and callback(epoch + 1, {k: v[-1] for k, v in hist.items()}):
+                break
+        if patience is not None and best_params is not None:
+            self._arenas["params"][...] = best_params
+            hist["best_epoch"] = state["best_epoch"]
         return hist
+
+    def _checkpoint(self, path, state, best_params):
+        """The model file with the trainer's state (JSON, then the best parameters) as its
+        extra record: one atomic file."""
+        blob = json.dumps(state).encode() + b"\0"
+        if best_params is not None:
+            blob += best_params.astype("<f4").tobytes()
+        self._core.save(path, blob)
+
+    def _resume(self, path):
+        core, extra = _core.load(os.fspath(path), self.threads)
+        if core.config() != self._core.config():
+            raise ValueError(f"resume: {os.fspath(path)} holds a model of another configuration "
+                             f"({core.config()}) than this one ({self._core.config()})")
+        if not extra or b"\0" not in extra:
+            raise ValueError(f"resume: {os.fspath(path)} is a model file without training state "
+                             "(write checkpoints with fit(..., checkpoint_dir=...))")
+        head, _, tail = extra.partition(b"\0")
+        try:
+            state = json.loads(head.decode())
+        except ValueError:
+            raise ValueError(f"resume: {os.fspath(path)} has an unreadable training state") from None
+        for k in ("params", "adam_m", "adam_v"):
+            self._arenas[k][...] = core.arena(k)
+        s = core.state()
+        self._core.set_adam(s["beta1"], s["beta2"], s["adam_eps"])
+        self._core.set_rng(s["rng_seed"], s["rng_counter"], s["step"])
+        best = None
+        if tail:
+            best = np.frombuffer(tail, "<f4").astype(np.float32)
+            if best.size != self._arenas["params"].size:
+                raise ValueError(f"resume: {os.fspath(path)} has best parameters of the wrong size")
+        return state, best
 
     def _check_data(self, X, name):
         if isinstance(X, np.ndarray) and X.dtype in (np.uint8, np.float32):
@@ -331,6 +480,50 @@ class VAE:
         if eps is not None and samples == 1:
             samples = None  # taken from eps
         return self._core.elbo(X, eps, samples, _seed_arg(seed), _binarize_arg(binarize))
+
+    def iwae_bound(self, X, samples=5, seed=None, binarize=None, batch_size=None):
+        """The k-sample importance-weighted bound log (1/k) sum_l p(x, z_l) / q(z_l|x) per
+        example (Burda et al. 2016), float64 (n,); k = ``samples``. Computed in C with a
+        streaming float64 log-sum-exp: memory does not grow with k."""
+        return self._importance(X, samples, seed, binarize, batch_size, "samples")
+
+    def log_likelihood(self, X, samples=5000, batch_size=None, seed=None, binarize=None):
+        """Importance-sampled estimate of log p(x) per example, float64 (n,): the IWAE bound
+        with many samples (5000 as in Burda et al.), streamed through cache-sized chunks
+        (never k x n x input_dim in memory). ``batch_size`` rows per call (default 256)."""
+        return self._importance(X, samples, seed, binarize, batch_size, "samples")
+
+    def _importance(self, X, samples, seed, binarize, batch_size, name):
+        k = _int_arg(name, samples, 1, MAX_SAMPLES)
+        seed = _seed_arg(seed)
+        bin_flag = _binarize_arg(binarize)
+        X = self._check_data(X, "X")
+        bs = 256 if batch_size is None else _int_arg("batch_size", batch_size, 1, 1 << 20)
+        out = np.empty(X.shape[0], np.float64)
+        for b, start in enumerate(range(0, X.shape[0], bs)):
+            # independent noise per batch: the batch index goes into the seed
+            s = None if seed is None else int(np.random.SeedSequence([seed, b]).generate_state(1, np.uint64)[0])
+            out[start:start + bs] = self._core.iwae(X[start:start + bs], None, k, s, bin_flag)
+        return out
+
+    def kl_per_dim(self, X):
+        """Mean over X of KL(q(z_j|x) || N(0, 1)) for each latent dimension j, float64."""
+        X = self._check_data(X, "X")
+        total = np.zeros(self.latent_dim)
+        for start in range(0, X.shape[0], 8192):
+            mu, lv = (a.astype(np.float64) for a in self._core.encode(X[start:start + 8192]))
+            total += 0.5 * np.sum(mu * mu + np.exp(lv) - 1.0 - lv, axis=0)
+        return total / max(X.shape[0], 1)
+
+    def active_units(self, X, threshold=0.01):
+        """The number of active latent units (Burda et al. 2016): dimensions whose posterior
+        mean varies across the data, Cov_x(E_q[z_j]) > threshold."""
+        threshold = _float_arg("threshold", threshold, 0.0)
+        X = self._check_data(X, "X")
+        if X.shape[0] < 2:
+            raise ValueError("X: active_units needs at least 2 examples")
+        mu = np.concatenate([self._core.encode(X[s:s + 8192])[0] for s in range(0, X.shape[0], 8192)])
+        return int(np.sum(np.var(mu.astype(np.float64), axis=0) > threshold))
 
     def encode(self, X):
         """(mu, logvar) of q(z|x), each float32 (n, latent_dim)."""
@@ -379,7 +572,7 @@ def load(path, threads=None):
     """Load a model written by ``save``. Raises FileNotFoundError when the file is
     missing and ValueError when it is corrupted, truncated or not a vaec model."""
     threads = 0 if threads is None else _int_arg("threads", threads, 1, 256)
-    core = _core.load(os.fspath(path), threads)
+    core, _extra = _core.load(os.fspath(path), threads)
     model = VAE.__new__(VAE)
     model._attach(core)
     return model

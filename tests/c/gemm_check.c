@@ -51,7 +51,7 @@ int main(void) {
     vaec_input in = {x, VAEC_F32, 128, 64, 0};
     double first = 0, last = 0;
     if (vaec_vae_create(&m, &c) == VAEC_OK) {
-        for (int step = 0; step < 30; step++) vaec_vae_train_step(m, &in, NULL, 1e-2f, step ? &last : &first);
+        for (int step = 0; step < 30; step++) vaec_vae_train_step(m, &in, NULL, NULL, 1e-2f, step ? &last : &first);
         vaec_vae_destroy(m);
     }
     if (last < first - 10) passed++;

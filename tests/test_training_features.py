@@ -1,0 +1,146 @@
+"""fit's training features: IWAE training, beta warmup, learning-rate schedules, early
+stopping, checkpoints and exact resume, and the NaN guard."""
+import os
+
+import numpy as np
+import pytest
+
+import vaec
+
+
+@pytest.fixture(scope="module")
+def data():
+    rng = np.random.default_rng(0)
+    proto = rng.random((5, 64)) < 0.3
+    X = (proto[rng.integers(0, 5, 600)] ^ (rng.random((600, 64)) < 0.05)).astype(np.uint8) * 255
+    return X[:500], X[500:]
+
+
+def make():
+    return vaec.VAE(64, 4, hidden=(32,), seed=3, threads=2)
+
+
+def test_resume_ends_where_an_uninterrupted_run_ends(data, tmp_path):
+    X, V = data
+    kw = dict(epochs=5, batch_size=64, seed=11, validation_data=V, progress=False, binarize="dynamic",
+              warmup=2, lr_schedule="exponential", lr_decay=0.9, patience=10)
+    full = make()
+    h_full = full.fit(X, **kw)
+    part = make()
+    part.fit(X, checkpoint_dir=tmp_path, callback=lambda e, logs: e == 2, **kw)  # interrupted after epoch 2
+    assert len(part.history["loss"]) == 2
+    resumed = make()  # a fresh process would start from a fresh model
+    h_res = resumed.fit(X, resume=tmp_path / "checkpoint.vaec", **kw)
+    assert h_res["loss"] == h_full["loss"] and h_res["val_elbo"] == h_full["val_elbo"]
+    for k in full.params:
+        assert np.array_equal(full.params[k], resumed.params[k]), k
+    assert full.optimizer_state == resumed.optimizer_state
+
+
+def test_resume_refuses_another_model_or_a_plain_file(data, tmp_path):
+    X, _ = data
+    m = make()
+    m.fit(X, epochs=1, checkpoint_dir=tmp_path, progress=False)
+    other = vaec.VAE(64, 5, hidden=(32,), seed=3)
+    with pytest.raises(ValueError, match="another configuration"):
+        other.fit(X, epochs=2, resume=tmp_path / "checkpoint.vaec", progress=False)
+    m.save(tmp_path / "plain.vaec")
+    with pytest.raises(ValueError, match="without training state"):
+        make().fit(X, epochs=2, resume=tmp_path / "plain.vaec", progress=False)
+    with pytest.raises(FileNotFoundError):
+        make().fit(X, epochs=2, resume=tmp_path / "nope.vaec", progress=False)
+
+
+def test_checkpoints_are_written_every_n_epochs_and_load_as_models(data, tmp_path):
+    X, _ = data
+    m = make()
+    seen = []
+    m.fit(X, epochs=4, checkpoint_dir=tmp_path, checkpoint_every=2, progress=False,
+          callback=lambda e, logs: seen.append(os.path.getmtime(tmp_path / "checkpoint.vaec")
+                                               if (tmp_path / "checkpoint.vaec").exists() else None))
+    assert seen[0] is None and seen[1] is not None  # first written after epoch 2
+    assert os.listdir(tmp_path) == ["checkpoint.vaec"]
+    c = vaec.load(tmp_path / "checkpoint.vaec")
+    for k in m.params:
+        assert np.array_equal(c.params[k], m.params[k])
+
+
+def test_early_stopping_keeps_the_best_parameters(data):
+    X, V = data
+    m = make()
+    best = {}
+
+    def spy(epoch, logs):
+        if not best or logs["val_elbo"] > best["val"]:
+            best.update(val=logs["val_elbo"], params=m.state_dict(), epoch=epoch)
+
+    # a learning rate that is far too high makes the validation ELBO get worse
+    h = m.fit(X, epochs=30, lr=0.05, validation_data=V, patience=2, progress=False, callback=spy, seed=1)
+    assert len(h["loss"]) < 30, "stopped early"
+    assert h["best_epoch"] == best["epoch"]
+    for k in best["params"]:
+        assert np.array_equal(m.params[k], best["params"][k]), k
+    assert abs(float(np.mean(m.elbo(V, seed=0))) - best["val"]) < 1e-9
+
+
+def test_learning_rate_schedules(data):
+    X, _ = data
+    m = make()
+    h = m.fit(X[:64], epochs=14, lr=1e-3, lr_schedule="burda", progress=False)
+    want = [1e-3] + [1e-3 * 10 ** (-1 / 7)] * 3 + [1e-3 * 10 ** (-2 / 7)] * 9 + [1e-3 * 10 ** (-3 / 7)]
+    assert np.allclose(h["lr"], want)
+    m = make()
+    h = m.fit(X[:64], epochs=3, lr=1e-2, lr_schedule="exponential", lr_decay=0.5, progress=False)
+    assert np.allclose(h["lr"], [1e-2, 5e-3, 2.5e-3])
+    m = make()
+    h = m.fit(X[:64], epochs=2, lr_schedule=lambda e: 1e-4 * (e + 1), progress=False)
+    assert np.allclose(h["lr"], [1e-4, 2e-4])
+    with pytest.raises(ValueError, match="lr_schedule"):
+        m.fit(X, epochs=1, lr_schedule="cosine", progress=False)
+
+
+def test_kl_warmup_schedules(data):
+    X, _ = data
+    m = make()
+    h = m.fit(X, epochs=4, batch_size=100, warmup=2, beta=0.5, progress=False)  # 5 steps per epoch
+    assert np.allclose(h["beta"], [0.5 * 5 / 10, 0.5, 0.5, 0.5])
+    m = make()
+    h = m.fit(X, epochs=1, batch_size=100, warmup="rezende", progress=False)
+    assert np.isclose(h["beta"][0], 0.01 + 4 / 10000)
+    with pytest.raises(ValueError, match="warmup"):
+        m.fit(X, epochs=1, warmup=0, progress=False)
+
+
+def test_iwae_training_improves_the_iwae_bound(data):
+    X, V = data
+    m = make()
+    before = m.iwae_bound(V, 5, seed=0).mean()
+    h = m.fit(X, epochs=5, iw_samples=5, batch_size=50, progress=False, binarize="dynamic")
+    assert h["loss"][-1] < h["loss"][0]
+    assert m.iwae_bound(V, 5, seed=0).mean() > before + 5
+    with pytest.raises(ValueError, match="apply to the ELBO"):
+        m.fit(X, epochs=1, iw_samples=5, beta=0.5, progress=False)
+
+
+def test_a_nan_loss_stops_training_and_keeps_the_last_finite_parameters(data, tmp_path):
+    X, _ = data
+    m = make()
+    m.fit(X, epochs=1, checkpoint_dir=tmp_path, progress=False)
+    ckpt = (tmp_path / "checkpoint.vaec").read_bytes()
+    good = m.state_dict()
+    m.params["decoder.out.bias"][0] = np.inf  # a decoder that blows up on the next batch
+    poisoned = m.state_dict()
+    with pytest.raises(FloatingPointError, match=r"epoch 1, step 1 .*last finite parameters.*checkpoint"):
+        m.fit(X, epochs=2, checkpoint_dir=tmp_path, progress=False)
+    for k in poisoned:
+        assert np.array_equal(m.params[k], poisoned[k]), "no step was taken"
+    assert (tmp_path / "checkpoint.vaec").read_bytes() == ckpt
+    restored = vaec.load(tmp_path / "checkpoint.vaec")
+    for k in good:
+        assert np.array_equal(restored.params[k], good[k])
+
+
+def test_patience_needs_validation_data(data):
+    X, _ = data
+    with pytest.raises(ValueError, match="patience: early stopping needs validation_data"):
+        make().fit(X, epochs=1, patience=2, progress=False)
