@@ -58,6 +58,22 @@ def _positive_float(s):
     return v
 
 
+def _nonneg_float(s):
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {s!r}") from None
+    if not (v >= 0 and np.isfinite(v)):
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {s!r}")
+    return v
+
+
+def _warmup(s):
+    if s == "rezende":
+        return s
+    return _positive_int(s)
+
+
 def _hidden(s):
     """'400' or '500,200' (or '' / 'none' for no hidden layer)."""
     if s.strip().lower() in ("", "none"):
@@ -181,9 +197,19 @@ def cmd_train(args):
         print(f"epoch {epoch:3d}/{epochs}  train loss {logs['loss']:9.3f}  test ELBO {logs['val_elbo']:9.3f}  "
               f"{logs['examples_per_s']:8.0f} ex/s", flush=True)
 
+    if args.resume and not os.path.exists(args.resume):
+        raise FileNotFoundError(f"checkpoint not found: {args.resume}")
     t_start = time.perf_counter()
     model.fit(Xtr, epochs=epochs, batch_size=args.batch_size, lr=args.lr, validation_data=Xte,
-              progress=not args.quiet, verbose=False, seed=args.seed, binarize=bin_flag, callback=report)
+              progress=not args.quiet, verbose=False, seed=args.seed, binarize=bin_flag, callback=report,
+              samples=args.samples, iw_samples=args.iw_samples, beta=args.beta, warmup=args.warmup,
+              free_bits=args.free_bits, lr_schedule=args.lr_schedule, patience=args.patience,
+              checkpoint_dir=out if args.checkpoint_every else None,
+              checkpoint_every=args.checkpoint_every or 1, resume=args.resume)
+    if args.resume:  # the history holds the epochs before the checkpoint too
+        h = model.history
+        hist.update(loss=list(h["loss"]), test_elbo=list(h["val_elbo"]), seconds=list(h["seconds"]),
+                    examples_per_s=list(h["examples_per_s"]))
     total = time.perf_counter() - t_start
     model_path = os.path.join(out, "model.vaec")
     model.save(model_path)
@@ -241,25 +267,52 @@ def _guess_shape(d):
     return (1, d)
 
 
+def evaluate(model, X, samples, seed=0, binarize=True, y=None, out=print):
+    """Test ELBO, IWAE bounds, importance-sampled log-likelihood and active units: a dict."""
+    b = "dynamic" if binarize else None
+    res = {"n": int(len(X))}
+    t = time.perf_counter()
+    elbo = model.elbo(X, seed=seed, binarize=b)
+    res["elbo"] = float(elbo.mean())
+    out(f"test ELBO:                 {res['elbo']:10.3f} nats  ({time.perf_counter() - t:.1f} s)")
+    for k in sorted({k for k in (5, 50) if k < samples} | ({samples} if samples > 1 else set())):
+        t = time.perf_counter()
+        est = model.log_likelihood(X, samples=k, seed=seed, binarize=b)
+        name = f"log p(x), IS k={k}" if k == samples else f"IWAE bound, k={k}"
+        res[f"iwae_{k}"] = float(est.mean())
+        sem = est.std(ddof=1) / np.sqrt(len(est)) if len(est) > 1 else 0.0
+        out(f"{name + ':':26s} {est.mean():10.3f} nats  (std err {sem:.3f}, {time.perf_counter() - t:.1f} s)")
+    if samples > 1:
+        res["log_likelihood"] = res[f"iwae_{samples}"]
+    if len(X) > 1:
+        res["active_units"] = model.active_units(X)
+        out(f"active units:              {res['active_units']:6d} of {model.latent_dim}")
+    return res
+
+
 def cmd_eval(args):
     model = _load_model(args.model)
     dataset = args.dataset or ("frey" if model.input_dim == 560 else "mnist")
-    _, _, Xte, _ = load_dataset(dataset, args.data)
+    _, _, Xte, yte = load_dataset(dataset, args.data)
     if Xte.shape[1] != model.input_dim:
         raise UsageError(f"eval: the model takes {model.input_dim} inputs, {dataset} has {Xte.shape[1]}")
+    if args.limit:
+        Xte = Xte[:args.limit]
     binarize = model.likelihood == "bernoulli" and not args.no_binarize
-    t = time.perf_counter()
-    elbo = model.elbo(Xte, samples=args.samples, seed=args.seed, binarize="dynamic" if binarize else None)
-    secs = time.perf_counter() - t
     print(f"{dataset} test set: {len(Xte)} images, binarize={'dynamic' if binarize else 'none'}")
-    print(f"test ELBO ({args.samples} sample{'s' if args.samples > 1 else ''}): {elbo.mean():.3f} nats "
-          f"(std err {elbo.std(ddof=1) / np.sqrt(len(elbo)) if len(elbo) > 1 else 0:.3f}), {secs:.2f} s")
+    evaluate(model, Xte, args.samples, seed=args.seed, binarize=binarize)
     return 0
+
+
+def cmd_reproduce(args):
+    from . import experiments
+
+    return experiments.reproduce(args)
 
 
 def build_parser():
     p = _Parser(prog="python -m vaec", description="Variational autoencoders with a C core.")
-    sub = p.add_subparsers(dest="command", metavar="{train,sample,eval}", parser_class=_Parser)
+    sub = p.add_subparsers(dest="command", metavar="{train,sample,eval,reproduce}", parser_class=_Parser)
 
     t = sub.add_parser("train", help="train a VAE and write the model, metrics and pictures",
                        description="Train a VAE. With no arguments: MNIST (the full set if found in "
@@ -280,6 +333,19 @@ def build_parser():
                    help="default bernoulli (gaussian for frey)")
     t.add_argument("--binarize", choices=("dynamic", "none"), default=None,
                    help="dynamic: resample pixels as Bernoulli(grey level) each use (default with bernoulli)")
+    t.add_argument("--iw-samples", type=_positive_int, default=None, metavar="K",
+                   help="train on the K-sample IWAE bound instead of the ELBO")
+    t.add_argument("--samples", type=_positive_int, default=1, help="ELBO samples per example (default 1)")
+    t.add_argument("--beta", type=_nonneg_float, default=1.0, help="weight of the KL term (beta-VAE)")
+    t.add_argument("--warmup", type=_warmup, default=None,
+                   help="KL annealing: N epochs linear from 0 to beta, or 'rezende'")
+    t.add_argument("--free-bits", type=_nonneg_float, default=0.0, help="nats per latent dimension")
+    t.add_argument("--lr-schedule", choices=("constant", "exponential", "burda"), default="constant")
+    t.add_argument("--patience", type=_positive_int, default=None,
+                   help="stop when the test ELBO has not improved for N epochs; keep the best")
+    t.add_argument("--checkpoint-every", type=_positive_int, default=None, metavar="N",
+                   help="write <out>/checkpoint.vaec every N epochs")
+    t.add_argument("--resume", metavar="CHECKPOINT", default=None, help="continue from a checkpoint")
     t.add_argument("--seed", type=_nonneg_int, default=0)
     t.add_argument("--threads", type=_positive_int, default=None, help="default: all cores")
     t.add_argument("--limit", type=_positive_int, default=None, help="use only the first N training images")
@@ -299,10 +365,30 @@ def build_parser():
     e.add_argument("model", metavar="MODEL", help="a .vaec file written by train")
     e.add_argument("--dataset", choices=DATASETS, default=None)
     e.add_argument("--data", metavar="PATH")
-    e.add_argument("--samples", type=_positive_int, default=1, help="ELBO samples per image")
+    e.add_argument("--samples", type=_positive_int, default=1,
+                   help="importance samples for log p(x) (e.g. 5000); also reports IWAE bounds k=5, 50 below it")
+    e.add_argument("--limit", type=_positive_int, default=None, help="only the first N test images")
     e.add_argument("--seed", type=_nonneg_int, default=0)
     e.add_argument("--no-binarize", action="store_true", help="evaluate on grey levels")
     e.set_defaults(func=cmd_eval)
+
+    r = sub.add_parser("reproduce", help="rerun a published experiment and record the result",
+                       description="burda-vae / burda-iwae: Burda et al. (2016), 784-200-200-50 tanh, "
+                                   "Adam (eps 1e-4), batch 20, the 3^i-epoch schedule, dynamic binarization; "
+                                   "test log p(x) by importance sampling (k=5000). Appends to docs/RESULTS.md.")
+    r.add_argument("experiment", choices=("burda-vae", "burda-iwae"))
+    r.add_argument("--data", metavar="PATH", help="folder holding MNIST")
+    r.add_argument("--epochs", type=_positive_int, default=13,
+                   help="epoch budget (the paper: 3280; 13 = the first three stages of the schedule)")
+    r.add_argument("--k", type=_positive_int, default=50, help="IWAE samples for burda-iwae (paper: 5 or 50)")
+    r.add_argument("--eval-samples", type=_positive_int, default=5000)
+    r.add_argument("--eval-limit", type=_positive_int, default=None, help="evaluate on the first N test images")
+    r.add_argument("--seed", type=_nonneg_int, default=0)
+    r.add_argument("--threads", type=_positive_int, default=None)
+    r.add_argument("--out", metavar="DIR", default=None)
+    r.add_argument("--results", metavar="FILE", default=os.path.join("docs", "RESULTS.md"))
+    r.add_argument("--quiet", action="store_true")
+    r.set_defaults(func=cmd_reproduce)
     return p
 
 
