@@ -1,6 +1,8 @@
 /* gemm.c -- GEMM dispatch: picks the block routine of the active ISA and spreads the
- * GEMM_MB x GEMM_NB blocks of C over the thread pool. */
+ * GEMM_MB x GEMM_NB blocks of C over the thread pool; and the peak-FMA probe. */
+#define _POSIX_C_SOURCE 200809L
 #include "internal.h"
+#include <time.h>
 
 typedef struct {
     vaec_gemm_args g;
@@ -92,4 +94,53 @@ void vaec_sgemm(vaec_pool *pool, int transA, int transB, int64_t M, int64_t N, i
     }
     vaec_pool_run(pool, gemm_task, &job, nbi * job.nbj);
     if (!pool) vaec_free(job.scratch);
+}
+
+/* ------------------------------------------------------------ peak probe */
+typedef float (*peak_fn)(int64_t);
+typedef struct { peak_fn fn; int64_t iters; float sink[256]; } peak_job;
+static void peak_task(void *ctx, int64_t t, int tid) {
+    peak_job *j = ctx;
+    j->sink[t & 255] = j->fn(j->iters);
+    (void)tid;
+}
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+double vaec_cpu_peak_gflops(vaec_pool *pool, double seconds) {
+    peak_fn fn = vaec_peak_fma_scalar;
+    int lanes = 1;
+    switch (vaec_cpu_active_isa()) {
+#if defined(VAEC_X86)
+    case VAEC_ISA_AVX512: fn = vaec_peak_fma_avx512; lanes = 16; break;
+    case VAEC_ISA_AVX2: fn = vaec_peak_fma_avx2; lanes = 8; break;
+#endif
+#if defined(VAEC_ARM64)
+    case VAEC_ISA_NEON: fn = vaec_peak_fma_neon; lanes = 4; break;
+#endif
+    default: break;
+    }
+    int threads = vaec_pool_size(pool);
+    peak_job j = {fn, 1 << 16, {0}};
+    double t = 0.0;
+    /* grow the work until one run takes a tenth of the budget, then take the best of runs */
+    for (;;) {
+        double t0 = now_s();
+        vaec_pool_run(pool, peak_task, &j, threads);
+        t = now_s() - t0;
+        if (t > seconds / 10 || j.iters > ((int64_t)1 << 40)) break;
+        j.iters *= 2;
+    }
+    double best = t, end = now_s() + seconds;
+    while (now_s() < end) {
+        double t0 = now_s();
+        vaec_pool_run(pool, peak_task, &j, threads);
+        double dt = now_s() - t0;
+        if (dt < best) best = dt;
+    }
+    return 24.0 * lanes * (double)j.iters * threads / best / 1e9;
 }

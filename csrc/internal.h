@@ -45,17 +45,22 @@ void vaec_gemm_block_scalar(const vaec_gemm_args *g, int64_t bi, int64_t bj, flo
 typedef void (*vaec_gemm_small_fn)(const vaec_gemm_args *g, int64_t j0, int64_t j1);
 #define GEMM_SMALL_M 4
 void vaec_gemm_small_m_scalar(const vaec_gemm_args *g, int64_t j0, int64_t j1);
+/* The peak-FMA probe of each ISA: 24 * VF_LEN * iters flops. */
+float vaec_peak_fma_scalar(int64_t iters);
 #if defined(__x86_64__) || defined(_M_X64)
 #define VAEC_X86 1
 void vaec_gemm_block_avx2(const vaec_gemm_args *g, int64_t bi, int64_t bj, float *scratch);
 void vaec_gemm_block_avx512(const vaec_gemm_args *g, int64_t bi, int64_t bj, float *scratch);
 void vaec_gemm_small_m_avx2(const vaec_gemm_args *g, int64_t j0, int64_t j1);
 void vaec_gemm_small_m_avx512(const vaec_gemm_args *g, int64_t j0, int64_t j1);
+float vaec_peak_fma_avx2(int64_t iters);
+float vaec_peak_fma_avx512(int64_t iters);
 #endif
 #if defined(__aarch64__)
 #define VAEC_ARM64 1
 void vaec_gemm_block_neon(const vaec_gemm_args *g, int64_t bi, int64_t bj, float *scratch);
 void vaec_gemm_small_m_neon(const vaec_gemm_args *g, int64_t j0, int64_t j1);
+float vaec_peak_fma_neon(int64_t iters);
 #endif
 
 /* Dense layers on row-strided buffers (vaec_dense_* are the contiguous case). */

@@ -86,6 +86,9 @@ void vaec_pool_run(vaec_pool *pool, vaec_task_fn fn, void *ctx, int64_t ntasks);
 void vaec_sgemm(vaec_pool *pool, int transA, int transB, int64_t M, int64_t N, int64_t K,
                 const float *A, int64_t lda, const float *B, int64_t ldb,
                 float beta, float *C, int64_t ldc);
+/* Measured peak FP32 FMA throughput of the active ISA in GFLOP/s, on `threads` threads of
+ * the pool (NULL: one), from a register-resident FMA loop run for about `seconds`. */
+double vaec_cpu_peak_gflops(vaec_pool *pool, double seconds);
 /* The plain triple loop (float64 accumulation): reference and fallback. */
 void vaec_sgemm_naive(int transA, int transB, int64_t M, int64_t N, int64_t K,
                       const float *A, int64_t lda, const float *B, int64_t ldb,

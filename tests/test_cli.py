@@ -111,3 +111,10 @@ def test_reproduce_runs_and_records_its_result(tmp_path):
     rows = [l for l in text.splitlines() if l.startswith("| 20")]
     assert len(rows) == 1 and "burda-iwae (k=2)" in rows[0] and "python -m vaec reproduce burda-iwae" in rows[0]
     assert (tmp_path / "out" / "model.vaec").exists() and (tmp_path / "out" / "result.json").exists()
+
+
+def test_bench_quick_prints_the_table(tmp_path):
+    r = run("bench", "--quick", "--vs", "none", "--threads", "1", "--write", str(tmp_path / "PERF.md"))
+    assert r.returncode == 0, r.stderr
+    assert "measured FP32 FMA peak" in r.stdout and "| training ex/s, batch 100 |" in r.stdout
+    assert "| training ex/s, batch 100 |" in (tmp_path / "PERF.md").read_text()

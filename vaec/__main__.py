@@ -304,6 +304,18 @@ def cmd_eval(args):
     return 0
 
 
+def cmd_bench(args):
+    from . import bench
+
+    lines = bench.run(threads=args.threads, vs_torch=args.vs == "torch", quick=args.quick)
+    if args.write:
+        cmd = "python -m vaec bench" + (" --quick" if args.quick else "") + \
+              (f" --threads {args.threads}" if args.threads else "")
+        bench.write_report(lines, args.write, cmd)
+        print(f"wrote {args.write}")
+    return 0
+
+
 def cmd_reproduce(args):
     from . import experiments
 
@@ -312,7 +324,7 @@ def cmd_reproduce(args):
 
 def build_parser():
     p = _Parser(prog="python -m vaec", description="Variational autoencoders with a C core.")
-    sub = p.add_subparsers(dest="command", metavar="{train,sample,eval,reproduce}", parser_class=_Parser)
+    sub = p.add_subparsers(dest="command", metavar="{train,sample,eval,bench,reproduce}", parser_class=_Parser)
 
     t = sub.add_parser("train", help="train a VAE and write the model, metrics and pictures",
                        description="Train a VAE. With no arguments: MNIST (the full set if found in "
@@ -371,6 +383,15 @@ def build_parser():
     e.add_argument("--seed", type=_nonneg_int, default=0)
     e.add_argument("--no-binarize", action="store_true", help="evaluate on grey levels")
     e.set_defaults(func=cmd_eval)
+
+    b = sub.add_parser("bench", help="vaec against PyTorch on the same VAE: throughput, latency, % of peak",
+                       description="Trains and evaluates a 784-400-20 tanh/Bernoulli VAE with Adam in vaec and "
+                                   "(when importable) PyTorch, interleaved, same batch and threads.")
+    b.add_argument("--vs", choices=("torch", "none"), default="torch")
+    b.add_argument("--threads", type=_positive_int, default=None, help="default: all cores")
+    b.add_argument("--quick", action="store_true", help="shorter timings (noisier)")
+    b.add_argument("--write", metavar="FILE", default=None, help="also write the table, e.g. docs/PERFORMANCE.md")
+    b.set_defaults(func=cmd_bench)
 
     r = sub.add_parser("reproduce", help="rerun a published experiment and record the result",
                        description="burda-vae / burda-iwae: Burda et al. (2016), 784-200-200-50 tanh, "

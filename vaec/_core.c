@@ -547,7 +547,24 @@ static PyObject *mod_rng(PyObject *module, PyObject *args) {
     return out;
 }
 
+static PyObject *mod_peak(PyObject *module, PyObject *args) {
+    int threads = 1;
+    double seconds = 0.5;
+    if (!PyArg_ParseTuple(args, "|id", &threads, &seconds)) return NULL;
+    if (threads < 1 || threads > 256) { PyErr_SetString(PyExc_ValueError, "threads: 1 to 256"); return NULL; }
+    vaec_pool *pool = NULL;
+    vaec_status st = vaec_pool_create(&pool, threads);
+    if (st) return vaec_py_raise(st);
+    double g;
+    Py_BEGIN_ALLOW_THREADS
+    g = vaec_cpu_peak_gflops(pool, seconds);
+    Py_END_ALLOW_THREADS
+    vaec_pool_destroy(pool);
+    return PyFloat_FromDouble(g);
+}
+
 static PyMethodDef module_methods[] = {
+    {"peak_gflops", mod_peak, METH_VARARGS, "peak_gflops(threads=1, seconds=0.5): measured FP32 FMA peak"},
     {"load", mod_load, METH_VARARGS, "load(path, threads=0) -> (VAECore, extra bytes or None)"},
     {"cpu_features", mod_cpu_features, METH_NOARGS, "the kernel path in use and the CPU's features"},
     {"set_isa", mod_set_isa, METH_VARARGS, "set_isa(name) -> the path now active (never above the CPU's)"},
