@@ -1,5 +1,7 @@
 /* _common.c -- the shared converters of the binding (see _common.h). */
 #include "_common.h"
+#include <float.h>
+#include <math.h>
 
 /* ------------------------------------------------------------- errors */
 PyObject *vaec_py_raise(vaec_status st) {
@@ -63,8 +65,29 @@ int vaec_py_wrong_shape(PyArrayObject *a, const char *name, const char *expected
     return -1;
 }
 
-/* float32 contiguous copy-or-view of a real array. */
+/* float32 contiguous copy-or-view of a real array. float64 is converted here rather than
+ * by NumPy's cast, so values beyond float32's range become +-inf (reported by
+ * vaec_py_check_values) without a RuntimeWarning from the cast. */
 PyArrayObject *vaec_py_as_f32(PyArrayObject *a) {
+    if (PyArray_TYPE(a) == NPY_FLOAT64) {
+        PyArrayObject *d = (PyArrayObject *)PyArray_FromAny((PyObject *)a, PyArray_DescrFromType(NPY_FLOAT64), 0, 0,
+                                                            NPY_ARRAY_C_CONTIGUOUS | NPY_ARRAY_ALIGNED, NULL);
+        if (!d) return NULL;
+        PyArrayObject *f = (PyArrayObject *)PyArray_SimpleNew(PyArray_NDIM(d), PyArray_DIMS(d), NPY_FLOAT32);
+        if (f) {
+            const double *src = PyArray_DATA(d);
+            float *dst = PyArray_DATA(f);
+            npy_intp n = PyArray_SIZE(d);
+            Py_BEGIN_ALLOW_THREADS
+            for (npy_intp i = 0; i < n; i++) {
+                double v = src[i];
+                dst[i] = fabs(v) <= (double)FLT_MAX ? (float)v : (v != v ? NAN : (v > 0 ? INFINITY : -INFINITY));
+            }
+            Py_END_ALLOW_THREADS
+        }
+        Py_DECREF(d);
+        return f;
+    }
     return (PyArrayObject *)PyArray_FromAny((PyObject *)a, PyArray_DescrFromType(NPY_FLOAT32), 0, 0,
                                             NPY_ARRAY_C_CONTIGUOUS | NPY_ARRAY_ALIGNED | NPY_ARRAY_FORCECAST, NULL);
 }
@@ -84,7 +107,7 @@ int vaec_py_check_values(PyArrayObject *f, const char *name, int unit_range, con
     PyObject *fs = fv ? PyObject_Repr(fv) : NULL;
     if (v != v || v - v != 0.0f)
         PyErr_Format(PyExc_ValueError, "%s: contains %U at flat index %lld (row %lld, column %lld); "
-                     "expected finite values", name, fs, (long long)bad, (long long)(bad / cols), (long long)(bad % cols));
+                     "expected finite values (within float32's range)", name, fs, (long long)bad, (long long)(bad / cols), (long long)(bad % cols));
     else
         PyErr_Format(PyExc_ValueError, "%s: values must be in [0, 1]%s; found %U at row %lld, column %lld "
                      "(uint8 images are scaled by 1/255 automatically)", name, why, fs,
