@@ -16,7 +16,7 @@ import numpy as np
 
 from . import _core
 
-__all__ = ["VAE", "load"]
+__all__ = ["ArenaModel", "VAE", "load"]
 
 ACTIVATIONS = ("tanh", "relu", "softplus", "sigmoid", "elu", "leaky_relu")
 MAX_SAMPLES = 10_000_000
@@ -92,71 +92,18 @@ class _Progress:
             self.bar.close()
 
 
-class VAE:
-    """A variational autoencoder with a Gaussian encoder q(z|x) = N(mu, diag exp(logvar)).
+class ArenaModel:
+    """What every vaec model shares: its C core's parameter arena as named zero-copy
+    views (``params``, ``grads``), state_dict / load_state_dict, and Adam's settings.
+    A subclass sets ``self._core`` (a binding type with arena(), tensors(), state(),
+    set_adam() and reset_optimizer()) and calls ``_attach_arena``."""
 
-    Parameters
-    ----------
-    input_dim : int
-        Width of a data vector (784 for MNIST).
-    latent_dim : int
-        Size of z.
-    hidden : tuple of int
-        Widths of the encoder's hidden layers; the decoder mirrors them
-        (``hidden=(500, 200)``: encoder 784-500-200, decoder z-200-500-784). ``()`` for none.
-    activation : {'tanh', 'relu', 'softplus', 'sigmoid', 'elu', 'leaky_relu'}
-    likelihood : {'bernoulli', 'gaussian'}
-        Bernoulli on logits (data in [0, 1]), or a Gaussian with a mean and a
-        log-variance layer, both linear in the decoder's last hidden layer.
-    seed : int
-        Seeds the initialization and the model's noise stream.
-    threads : int or None
-        Threads for the C kernels; None uses every core available.
-
-    Parameters live in one contiguous float32 buffer in C; ``params`` and ``grads`` are
-    dicts of zero-copy NumPy views on it, named like ``torch.nn.Linear`` modules
-    (``encoder.0.weight`` has shape (out, in)).
-    """
-
-    def __init__(self, input_dim, latent_dim=20, hidden=(400,), activation="tanh", likelihood="bernoulli",
-                 seed=0, threads=None):
-        input_dim = _int_arg("input_dim", input_dim, 1, 2**26)
-        latent_dim = _int_arg("latent_dim", latent_dim, 1, 2**20)
-        if isinstance(hidden, numbers.Integral) and not isinstance(hidden, bool):
-            hidden = (hidden,)
-        try:
-            hidden = tuple(hidden)
-        except TypeError:
-            raise TypeError(f"hidden: expected a sequence of layer widths, got {type(hidden).__name__}") from None
-        if len(hidden) > 8:
-            raise ValueError(f"hidden: at most 8 hidden layers, got {len(hidden)}")
-        hidden = tuple(_int_arg(f"hidden[{i}]", h, 1, 2**20) for i, h in enumerate(hidden))
-        if not isinstance(activation, str) or activation not in ACTIVATIONS:
-            raise ValueError(f"activation: expected one of {', '.join(map(repr, ACTIVATIONS))}, got {activation!r}")
-        if not isinstance(likelihood, str) or likelihood not in LIKELIHOODS:
-            raise ValueError(f"likelihood: expected 'bernoulli' or 'gaussian', got {likelihood!r}")
-        seed = _seed_arg(seed)
-        if seed is None:
-            seed = int.from_bytes(os.urandom(8), "little")
-        threads = 0 if threads is None else _int_arg("threads", threads, 1, 256)
-        core = _core.VAECore(input_dim, latent_dim, hidden, activation, likelihood, seed, threads)
-        self._attach(core)
-
-    # ------------------------------------------------------------ internals
-    def _attach(self, core):
+    def _attach_arena(self, core):
         self._core = core
-        cfg = core.config()
-        self.input_dim = cfg["input_dim"]
-        self.latent_dim = cfg["latent_dim"]
-        self.hidden = tuple(cfg["hidden"])
-        self.activation = cfg["activation"]
-        self.likelihood = cfg["likelihood"]
-        self.seed = cfg["seed"]
         self._arenas = {k: core.arena(k) for k in ("params", "grads", "adam_m", "adam_v")}
         self._tensors = core.tensors()
         self.params = self._views("params")
         self.grads = self._views("grads")
-        self.history = {}
 
     def _views(self, which):
         flat = self._arenas[which]
@@ -173,10 +120,6 @@ class VAE:
     @property
     def num_params(self):
         return sum(v.size for v in self.params.values())
-
-    def __repr__(self):
-        return (f"VAE(input_dim={self.input_dim}, latent_dim={self.latent_dim}, hidden={self.hidden}, "
-                f"activation={self.activation!r}, likelihood={self.likelihood!r}, seed={self.seed})")
 
     # ---------------------------------------------------------- parameters
     def state_dict(self):
@@ -214,6 +157,97 @@ class VAE:
         for name, arr in staged.items():
             self.params[name][...] = arr
 
+    def set_optimizer(self, beta1=0.9, beta2=0.999, eps=1e-8, reset=False):
+        """Adam's hyper-parameters (kept in the model file); ``reset`` zeroes its moments."""
+        self._core.set_adam(_float_arg("beta1", beta1, 0.0), _float_arg("beta2", beta2, 0.0),
+                            _float_arg("eps", eps, 0.0, low_inclusive=False))
+        if reset:
+            self._core.reset_optimizer()
+
+    @property
+    def optimizer_state(self):
+        """Adam's step count and hyper-parameters, and the RNG stream position."""
+        return self._core.state()
+
+
+
+class VAE(ArenaModel):
+    """A variational autoencoder with a Gaussian encoder q(z|x) = N(mu, diag exp(logvar)).
+
+    Parameters
+    ----------
+    input_dim : int
+        Width of a data vector (784 for MNIST).
+    latent_dim : int
+        Size of z.
+    hidden : tuple of int
+        Widths of the encoder's hidden layers; the decoder mirrors them
+        (``hidden=(500, 200)``: encoder 784-500-200, decoder z-200-500-784). ``()`` for none.
+    activation : {'tanh', 'relu', 'softplus', 'sigmoid', 'elu', 'leaky_relu'}
+    likelihood : {'bernoulli', 'gaussian'}
+        Bernoulli on logits (data in [0, 1]), or a Gaussian with a mean and a
+        log-variance layer, both linear in the decoder's last hidden layer.
+    seed : int
+        Seeds the initialization and the model's noise stream.
+    threads : int or None
+        Threads for the C kernels; None uses every core available.
+    flow : str or None
+        A normalizing flow on the posterior, z_K = f_K(...f_1(z_0)), z_0 ~ q0(z|x):
+        ``"planar:K"``, ``"radial:K"`` or ``"realnvp:K"`` (Rezende & Mohamed 2015; Dinh et
+        al. 2017). Its parameters are ``flow.{k}.*`` in ``params``. With a flow the KL term
+        is estimated by Monte Carlo; ``encode`` returns q0's mean and log-variance.
+
+    Parameters live in one contiguous float32 buffer in C; ``params`` and ``grads`` are
+    dicts of zero-copy NumPy views on it, named like ``torch.nn.Linear`` modules
+    (``encoder.0.weight`` has shape (out, in)).
+    """
+
+    def __init__(self, input_dim, latent_dim=20, hidden=(400,), activation="tanh", likelihood="bernoulli",
+                 seed=0, threads=None, flow=None):
+        input_dim = _int_arg("input_dim", input_dim, 1, 2**26)
+        latent_dim = _int_arg("latent_dim", latent_dim, 1, 2**20)
+        if isinstance(hidden, numbers.Integral) and not isinstance(hidden, bool):
+            hidden = (hidden,)
+        try:
+            hidden = tuple(hidden)
+        except TypeError:
+            raise TypeError(f"hidden: expected a sequence of layer widths, got {type(hidden).__name__}") from None
+        if len(hidden) > 8:
+            raise ValueError(f"hidden: at most 8 hidden layers, got {len(hidden)}")
+        hidden = tuple(_int_arg(f"hidden[{i}]", h, 1, 2**20) for i, h in enumerate(hidden))
+        if not isinstance(activation, str) or activation not in ACTIVATIONS:
+            raise ValueError(f"activation: expected one of {', '.join(map(repr, ACTIVATIONS))}, got {activation!r}")
+        if not isinstance(likelihood, str) or likelihood not in LIKELIHOODS:
+            raise ValueError(f"likelihood: expected 'bernoulli' or 'gaussian', got {likelihood!r}")
+        seed = _seed_arg(seed)
+        if seed is None:
+            seed = int.from_bytes(os.urandom(8), "little")
+        threads = 0 if threads is None else _int_arg("threads", threads, 1, 256)
+        if flow is not None and not isinstance(flow, str):
+            raise TypeError(f"flow: expected None or a spec such as 'planar:10', got {type(flow).__name__}")
+        extra = (flow,) if flow else ()
+        core = _core.VAECore(input_dim, latent_dim, hidden, activation, likelihood, seed, threads, *extra)
+        self._attach(core)
+
+    # ------------------------------------------------------------ internals
+    def _attach(self, core):
+        self._core = core
+        cfg = core.config()
+        self.input_dim = cfg["input_dim"]
+        self.latent_dim = cfg["latent_dim"]
+        self.hidden = tuple(cfg["hidden"])
+        self.activation = cfg["activation"]
+        self.likelihood = cfg["likelihood"]
+        self.seed = cfg["seed"]
+        self.flow = cfg.get("flow") or None
+        self._attach_arena(core)
+        self.history = {}
+
+    def __repr__(self):
+        return (f"VAE(input_dim={self.input_dim}, latent_dim={self.latent_dim}, hidden={self.hidden}, "
+                f"activation={self.activation!r}, likelihood={self.likelihood!r}, seed={self.seed}"
+                + (f", flow={self.flow!r})" if self.flow else ")"))
+
     # ------------------------------------------------------------ training
     def loss_and_grad(self, x, eps=None, seed=None, samples=None, binarize=None, iw_samples=None, beta=1.0,
                       free_bits=0.0):
@@ -250,18 +284,6 @@ class VAE:
         if eps is not None and np.ndim(eps) == 3 and np.shape(eps)[0] != k:
             raise ValueError(f"eps: holds {np.shape(eps)[0]} samples, iw_samples is {k}")
         return (k if eps is None else None), True
-
-    def set_optimizer(self, beta1=0.9, beta2=0.999, eps=1e-8, reset=False):
-        """Adam's hyper-parameters (kept in the model file); ``reset`` zeroes its moments."""
-        self._core.set_adam(_float_arg("beta1", beta1, 0.0), _float_arg("beta2", beta2, 0.0),
-                            _float_arg("eps", eps, 0.0, low_inclusive=False))
-        if reset:
-            self._core.reset_optimizer()
-
-    @property
-    def optimizer_state(self):
-        """Adam's step count and hyper-parameters, and the RNG stream position."""
-        return self._core.state()
 
     def fit(self, X, epochs=10, batch_size=100, lr=1e-3, validation_data=None, shuffle=True, seed=None,
             progress=True, samples=1, binarize=None, verbose=None, callback=None, *, iw_samples=None, beta=1.0,
@@ -557,8 +579,9 @@ class VAE:
 
     def __setstate__(self, d):
         c = d["config"]
+        extra = (c["flow"],) if c.get("flow") else ()
         core = _core.VAECore(c["input_dim"], c["latent_dim"], tuple(c["hidden"]), c["activation"],
-                             c["likelihood"], c["seed"], 0)
+                             c["likelihood"], c["seed"], 0, *extra)
         self._attach(core)
         for k, v in d["arenas"].items():
             self._arenas[k][...] = v
