@@ -40,6 +40,14 @@ static vaec_isa isa_from_env(vaec_isa fallback) {
     return fallback;  /* unknown names are reported by the Python layer */
 }
 
+/* The closest path to `isa` the CPU can run: never above the best one, and NEON and the
+ * x86 paths are not ordered against each other, so only lower within a family. */
+static vaec_isa clamp_isa(vaec_isa isa) {
+    if (isa == VAEC_ISA_NEON && best_isa != VAEC_ISA_NEON) isa = VAEC_ISA_SCALAR;
+    if ((isa == VAEC_ISA_AVX2 || isa == VAEC_ISA_AVX512) && best_isa == VAEC_ISA_NEON) isa = VAEC_ISA_NEON;
+    return isa < best_isa ? isa : best_isa;
+}
+
 static void detect(void) {
     if (detected) return;
     best_isa = VAEC_ISA_SCALAR;
@@ -70,8 +78,7 @@ static void detect(void) {
     add_feature("neon");
     best_isa = VAEC_ISA_NEON;
 #endif
-    vaec_isa want = isa_from_env(best_isa);
-    active_isa = want < best_isa ? want : best_isa;
+    active_isa = clamp_isa(isa_from_env(best_isa));
     detected = 1;
 }
 
@@ -91,10 +98,7 @@ vaec_isa vaec_cpu_active_isa(void) { detect(); return active_isa; }
 
 vaec_isa vaec_cpu_set_isa(vaec_isa isa) {
     detect();
-    /* NEON and the x86 paths are not ordered against each other: only lower within a family. */
-    if (isa == VAEC_ISA_NEON && best_isa != VAEC_ISA_NEON) isa = VAEC_ISA_SCALAR;
-    if ((isa == VAEC_ISA_AVX2 || isa == VAEC_ISA_AVX512) && best_isa == VAEC_ISA_NEON) isa = VAEC_ISA_NEON;
-    active_isa = isa < best_isa ? isa : best_isa;
+    active_isa = clamp_isa(isa);
     return active_isa;
 }
 

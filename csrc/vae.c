@@ -14,10 +14,10 @@
  * are bitwise identical for every thread count. */
 #include "internal.h"
 #include "vae_impl.h"
+#include "elem.h"
 #include <math.h>
 #include <string.h>
 
-#define LOG_2PI 1.8378770664093453
 #define ROW_GRAIN 8
 #define ADAM_GRAIN 16384
 
@@ -71,6 +71,15 @@ static vaec_status check_config(const vaec_vae_config *c) {
         return vaec_fail(VAEC_ERR_ARG, "likelihood: unknown code %d", (int)c->likelihood);
     if (c->threads > 256)
         return vaec_fail(VAEC_ERR_ARG, "threads must be at most 256, got %d", c->threads);
+    if (!memchr(c->flow, 0, sizeof c->flow)) return vaec_fail(VAEC_ERR_ARG, "flow: the spec is too long");
+    if (c->flow[0]) {
+        vaec_flow_spec spec;
+        vaec_status st = vaec_flow_spec_parse(&spec, c->flow);
+        if (st) return st;
+        if (spec.kind == VAEC_FLOW_REALNVP && c->latent_dim < 2)
+            return vaec_fail(VAEC_ERR_ARG, "flow: Real NVP needs latent_dim >= 2 (it splits z in two halves); "
+                             "planar and radial flows work in any dimension");
+    }
     return VAEC_OK;
 }
 
@@ -94,6 +103,12 @@ vaec_status vaec_vae_create(vaec_vae **out, const vaec_vae_config *cfg) {
     }
     const char *enc_heads[2] = {"encoder.mu", "encoder.logvar"};
     if (!st) st = vaec_arena_add_linear(A, &m->enc_heads, enc_heads, 2, prev, Z);
+    if (!st && cfg->flow[0]) {
+        vaec_flow_spec spec;
+        st = vaec_flow_spec_parse(&spec, cfg->flow);
+        if (!st) st = vaec_flow_plan(&m->flow, A, &spec, Z, "flow");
+        m->has_flow = !st;
+    }
     prev = Z;
     for (int i = 0; i < nh && !st; i++) {
         snprintf(name, sizeof name, "decoder.%d", i);
@@ -118,6 +133,7 @@ void vaec_vae_destroy(vaec_vae *m) {
     vaec_arena_free(&m->arena);
     vaec_free(m->ws);
     vaec_free(m->w_lw);
+    vaec_free(m->w_fws);
     vaec_free(m);
 }
 
@@ -145,9 +161,18 @@ static vaec_status ensure_workspace(vaec_vae *m, int64_t rows) {
     /* x, enc acts, heads, eps, z, dec acts, out, then the gradient twins */
     per_row = align16(D) + 2 * hsum + 2 * align16(2 * Z) + 3 * align16(Z) + 2 * align16(Dout) + 2 * hsum;
     per_row += align16(Z) + 2;   /* per-dimension KL, per-row IWAE weight (float) */
-    per_row += 2 * 6;             /* six float64 per row: rec, kl, lp, lpq, lse max and sum */
+    per_row += 2 * align16(Z);    /* z_K and its gradient (flows) */
+    per_row += 2 * 8;             /* eight float64 per row: rec, kl, lp, lpq, lse max and sum, logdet, its weight */
+    float *fws = NULL;
+    if (m->has_flow && !(fws = vaec_alloc((size_t)vaec_flow_ws_floats(&m->flow, rows), sizeof(float))))
+        return vaec_fail(VAEC_ERR_NOMEM, "out of memory for the flow's workspace of %lld rows", (long long)rows);
     float *ws = vaec_alloc((size_t)rows, (size_t)per_row * sizeof(float));
-    if (!ws) return vaec_fail(VAEC_ERR_NOMEM, "out of memory for a workspace of %lld rows", (long long)rows);
+    if (!ws) {
+        vaec_free(fws);
+        return vaec_fail(VAEC_ERR_NOMEM, "out of memory for a workspace of %lld rows", (long long)rows);
+    }
+    vaec_free(m->w_fws);
+    m->w_fws = fws;
     vaec_free(m->ws);
     vaec_free(m->w_lw);
     m->w_lw = NULL;
@@ -169,6 +194,8 @@ static vaec_status ensure_workspace(vaec_vae *m, int64_t rows) {
     TAKE(m->d_heads, 2 * Z);
     for (int i = 0; i < nh; i++) TAKE(m->d_enc[i], c->hidden[i]);
     TAKE(m->w_kld, Z);
+    TAKE(m->w_zk, Z);
+    TAKE(m->d_zk, Z);
 #undef TAKE
     m->w_rs = p;
     p += 2 * rows;
@@ -177,6 +204,8 @@ static vaec_status ensure_workspace(vaec_vae *m, int64_t rows) {
     m->w_lp = m->w_kl + rows;
     m->w_lpq = m->w_lp + rows;
     m->w_lse = m->w_lpq + rows;   /* max, then sum: 2 * rows */
+    m->w_ld = m->w_lse + 2 * rows;
+    m->w_dld = m->w_ld + rows;
     return VAEC_OK;
 }
 
@@ -288,7 +317,7 @@ static void free_bits_mask(vaec_vae *m, int64_t R, float floor_nats, double *kl_
 
 /* z = mu + exp(logvar/2) * eps, and per row log p(z) - log q(z|x) = 0.5 sum(eps^2 + logvar - z^2)
  * (the log 2 pi terms cancel) into w_lpq. */
-typedef struct { vaec_vae *m; int64_t R; const float *rs; } reparam_job;
+typedef struct { vaec_vae *m; int64_t R; const float *rs; float w; int prior; } reparam_job;
 static void reparam_task(void *ctx, int64_t t, int tid) {
     (void)tid;
     reparam_job *j = ctx;
@@ -307,9 +336,42 @@ static void reparam_task(void *ctx, int64_t t, int tid) {
     }
 }
 
-/* dz -> d(mu, logvar): dmu += dz, dlogvar += dz * eps * exp(logvar/2) / 2. With per-row
- * weights rs (IWAE), first dz += rs * z (from -log p(z)) and dlogvar -= rs / 2 (from
- * +log q(z|x) = -0.5 sum(log 2 pi + logvar + eps^2) at fixed eps). */
+/* With a flow: log p(z_K) - log q0(z_0|x) + log|det| = w_lpq + 0.5 sum(z_0^2 - z_K^2) + logdet. */
+static void flow_lpq_task(void *ctx, int64_t t, int tid) {
+    (void)tid;
+    reparam_job *j = ctx;
+    vaec_vae *m = j->m;
+    int64_t Z = m->cfg.latent_dim, lz = align16(Z);
+    int64_t a = t * ROW_GRAIN, b = a + ROW_GRAIN < j->R ? a + ROW_GRAIN : j->R;
+    for (int64_t r = a; r < b; r++) {
+        const float *z0 = m->w_z + r * lz, *zk = m->w_zk + r * lz;
+        double d = 0.0;
+        for (int64_t k = 0; k < Z; k++) d += (double)z0[k] * z0[k] - (double)zk[k] * zk[k];
+        m->w_lpq[r] += 0.5 * d + m->w_ld[r];
+    }
+}
+
+/* With a flow, the prior's gradient at z_K: d_zk += w_r * z_K (from -log p(z_K)), and the
+ * log-det's loss weight -w_r per row for the flow's backward. */
+static void flow_prior_task(void *ctx, int64_t t, int tid) {
+    (void)tid;
+    reparam_job *j = ctx;
+    vaec_vae *m = j->m;
+    int64_t Z = m->cfg.latent_dim, lz = align16(Z);
+    int64_t a = t * ROW_GRAIN, b = a + ROW_GRAIN < j->R ? a + ROW_GRAIN : j->R;
+    for (int64_t r = a; r < b; r++) {
+        float w = j->rs ? j->rs[r] : j->w;
+        const float *zk = m->w_zk + r * lz;
+        float *d = m->d_zk + r * lz;
+        for (int64_t k = 0; k < Z; k++) d[k] += w * zk[k];
+        m->w_dld[r] = -(double)w;
+    }
+}
+
+/* dz -> d(mu, logvar): dmu += dz, dlogvar += dz * eps * exp(logvar/2) / 2. With weights
+ * w_r (rs, or the uniform w) on the Monte Carlo terms log p(z) - log q(z|x): dlogvar -=
+ * w_r / 2 (from +log q = -0.5 sum(log 2 pi + logvar + eps^2) at fixed eps) and, when
+ * `prior` (no flow: z_K = z), first dz += w_r * z (from -log p(z)). */
 static void reparam_back_task(void *ctx, int64_t t, int tid) {
     (void)tid;
     reparam_job *j = ctx;
@@ -320,9 +382,10 @@ static void reparam_back_task(void *ctx, int64_t t, int tid) {
         const float *lv = m->w_heads + r * ld + Z, *eps = m->w_eps + r * lz, *z = m->w_z + r * lz;
         float *dz = m->d_z + r * lz;
         float *dmu = m->d_heads + r * ld, *dlv = dmu + Z;
-        float w = j->rs ? j->rs[r] : 0.0f;
+        float w = j->rs ? j->rs[r] : j->w;
+        float wp = j->prior ? w : 0.0f;
         for (int64_t k = 0; k < Z; k++) {
-            float g = dz[k] + w * z[k];
+            float g = dz[k] + wp * z[k];
             dmu[k] += g;
             dlv[k] += g * eps[k] * 0.5f * expf(0.5f * lv[k]) - 0.5f * w;
         }
@@ -330,7 +393,8 @@ static void reparam_back_task(void *ctx, int64_t t, int tid) {
 }
 
 /* log p(x|z) per row into w_lp, and d_out = scale_r * d(-log p)/d(out) with scale_r the
- * row's weight (rs[r]) or the uniform `scale`. */
+ * row's weight (rs[r]) or the uniform `scale`; the vectorized kernels of elem.c, stable
+ * forms (softplus, log-sigmoid), float64 row sums. */
 typedef struct { vaec_vae *m; const float *x; int64_t ldx, R; float scale; const float *rs; int grad; } lik_job;
 static void lik_task(void *ctx, int64_t t, int tid) {
     (void)tid;
@@ -338,36 +402,17 @@ static void lik_task(void *ctx, int64_t t, int tid) {
     vaec_vae *m = j->m;
     int64_t D = m->cfg.input_dim, ld = align16(m->dec_out.out);
     int64_t a = t * ROW_GRAIN, b = a + ROW_GRAIN < j->R ? a + ROW_GRAIN : j->R;
-    for (int64_t r = a; r < b; r++) {
-        const float *x = j->x + r * j->ldx, *o = m->w_out + r * ld;
-        float *d = m->d_out + r * ld;
-        const float sc = j->rs ? j->rs[r] : j->scale;
-        double lp = 0.0;
-        if (m->cfg.likelihood == VAEC_LIK_BERNOULLI) {
-            /* log p = x l - softplus(l); d(-log p)/dl = sigmoid(l) - x */
-            for (int64_t k = 0; k < D; k++) {
-                float l = o[k], e = expf(-fabsf(l));
-                float sp = fmaxf(l, 0.0f) + log1pf(e);
-                lp += (double)x[k] * l - sp;
-                if (j->grad) {
-                    float s = l >= 0 ? 1.0f / (1.0f + e) : e / (1.0f + e);
-                    d[k] = sc * (s - x[k]);
-                }
-            }
-        } else {
-            /* log p = -0.5 (log 2 pi + lv + (x - mean)^2 exp(-lv)) */
-            const float *lv = o + D;
-            for (int64_t k = 0; k < D; k++) {
-                float diff = x[k] - o[k], iv = expf(-lv[k]);
-                float q = diff * diff * iv;
-                lp += -0.5 * (LOG_2PI + lv[k] + q);
-                if (j->grad) {
-                    d[k] = -sc * diff * iv;
-                    d[D + k] = sc * 0.5f * (1.0f - q);
-                }
-            }
-        }
-        m->w_lp[r] = lp;
+    int bern = m->cfg.likelihood == VAEC_LIK_BERNOULLI;
+    for (int64_t r = a; r < b; r++) m->w_lp[r] = 0.0;
+    /* with per-row weights one row per call; otherwise the whole slice at once */
+    int64_t step = j->rs ? 1 : b - a;
+    for (int64_t r = a; r < b; r += step) {
+        float sc = j->rs ? j->rs[r] : j->scale;
+        float *d = j->grad ? m->d_out + r * ld : NULL;
+        if (bern)
+            vaec_elem_bernoulli_rows(step, D, m->w_out + r * ld, ld, j->x + r * j->ldx, j->ldx, sc, d, ld, m->w_lp + r);
+        else
+            vaec_elem_gaussian_rows(step, D, m->w_out + r * ld, ld, j->x + r * j->ldx, j->ldx, sc, d, ld, m->w_lp + r);
     }
 }
 
@@ -397,9 +442,10 @@ typedef struct {
     float beta, free_bits;
 } run_plan;
 
-/* Sample l's eps rows (index (l * n + row) * Z of the call's noise), z, and the decoder. */
-static void decode_sample(vaec_vae *m, const noise_plan *np, int64_t n, int64_t r0, int64_t R, int l,
-                          const float **g_out, int64_t *ldg_out) {
+/* Sample l's eps rows (index (l * n + row) * Z of the call's noise), z (through the flow,
+ * when there is one, with its terms added to w_lpq), and the decoder. */
+static vaec_status decode_sample(vaec_vae *m, const noise_plan *np, int64_t n, int64_t r0, int64_t R, int l,
+                                 const float **g_out, int64_t *ldg_out) {
     const vaec_vae_config *c = &m->cfg;
     const int64_t Z = c->latent_dim, lz = align16(Z);
     if (np->eps) {
@@ -410,9 +456,16 @@ static void decode_sample(vaec_vae *m, const noise_plan *np, int64_t n, int64_t 
             vaec_rng_normal(m->w_eps + r * lz, Z, np->seed, stream_id(np->counter, STREAM_EPS),
                             (uint64_t)(((int64_t)l * n + r0 + r) * Z));
     }
-    reparam_job rj = {m, R, NULL};
+    reparam_job rj = {m, R, NULL, 0.0f, 0};
     vaec_pool_run(m->pool, reparam_task, &rj, vaec_ntasks(R, ROW_GRAIN));
     const float *g = m->w_z;
+    if (m->has_flow) {
+        vaec_status st = vaec_flow_forward(&m->flow, m->pool, &m->arena, m->w_z, lz, m->w_zk, lz, m->w_ld, R,
+                                           m->w_fws, m->ws_rows);
+        if (st) return st;
+        vaec_pool_run(m->pool, flow_lpq_task, &rj, vaec_ntasks(R, ROW_GRAIN));
+        g = m->w_zk;
+    }
     int64_t ldg = lz;
     for (int i = 0; i < c->n_hidden; i++) {
         layer_forward(m, &m->dec[i], m->w_dec[i], align16(m->dec[i].out), g, ldg, R);
@@ -423,26 +476,39 @@ static void decode_sample(vaec_vae *m, const noise_plan *np, int64_t n, int64_t 
     layer_forward(m, &m->dec_out, m->w_out, align16(m->dec_out.out), g, ldg, R);
     *g_out = g;
     *ldg_out = ldg;
+    return VAEC_OK;
 }
 
-/* Decoder backward from d_out down to dz, then dz into d_heads (rs: IWAE row weights). */
-static void backward_sample(vaec_vae *m, int64_t R, const float *g, int64_t ldg, const float *rs) {
+/* Decoder backward from d_out down to the latent code, through the flow when there is
+ * one, then into d_heads. Weights on the Monte Carlo terms log p(z_K) - log q0(z_0|x) +
+ * log|det|: per row (rs, IWAE) or uniform (w: beta/(nL) for the ELBO with a flow; 0 with
+ * the analytic KL, whose gradient kl_task already put in d_heads). */
+static vaec_status backward_sample(vaec_vae *m, int64_t R, const float *g, int64_t ldg, const float *rs, float w) {
     const vaec_vae_config *c = &m->cfg;
     const int nh = c->n_hidden;
     const int64_t lz = align16(c->latent_dim);
-    float *dprev = nh ? m->d_dec[nh - 1] : m->d_z;
+    float *dlat = m->has_flow ? m->d_zk : m->d_z;
+    const float *lat = m->has_flow ? m->w_zk : m->w_z;
+    float *dprev = nh ? m->d_dec[nh - 1] : dlat;
     int64_t lprev = nh ? align16(m->dec[nh - 1].out) : lz;
     layer_backward(m, &m->dec_out, dprev, lprev, m->d_out, align16(m->dec_out.out), g, ldg, R);
     for (int i = nh - 1; i >= 0; i--) {
         int64_t ldi = align16(m->dec[i].out);
         par_act_backward(m->pool, c->activation, m->d_dec[i], m->w_dec[i], R, ldi);
-        const float *gin = i ? m->w_dec[i - 1] : m->w_z;
+        const float *gin = i ? m->w_dec[i - 1] : lat;
         int64_t ldin = i ? align16(m->dec[i - 1].out) : lz;
-        float *din = i ? m->d_dec[i - 1] : m->d_z;
+        float *din = i ? m->d_dec[i - 1] : dlat;
         layer_backward(m, &m->dec[i], din, ldin, m->d_dec[i], ldi, gin, ldin, R);
     }
-    reparam_job rj = {m, R, rs};
+    reparam_job rj = {m, R, rs, w, !m->has_flow};
+    if (m->has_flow) {
+        vaec_pool_run(m->pool, flow_prior_task, &rj, vaec_ntasks(R, ROW_GRAIN));
+        vaec_status st = vaec_flow_backward(&m->flow, m->pool, &m->arena, m->d_zk, lz, m->w_dld, 0.0, m->d_z, lz, R,
+                                            m->w_fws, m->ws_rows);
+        if (st) return st;
+    }
     vaec_pool_run(m->pool, reparam_back_task, &rj, vaec_ntasks(R, ROW_GRAIN));
+    return VAEC_OK;
 }
 
 /* One chunk of rows [r0, r0+R) of an n-row batch.
@@ -453,7 +519,7 @@ static void backward_sample(vaec_vae *m, int64_t R, const float *g, int64_t ldg,
  *   by a streaming log-sum-exp in float64 (k = L samples, never all held); with grad, a
  *   second pass recomputes each sample and back-propagates it with its normalized
  *   weight (Burda et al. 2016), so no per-sample activations are kept. */
-static void run_chunk(vaec_vae *m, const vaec_input *x, int64_t r0, int64_t R, const noise_plan *np,
+static vaec_status run_chunk(vaec_vae *m, const vaec_input *x, int64_t r0, int64_t R, const noise_plan *np,
                       const run_plan *rp, double *out, double *obj_sum) {
     const vaec_vae_config *c = &m->cfg;
     const int nh = c->n_hidden;
@@ -473,13 +539,36 @@ static void run_chunk(vaec_vae *m, const vaec_input *x, int64_t r0, int64_t R, c
         ldh = align16(m->enc[i].out);
     }
     layer_forward(m, &m->enc_heads, m->w_heads, lh, h, ldh, R);
-    kl_job kj = {m, R, (float)(rp->beta / (double)n), grad, rp->kind == RUN_ELBO};
+    const int analytic = rp->kind == RUN_ELBO && !m->has_flow;
+    kl_job kj = {m, R, (float)(rp->beta / (double)n), grad, analytic};
     vaec_pool_run(pool, kl_task, &kj, vaec_ntasks(R, ROW_GRAIN));
 
     const float *g;
     int64_t ldg;
     double s = 0.0;
-    if (rp->kind == RUN_ELBO) {
+    vaec_status st;
+    if (rp->kind == RUN_ELBO && m->has_flow) {
+        /* no analytic KL through a flow: the Monte Carlo estimate of
+         * log q0(z_0|x) - log p(z_K) - log|det| per sample, weighted by beta */
+        const float scale = (float)(1.0 / ((double)n * L));
+        double *klmc = m->w_lse;
+        for (int64_t r = 0; r < R; r++) klmc[r] = 0.0;
+        for (int l = 0; l < L; l++) {
+            if ((st = decode_sample(m, np, n, r0, R, l, &g, &ldg))) return st;
+            lik_job lj = {m, xin, ldx, R, scale, NULL, grad};
+            vaec_pool_run(pool, lik_task, &lj, vaec_ntasks(R, ROW_GRAIN));
+            for (int64_t r = 0; r < R; r++) {
+                m->w_rec[r] += m->w_lp[r];
+                klmc[r] -= m->w_lpq[r];
+            }
+            if (grad && (st = backward_sample(m, R, g, ldg, NULL, rp->beta * scale))) return st;
+        }
+        for (int64_t r = 0; r < R; r++) {
+            double e = (m->w_rec[r] - klmc[r]) / L;
+            if (out) out[r0 + r] = e;
+            s -= (m->w_rec[r] - rp->beta * klmc[r]) / L;
+        }
+    } else if (rp->kind == RUN_ELBO) {
         double kl_obj = 0.0;  /* the chunk's KL term of the objective, summed over rows */
         if (rp->free_bits > 0.0f) {
             double per_row;
@@ -490,11 +579,11 @@ static void run_chunk(vaec_vae *m, const vaec_input *x, int64_t r0, int64_t R, c
         }
         const float scale = (float)(1.0 / ((double)n * L));
         for (int l = 0; l < L; l++) {
-            decode_sample(m, np, n, r0, R, l, &g, &ldg);
+            if ((st = decode_sample(m, np, n, r0, R, l, &g, &ldg))) return st;
             lik_job lj = {m, xin, ldx, R, scale, NULL, grad};
             vaec_pool_run(pool, lik_task, &lj, vaec_ntasks(R, ROW_GRAIN));
             for (int64_t r = 0; r < R; r++) m->w_rec[r] += m->w_lp[r];
-            if (grad) backward_sample(m, R, g, ldg, NULL);
+            if (grad && (st = backward_sample(m, R, g, ldg, NULL, 0.0f))) return st;
         }
         for (int64_t r = 0; r < R; r++) {
             double e = m->w_rec[r] / L - m->w_kl[r];
@@ -507,7 +596,7 @@ static void run_chunk(vaec_vae *m, const vaec_input *x, int64_t r0, int64_t R, c
         double *mx = m->w_lse, *sm = m->w_lse + m->ws_rows;
         for (int64_t r = 0; r < R; r++) { mx[r] = -INFINITY; sm[r] = 0.0; }
         for (int l = 0; l < L; l++) {
-            decode_sample(m, np, n, r0, R, l, &g, &ldg);
+            if ((st = decode_sample(m, np, n, r0, R, l, &g, &ldg))) return st;
             lik_job lj = {m, xin, ldx, R, 0.0f, NULL, 0};
             vaec_pool_run(pool, lik_task, &lj, vaec_ntasks(R, ROW_GRAIN));
             for (int64_t r = 0; r < R; r++) {
@@ -527,15 +616,15 @@ static void run_chunk(vaec_vae *m, const vaec_input *x, int64_t r0, int64_t R, c
             for (int l = 0; l < L; l++) {
                 for (int64_t r = 0; r < R; r++)
                     m->w_rs[r] = (float)(exp(m->w_lw[r * m->lw_cap + l] - mx[r]) / sm[r] / (double)n);
-                decode_sample(m, np, n, r0, R, l, &g, &ldg);
+                if ((st = decode_sample(m, np, n, r0, R, l, &g, &ldg))) return st;
                 lik_job lj = {m, xin, ldx, R, 0.0f, m->w_rs, 1};
                 vaec_pool_run(pool, lik_task, &lj, vaec_ntasks(R, ROW_GRAIN));
-                backward_sample(m, R, g, ldg, m->w_rs);
+                if ((st = backward_sample(m, R, g, ldg, m->w_rs, 0.0f))) return st;
             }
         }
     }
     *obj_sum += s;
-    if (!grad) return;
+    if (!grad) return VAEC_OK;
     /* encoder backward */
     float *dh = nh ? m->d_enc[nh - 1] : NULL;
     layer_backward(m, &m->enc_heads, dh, nh ? align16(m->enc[nh - 1].out) : 0, m->d_heads, lh, h, ldh, R);
@@ -547,6 +636,7 @@ static void run_chunk(vaec_vae *m, const vaec_input *x, int64_t r0, int64_t R, c
         float *din = i ? m->d_enc[i - 1] : NULL;
         layer_backward(m, &m->enc[i], din, i ? ldin : 0, m->d_enc[i], ldi, in, ldin, R);
     }
+    return VAEC_OK;
 }
 
 static vaec_status check_input(const vaec_vae *m, const vaec_input *x) {
@@ -567,6 +657,8 @@ static vaec_status forward_all(vaec_vae *m, const vaec_input *x, const vaec_nois
     if ((st = plan_noise(m, noise, &np))) return st;
     int64_t chunk = x->n < VAE_CHUNK ? x->n : VAE_CHUNK;
     if (chunk > 0 && (st = ensure_workspace(m, chunk))) return st;
+    if (m->has_flow && rp->free_bits > 0.0f)
+        return vaec_fail(VAEC_ERR_ARG, "free_bits needs the analytic KL, which a flow posterior does not have");
     if (rp->kind == RUN_IWAE && rp->grad && np.L > m->lw_cap) {
         /* per-row log weights of every sample, for the weighted second pass */
         double *lw = vaec_alloc((size_t)m->ws_rows * (size_t)np.L, sizeof(double));
@@ -579,7 +671,7 @@ static vaec_status forward_all(vaec_vae *m, const vaec_input *x, const vaec_nois
     double sum = 0.0;
     for (int64_t r0 = 0; r0 < x->n; r0 += VAE_CHUNK) {
         int64_t R = x->n - r0 < VAE_CHUNK ? x->n - r0 : VAE_CHUNK;
-        run_chunk(m, x, r0, R, &np, rp, out, &sum);
+        if ((st = run_chunk(m, x, r0, R, &np, rp, out, &sum))) return st;
     }
     if (loss) *loss = x->n > 0 ? sum / (double)x->n : 0.0;
     return VAEC_OK;
@@ -698,8 +790,8 @@ int64_t vaec_check_range(const float *x, int64_t n, float lo, float hi, int chec
 
 /* ------------------------------------------------------------------ files */
 /* The VAE's config record: i64 input_dim, i64 latent_dim, i32 n_hidden, i32 activation,
- * i32 likelihood, i32 0, i64 hidden[8], u64 seed (104 bytes, little-endian). */
-#define VAE_CONFIG_BYTES 104
+ * i32 likelihood, i32 0, i64 hidden[8], u64 seed, char flow[48] (152 bytes, little-endian). */
+#define VAE_CONFIG_BYTES 152
 
 vaec_status vaec_vae_save(const vaec_vae *m, const char *path, const void *extra, uint32_t extra_len) {
     unsigned char rec[VAE_CONFIG_BYTES] = {0};
@@ -712,6 +804,7 @@ vaec_status vaec_vae_save(const vaec_vae *m, const char *path, const void *extra
     memcpy(rec + 16, i32, 16);
     memcpy(rec + 32, hid, 64);
     memcpy(rec + 96, &c->seed, 8);
+    memcpy(rec + 104, c->flow, sizeof c->flow);
     return vaec_file_write_ex(path, VAEC_KIND_VAE, rec, VAE_CONFIG_BYTES, &m->arena, m->rng_seed, m->rng_counter,
                               extra, extra_len);
 }
@@ -736,6 +829,7 @@ vaec_status vaec_vae_load(vaec_vae **out, const char *path, int threads, void **
         memcpy(i32, rec + 16, 16);
         memcpy(hid, rec + 32, 64);
         memcpy(&c.seed, rec + 96, 8);
+        memcpy(c.flow, rec + 104, sizeof c.flow);
         c.input_dim = i64[0];
         c.latent_dim = i64[1];
         c.n_hidden = i32[0];

@@ -2,6 +2,7 @@
 #ifndef VAEC_VAE_IMPL_H
 #define VAEC_VAE_IMPL_H
 #include "internal.h"
+#include "flows.h"
 #include <stdio.h>
 
 #define VAE_CHUNK 256                   /* rows processed at once */
@@ -12,6 +13,11 @@ struct vaec_vae {
     vaec_pool *pool;
     vaec_arena arena;     /* parameters, gradients, Adam state */
     vaec_layer enc[VAEC_MAX_HIDDEN], enc_heads, dec[VAEC_MAX_HIDDEN], dec_out;
+    int has_flow;                   /* a normalizing flow on the posterior */
+    vaec_flow flow;
+    float *w_fws;                   /* the flow's workspace (vaec_flow_ws_floats) */
+    float *w_zk, *d_zk;             /* z_K and the gradient w.r.t. it (rows x latent) */
+    double *w_ld, *w_dld;           /* per-row log-determinants, and their loss weights */
     uint64_t rng_seed, rng_counter;
     /* workspace: activations and their gradients for ws_rows rows */
     int64_t ws_rows;

@@ -137,7 +137,7 @@ int64_t vaec_check_range(const float *x, int64_t n, float lo, float hi, int chec
  * and the two Adam moments in buffers of the same layout: the optimizer is one flat loop
  * and clients get zero-copy views. Tensors are planned first (vaec_arena_add_*), then
  * vaec_arena_alloc allocates and initializes them. */
-#define VAEC_MAX_TENSORS 160
+#define VAEC_MAX_TENSORS 512   /* a VAE with planar:128 needs about 400 */
 
 typedef struct {
     char name[VAEC_NAME_LEN];
@@ -229,6 +229,9 @@ typedef struct {
     vaec_likelihood likelihood;
     uint64_t seed;                     /* initialization and default noise */
     int threads;                       /* <= 0: vaec_cpu_count() */
+    char flow[48];                     /* "" or a flow spec for the posterior: z_K = f_K o ... o
+                                          f_1(z_0), z_0 ~ q0(z|x); "planar:K", "radial:K",
+                                          "realnvp:K[:WIDTH[:tanh|relu[:learned|SCALE]]]" */
 } vaec_vae_config;
 
 typedef struct vaec_vae vaec_vae;

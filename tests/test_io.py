@@ -58,7 +58,7 @@ def test_file_layout_ends_with_a_crc32(trained, tmp_path):
     data = path.read_bytes()
     assert data[:8] == b"\x89VAEC\r\n\x1a"
     assert struct.unpack("<I", data[-4:])[0] == zlib.crc32(data[:-4])
-    assert len(data) == 24 + 104 + 48 + 3 * 4 * m._arenas["params"].size + 4 + 4  # head, VAE config, arena head, data, extra length, crc
+    assert len(data) == 24 + 152 + 48 + 3 * 4 * m._arenas["params"].size + 4 + 4  # head, VAE config, arena head, data, extra length, crc
 
 
 def test_missing_file(tmp_path):

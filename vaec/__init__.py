@@ -3,7 +3,7 @@ from ._core import cpu_features as _cpu_features
 from .models import VAE, load
 
 __version__ = "0.1.0"
-__all__ = ["VAE", "load", "cpu_features", "__version__"]
+__all__ = ["VAE", "Flow", "load", "cpu_features", "__version__"]
 
 
 def cpu_features():
@@ -16,3 +16,6 @@ def cpu_features():
     a lower path.
     """
     return dict(_cpu_features())
+
+from .flows import Flow  # noqa: E402  (normalizing flows: vaec/flows.py)
+

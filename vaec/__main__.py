@@ -384,7 +384,7 @@ def build_parser():
     e.add_argument("--no-binarize", action="store_true", help="evaluate on grey levels")
     e.set_defaults(func=cmd_eval)
 
-    b = sub.add_parser("bench", help="vaec against PyTorch on the same VAE: throughput, latency, % of peak",
+    b = sub.add_parser("bench", help="vaec against PyTorch on the same VAE: throughput, latency, %% of peak",
                        description="Trains and evaluates a 784-400-20 tanh/Bernoulli VAE with Adam in vaec and "
                                    "(when importable) PyTorch, interleaved, same batch and threads.")
     b.add_argument("--vs", choices=("torch", "none"), default="torch")

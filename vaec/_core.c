@@ -39,16 +39,23 @@ static int parse_act(PyObject *s, vaec_act *out) {
 }
 
 static int VAE_init(VAEObject *self, PyObject *args, PyObject *kw) {
-    static char *kwlist[] = {"input_dim", "latent_dim", "hidden", "activation", "likelihood", "seed", "threads", NULL};
+    static char *kwlist[] = {"input_dim", "latent_dim", "hidden", "activation", "likelihood", "seed", "threads",
+                             "flow", NULL};
     long long input_dim, latent_dim;
     unsigned long long seed = 0;
     PyObject *hidden;
     PyObject *act, *lik;
     int threads = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "LLOUUKi", kwlist, &input_dim, &latent_dim, &hidden, &act, &lik,
-                                     &seed, &threads))
+    const char *flow = "";
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "LLOUUKi|s", kwlist, &input_dim, &latent_dim, &hidden, &act, &lik,
+                                     &seed, &threads, &flow))
         return -1;
     vaec_vae_config c = {0};
+    if (strlen(flow) >= sizeof c.flow) {
+        PyErr_Format(PyExc_ValueError, "flow: spec too long: %s", flow);
+        return -1;
+    }
+    memcpy(c.flow, flow, strlen(flow) + 1);
     c.input_dim = input_dim;
     c.latent_dim = latent_dim;
     c.seed = (uint64_t)seed;
@@ -358,11 +365,11 @@ static PyObject *VAE_config(VAEObject *self, PyObject *noargs) {
     PyObject *hidden = PyTuple_New(c->n_hidden);
     if (!hidden) return NULL;
     for (int i = 0; i < c->n_hidden; i++) PyTuple_SET_ITEM(hidden, i, PyLong_FromLongLong(c->hidden[i]));
-    return Py_BuildValue("{s:L,s:L,s:N,s:s,s:s,s:K}", "input_dim", (long long)c->input_dim,
+    return Py_BuildValue("{s:L,s:L,s:N,s:s,s:s,s:K,s:s}", "input_dim", (long long)c->input_dim,
                          "latent_dim", (long long)c->latent_dim, "hidden", hidden,
                          "activation", vaec_act_name(c->activation),
                          "likelihood", c->likelihood == VAEC_LIK_BERNOULLI ? "bernoulli" : "gaussian",
-                         "seed", (unsigned long long)c->seed);
+                         "seed", (unsigned long long)c->seed, "flow", c->flow);
 }
 
 static PyMethodDef VAE_methods[] = {

@@ -1,7 +1,656 @@
-/* _flow.c -- the binding of the flow model (placeholder until it lands): registers its types. */
+/* _flow.c -- the binding of the stand-alone flow model (csrc/flow_model.c): the FlowCore
+ * type and a few module functions, registered into vaec._core by vaec_py_add_flow.
+ *
+ * As in _core.c: converters name the argument they reject, float32 C-contiguous arrays
+ * are passed to C without a copy, the GIL is released only around pure C work, and a
+ * model refuses a second caller while it is busy. An energy step with a Python potential
+ * is two calls (energy_forward, then energy_backward) with the Python callable in
+ * between; the C model discards the pending forward if any other call comes first. */
 #include "_common.h"
+#include "flows.h"
+
+typedef struct {
+    PyObject_HEAD
+    vaec_flowmodel *m;
+    int busy;
+    PyObject *weakrefs;
+} FlowObject;
+
+static int acquire(FlowObject *self) {
+    if (!self->m) {
+        PyErr_SetString(PyExc_RuntimeError, "the flow is not initialised");
+        return -1;
+    }
+    if (self->busy) {
+        PyErr_SetString(PyExc_RuntimeError, "the flow is in use by another thread");
+        return -1;
+    }
+    self->busy = 1;
+    return 0;
+}
+static void release(FlowObject *self) { self->busy = 0; }
+
+/* ------------------------------------------------------------ converters */
+/* A float32 C-contiguous (n, dim) array of finite values (a view when possible). */
+static PyArrayObject *convert_rows(PyObject *obj, const char *name, int64_t dim) {
+    PyArrayObject *a = vaec_py_real_array(obj, name);
+    if (!a) return NULL;
+    char expected[80];
+    snprintf(expected, sizeof expected, "a 2-D array of shape (n, %lld)", (long long)dim);
+    if (PyArray_NDIM(a) != 2 || PyArray_DIM(a, 1) != dim) {
+        vaec_py_wrong_shape(a, name, expected);
+        Py_DECREF(a);
+        return NULL;
+    }
+    PyArrayObject *f = vaec_py_as_f32(a);
+    Py_DECREF(a);
+    if (!f) return NULL;
+    if (vaec_py_check_values(f, name, 0, "")) {
+        Py_DECREF(f);
+        return NULL;
+    }
+    return f;
+}
+
+/* A float64 C-contiguous array of exactly the given shape (ndim 1 or 2); values are
+ * checked in C (a non-finite potential is a FloatingPointError there). */
+static PyArrayObject *convert_f64(PyObject *obj, const char *name, int ndim, int64_t d0, int64_t d1) {
+    PyArrayObject *a = vaec_py_real_array(obj, name);
+    if (!a) return NULL;
+    int ok = PyArray_NDIM(a) == ndim && PyArray_DIM(a, 0) == d0 && (ndim == 1 || PyArray_DIM(a, 1) == d1);
+    if (!ok) {
+        char expected[80];
+        if (ndim == 1) snprintf(expected, sizeof expected, "shape (%lld,)", (long long)d0);
+        else snprintf(expected, sizeof expected, "shape (%lld, %lld)", (long long)d0, (long long)d1);
+        vaec_py_wrong_shape(a, name, expected);
+        Py_DECREF(a);
+        return NULL;
+    }
+    PyArrayObject *f = (PyArrayObject *)PyArray_FromAny((PyObject *)a, PyArray_DescrFromType(NPY_FLOAT64), 0, 0,
+                                                        NPY_ARRAY_C_CONTIGUOUS | NPY_ARRAY_ALIGNED | NPY_ARRAY_FORCECAST,
+                                                        NULL);
+    Py_DECREF(a);
+    return f;
+}
+
+static int convert_count(PyObject *obj, const char *name, int64_t low, int64_t *out) {
+    if (PyBool_Check(obj) || !PyIndex_Check(obj)) {
+        PyErr_Format(PyExc_TypeError, "%s: expected an integer, got %s", name, Py_TYPE(obj)->tp_name);
+        return -1;
+    }
+    long long v = PyLong_AsLongLong(obj);
+    if (v == -1 && PyErr_Occurred()) return -1;
+    if (v < low || v > ((long long)1 << 40)) {
+        PyErr_Format(PyExc_ValueError, "%s: expected an integer between %lld and 2**40, got %lld", name, (long long)low, v);
+        return -1;
+    }
+    *out = (int64_t)v;
+    return 0;
+}
+
+/* noise of n rows: eps (n, dim) or a seed (None: the model's own stream) */
+static int convert_noise(FlowObject *self, PyObject *seed, PyObject *eps, int64_t n, vaec_noise *noise,
+                         PyArrayObject **keep) {
+    memset(noise, 0, sizeof *noise);
+    noise->samples = 1;
+    *keep = NULL;
+    int64_t D = vaec_flowmodel_config_get(self->m)->dim;
+    if (eps && eps != Py_None) {
+        if (!(*keep = convert_rows(eps, "eps", D))) return -1;
+        if (PyArray_DIM(*keep, 0) != n) {
+            char expected[64];
+            snprintf(expected, sizeof expected, "shape (%lld, %lld)", (long long)n, (long long)D);
+            vaec_py_wrong_shape(*keep, "eps", expected);
+            Py_CLEAR(*keep);
+            return -1;
+        }
+        noise->eps = (const float *)PyArray_DATA(*keep);
+    }
+    return vaec_py_convert_seed(seed, &noise->use_seed, &noise->seed);
+}
+
+static PyObject *new_f32(int64_t n, int64_t d) {
+    npy_intp dims[2] = {(npy_intp)n, (npy_intp)d};
+    return PyArray_SimpleNew(2, dims, NPY_FLOAT32);
+}
+static PyObject *new_f64(int64_t n) {
+    npy_intp dims[1] = {(npy_intp)n};
+    return PyArray_SimpleNew(1, dims, NPY_FLOAT64);
+}
+#define F32(o) ((float *)PyArray_DATA((PyArrayObject *)(o)))
+#define F64(o) ((double *)PyArray_DATA((PyArrayObject *)(o)))
+
+/* --------------------------------------------------------------- the type */
+static int Flow_init(FlowObject *self, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"dim", "flow", "seed", "threads", NULL};
+    long long dim;
+    const char *spec;
+    unsigned long long seed = 0;
+    int threads = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "Ls|Ki", kwlist, &dim, &spec, &seed, &threads)) return -1;
+    vaec_flowmodel_config c = {0};
+    c.dim = dim;
+    c.seed = (uint64_t)seed;
+    c.threads = threads;
+    vaec_status st = vaec_flow_spec_parse(&c.flow, spec);
+    if (st) { vaec_py_raise(st); return -1; }
+    vaec_flowmodel *m = NULL;
+    Py_BEGIN_ALLOW_THREADS
+    st = vaec_flowmodel_create(&m, &c);
+    Py_END_ALLOW_THREADS
+    if (st) { vaec_py_raise(st); return -1; }
+    if (self->m) vaec_flowmodel_destroy(self->m);
+    self->m = m;
+    return 0;
+}
+
+static void Flow_dealloc(FlowObject *self) {
+    PyTypeObject *tp = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
+    if (self->weakrefs) PyObject_ClearWeakRefs((PyObject *)self);
+    if (self->m) vaec_flowmodel_destroy(self->m);
+    tp->tp_free((PyObject *)self);
+    Py_DECREF(tp);
+}
+
+static int Flow_traverse(FlowObject *self, visitproc visit, void *arg) {
+    Py_VISIT(Py_TYPE(self));
+    return 0;
+}
+
+/* transform(z) -> (x, logdet); inverse(x) -> (z0, logdet_inv) */
+static PyObject *map_rows(FlowObject *self, PyObject *args, int inverse) {
+    PyObject *obj;
+    if (!PyArg_ParseTuple(args, "O", &obj)) return NULL;
+    if (acquire(self)) return NULL;
+    int64_t D = vaec_flowmodel_config_get(self->m)->dim;
+    PyObject *out = NULL, *ld = NULL, *res = NULL;
+    PyArrayObject *a = convert_rows(obj, inverse ? "x" : "z", D);
+    if (!a) goto done;
+    int64_t n = (int64_t)PyArray_DIM(a, 0);
+    if (!(out = new_f32(n, D)) || !(ld = new_f64(n))) goto done;
+    const float *in = (const float *)PyArray_DATA(a);
+    float *o = F32(out);
+    double *l = F64(ld);
+    vaec_status st;
+    Py_BEGIN_ALLOW_THREADS
+    st = inverse ? vaec_flowmodel_inverse(self->m, in, n, o, l) : vaec_flowmodel_transform(self->m, in, n, o, l);
+    Py_END_ALLOW_THREADS
+    if (st) { vaec_py_raise(st); goto done; }
+    res = PyTuple_Pack(2, out, ld);
+done:
+    Py_XDECREF(a);
+    Py_XDECREF(out);
+    Py_XDECREF(ld);
+    release(self);
+    return res;
+}
+static PyObject *Flow_transform(FlowObject *self, PyObject *args) { return map_rows(self, args, 0); }
+static PyObject *Flow_inverse(FlowObject *self, PyObject *args) { return map_rows(self, args, 1); }
+
+static PyObject *Flow_log_prob(FlowObject *self, PyObject *args) {
+    PyObject *obj;
+    if (!PyArg_ParseTuple(args, "O", &obj)) return NULL;
+    if (acquire(self)) return NULL;
+    int64_t D = vaec_flowmodel_config_get(self->m)->dim;
+    PyObject *out = NULL;
+    PyArrayObject *a = convert_rows(obj, "x", D);
+    if (!a) goto done;
+    int64_t n = (int64_t)PyArray_DIM(a, 0);
+    if (!(out = new_f64(n))) goto done;
+    const float *in = (const float *)PyArray_DATA(a);
+    double *o = F64(out);
+    vaec_status st;
+    Py_BEGIN_ALLOW_THREADS
+    st = vaec_flowmodel_log_prob(self->m, in, n, o);
+    Py_END_ALLOW_THREADS
+    if (st) { Py_CLEAR(out); vaec_py_raise(st); }
+done:
+    Py_XDECREF(a);
+    release(self);
+    return out;
+}
+
+/* vjp(z, g_out, c, inverse=False) -> dL/dz for L = Σ g_out·f(z) + Σ c·logdet (grads written) */
+static PyObject *Flow_vjp(FlowObject *self, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"z", "g_out", "c", "inverse", NULL};
+    PyObject *zo, *go, *co;
+    int inverse = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOO|p", kwlist, &zo, &go, &co, &inverse)) return NULL;
+    if (acquire(self)) return NULL;
+    int64_t D = vaec_flowmodel_config_get(self->m)->dim;
+    PyObject *out = NULL;
+    PyArrayObject *z = NULL, *g = NULL, *c = NULL;
+    if (!(z = convert_rows(zo, "z", D)) || !(g = convert_rows(go, "g_out", D))) goto done;
+    int64_t n = (int64_t)PyArray_DIM(z, 0);
+    if (PyArray_DIM(g, 0) != n) { vaec_py_wrong_shape(g, "g_out", "the shape of z"); goto done; }
+    if (!(c = convert_f64(co, "c", 1, n, 0))) goto done;
+    if (!(out = new_f32(n, D))) goto done;
+    const float *zp = (const float *)PyArray_DATA(z), *gp = (const float *)PyArray_DATA(g);
+    const double *cp = (const double *)PyArray_DATA(c);
+    float *op = F32(out);
+    vaec_status st;
+    Py_BEGIN_ALLOW_THREADS
+    st = vaec_flowmodel_vjp(self->m, inverse, zp, n, gp, cp, op);
+    Py_END_ALLOW_THREADS
+    if (st) { Py_CLEAR(out); vaec_py_raise(st); }
+done:
+    Py_XDECREF(z);
+    Py_XDECREF(g);
+    Py_XDECREF(c);
+    release(self);
+    return out;
+}
+
+/* sample(n, seed=None, eps=None) -> (x, log_prob) */
+static PyObject *Flow_sample(FlowObject *self, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"n", "seed", "eps", NULL};
+    PyObject *nobj, *seed = Py_None, *eps = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|OO", kwlist, &nobj, &seed, &eps)) return NULL;
+    int64_t n;
+    if (convert_count(nobj, "n", 0, &n)) return NULL;
+    if (acquire(self)) return NULL;
+    int64_t D = vaec_flowmodel_config_get(self->m)->dim;
+    PyObject *x = NULL, *lp = NULL, *res = NULL;
+    PyArrayObject *ea = NULL;
+    vaec_noise noise;
+    if (convert_noise(self, seed, eps, n, &noise, &ea)) goto done;
+    if (!(x = new_f32(n, D)) || !(lp = new_f64(n))) goto done;
+    float *xp = F32(x);
+    double *lpp = F64(lp);
+    vaec_status st;
+    Py_BEGIN_ALLOW_THREADS
+    st = vaec_flowmodel_sample(self->m, n, &noise, xp, lpp);
+    Py_END_ALLOW_THREADS
+    if (st) { vaec_py_raise(st); goto done; }
+    res = PyTuple_Pack(2, x, lp);
+done:
+    Py_XDECREF(ea);
+    Py_XDECREF(x);
+    Py_XDECREF(lp);
+    release(self);
+    return res;
+}
+
+/* nll_step(x, lr=-1) -> mean -log p(x); grads written; lr >= 0: one Adam step */
+static PyObject *Flow_nll_step(FlowObject *self, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"x", "lr", NULL};
+    PyObject *obj;
+    double lr = -1.0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|d", kwlist, &obj, &lr)) return NULL;
+    if (acquire(self)) return NULL;
+    int64_t D = vaec_flowmodel_config_get(self->m)->dim;
+    PyObject *res = NULL;
+    PyArrayObject *a = convert_rows(obj, "x", D);
+    if (!a) goto done;
+    int64_t n = (int64_t)PyArray_DIM(a, 0);
+    const float *in = (const float *)PyArray_DATA(a);
+    double loss = 0.0;
+    vaec_status st;
+    Py_BEGIN_ALLOW_THREADS
+    st = vaec_flowmodel_nll_step(self->m, in, n, lr >= 0.0 ? (float)lr : -1.0f, &loss);
+    Py_END_ALLOW_THREADS
+    if (st) { vaec_py_raise(st); goto done; }
+    res = PyFloat_FromDouble(loss);
+done:
+    Py_XDECREF(a);
+    release(self);
+    return res;
+}
+
+/* energy_forward(n, seed=None, eps=None) -> (zK, log q(zK)) */
+static PyObject *Flow_energy_forward(FlowObject *self, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"n", "seed", "eps", NULL};
+    PyObject *nobj, *seed = Py_None, *eps = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|OO", kwlist, &nobj, &seed, &eps)) return NULL;
+    int64_t n;
+    if (convert_count(nobj, "batch_size", 1, &n)) return NULL;
+    if (acquire(self)) return NULL;
+    int64_t D = vaec_flowmodel_config_get(self->m)->dim;
+    PyObject *z = NULL, *lq = NULL, *res = NULL;
+    PyArrayObject *ea = NULL;
+    vaec_noise noise;
+    if (convert_noise(self, seed, eps, n, &noise, &ea)) goto done;
+    if (!(z = new_f32(n, D)) || !(lq = new_f64(n))) goto done;
+    float *zp = F32(z);
+    double *lqp = F64(lq);
+    vaec_status st;
+    Py_BEGIN_ALLOW_THREADS
+    st = vaec_flowmodel_energy_forward(self->m, n, &noise, zp, lqp);
+    Py_END_ALLOW_THREADS
+    if (st) { vaec_py_raise(st); goto done; }
+    res = PyTuple_Pack(2, z, lq);
+done:
+    Py_XDECREF(ea);
+    Py_XDECREF(z);
+    Py_XDECREF(lq);
+    release(self);
+    return res;
+}
+
+/* energy_backward(U, dU, beta=1, lr=-1) -> loss */
+static PyObject *Flow_energy_backward(FlowObject *self, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"U", "dU", "beta", "lr", NULL};
+    PyObject *Uo, *dUo;
+    double beta = 1.0, lr = -1.0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|dd", kwlist, &Uo, &dUo, &beta, &lr)) return NULL;
+    if (acquire(self)) return NULL;
+    PyObject *res = NULL;
+    PyArrayObject *U = NULL, *dU = NULL;
+    /* the pending batch's size is what the arrays must match; the C call checks it is there */
+    int64_t D = vaec_flowmodel_config_get(self->m)->dim;
+    PyArrayObject *probe = vaec_py_real_array(Uo, "U");
+    if (!probe) goto done;
+    int64_t n = PyArray_NDIM(probe) == 1 ? (int64_t)PyArray_DIM(probe, 0) : -1;
+    Py_DECREF(probe);
+    if (n < 0) {
+        PyErr_SetString(PyExc_ValueError, "U: expected a 1-D array with one value per row of z");
+        goto done;
+    }
+    if (!(U = convert_f64(Uo, "U", 1, n, 0)) || !(dU = convert_f64(dUo, "dU", 2, n, D))) goto done;
+    const double *Up = (const double *)PyArray_DATA(U), *dUp = (const double *)PyArray_DATA(dU);
+    double loss = 0.0;
+    vaec_status st = VAEC_OK;
+    Py_BEGIN_ALLOW_THREADS
+    st = vaec_flowmodel_energy_backward(self->m, n, Up, dUp, beta, lr >= 0.0 ? (float)lr : -1.0f, &loss);
+    Py_END_ALLOW_THREADS
+    if (st) { vaec_py_raise(st); goto done; }
+    res = PyFloat_FromDouble(loss);
+done:
+    Py_XDECREF(U);
+    Py_XDECREF(dU);
+    release(self);
+    return res;
+}
+
+/* energy_step(potential, box, n, seed=None, eps=None, beta=1, lr=-1) -> loss (built-in U1..U4) */
+static PyObject *Flow_energy_step(FlowObject *self, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"potential", "box", "n", "seed", "eps", "beta", "lr", NULL};
+    int pot;
+    double box;
+    PyObject *nobj, *seed = Py_None, *eps = Py_None;
+    double beta = 1.0, lr = -1.0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "idO|OOdd", kwlist, &pot, &box, &nobj, &seed, &eps, &beta, &lr))
+        return NULL;
+    int64_t n;
+    if (convert_count(nobj, "batch_size", 1, &n)) return NULL;
+    if (acquire(self)) return NULL;
+    PyObject *res = NULL;
+    PyArrayObject *ea = NULL;
+    vaec_noise noise;
+    if (convert_noise(self, seed, eps, n, &noise, &ea)) goto done;
+    double loss = 0.0;
+    vaec_status st;
+    Py_BEGIN_ALLOW_THREADS
+    st = vaec_flowmodel_energy_step(self->m, (vaec_potential)pot, box, n, &noise, beta, lr >= 0.0 ? (float)lr : -1.0f, &loss);
+    Py_END_ALLOW_THREADS
+    if (st) { vaec_py_raise(st); goto done; }
+    res = PyFloat_FromDouble(loss);
+done:
+    Py_XDECREF(ea);
+    release(self);
+    return res;
+}
+
+static PyObject *Flow_adam_step(FlowObject *self, PyObject *args) {
+    double lr;
+    if (!PyArg_ParseTuple(args, "d", &lr)) return NULL;
+    if (acquire(self)) return NULL;
+    vaec_status st;
+    Py_BEGIN_ALLOW_THREADS
+    st = vaec_flowmodel_adam_step(self->m, (float)lr);
+    Py_END_ALLOW_THREADS
+    release(self);
+    if (st) return vaec_py_raise(st);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Flow_arena(FlowObject *self, PyObject *args) {
+    const char *which;
+    if (!PyArg_ParseTuple(args, "s", &which)) return NULL;
+    if (!self->m) { PyErr_SetString(PyExc_RuntimeError, "the flow is not initialised"); return NULL; }
+    return vaec_py_arena_view((PyObject *)self, vaec_flowmodel_arena(self->m), which);
+}
+
+static PyObject *Flow_tensors(FlowObject *self, PyObject *noargs) {
+    if (!self->m) { PyErr_SetString(PyExc_RuntimeError, "the flow is not initialised"); return NULL; }
+    return vaec_py_arena_tensors(vaec_flowmodel_arena(self->m));
+}
+
+static PyObject *Flow_state(FlowObject *self, PyObject *noargs) {
+    if (!self->m) { PyErr_SetString(PyExc_RuntimeError, "the flow is not initialised"); return NULL; }
+    PyObject *d = vaec_py_arena_state(vaec_flowmodel_arena(self->m));
+    if (!d) return NULL;
+    PyObject *v[3] = {PyLong_FromUnsignedLongLong(vaec_flowmodel_rng_seed(self->m)),
+                      PyLong_FromUnsignedLongLong(vaec_flowmodel_rng_counter(self->m)),
+                      PyLong_FromLong(vaec_flowmodel_threads(self->m))};
+    const char *k[3] = {"rng_seed", "rng_counter", "threads"};
+    int bad = 0;
+    for (int i = 0; i < 3; i++)
+        if (!bad && (!v[i] || PyDict_SetItemString(d, k[i], v[i]) < 0)) bad = 1;
+    for (int i = 0; i < 3; i++) Py_XDECREF(v[i]);
+    if (bad) { Py_DECREF(d); return NULL; }
+    return d;
+}
+
+static PyObject *Flow_set_adam(FlowObject *self, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"beta1", "beta2", "eps", NULL};
+    if (!self->m) { PyErr_SetString(PyExc_RuntimeError, "the flow is not initialised"); return NULL; }
+    vaec_arena *ar = vaec_flowmodel_arena(self->m);
+    vaec_adam_config a = ar->adam;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "|fff", kwlist, &a.beta1, &a.beta2, &a.eps)) return NULL;
+    vaec_status st = vaec_arena_adam_set(ar, a);
+    if (st) return vaec_py_raise(st);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Flow_reset_optimizer(FlowObject *self, PyObject *noargs) {
+    if (acquire(self)) return NULL;
+    vaec_arena_adam_reset(vaec_flowmodel_arena(self->m));
+    release(self);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Flow_set_rng(FlowObject *self, PyObject *args) {
+    unsigned long long seed, counter;
+    long long step = -1;
+    if (!PyArg_ParseTuple(args, "KK|L", &seed, &counter, &step)) return NULL;
+    if (!self->m) { PyErr_SetString(PyExc_RuntimeError, "the flow is not initialised"); return NULL; }
+    vaec_flowmodel_rng_set(self->m, seed, counter);
+    if (step >= 0) vaec_flowmodel_arena(self->m)->step = step;
+    Py_RETURN_NONE;
+}
+
+static PyObject *Flow_save(FlowObject *self, PyObject *args) {
+    PyObject *path;
+    if (!PyArg_ParseTuple(args, "O&", PyUnicode_FSConverter, &path)) return NULL;
+    if (acquire(self)) { Py_DECREF(path); return NULL; }
+    const char *p = PyBytes_AS_STRING(path);
+    vaec_status st;
+    Py_BEGIN_ALLOW_THREADS
+    st = vaec_flowmodel_save(self->m, p);
+    Py_END_ALLOW_THREADS
+    release(self);
+    Py_DECREF(path);
+    if (st) return vaec_py_raise(st);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Flow_config(FlowObject *self, PyObject *noargs) {
+    if (!self->m) { PyErr_SetString(PyExc_RuntimeError, "the flow is not initialised"); return NULL; }
+    const vaec_flowmodel_config *c = vaec_flowmodel_config_get(self->m);
+    char spec[96];
+    vaec_flow_spec_format(&c->flow, spec, sizeof spec);
+    const vaec_flow *f = vaec_flowmodel_flow(self->m);
+    return Py_BuildValue("{s:L,s:s,s:s,s:i,s:L,s:s,s:d,s:K,s:i,s:L}", "dim", (long long)c->dim, "flow", spec,
+                         "kind", vaec_flow_kind_name(c->flow.kind), "K", c->flow.K, "hidden", (long long)c->flow.hidden,
+                         "activation", vaec_act_name(c->flow.act), "fixed_scale", (double)c->flow.fixed_scale,
+                         "seed", (unsigned long long)c->seed, "has_inverse", vaec_flow_has_inverse(f),
+                         "num_params", (long long)vaec_flow_num_params(f));
+}
+
+static PyMethodDef Flow_methods[] = {
+    {"transform", (PyCFunction)Flow_transform, METH_VARARGS, "transform(z) -> (f(z) float32 (n, dim), logdet float64 (n,))"},
+    {"inverse", (PyCFunction)Flow_inverse, METH_VARARGS, "inverse(x) -> (f^-1(x), log|det df^-1/dx|) (Real NVP)"},
+    {"log_prob", (PyCFunction)Flow_log_prob, METH_VARARGS, "log_prob(x) -> float64 (n,) (Real NVP)"},
+    {"sample", (PyCFunction)(void (*)(void))Flow_sample, METH_VARARGS | METH_KEYWORDS,
+     "sample(n, seed=None, eps=None) -> (x, log_prob)"},
+    {"vjp", (PyCFunction)(void (*)(void))Flow_vjp, METH_VARARGS | METH_KEYWORDS,
+     "vjp(z, g_out, c, inverse=False) -> dL/dz for L = sum(g_out * f(z)) + sum(c * logdet); parameter gradients written"},
+    {"nll_step", (PyCFunction)(void (*)(void))Flow_nll_step, METH_VARARGS | METH_KEYWORDS,
+     "nll_step(x, lr=-1) -> mean -log p(x); gradients written; lr >= 0: one Adam step (Real NVP)"},
+    {"energy_forward", (PyCFunction)(void (*)(void))Flow_energy_forward, METH_VARARGS | METH_KEYWORDS,
+     "energy_forward(n, seed=None, eps=None) -> (zK, log q(zK)); the backward must follow"},
+    {"energy_backward", (PyCFunction)(void (*)(void))Flow_energy_backward, METH_VARARGS | METH_KEYWORDS,
+     "energy_backward(U, dU, beta=1, lr=-1) -> loss = mean(log q + beta U); gradients written"},
+    {"energy_step", (PyCFunction)(void (*)(void))Flow_energy_step, METH_VARARGS | METH_KEYWORDS,
+     "energy_step(potential, box, n, seed=None, eps=None, beta=1, lr=-1) -> loss, with a built-in potential 1..4"},
+    {"adam_step", (PyCFunction)Flow_adam_step, METH_VARARGS, "adam_step(lr): Adam on the current grads."},
+    {"arena", (PyCFunction)Flow_arena, METH_VARARGS, "arena(which) -> zero-copy float32 view"},
+    {"tensors", (PyCFunction)Flow_tensors, METH_NOARGS, "[(name, offset, shape)]"},
+    {"state", (PyCFunction)Flow_state, METH_NOARGS, "optimizer and RNG state"},
+    {"set_adam", (PyCFunction)(void (*)(void))Flow_set_adam, METH_VARARGS | METH_KEYWORDS, "set_adam(beta1, beta2, eps)"},
+    {"reset_optimizer", (PyCFunction)Flow_reset_optimizer, METH_NOARGS, "zero Adam moments and step"},
+    {"set_rng", (PyCFunction)Flow_set_rng, METH_VARARGS, "set_rng(seed, counter, step=-1)"},
+    {"save", (PyCFunction)Flow_save, METH_VARARGS, "save(path): atomic write"},
+    {"config", (PyCFunction)Flow_config, METH_NOARGS, "the configuration as a dict"},
+    {NULL}
+};
+
+static PyMemberDef Flow_members[] = {
+    {"__weaklistoffset__", T_PYSSIZET, offsetof(FlowObject, weakrefs), READONLY},
+    {NULL}
+};
+
+static PyType_Slot Flow_slots[] = {
+    {Py_tp_doc, "The C model behind vaec.Flow (use vaec.Flow)."},
+    {Py_tp_init, Flow_init},
+    {Py_tp_dealloc, Flow_dealloc},
+    {Py_tp_traverse, Flow_traverse},
+    {Py_tp_methods, Flow_methods},
+    {Py_tp_members, Flow_members},
+    {0, NULL}
+};
+
+static PyType_Spec Flow_spec = {
+    "vaec._core.FlowCore", sizeof(FlowObject), 0,
+    Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC, Flow_slots
+};
+
+/* ------------------------------------------------------ module functions */
+static PyObject *mod_flow_load(PyObject *module, PyObject *args) {
+    PyObject *path;
+    int threads = 0;
+    if (!PyArg_ParseTuple(args, "O&|i", PyUnicode_FSConverter, &path, &threads)) return NULL;
+    PyTypeObject *tp = (PyTypeObject *)PyObject_GetAttrString(module, "FlowCore");
+    if (!tp) { Py_DECREF(path); return NULL; }
+    vaec_flowmodel *m = NULL;
+    vaec_status st;
+    const char *p = PyBytes_AS_STRING(path);
+    Py_BEGIN_ALLOW_THREADS
+    st = vaec_flowmodel_load(&m, p, threads);
+    Py_END_ALLOW_THREADS
+    Py_DECREF(path);
+    if (st) { Py_DECREF(tp); return vaec_py_raise(st); }
+    FlowObject *obj = (FlowObject *)tp->tp_alloc(tp, 0);
+    Py_DECREF(tp);
+    if (!obj) { vaec_flowmodel_destroy(m); return NULL; }
+    obj->m = m;
+    return (PyObject *)obj;
+}
+
+/* file_kind(path) -> the model kind stored in a .vaec file (1 VAE, 2 M2, 3 flow) */
+static PyObject *mod_file_kind(PyObject *module, PyObject *args) {
+    PyObject *path;
+    if (!PyArg_ParseTuple(args, "O&", PyUnicode_FSConverter, &path)) return NULL;
+    vaec_file f;
+    vaec_status st;
+    const char *p = PyBytes_AS_STRING(path);
+    Py_BEGIN_ALLOW_THREADS
+    st = vaec_file_read(&f, p);
+    Py_END_ALLOW_THREADS
+    Py_DECREF(path);
+    if (st) return vaec_py_raise(st);
+    uint32_t kind = f.kind;
+    vaec_file_close(&f);
+    return PyLong_FromUnsignedLong(kind);
+}
+
+/* flow_potential(code, z, box=0) -> (U float64 (n,), dU float64 (n, 2)) */
+static PyObject *mod_flow_potential(PyObject *module, PyObject *args) {
+    int code;
+    PyObject *zo;
+    double box = 0.0;
+    if (!PyArg_ParseTuple(args, "iO|d", &code, &zo, &box)) return NULL;
+    PyArrayObject *a = vaec_py_real_array(zo, "z");
+    if (!a) return NULL;
+    if (PyArray_NDIM(a) != 2 || PyArray_DIM(a, 1) != 2) {
+        vaec_py_wrong_shape(a, "z", "a 2-D array of shape (n, 2)");
+        Py_DECREF(a);
+        return NULL;
+    }
+    PyArrayObject *z = (PyArrayObject *)PyArray_FromAny((PyObject *)a, PyArray_DescrFromType(NPY_FLOAT64), 0, 0,
+                                                        NPY_ARRAY_C_CONTIGUOUS | NPY_ARRAY_ALIGNED | NPY_ARRAY_FORCECAST,
+                                                        NULL);
+    Py_DECREF(a);
+    if (!z) return NULL;
+    int64_t n = (int64_t)PyArray_DIM(z, 0);
+    npy_intp d1[1] = {(npy_intp)n}, d2[2] = {(npy_intp)n, 2};
+    PyObject *U = PyArray_SimpleNew(1, d1, NPY_FLOAT64), *dU = PyArray_SimpleNew(2, d2, NPY_FLOAT64), *res = NULL;
+    if (U && dU) {
+        const double *zp = (const double *)PyArray_DATA(z);
+        double *Up = F64(U), *dUp = F64(dU);
+        vaec_status st;
+        Py_BEGIN_ALLOW_THREADS
+        st = vaec_potential_eval((vaec_potential)code, box, zp, n, Up, dUp);
+        Py_END_ALLOW_THREADS
+        if (st) vaec_py_raise(st);
+        else res = PyTuple_Pack(2, U, dU);
+    }
+    Py_DECREF(z);
+    Py_XDECREF(U);
+    Py_XDECREF(dU);
+    return res;
+}
+
+/* flow_parse(spec, dim=None) -> canonical spec; ValueError listing the accepted forms */
+static PyObject *mod_flow_parse(PyObject *module, PyObject *args) {
+    const char *text;
+    long long dim = 0;
+    if (!PyArg_ParseTuple(args, "s|L", &text, &dim)) return NULL;
+    vaec_flow_spec s;
+    vaec_status st = vaec_flow_spec_parse(&s, text);
+    if (st) return vaec_py_raise(st);
+    if (dim > 0 && s.kind == VAEC_FLOW_REALNVP && dim < 2) {
+        /* the planner's message, without planning anything */
+        vaec_arena a;
+        memset(&a, 0, sizeof a);
+        vaec_flow *f = PyMem_Malloc(sizeof *f);
+        if (!f) return PyErr_NoMemory();
+        st = vaec_flow_plan(f, &a, &s, dim, "flow");
+        PyMem_Free(f);
+        if (st) return vaec_py_raise(st);
+    }
+    char buf[96];
+    return PyUnicode_FromString(vaec_flow_spec_format(&s, buf, sizeof buf));
+}
+
+static PyMethodDef flow_functions[] = {
+    {"flow_load", mod_flow_load, METH_VARARGS, "flow_load(path, threads=0) -> FlowCore"},
+    {"file_kind", mod_file_kind, METH_VARARGS, "file_kind(path) -> model kind of a .vaec file (1 VAE, 2 M2, 3 flow)"},
+    {"flow_potential", mod_flow_potential, METH_VARARGS, "flow_potential(code, z, box=0) -> (U, dU): U1..U4 of Rezende & Mohamed (+ a wall outside [-box, box]^2)"},
+    {"flow_parse", mod_flow_parse, METH_VARARGS, "flow_parse(spec, dim=0) -> canonical spec string"},
+    {NULL}
+};
 
 int vaec_py_add_flow(PyObject *module) {
-    (void)module;
+    PyObject *tp = PyType_FromModuleAndSpec(module, &Flow_spec, NULL);
+    if (!tp) return -1;
+    if (PyModule_AddObject(module, "FlowCore", tp) < 0) { Py_DECREF(tp); return -1; }
+    if (PyModule_AddFunctions(module, flow_functions) < 0) return -1;
+    if (PyModule_AddIntConstant(module, "KIND_VAE", VAEC_KIND_VAE) < 0 ||
+        PyModule_AddIntConstant(module, "KIND_M2", VAEC_KIND_M2) < 0 ||
+        PyModule_AddIntConstant(module, "KIND_FLOW", VAEC_KIND_FLOW) < 0)
+        return -1;
     return 0;
 }

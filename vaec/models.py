@@ -592,9 +592,17 @@ class VAE(ArenaModel):
 
 
 def load(path, threads=None):
-    """Load a model written by ``save``. Raises FileNotFoundError when the file is
-    missing and ValueError when it is corrupted, truncated or not a vaec model."""
+    """Load a model written by ``save`` (a VAE, M2 or Flow: the file says which). Raises
+    FileNotFoundError when the file is missing and ValueError when it is corrupted,
+    truncated or not a vaec model."""
     threads = 0 if threads is None else _int_arg("threads", threads, 1, 256)
+    kind = _core.file_kind(os.fspath(path))
+    if kind == _core.KIND_FLOW:
+        from .flows import load as load_flow
+        return load_flow(path, threads or None)
+    if kind == _core.KIND_M2:
+        from .m2 import load_m2
+        return load_m2(path, threads or None)
     core, _extra = _core.load(os.fspath(path), threads)
     model = VAE.__new__(VAE)
     model._attach(core)

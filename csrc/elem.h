@@ -1,0 +1,65 @@
+/* elem.h -- the elementwise kernels (activations, likelihood rows); internal.
+ *
+ * vaec_elem_* dispatch on vaec_cpu_active_isa(): naive -> the plain libm / float64
+ * reference loops (elem_naive.c), scalar/avx2/avx512/neon -> the kernel written once in
+ * elem_kernel.inc on top of vmath.inc. Every function is single-threaded and works on
+ * the rows or elements it is given, so a caller that splits rows over threads gets the
+ * same bits whatever the split. Each element's value does not depend on its position
+ * (the leftover elements of a row run through the same vector code, padded). */
+#ifndef VAEC_ELEM_H
+#define VAEC_ELEM_H
+
+#include "internal.h"
+#include <math.h>
+#include <string.h>
+
+/* y = act(x), n elements (x may equal y). */
+void vaec_elem_act_forward(vaec_act act, float *y, const float *x, int64_t n);
+/* d *= act'(.) written in terms of the output y (see act.c). */
+void vaec_elem_act_backward(vaec_act act, float *d, const float *y, int64_t n);
+
+/* Bernoulli log-likelihood of R rows of D logits l (row stride ldl) for targets x
+ * (stride ldx): logp_add[r] += sum_d x l - softplus(l), accumulated in float64 (vector
+ * kernels: float32 partial sums of at most 8 terms per lane, then float64).
+ * When dl != NULL: dl[r*lddl + d] = scale * (sigmoid(l) - x)  (= scale * d(-log p)/dl).
+ * dl may equal l (same stride). */
+void vaec_elem_bernoulli_rows(int64_t R, int64_t D, const float *l, int64_t ldl,
+                              const float *x, int64_t ldx, float scale,
+                              float *dl, int64_t lddl, double *logp_add);
+/* Gaussian: each row of ml holds [mean (D) | logvar (D)]. logp_add[r] +=
+ * -1/2 sum_d (log 2pi + v + (x - m)^2 e^-v); when dml != NULL its rows get
+ * [dmean | dlogvar] = [-scale (x - m) e^-v | scale/2 (1 - (x - m)^2 e^-v)]. */
+void vaec_elem_gaussian_rows(int64_t R, int64_t D, const float *ml, int64_t ldml,
+                             const float *x, int64_t ldx, float scale,
+                             float *dml, int64_t lddml, double *logp_add);
+
+/* Test hook: y = f(x) for f = VAEC_ELEM_FN_* on the active path (naive: libm float). */
+enum { VAEC_ELEM_FN_EXP = 0, VAEC_ELEM_FN_EXPM1, VAEC_ELEM_FN_LOG1P, VAEC_ELEM_FN_TANH,
+       VAEC_ELEM_FN_SIGMOID, VAEC_ELEM_FN_SOFTPLUS, VAEC_ELEM_FN_COUNT };
+void vaec_elem_test_fn(int which, float *y, const float *x, int64_t n);
+
+/* The per-path implementations (same signatures). */
+#define VAEC_ELEM_DECLARE(sfx)                                                                    \
+    void vaec_elem_act_forward##sfx(vaec_act act, float *y, const float *x, int64_t n);           \
+    void vaec_elem_act_backward##sfx(vaec_act act, float *d, const float *y, int64_t n);          \
+    void vaec_elem_bernoulli_rows##sfx(int64_t R, int64_t D, const float *l, int64_t ldl,         \
+                                       const float *x, int64_t ldx, float scale, float *dl,       \
+                                       int64_t lddl, double *logp_add);                           \
+    void vaec_elem_gaussian_rows##sfx(int64_t R, int64_t D, const float *ml, int64_t ldml,        \
+                                      const float *x, int64_t ldx, float scale, float *dml,       \
+                                      int64_t lddml, double *logp_add);                           \
+    void vaec_elem_test_fn##sfx(int which, float *y, const float *x, int64_t n);
+VAEC_ELEM_DECLARE(_naive)
+VAEC_ELEM_DECLARE(_scalar)
+#if defined(VAEC_X86)
+VAEC_ELEM_DECLARE(_avx2)
+VAEC_ELEM_DECLARE(_avx512)
+#endif
+#if defined(VAEC_ARM64)
+VAEC_ELEM_DECLARE(_neon)
+#endif
+
+#define VAEC_LOG_2PI 1.8378770664093453
+#define VAEC_LEAKY_SLOPE 0.01f
+
+#endif

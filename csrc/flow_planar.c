@@ -1,0 +1,177 @@
+/* flow_planar.c -- planar flows (Rezende & Mohamed 2015):
+ *   f(z) = z + û h(wᵀz + b),  h = tanh,  û = u + (m(wᵀu) − wᵀu) w/‖w‖²,  m(x) = −1 + softplus(x).
+ * wᵀû = m(wᵀu) > −1 makes every layer invertible whatever u is (their Appendix A).
+ *   log|det| = log(1 + h'(a) wᵀû) = log(h² + (1 − h²) softplus(wᵀu))
+ * (the second form has no cancellation). A task runs a block of FLOW_GRAIN rows
+ * through all K layers (layer by layer, one vectorized tanh per layer and block, kept
+ * for the backward pass); parameter gradients are summed per task, then over tasks in
+ * order (fixed blocks: thread-count free). Dots and log-dets are in float64.
+ *
+ * Backward, per row (g = dL/dz', c = dL/dlogdet, det = h² + (1−h²) sp(p), p = wᵀu):
+ *   da = (g·û) h' − 2 c m(p) h h' / det,   dL/dz = g + da w
+ *   dL/dû += g h,  dL/dw += da z,  dL/db += da,  dL/dp += c h' σ(p) / det
+ * and per layer, with γ = (m(p) − p)/q = (softplus(−p) − 1)/q, q = ‖w‖², s = Gû·w:
+ *   dL/du = Gû + (s (σ(p) − 1)/q + Gp) w
+ *   dL/dw = Gw + γ Gû + s ((σ(p) − 1)/q u − 2γ/q w) + Gp u */
+#include "flow_impl.h"
+#include <math.h>
+#include <string.h>
+
+enum { S_M, S_SP, S_SIG, S_GAMMA, S_Q };
+
+/* û and the per-layer scalars, from the parameters (serial: K x D work) */
+static void precompute(const vaec_flow *f, const float *params, flow_ws *w) {
+    const int64_t D = f->dim;
+    for (int k = 0; k < f->spec.K; k++) {
+        const vaec_flow_layer *L = &f->layer[k];
+        const float *u = params + L->u, *wv = params + L->w;
+        double p = 0.0, q = 0.0;
+        for (int64_t j = 0; j < D; j++) {
+            p += (double)wv[j] * u[j];
+            q += (double)wv[j] * wv[j];
+        }
+        double sp = flow_softplus(p), spm = flow_softplus(-p);
+        double gamma = q > 0.0 ? (spm - 1.0) / q : 0.0;
+        double *s = w->lsc + (int64_t)k * FLOW_LSC;
+        s[S_M] = sp - 1.0;
+        s[S_SP] = sp;
+        s[S_SIG] = flow_sigmoid(p);
+        s[S_GAMMA] = gamma;
+        s[S_Q] = q;
+        float *uh = w->vec + (int64_t)k * w->ldz;
+        for (int64_t j = 0; j < D; j++) uh[j] = (float)((double)u[j] + gamma * wv[j]);
+    }
+}
+
+typedef struct {
+    const vaec_flow *f;
+    const float *params;
+    flow_ws *w;
+    int64_t R;
+    const double *c;
+    double c_all;
+    _Atomic int bad;
+} planar_job;
+
+/* A block of rows through the layers, layer by layer: the tanh of the block's
+ * pre-activations is one vectorized call; it is kept for the backward pass. */
+static void forward_task(void *ctx, int64_t t, int tid) {
+    (void)tid;
+    planar_job *j = ctx;
+    const vaec_flow *f = j->f;
+    flow_ws *w = j->w;
+    const int64_t D = f->dim, ld = w->ldz, r0 = t * FLOW_GRAIN, n = flow_task_end(t, j->R) - r0;
+    const int K = f->spec.K;
+    float av[FLOW_GRAIN];
+    double ldet[FLOW_GRAIN] = {0};
+    for (int k = 0; k < K; k++) {
+        const vaec_flow_layer *L = &f->layer[k];
+        const float *wv = j->params + L->w, *uh = w->vec + (int64_t)k * ld;
+        const float *zi = flow_state(w, k) + r0 * ld;
+        float *zo = flow_state(w, k + 1) + r0 * ld, *hv = w->hcache + (int64_t)k * w->rows + r0;
+        const double sp = w->lsc[(int64_t)k * FLOW_LSC + S_SP];
+        for (int64_t i = 0; i < n; i++) {
+            double a = j->params[L->b];
+            for (int64_t d = 0; d < D; d++) a += (double)wv[d] * zi[i * ld + d];
+            av[i] = (float)a;
+        }
+        vaec_act_forward(VAEC_ACT_TANH, hv, av, n);
+        float chk = 0.0f;
+        for (int64_t i = 0; i < n; i++) {
+            const float hf = hv[i];
+            for (int64_t d = 0; d < D; d++) {
+                zo[i * ld + d] = zi[i * ld + d] + uh[d] * hf;
+                chk += zo[i * ld + d] * 0.0f;
+            }
+            const double h = hf, hp = 1.0 - h * h;
+            ldet[i] += log(h * h + hp * sp);
+            chk += (float)(ldet[i] * 0.0);
+        }
+        if (chk != 0.0f) {
+            flow_mark_bad(&j->bad, k);
+            return;
+        }
+    }
+    for (int64_t i = 0; i < n; i++) w->ldrow[r0 + i] = ldet[i];
+}
+
+vaec_status vaec_flow_planar_forward(const vaec_flow *f, vaec_pool *pool, const float *params, int64_t R, flow_ws *w) {
+    precompute(f, params, w);
+    planar_job j = {f, params, w, R, NULL, 0.0, f->spec.K};
+    vaec_pool_run(pool, forward_task, &j, vaec_ntasks(R, FLOW_GRAIN));
+    int bad = atomic_load(&j.bad);
+    return bad < f->spec.K ? vaec_flow_nonfinite(f, bad, "value") : VAEC_OK;
+}
+
+static void backward_task(void *ctx, int64_t t, int tid) {
+    (void)tid;
+    planar_job *j = ctx;
+    const vaec_flow *f = j->f;
+    flow_ws *w = j->w;
+    const int64_t D = f->dim, ld = w->ldz, P = w->P;
+    const int K = f->spec.K;
+    double *part = w->partial + t * K * P;
+    memset(part, 0, (size_t)(K * P) * sizeof(double));
+    for (int64_t r = t * FLOW_GRAIN, e = flow_task_end(t, j->R); r < e; r++) {
+        const double c = j->c ? j->c[r] : j->c_all;
+        float *g = w->g + r * ld;
+        for (int k = K - 1; k >= 0; k--) {
+            const vaec_flow_layer *L = &f->layer[k];
+            const double *s = w->lsc + (int64_t)k * FLOW_LSC;
+            const float *wv = j->params + L->w, *uh = w->vec + (int64_t)k * ld;
+            const float *zi = flow_state(w, k) + r * ld;
+            double gu = 0.0;
+            for (int64_t i = 0; i < D; i++) gu += (double)g[i] * uh[i];
+            const double h = w->hcache[(int64_t)k * w->rows + r], hp = 1.0 - h * h;
+            const double det = h * h + hp * s[S_SP];
+            const double da = gu * hp - 2.0 * c * s[S_M] * h * hp / det;
+            double *pk = part + (int64_t)k * P;     /* Gû (D), Gw (D), Gb, Gp */
+            float daf = (float)da, chk = 0.0f;
+            for (int64_t i = 0; i < D; i++) {
+                pk[i] += (double)g[i] * h;
+                pk[D + i] += da * zi[i];
+                g[i] += daf * wv[i];
+                chk += g[i] * 0.0f;
+            }
+            pk[2 * D] += da;
+            pk[2 * D + 1] += c * hp * s[S_SIG] / det;
+            if (chk != 0.0f) {
+                flow_mark_bad(&j->bad, k);
+                break;
+            }
+        }
+    }
+}
+
+vaec_status vaec_flow_planar_backward(const vaec_flow *f, vaec_pool *pool, const float *params, float *grads,
+                                      const double *c, double c_all, int64_t R, flow_ws *w) {
+    precompute(f, params, w);
+    const int K = f->spec.K;
+    const int64_t D = f->dim, P = w->P, ntasks = vaec_ntasks(R, FLOW_GRAIN);
+    planar_job j = {f, params, w, R, c, c_all, K};
+    vaec_pool_run(pool, backward_task, &j, ntasks);
+    int bad = atomic_load(&j.bad);
+    if (bad < K) return vaec_flow_nonfinite(f, bad, "gradient");
+    /* reduce the per-task sums in task order (partial of task 0 accumulates the rest) */
+    for (int64_t t = 1; t < ntasks; t++) {
+        const double *src = w->partial + t * K * P;
+        for (int64_t i = 0; i < K * P; i++) w->partial[i] += src[i];
+    }
+    for (int k = 0; k < K; k++) {
+        const vaec_flow_layer *L = &f->layer[k];
+        const double *G = w->partial + (int64_t)k * P, *s = w->lsc + (int64_t)k * FLOW_LSC;
+        const float *u = params + L->u, *wv = params + L->w;
+        float *du = grads + L->u, *dw = grads + L->w;
+        const double q = s[S_Q], gamma = s[S_GAMMA], Gp = G[2 * D + 1];
+        double sw = 0.0;
+        for (int64_t i = 0; i < D; i++) sw += G[i] * wv[i];
+        double dgdp = q > 0.0 ? (s[S_SIG] - 1.0) / q : 0.0;   /* ∂γ/∂p */
+        double dgdq = q > 0.0 ? -gamma / q : 0.0;             /* ∂γ/∂q */
+        for (int64_t i = 0; i < D; i++) {
+            du[i] += (float)(G[i] + (sw * dgdp + Gp) * wv[i]);
+            dw[i] += (float)(G[D + i] + gamma * G[i] + sw * (dgdp * u[i] + 2.0 * dgdq * wv[i]) + Gp * u[i]);
+        }
+        grads[L->b] += (float)G[2 * D];
+    }
+    return VAEC_OK;
+}
