@@ -19,7 +19,6 @@
 #include <string.h>
 
 #define ROW_GRAIN 8
-#define ADAM_GRAIN 16384
 
 enum { STREAM_EPS = 0, STREAM_BINARIZE = 1, STREAM_INIT = 2 };
 static uint64_t stream_id(uint64_t counter, int purpose) { return counter * 4 + (uint64_t)purpose; }

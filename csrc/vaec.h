@@ -5,7 +5,8 @@
  * no Python in it; the CPython binding (vaec/_core.c) is one client of this header.
  *
  * Overview
- *   - Models are opaque handles (vaec_vae). A model owns:
+ *   - Models are opaque handles (vaec_vae here; the M2 and stand-alone flow models have
+ *     internal headers of their own and use the same pieces). A model owns:
  *       * one parameter arena: every weight and bias in ONE contiguous float32 buffer,
  *         with gradients and the two Adam moments in buffers of the same layout, so
  *         the optimizer is one flat loop and a client can expose zero-copy views;
@@ -13,9 +14,14 @@
  *         (out, in), row-major) pointing into the arena;
  *       * a workspace sized for the largest chunk seen, so a training step does not
  *         allocate once warm;
+ *       * optionally a normalizing flow on its posterior (csrc/flows.h);
  *       * a thread pool (vaec_pool) and a counter-based RNG key.
  *   - Inputs are described by vaec_input: float32 (used in place) or uint8 images
  *     (scaled by 1/255 inside, chunk by chunk, so data sets never need a float copy).
+ *   - The pieces: vaec_sgemm (packed, register-tiled, ISA chosen at run time from
+ *     CPUID) under vaec_dense_*; vaec_act_* and the likelihoods on vectorized math
+ *     (elem.h); vaec_rng_* (Philox); vaec_arena_* (parameters + Adam); vaec_file_*
+ *     (one model-file format for every model kind).
  *   - Every function returns a vaec_status; on failure vaec_last_error() gives a
  *     human-readable message (per thread).
  *   - Determinism: for a given seed, results are bitwise identical whatever the
