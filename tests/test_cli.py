@@ -118,3 +118,13 @@ def test_bench_quick_prints_the_table(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "measured FP32 FMA peak" in r.stdout and "| training ex/s, batch 100 |" in r.stdout
     assert "| training ex/s, batch 100 |" in (tmp_path / "PERF.md").read_text()
+
+
+def test_train_m2_with_labels(tmp_path):
+    r = run("train", "--model", "m2", "--labels", "100", "--epochs", "1", "--quiet", "--out", str(tmp_path / "m2"))
+    assert r.returncode == 0, r.stderr
+    err = float(r.stdout.split("test error ")[1].split("%")[0])
+    assert err < 60, "one epoch with 100 labels is well above chance (90%)"
+    assert isinstance(vaec.load(tmp_path / "m2" / "model.vaec"), vaec.M2)
+    r = run("train", "--model", "m2", "--labels", "15")
+    assert r.returncode == 2 and "--labels must be a positive multiple of 10" in r.stderr

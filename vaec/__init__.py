@@ -3,7 +3,7 @@ from ._core import cpu_features as _cpu_features
 from .models import VAE, load
 
 __version__ = "0.1.0"
-__all__ = ["VAE", "Flow", "load", "cpu_features", "__version__"]
+__all__ = ["VAE", "M2", "Flow", "load", "cpu_features", "__version__"]
 
 
 def cpu_features():
@@ -17,5 +17,5 @@ def cpu_features():
     """
     return dict(_cpu_features())
 
+from .m2 import M2  # noqa: E402
 from .flows import Flow  # noqa: E402  (normalizing flows: vaec/flows.py)
-

@@ -164,6 +164,9 @@ def _atomic_json(obj, path):
 def cmd_train(args):
     import vaec
 
+    if args.model == "m2":
+        return _train_m2(args)
+
     likelihood = args.likelihood or ("gaussian" if args.dataset == "frey" else "bernoulli")
     binarize = args.binarize
     if binarize is None:
@@ -234,6 +237,29 @@ def cmd_train(args):
     else:
         print("pictures skipped: matplotlib is not installed (pip install 'vaec[plot]')")
     print(f"done in {total:.1f} s; final test ELBO {metrics['final_test_elbo']:.3f} nats")
+    return 0
+
+
+def _train_m2(args):
+    """train --model m2: Kingma et al.'s semi-supervised M2 on MNIST with --labels labels."""
+    import argparse as _ap
+
+    from .m2 import train_cli
+
+    if args.dataset != "mnist":
+        raise UsageError("train --model m2: only --dataset mnist")
+    if args.labels is None or args.labels < 10 or args.labels % 10:
+        raise UsageError("train --model m2: --labels must be a positive multiple of 10 (e.g. 100)")
+    ns = _ap.Namespace(labels=args.labels, epochs=args.epochs if args.epochs is not None else 10,
+                       batch_size=args.batch_size, lr=args.lr, latent_dim=args.latent if args.latent != 20 else 50,
+                       hidden=list(args.hidden) if args.hidden is not None else [500],
+                       activation=args.activation if args.activation != "tanh" else "softplus", alpha=0.1,
+                       binarize=args.binarize or "dynamic", seed=args.seed, threads=args.threads, data=args.data,
+                       out=None, quiet=args.quiet)
+    if args.out:
+        os.makedirs(args.out, exist_ok=True)
+        ns.out = os.path.join(args.out, "model.vaec")
+    train_cli(ns)
     return 0
 
 
@@ -330,6 +356,10 @@ def build_parser():
                        description="Train a VAE. With no arguments: MNIST (the full set if found in "
                                    "--data, $VAEC_DATA or ~/.cache/vaec, else the subset shipped with vaec), "
                                    "20 latent dimensions, one hidden layer of 400, about 300,000 examples' worth of epochs.")
+    t.add_argument("--model", choices=("vae", "m2"), default="vae",
+                   help="vae, or m2: the semi-supervised model of Kingma et al. (2014) (needs --labels)")
+    t.add_argument("--labels", type=_positive_int, default=None,
+                   help="m2: labelled training examples, balanced over the 10 digits (e.g. 100)")
     t.add_argument("--dataset", choices=DATASETS, default="mnist")
     t.add_argument("--data", metavar="PATH", help="folder holding the data set's files")
     t.add_argument("--latent", type=_positive_int, default=20, help="latent dimensions (default 20)")

@@ -1,7 +1,553 @@
-/* _m2.c -- the binding of the m2 model (placeholder until it lands): registers its types. */
+/* _m2.c -- the binding of the M2 model (csrc/m2.h): the type vaec._core.M2Core and the
+ * module function load_m2. Converters of _common.c check every array argument and name
+ * it in their errors; labels are checked here (integer dtype, length, range). The GIL is
+ * released around the C work, and a model refuses a second caller while it is busy. */
 #include "_common.h"
+#include "m2.h"
+
+typedef struct {
+    PyObject_HEAD
+    vaec_m2 *m;
+    int busy;
+    PyObject *weakrefs;
+} M2Object;
+
+static int acquire(M2Object *self) {
+    if (!self->m) {
+        PyErr_SetString(PyExc_RuntimeError, "the model is not initialised");
+        return -1;
+    }
+    if (self->busy) {
+        PyErr_SetString(PyExc_RuntimeError, "the model is in use by another thread");
+        return -1;
+    }
+    self->busy = 1;
+    return 0;
+}
+static void release(M2Object *self) { self->busy = 0; }
+
+static int parse_act(PyObject *s, vaec_act *out) {
+    for (int i = 1; i < VAEC_ACT_COUNT; i++)
+        if (PyUnicode_CompareWithASCIIString(s, vaec_act_name((vaec_act)i)) == 0) { *out = (vaec_act)i; return 0; }
+    PyErr_Format(PyExc_ValueError, "activation: expected one of 'tanh', 'relu', 'softplus', 'sigmoid', "
+                 "'elu', 'leaky_relu', got %R", s);
+    return -1;
+}
+
+static int parse_widths(PyObject *obj, const char *name, int *n, int64_t *out) {
+    PyObject *seq = PySequence_Fast(obj, name);
+    if (!seq) return -1;
+    Py_ssize_t k = PySequence_Fast_GET_SIZE(seq);
+    if (k > VAEC_MAX_HIDDEN) {
+        Py_DECREF(seq);
+        PyErr_Format(PyExc_ValueError, "%s: at most %d layers, got %zd", name, VAEC_MAX_HIDDEN, k);
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < k; i++) {
+        long long w = PyLong_AsLongLong(PySequence_Fast_GET_ITEM(seq, i));
+        if (w == -1 && PyErr_Occurred()) { Py_DECREF(seq); return -1; }
+        out[i] = w;
+    }
+    *n = (int)k;
+    Py_DECREF(seq);
+    return 0;
+}
+
+static int M2_init(M2Object *self, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"input_dim", "latent_dim", "n_classes", "hidden", "classifier_hidden", "activation",
+                             "likelihood", "alpha", "seed", "threads", NULL};
+    long long input_dim, latent_dim, n_classes;
+    unsigned long long seed = 0;
+    PyObject *hidden, *chidden, *act, *lik;
+    double alpha;
+    int threads = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "LLLOOUUdKi", kwlist, &input_dim, &latent_dim, &n_classes, &hidden,
+                                     &chidden, &act, &lik, &alpha, &seed, &threads))
+        return -1;
+    vaec_m2_config c = {0};
+    c.input_dim = input_dim;
+    c.latent_dim = latent_dim;
+    c.n_classes = n_classes;
+    c.alpha = alpha;
+    c.seed = (uint64_t)seed;
+    c.threads = threads;
+    if (parse_widths(hidden, "hidden", &c.n_hidden, c.hidden)) return -1;
+    if (parse_widths(chidden, "classifier_hidden", &c.n_cls_hidden, c.cls_hidden)) return -1;
+    if (parse_act(act, &c.activation)) return -1;
+    if (PyUnicode_CompareWithASCIIString(lik, "bernoulli") == 0) c.likelihood = VAEC_LIK_BERNOULLI;
+    else if (PyUnicode_CompareWithASCIIString(lik, "gaussian") == 0) c.likelihood = VAEC_LIK_GAUSSIAN;
+    else {
+        PyErr_Format(PyExc_ValueError, "likelihood: expected 'bernoulli' or 'gaussian', got %R", lik);
+        return -1;
+    }
+    vaec_m2 *m = NULL;
+    vaec_status st;
+    Py_BEGIN_ALLOW_THREADS
+    st = vaec_m2_create(&m, &c);
+    Py_END_ALLOW_THREADS
+    if (st) { vaec_py_raise(st); return -1; }
+    if (self->m) vaec_m2_destroy(self->m);
+    self->m = m;
+    return 0;
+}
+
+static void M2_dealloc(M2Object *self) {
+    PyTypeObject *tp = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
+    if (self->weakrefs) PyObject_ClearWeakRefs((PyObject *)self);
+    if (self->m) vaec_m2_destroy(self->m);
+    tp->tp_free((PyObject *)self);
+    Py_DECREF(tp);
+}
+
+static int M2_traverse(M2Object *self, visitproc visit, void *arg) {
+    Py_VISIT(Py_TYPE(self));
+    return 0;
+}
+
+/* ------------------------------------------------------------ converters */
+/* Labels: a 1-D integer array of length n with values in [0, C) -> int32 contiguous. */
+static int convert_labels(PyObject *obj, const char *name, int64_t n, int64_t C, PyArrayObject **keep) {
+    *keep = NULL;
+    if (obj == Py_None) {
+        PyErr_Format(PyExc_TypeError, "%s: expected an integer array of labels, got None", name);
+        return -1;
+    }
+    PyArrayObject *a = (PyArrayObject *)PyArray_FromAny(obj, NULL, 0, 0, 0, NULL);
+    if (!a) {
+        if (PyErr_ExceptionMatches(PyExc_ValueError)) {
+            PyErr_Clear();
+            PyErr_Format(PyExc_ValueError, "%s: expected a 1-D array of integer labels", name);
+        }
+        return -1;
+    }
+    char kind = PyArray_DESCR(a)->kind;
+    if (kind != 'i' && kind != 'u') {
+        PyObject *d = PyObject_Str((PyObject *)PyArray_DESCR(a));
+        PyErr_Format(PyExc_TypeError, "%s: expected integer class labels, got dtype %U", name, d ? d : Py_None);
+        Py_XDECREF(d);
+        Py_DECREF(a);
+        return -1;
+    }
+    if (PyArray_NDIM(a) != 1 || PyArray_DIM(a, 0) != n) {
+        char expected[64];
+        snprintf(expected, sizeof expected, "a 1-D array of %lld labels", (long long)n);
+        vaec_py_wrong_shape(a, name, expected);
+        Py_DECREF(a);
+        return -1;
+    }
+    /* range check before the cast (values beyond int32 must not wrap into range) */
+    int is_u = kind == 'u';
+    PyArrayObject *w = (PyArrayObject *)PyArray_FromAny((PyObject *)a, PyArray_DescrFromType(is_u ? NPY_UINT64 : NPY_INT64),
+                                                        1, 1, NPY_ARRAY_C_CONTIGUOUS | NPY_ARRAY_ALIGNED, NULL);
+    if (!w) { Py_DECREF(a); return -1; }
+    const int64_t *v = (const int64_t *)PyArray_DATA(w);
+    const uint64_t *uv = (const uint64_t *)PyArray_DATA(w);
+    for (int64_t i = 0; i < n; i++) {
+        int bad = is_u ? uv[i] >= (uint64_t)C : (v[i] < 0 || v[i] >= C);
+        if (bad) {
+            if (is_u)
+                PyErr_Format(PyExc_ValueError, "%s: label %llu at index %lld is out of range [0, %lld)", name,
+                             (unsigned long long)uv[i], (long long)i, (long long)C);
+            else
+                PyErr_Format(PyExc_ValueError, "%s: label %lld at index %lld is out of range [0, %lld)", name,
+                             (long long)v[i], (long long)i, (long long)C);
+            Py_DECREF(w);
+            Py_DECREF(a);
+            return -1;
+        }
+    }
+    Py_DECREF(w);
+    *keep = (PyArrayObject *)PyArray_FromAny((PyObject *)a, PyArray_DescrFromType(NPY_INT32), 1, 1,
+                                             NPY_ARRAY_C_CONTIGUOUS | NPY_ARRAY_ALIGNED | NPY_ARRAY_FORCECAST, NULL);
+    Py_DECREF(a);
+    return *keep ? 0 : -1;
+}
+
+/* float32 finite array of exactly the given shape (ndim 2 or 3). */
+static int convert_noise(PyObject *obj, const char *name, int ndim, const int64_t *shape, PyArrayObject **keep) {
+    *keep = NULL;
+    PyArrayObject *a = vaec_py_real_array(obj, name);
+    if (!a) return -1;
+    int ok = PyArray_NDIM(a) == ndim;
+    for (int i = 0; ok && i < ndim; i++) ok = PyArray_DIM(a, i) == shape[i];
+    if (!ok) {
+        char expected[96];
+        if (ndim == 2) snprintf(expected, sizeof expected, "shape (%lld, %lld)", (long long)shape[0], (long long)shape[1]);
+        else snprintf(expected, sizeof expected, "shape (%lld, %lld, %lld)", (long long)shape[0], (long long)shape[1],
+                      (long long)shape[2]);
+        vaec_py_wrong_shape(a, name, expected);
+        Py_DECREF(a);
+        return -1;
+    }
+    PyArrayObject *c = vaec_py_as_f32(a);
+    Py_DECREF(a);
+    if (!c) return -1;
+    if (vaec_py_check_values(c, name, 0, "")) { Py_DECREF(c); return -1; }
+    *keep = c;
+    return 0;
+}
+
+/* ---------------------------------------------------------------- methods */
+static PyObject *M2_loss_grad(M2Object *self, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"X_labeled", "y_labeled", "X_unlabeled", "alpha", "wl", "wu", "eps_l", "eps_u",
+                             "seed", "binarize", "lr", NULL};
+    PyObject *xl, *yl, *xu, *epsl = Py_None, *epsu = Py_None, *seed = Py_None;
+    double alpha, wl, wu, lr = -1.0;
+    int binarize = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOddd|OOOpd", kwlist, &xl, &yl, &xu, &alpha, &wl, &wu, &epsl,
+                                     &epsu, &seed, &binarize, &lr))
+        return NULL;
+    if (acquire(self)) return NULL;
+    const vaec_m2_config *c = vaec_m2_config_get(self->m);
+    int unit = c->likelihood == VAEC_LIK_BERNOULLI || binarize;
+    PyArrayObject *xla = NULL, *yla = NULL, *xua = NULL, *ela = NULL, *eua = NULL;
+    PyObject *res = NULL;
+    vaec_input inl = {0}, inu = {0};
+    vaec_m2_batch b = {0};
+    b.alpha = alpha;
+    b.wl = wl;
+    b.wu = wu;
+    if (xl != Py_None) {
+        if (vaec_py_convert_x(xl, "X_labeled", c->input_dim, unit, &inl, &xla)) goto done;
+        inl.binarize = binarize;
+        if (convert_labels(yl, "y_labeled", inl.n, c->n_classes, &yla)) goto done;
+        b.xl = &inl;
+        b.yl = (const int32_t *)PyArray_DATA(yla);
+    }
+    if (xu != Py_None) {
+        if (vaec_py_convert_x(xu, "X_unlabeled", c->input_dim, unit, &inu, &xua)) goto done;
+        inu.binarize = binarize;
+        b.xu = &inu;
+    }
+    if (inl.n + inu.n == 0) {
+        PyErr_SetString(PyExc_ValueError, "X_labeled, X_unlabeled: empty batch; the loss needs at least one example");
+        goto done;
+    }
+    if ((epsl != Py_None) != (epsu != Py_None) && inl.n > 0 && inu.n > 0) {
+        PyErr_SetString(PyExc_ValueError, "eps: give the noise of both parts (eps_l and eps_u) or of neither");
+        goto done;
+    }
+    if (epsl != Py_None && inl.n > 0) {
+        int64_t sh[2] = {inl.n, c->latent_dim};
+        if (convert_noise(epsl, "eps_l", 2, sh, &ela)) goto done;
+        b.eps_l = (const float *)PyArray_DATA(ela);
+    }
+    if (epsu != Py_None && inu.n > 0) {
+        int64_t sh[3] = {inu.n, c->n_classes, c->latent_dim};
+        if (convert_noise(epsu, "eps_u", 3, sh, &eua)) goto done;
+        b.eps_u = (const float *)PyArray_DATA(eua);
+    }
+    if (vaec_py_convert_seed(seed, &b.use_seed, &b.seed)) goto done;
+    double loss = 0.0, parts[3] = {0, 0, 0};
+    vaec_status st;
+    Py_BEGIN_ALLOW_THREADS
+    st = lr >= 0.0 ? vaec_m2_train_step(self->m, &b, (float)lr, &loss, parts) : vaec_m2_loss_grad(self->m, &b, &loss, parts);
+    Py_END_ALLOW_THREADS
+    if (st) { vaec_py_raise(st); goto done; }
+    res = Py_BuildValue("d(ddd)", loss, parts[0], parts[1], parts[2]);
+done:
+    Py_XDECREF(xla); Py_XDECREF(yla); Py_XDECREF(xua); Py_XDECREF(ela); Py_XDECREF(eua);
+    release(self);
+    return res;
+}
+
+static PyObject *M2_classify(M2Object *self, PyObject *args) {
+    PyObject *x;
+    if (!PyArg_ParseTuple(args, "O", &x)) return NULL;
+    if (acquire(self)) return NULL;
+    const vaec_m2_config *c = vaec_m2_config_get(self->m);
+    vaec_input in;
+    PyArrayObject *xa = NULL;
+    PyObject *res = NULL;
+    if (vaec_py_convert_x(x, "X", c->input_dim, c->likelihood == VAEC_LIK_BERNOULLI, &in, &xa)) goto done;
+    npy_intp dims[2] = {(npy_intp)in.n, (npy_intp)c->n_classes};
+    res = PyArray_SimpleNew(2, dims, NPY_FLOAT32);
+    if (!res) goto done;
+    vaec_status st;
+    float *out = (float *)PyArray_DATA((PyArrayObject *)res);
+    Py_BEGIN_ALLOW_THREADS
+    st = vaec_m2_classify(self->m, &in, out);
+    Py_END_ALLOW_THREADS
+    if (st) { Py_CLEAR(res); vaec_py_raise(st); }
+done:
+    Py_XDECREF(xa);
+    release(self);
+    return res;
+}
+
+static PyObject *M2_elbo(M2Object *self, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"x", "y", "eps", "seed", "binarize", NULL};
+    PyObject *x, *y = Py_None, *eps = Py_None, *seed = Py_None;
+    int binarize = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|OOOp", kwlist, &x, &y, &eps, &seed, &binarize)) return NULL;
+    if (acquire(self)) return NULL;
+    const vaec_m2_config *c = vaec_m2_config_get(self->m);
+    PyArrayObject *xa = NULL, *ya = NULL, *ea = NULL;
+    PyObject *res = NULL;
+    vaec_input in;
+    int use_seed;
+    uint64_t s;
+    if (vaec_py_convert_x(x, "X", c->input_dim, c->likelihood == VAEC_LIK_BERNOULLI || binarize, &in, &xa)) goto done;
+    in.binarize = binarize;
+    if (y != Py_None && convert_labels(y, "y", in.n, c->n_classes, &ya)) goto done;
+    if (eps != Py_None) {
+        int64_t sh3[3] = {in.n, c->n_classes, c->latent_dim};
+        int64_t sh2[2] = {in.n, c->latent_dim};
+        if (convert_noise(eps, "eps", y != Py_None ? 2 : 3, y != Py_None ? sh2 : sh3, &ea)) goto done;
+    }
+    if (vaec_py_convert_seed(seed, &use_seed, &s)) goto done;
+    npy_intp dims[1] = {(npy_intp)in.n};
+    res = PyArray_SimpleNew(1, dims, NPY_FLOAT64);
+    if (!res) goto done;
+    double *out = (double *)PyArray_DATA((PyArrayObject *)res);
+    const int32_t *yp = ya ? (const int32_t *)PyArray_DATA(ya) : NULL;
+    const float *ep = ea ? (const float *)PyArray_DATA(ea) : NULL;
+    vaec_status st;
+    Py_BEGIN_ALLOW_THREADS
+    st = vaec_m2_elbo(self->m, &in, yp, ep, use_seed, s, out);
+    Py_END_ALLOW_THREADS
+    if (st) { Py_CLEAR(res); vaec_py_raise(st); }
+done:
+    Py_XDECREF(xa); Py_XDECREF(ya); Py_XDECREF(ea);
+    release(self);
+    return res;
+}
+
+static PyObject *M2_encode(M2Object *self, PyObject *args) {
+    PyObject *x, *y;
+    if (!PyArg_ParseTuple(args, "OO", &x, &y)) return NULL;
+    if (acquire(self)) return NULL;
+    const vaec_m2_config *c = vaec_m2_config_get(self->m);
+    vaec_input in;
+    PyArrayObject *xa = NULL, *ya = NULL;
+    PyObject *mu = NULL, *lv = NULL, *res = NULL;
+    if (vaec_py_convert_x(x, "X", c->input_dim, c->likelihood == VAEC_LIK_BERNOULLI, &in, &xa)) goto done;
+    if (convert_labels(y, "y", in.n, c->n_classes, &ya)) goto done;
+    npy_intp dims[2] = {(npy_intp)in.n, (npy_intp)c->latent_dim};
+    mu = PyArray_SimpleNew(2, dims, NPY_FLOAT32);
+    lv = PyArray_SimpleNew(2, dims, NPY_FLOAT32);
+    if (!mu || !lv) goto done;
+    vaec_status st;
+    const int32_t *yp = (const int32_t *)PyArray_DATA(ya);
+    float *mp = (float *)PyArray_DATA((PyArrayObject *)mu), *lp = (float *)PyArray_DATA((PyArrayObject *)lv);
+    Py_BEGIN_ALLOW_THREADS
+    st = vaec_m2_encode(self->m, &in, yp, mp, lp);
+    Py_END_ALLOW_THREADS
+    if (st) { vaec_py_raise(st); goto done; }
+    res = PyTuple_Pack(2, mu, lv);
+done:
+    Py_XDECREF(mu); Py_XDECREF(lv); Py_XDECREF(xa); Py_XDECREF(ya);
+    release(self);
+    return res;
+}
+
+static PyObject *M2_decode(M2Object *self, PyObject *args) {
+    PyObject *y, *z;
+    if (!PyArg_ParseTuple(args, "OO", &y, &z)) return NULL;
+    if (acquire(self)) return NULL;
+    const vaec_m2_config *c = vaec_m2_config_get(self->m);
+    PyObject *out = NULL;
+    PyArrayObject *za = NULL, *zf = NULL, *ya = NULL;
+    char expected[64];
+    snprintf(expected, sizeof expected, "a 2-D array of shape (n, %lld)", (long long)c->latent_dim);
+    if (!(za = vaec_py_real_array(z, "z"))) goto done;
+    if (PyArray_NDIM(za) != 2 || PyArray_DIM(za, 1) != c->latent_dim) { vaec_py_wrong_shape(za, "z", expected); goto done; }
+    if (!(zf = vaec_py_as_f32(za))) goto done;
+    if (vaec_py_check_values(zf, "z", 0, "")) goto done;
+    if (convert_labels(y, "y", PyArray_DIM(zf, 0), c->n_classes, &ya)) goto done;
+    npy_intp dims[2] = {PyArray_DIM(zf, 0), (npy_intp)c->input_dim};
+    out = PyArray_SimpleNew(2, dims, NPY_FLOAT32);
+    if (!out) goto done;
+    vaec_status st;
+    const float *zp = (const float *)PyArray_DATA(zf);
+    const int32_t *yp = (const int32_t *)PyArray_DATA(ya);
+    float *op = (float *)PyArray_DATA((PyArrayObject *)out);
+    int64_t n = (int64_t)dims[0];
+    Py_BEGIN_ALLOW_THREADS
+    st = vaec_m2_decode(self->m, yp, zp, n, op);
+    Py_END_ALLOW_THREADS
+    if (st) { Py_CLEAR(out); vaec_py_raise(st); }
+done:
+    Py_XDECREF(za); Py_XDECREF(zf); Py_XDECREF(ya);
+    release(self);
+    return out;
+}
+
+static PyObject *M2_arena(M2Object *self, PyObject *args) {
+    const char *which;
+    if (!PyArg_ParseTuple(args, "s", &which)) return NULL;
+    if (!self->m) { PyErr_SetString(PyExc_RuntimeError, "the model is not initialised"); return NULL; }
+    return vaec_py_arena_view((PyObject *)self, vaec_m2_arena(self->m), which);
+}
+
+static PyObject *M2_tensors(M2Object *self, PyObject *noargs) {
+    if (!self->m) { PyErr_SetString(PyExc_RuntimeError, "the model is not initialised"); return NULL; }
+    return vaec_py_arena_tensors(vaec_m2_arena(self->m));
+}
+
+static PyObject *M2_state(M2Object *self, PyObject *noargs) {
+    if (!self->m) { PyErr_SetString(PyExc_RuntimeError, "the model is not initialised"); return NULL; }
+    PyObject *d = vaec_py_arena_state(vaec_m2_arena(self->m));
+    if (!d) return NULL;
+    PyObject *v[3] = {PyLong_FromUnsignedLongLong(vaec_m2_rng_seed(self->m)),
+                      PyLong_FromUnsignedLongLong(vaec_m2_rng_counter(self->m)),
+                      PyLong_FromLong(vaec_m2_threads(self->m))};
+    const char *k[3] = {"rng_seed", "rng_counter", "threads"};
+    int bad = 0;
+    for (int i = 0; i < 3; i++)
+        if (!bad && (!v[i] || PyDict_SetItemString(d, k[i], v[i]) < 0)) bad = 1;
+    for (int j = 0; j < 3; j++) Py_XDECREF(v[j]);
+    if (bad) { Py_DECREF(d); return NULL; }
+    return d;
+}
+
+static PyObject *M2_set_adam(M2Object *self, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"beta1", "beta2", "eps", NULL};
+    vaec_arena *ar = vaec_m2_arena(self->m);
+    vaec_adam_config a = ar->adam;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "|fff", kwlist, &a.beta1, &a.beta2, &a.eps)) return NULL;
+    vaec_status st = vaec_arena_adam_set(ar, a);
+    if (st) return vaec_py_raise(st);
+    Py_RETURN_NONE;
+}
+
+static PyObject *M2_reset_optimizer(M2Object *self, PyObject *noargs) {
+    if (acquire(self)) return NULL;
+    vaec_arena_adam_reset(vaec_m2_arena(self->m));
+    release(self);
+    Py_RETURN_NONE;
+}
+
+static PyObject *M2_adam_step(M2Object *self, PyObject *args) {
+    double lr;
+    if (!PyArg_ParseTuple(args, "d", &lr)) return NULL;
+    if (acquire(self)) return NULL;
+    vaec_status st;
+    Py_BEGIN_ALLOW_THREADS
+    st = vaec_m2_adam_step(self->m, (float)lr);
+    Py_END_ALLOW_THREADS
+    release(self);
+    if (st) return vaec_py_raise(st);
+    Py_RETURN_NONE;
+}
+
+static PyObject *M2_set_rng(M2Object *self, PyObject *args) {
+    unsigned long long seed, counter;
+    long long step = -1;
+    if (!PyArg_ParseTuple(args, "KK|L", &seed, &counter, &step)) return NULL;
+    vaec_m2_rng_set(self->m, seed, counter);
+    if (step >= 0) vaec_m2_arena(self->m)->step = step;
+    Py_RETURN_NONE;
+}
+
+static PyObject *M2_save(M2Object *self, PyObject *args) {
+    PyObject *path;
+    if (!PyArg_ParseTuple(args, "O&", PyUnicode_FSConverter, &path)) return NULL;
+    if (acquire(self)) { Py_DECREF(path); return NULL; }
+    const char *p = PyBytes_AS_STRING(path);
+    vaec_status st;
+    Py_BEGIN_ALLOW_THREADS
+    st = vaec_m2_save(self->m, p);
+    Py_END_ALLOW_THREADS
+    release(self);
+    Py_DECREF(path);
+    if (st) return vaec_py_raise(st);
+    Py_RETURN_NONE;
+}
+
+static PyObject *widths_tuple(int n, const int64_t *w) {
+    PyObject *t = PyTuple_New(n);
+    if (!t) return NULL;
+    for (int i = 0; i < n; i++) PyTuple_SET_ITEM(t, i, PyLong_FromLongLong(w[i]));
+    return t;
+}
+
+static PyObject *M2_config(M2Object *self, PyObject *noargs) {
+    if (!self->m) { PyErr_SetString(PyExc_RuntimeError, "the model is not initialised"); return NULL; }
+    const vaec_m2_config *c = vaec_m2_config_get(self->m);
+    PyObject *h = widths_tuple(c->n_hidden, c->hidden), *ch = widths_tuple(c->n_cls_hidden, c->cls_hidden);
+    if (!h || !ch) { Py_XDECREF(h); Py_XDECREF(ch); return NULL; }
+    return Py_BuildValue("{s:L,s:L,s:L,s:N,s:N,s:s,s:s,s:d,s:K}", "input_dim", (long long)c->input_dim,
+                         "latent_dim", (long long)c->latent_dim, "n_classes", (long long)c->n_classes,
+                         "hidden", h, "classifier_hidden", ch, "activation", vaec_act_name(c->activation),
+                         "likelihood", c->likelihood == VAEC_LIK_BERNOULLI ? "bernoulli" : "gaussian",
+                         "alpha", c->alpha, "seed", (unsigned long long)c->seed);
+}
+
+static PyMethodDef M2_methods[] = {
+    {"loss_grad", (PyCFunction)(void (*)(void))M2_loss_grad, METH_VARARGS | METH_KEYWORDS,
+     "loss_grad(x_labeled, y_labeled, x_unlabeled, alpha, wl, wu, eps_l=None, eps_u=None, seed=None, "
+     "binarize=False, lr=-1) -> (loss, (sum -L, sum -log q(y|x), sum -U))\n"
+     "loss = wl * sum_l [-L - alpha log q(y|x)] + wu * sum_u [-U]; gradients written to the grads arena; "
+     "with lr >= 0 also one Adam step."},
+    {"classify", (PyCFunction)M2_classify, METH_VARARGS, "classify(x) -> log q(y|x), float32 (n, C)"},
+    {"elbo", (PyCFunction)(void (*)(void))M2_elbo, METH_VARARGS | METH_KEYWORDS,
+     "elbo(x, y=None, eps=None, seed=None, binarize=False) -> L(x,y) or U(x), float64 (n,)"},
+    {"encode", (PyCFunction)M2_encode, METH_VARARGS, "encode(x, y) -> (mu, logvar)"},
+    {"decode", (PyCFunction)M2_decode, METH_VARARGS, "decode(y, z) -> (n, input_dim)"},
+    {"adam_step", (PyCFunction)M2_adam_step, METH_VARARGS, "adam_step(lr): Adam on the current grads."},
+    {"arena", (PyCFunction)M2_arena, METH_VARARGS, "arena(which) -> zero-copy float32 view"},
+    {"tensors", (PyCFunction)M2_tensors, METH_NOARGS, "[(name, offset, shape)]"},
+    {"state", (PyCFunction)M2_state, METH_NOARGS, "optimizer and RNG state"},
+    {"set_adam", (PyCFunction)(void (*)(void))M2_set_adam, METH_VARARGS | METH_KEYWORDS, "set_adam(beta1, beta2, eps)"},
+    {"reset_optimizer", (PyCFunction)M2_reset_optimizer, METH_NOARGS, "zero Adam moments and step"},
+    {"set_rng", (PyCFunction)M2_set_rng, METH_VARARGS, "set_rng(seed, counter, step=-1)"},
+    {"save", (PyCFunction)M2_save, METH_VARARGS, "save(path): atomic write"},
+    {"config", (PyCFunction)M2_config, METH_NOARGS, "the configuration as a dict"},
+    {NULL}
+};
+
+static PyMemberDef M2_members[] = {
+    {"__weaklistoffset__", T_PYSSIZET, offsetof(M2Object, weakrefs), READONLY},
+    {NULL}
+};
+
+static PyType_Slot M2_slots[] = {
+    {Py_tp_doc, "The C model behind vaec.M2 (use vaec.M2)."},
+    {Py_tp_init, M2_init},
+    {Py_tp_dealloc, M2_dealloc},
+    {Py_tp_traverse, M2_traverse},
+    {Py_tp_methods, M2_methods},
+    {Py_tp_members, M2_members},
+    {0, NULL}
+};
+
+static PyType_Spec M2_spec = {
+    "vaec._core.M2Core", sizeof(M2Object), 0,
+    Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC, M2_slots
+};
+
+static PyObject *mod_load_m2(PyObject *module, PyObject *args) {
+    PyObject *path;
+    int threads = 0;
+    if (!PyArg_ParseTuple(args, "O&|i", PyUnicode_FSConverter, &path, &threads)) return NULL;
+    PyTypeObject *tp = (PyTypeObject *)PyObject_GetAttrString(module, "M2Core");
+    if (!tp) { Py_DECREF(path); return NULL; }
+    vaec_m2 *m = NULL;
+    vaec_status st;
+    const char *p = PyBytes_AS_STRING(path);
+    Py_BEGIN_ALLOW_THREADS
+    st = vaec_m2_load(&m, p, threads);
+    Py_END_ALLOW_THREADS
+    Py_DECREF(path);
+    if (st) { Py_DECREF(tp); return vaec_py_raise(st); }
+    M2Object *obj = (M2Object *)tp->tp_alloc(tp, 0);
+    Py_DECREF(tp);
+    if (!obj) { vaec_m2_destroy(m); return NULL; }
+    obj->m = m;
+    return (PyObject *)obj;
+}
+
+static PyMethodDef m2_functions[] = {
+    {"load_m2", mod_load_m2, METH_VARARGS, "load_m2(path, threads=0) -> M2Core"},
+    {NULL}
+};
 
 int vaec_py_add_m2(PyObject *module) {
-    (void)module;
+    PyObject *tp = PyType_FromModuleAndSpec(module, &M2_spec, NULL);
+    if (!tp) return -1;
+    if (PyModule_AddObject(module, "M2Core", tp) < 0) { Py_DECREF(tp); return -1; }
+    if (PyModule_AddFunctions(module, m2_functions) < 0) return -1;
     return 0;
 }

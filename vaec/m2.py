@@ -1,0 +1,403 @@
+"""The semi-supervised M2 model (Kingma, Rezende, Mohamed & Welling 2014): thin Python
+over the C core (csrc/m2.c, bound as vaec._core.M2Core).
+
+    classifier q(y|x), encoder q(z|x,y), decoder p(x|y,z), p(y) uniform, p(z) = N(0, I)
+    L(x,y) = log p(x|y,z) + log p(y) + log p(z) - log q(z|x,y)   (one reparameterized z,
+             the z part as an analytic KL)
+    U(x)   = sum_y q(y|x) L(x,y) + H(q(y|x))
+    J^a    = sum_labelled [-L(x,y) - a log q(y|x)] + sum_unlabelled [-U(x)],  a = alpha * N
+
+N is the number of training examples (labelled + unlabelled); the paper uses alpha = 0.1.
+Every training step takes a labelled batch and an unlabelled batch and takes one Adam
+step on one combined loss (see ``M2.fit`` for the two weightings).
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import numbers
+import os
+import sys
+import time
+
+import numpy as np
+
+from . import _core
+from .models import (ACTIVATIONS, ArenaModel, LIKELIHOODS, _binarize_arg, _float_arg, _int_arg, _Progress,
+                     _seed_arg)
+
+__all__ = ["M2", "load_m2", "main_m2", "train_cli"]
+
+
+def _widths(name, hidden):
+    if isinstance(hidden, numbers.Integral) and not isinstance(hidden, bool):
+        hidden = (hidden,)
+    try:
+        hidden = tuple(hidden)
+    except TypeError:
+        raise TypeError(f"{name}: expected a sequence of layer widths, got {type(hidden).__name__}") from None
+    if len(hidden) > 8:
+        raise ValueError(f"{name}: at most 8 hidden layers, got {len(hidden)}")
+    return tuple(_int_arg(f"{name}[{i}]", h, 1, 2**20) for i, h in enumerate(hidden))
+
+
+class M2(ArenaModel):
+    """Semi-supervised classification with a deep generative model (M2 of Kingma et al. 2014).
+
+    Parameters
+    ----------
+    input_dim : int
+        Width of a data vector (784 for MNIST).
+    n_classes : int
+        Number of classes C (labels are integers in [0, C)).
+    latent_dim : int
+        Size of z (the "style" that the class label does not explain).
+    hidden : tuple of int
+        Hidden widths of the encoder q(z|x,y) (the decoder p(x|y,z) mirrors them).
+    activation : {'tanh', 'relu', 'softplus', 'sigmoid', 'elu', 'leaky_relu'}
+    alpha : float
+        Weight of the classification term: each labelled example adds
+        ``-alpha * N * log q(y|x)`` to the objective, N the number of training examples
+        (the paper's alpha = 0.1 N).
+    likelihood : {'bernoulli', 'gaussian'}
+    seed : int
+        Seeds the initialization and the model's noise stream.
+    threads : int or None
+        Threads for the C kernels; None uses every core available.
+    classifier_hidden : tuple of int or None
+        Hidden widths of the classifier q(y|x); None: the same as ``hidden``.
+
+    ``params`` and ``grads`` are dicts of zero-copy float32 views on the one parameter
+    buffer, named like torch modules: ``classifier.{i}``, ``classifier.out``,
+    ``encoder.{i}`` (``encoder.0.weight`` has in = input_dim + n_classes),
+    ``encoder.mu`` / ``encoder.logvar``, ``decoder.{i}`` (``decoder.0.weight`` has
+    in = latent_dim + n_classes), ``decoder.out`` (and ``decoder.logvar``).
+    """
+
+    def __init__(self, input_dim, n_classes=10, latent_dim=50, hidden=(500,), activation="softplus", alpha=0.1,
+                 likelihood="bernoulli", seed=0, threads=None, classifier_hidden=None):
+        input_dim = _int_arg("input_dim", input_dim, 1, 2**26)
+        n_classes = _int_arg("n_classes", n_classes, 2, 1024)
+        latent_dim = _int_arg("latent_dim", latent_dim, 1, 2**20)
+        hidden = _widths("hidden", hidden)
+        classifier_hidden = hidden if classifier_hidden is None else _widths("classifier_hidden", classifier_hidden)
+        if not isinstance(activation, str) or activation not in ACTIVATIONS:
+            raise ValueError(f"activation: expected one of {', '.join(map(repr, ACTIVATIONS))}, got {activation!r}")
+        if not isinstance(likelihood, str) or likelihood not in LIKELIHOODS:
+            raise ValueError(f"likelihood: expected 'bernoulli' or 'gaussian', got {likelihood!r}")
+        alpha = _float_arg("alpha", alpha, 0.0)
+        seed = _seed_arg(seed)
+        if seed is None:
+            seed = int.from_bytes(os.urandom(8), "little")
+        threads = 0 if threads is None else _int_arg("threads", threads, 1, 256)
+        core = _core.M2Core(input_dim, latent_dim, n_classes, hidden, classifier_hidden, activation, likelihood,
+                            alpha, seed, threads)
+        self._attach(core)
+
+    # ------------------------------------------------------------ internals
+    def _attach(self, core):
+        self._core = core
+        cfg = core.config()
+        self.input_dim = cfg["input_dim"]
+        self.latent_dim = cfg["latent_dim"]
+        self.n_classes = cfg["n_classes"]
+        self.hidden = tuple(cfg["hidden"])
+        self.classifier_hidden = tuple(cfg["classifier_hidden"])
+        self.activation = cfg["activation"]
+        self.likelihood = cfg["likelihood"]
+        self.alpha = cfg["alpha"]
+        self.seed = cfg["seed"]
+        self._attach_arena(core)
+        self.history = {}
+
+    def config(self):
+        return self._core.config()
+
+    def __repr__(self):
+        return (f"M2(input_dim={self.input_dim}, n_classes={self.n_classes}, latent_dim={self.latent_dim}, "
+                f"hidden={self.hidden}, activation={self.activation!r}, alpha={self.alpha}, "
+                f"likelihood={self.likelihood!r}, seed={self.seed}, classifier_hidden={self.classifier_hidden})")
+
+    def _check_data(self, X, name, allow_none=False):
+        if X is None:
+            if allow_none:
+                return None
+            raise TypeError(f"{name}: expected an array, got None")
+        if isinstance(X, np.ndarray) and X.dtype in (np.uint8, np.float32):
+            arr = X
+        else:
+            try:
+                arr = np.asarray(X)
+            except Exception as e:
+                raise ValueError(f"{name}: expected a 2-D array of shape (n, {self.input_dim})") from e
+            if arr.dtype.kind not in "biuf":
+                raise TypeError(f"{name}: expected a real-valued numeric array (float32 or uint8 preferred), "
+                                f"got dtype {arr.dtype}")
+            if arr.dtype != np.uint8:
+                arr = np.ascontiguousarray(arr, dtype=np.float32)
+        if arr.ndim != 2 or arr.shape[1] != self.input_dim:
+            raise ValueError(f"{name}: expected a 2-D array of shape (n, {self.input_dim}), got shape {arr.shape}")
+        return arr
+
+    def _check_labels(self, y, name, n):
+        if y is None:
+            raise TypeError(f"{name}: expected an integer array of labels, got None")
+        arr = np.asarray(y)
+        if arr.dtype.kind not in "iu":
+            raise TypeError(f"{name}: expected integer class labels, got dtype {arr.dtype}")
+        if arr.ndim != 1 or arr.shape[0] != n:
+            raise ValueError(f"{name}: expected a 1-D array of {n} labels, got shape {arr.shape}")
+        if arr.size and (arr.min() < 0 or arr.max() >= self.n_classes):
+            bad = int(np.flatnonzero((arr < 0) | (arr >= self.n_classes))[0])
+            raise ValueError(f"{name}: label {arr[bad]} at index {bad} is out of range [0, {self.n_classes})")
+        return arr.astype(np.int32)
+
+    # ------------------------------------------------------------ training
+    def _batch_args(self, X_l, y_l, X_u):
+        X_l = self._check_data(X_l, "X_labeled", allow_none=True)
+        X_u = self._check_data(X_u, "X_unlabeled", allow_none=True)
+        if X_l is not None:
+            y_l = self._check_labels(y_l, "y_labeled", X_l.shape[0])
+        elif y_l is not None:
+            raise ValueError("y_labeled: given without X_labeled")
+        return X_l, y_l, X_u
+
+    def loss_and_grad(self, X_l, y_l, X_u, eps=None, seed=None, binarize=None):
+        """The batch objective (1/N) (sum_l [-L(x,y) - a log q(y|x)] + sum_u [-U(x)]) with
+        N = n_l + n_u and a = alpha * N, i.e. J^a / N on this batch; its gradients are
+        written into ``grads``. Either part may be None (or empty).
+
+        ``eps``: explicit standard-normal noise ``(eps_l, eps_u)`` of shapes
+        (n_l, latent_dim) and (n_u, n_classes, latent_dim) (row r's copy for class c is
+        ``eps_u[r, c]``); without it, the counter-based RNG under ``seed`` (or the model's
+        own stream) draws it. Returns the loss; ``last_parts`` then holds the sums
+        (sum -L, sum -log q(y|x), sum -U)."""
+        X_l, y_l, X_u = self._batch_args(X_l, y_l, X_u)
+        n_l = 0 if X_l is None else X_l.shape[0]
+        n_u = 0 if X_u is None else X_u.shape[0]
+        if n_l + n_u == 0:
+            raise ValueError("X_labeled, X_unlabeled: empty batch; the loss needs at least one example")
+        eps_l = eps_u = None
+        if eps is not None:
+            if not isinstance(eps, (tuple, list)) or len(eps) != 2:
+                raise TypeError("eps: expected a pair (eps_l, eps_u)")
+            eps_l, eps_u = eps
+        N = n_l + n_u
+        loss, parts = self._core.loss_grad(X_l, y_l, X_u, self.alpha * N, 1.0 / N, 1.0 / N, eps_l, eps_u,
+                                           _seed_arg(seed), _binarize_arg(binarize))
+        self.last_parts = parts
+        return loss
+
+    def fit(self, X_labeled, y_labeled, X_unlabeled, epochs=10, batch_size=100, lr=3e-4, validation_data=None,
+            seed=None, progress=True, binarize=None, labeled_batch_size=None, weighting="balanced", verbose=None,
+            callback=None):
+        """Train with Adam. An epoch is one pass over ``X_unlabeled`` in batches of
+        ``batch_size``; every step also takes a labelled batch of ``labeled_batch_size``
+        (default ``min(batch_size, n_labeled)``) from the labelled set, which is cycled
+        (reshuffled at each pass), and takes one Adam step on one combined loss. With
+        a = alpha * N (N = n_labeled + n_unlabeled, the paper's 0.1 N per labelled example):
+
+        * ``weighting='balanced'`` (default): mean_l[-L(x,y) - a log q(y|x)] + mean_u[-U(x)],
+          the labelled and the unlabelled batch weighing the same (as most M2
+          implementations do; the labelled bound is what ties y to the classes);
+        * ``weighting='proportional'``: the unbiased estimate of J^a / N,
+          (N_l/N) mean_l[-L - a log q(y|x)] + (N_u/N) mean_u[-U].
+
+        Returns the history (also ``model.history``), per-epoch lists: ``loss``,
+        ``labeled_nll`` (mean -log q(y|x) on the labelled batches), ``val_error``
+        (error rate of argmax q(y|x) on ``validation_data=(X, y)``, or None),
+        ``seconds``. ``binarize='dynamic'`` resamples pixels as Bernoulli(grey level) each
+        time an image is used. ``callback(epoch, logs)`` returning True stops training."""
+        epochs = _int_arg("epochs", epochs, 0)
+        batch_size = _int_arg("batch_size", batch_size, 1)
+        lr = _float_arg("lr", lr, 0.0)
+        bin_flag = _binarize_arg(binarize)
+        seed = _seed_arg(seed)
+        X_l = self._check_data(X_labeled, "X_labeled")
+        y_l = self._check_labels(y_labeled, "y_labeled", X_l.shape[0])
+        X_u = self._check_data(X_unlabeled, "X_unlabeled")
+        n_l, n_u = X_l.shape[0], X_u.shape[0]
+        if n_l == 0:
+            raise ValueError("X_labeled: no labelled examples")
+        if n_u == 0:
+            raise ValueError("X_unlabeled: no unlabelled examples")
+        lb = min(n_l, batch_size) if labeled_batch_size is None else _int_arg("labeled_batch_size",
+                                                                              labeled_batch_size, 1)
+        lb = min(lb, n_l)
+        if weighting not in ("balanced", "proportional"):
+            raise ValueError(f"weighting: expected 'balanced' or 'proportional', got {weighting!r}")
+        X_val = y_val = None
+        if validation_data is not None:
+            if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
+                raise TypeError("validation_data: expected a pair (X, y)")
+            X_val = self._check_data(validation_data[0], "validation_data[0]")
+            y_val = self._check_labels(validation_data[1], "validation_data[1]", X_val.shape[0])
+        if seed is not None:
+            self._core.set_rng(seed, 0)
+        state = self._core.state()
+        rng = np.random.default_rng([state["rng_seed"] & (2**63 - 1), state["rng_counter"]])
+        N = n_l + n_u
+        a = self.alpha * N
+        hist = self.history if self.history else {"loss": [], "labeled_nll": [], "val_error": [], "seconds": []}
+        self.history = hist
+        interactive = progress and (sys.stderr.isatty() or "ipykernel" in sys.modules)
+        l_order, l_pos = rng.permutation(n_l), 0
+        for epoch in range(epochs):
+            t0 = time.perf_counter()
+            order = rng.permutation(n_u)
+            bar = _Progress(n_u, f"epoch {len(hist['loss']) + 1}", interactive)
+            total, nll, steps = 0.0, 0.0, 0
+            try:
+                for start in range(0, n_u, batch_size):
+                    ub = X_u[order[start:start + batch_size]]
+                    if l_pos + lb > n_l:
+                        l_order, l_pos = rng.permutation(n_l), 0
+                    li = l_order[l_pos:l_pos + lb]
+                    l_pos += lb
+                    if weighting == "balanced":
+                        wl, wu = 1.0 / lb, 1.0 / len(ub)
+                    else:
+                        wl, wu = n_l / (N * lb), n_u / (N * len(ub))
+                    loss, parts = self._core.loss_grad(X_l[li], y_l[li], ub, a, wl, wu, None, None, None,
+                                                       bin_flag, lr)
+                    total += loss
+                    nll += parts[1] / lb
+                    steps += 1
+                    bar.update(len(ub), loss)
+            finally:
+                bar.close()
+            secs = time.perf_counter() - t0
+            hist["loss"].append(total / steps)
+            hist["labeled_nll"].append(nll / steps)
+            hist["seconds"].append(secs)
+            err = None
+            if X_val is not None and X_val.shape[0] > 0:
+                err = float(np.mean(self.predict(X_val) != y_val))
+            hist["val_error"].append(err)
+            if verbose or (verbose is None and progress):
+                msg = f"epoch {len(hist['loss']):3d}  loss {total / steps:9.3f}  labelled NLL {nll / steps:7.4f}"
+                if err is not None:
+                    msg += f"  val error {100 * err:6.2f}%"
+                msg += f"  {secs:6.1f}s"
+                print(msg, flush=True)
+            if callback is not None and callback(len(hist["loss"]), {k: v[-1] for k, v in hist.items()}):
+                break
+        return hist
+
+    # ---------------------------------------------------------- evaluation
+    def predict_log_proba(self, X):
+        """log q(y|x), float32 (n, n_classes)."""
+        return self._core.classify(self._check_data(X, "X"))
+
+    def predict_proba(self, X):
+        """q(y|x), float32 (n, n_classes); rows sum to 1."""
+        return np.exp(self.predict_log_proba(X))
+
+    def predict(self, X):
+        """argmax_y q(y|x), int64 (n,)."""
+        return np.argmax(self.predict_log_proba(X), axis=1)
+
+    def error_rate(self, X, y):
+        """Fraction of examples whose predicted class differs from y."""
+        X = self._check_data(X, "X")
+        y = self._check_labels(y, "y", X.shape[0])
+        return float(np.mean(self.predict(X) != y))
+
+    def encode(self, X, y):
+        """(mu, logvar) of q(z|x,y), each float32 (n, latent_dim)."""
+        X = self._check_data(X, "X")
+        return self._core.encode(X, self._check_labels(y, "y", X.shape[0]))
+
+    def generate(self, y, z):
+        """The decoder's mean (Bernoulli probabilities or Gaussian means) of p(x|y,z),
+        float32 (n, input_dim), for labels y (n,) and codes z (n, latent_dim)."""
+        z = np.asarray(z)
+        if z.ndim != 2 or z.shape[1] != self.latent_dim:
+            raise ValueError(f"z: expected a 2-D array of shape (n, {self.latent_dim}), got shape {z.shape}")
+        return self._core.decode(self._check_labels(y, "y", z.shape[0]), z)
+
+    def elbo(self, X, y=None, eps=None, seed=None, binarize=None):
+        """Per example (float64, (n,)): the labelled bound L(x,y) when y is given, else the
+        unlabelled bound U(x) = sum_y q(y|x) L(x,y) + H(q(y|x)). ``eps``: (n, latent_dim)
+        with labels, (n, n_classes, latent_dim) without; else drawn from the RNG."""
+        X = self._check_data(X, "X")
+        if y is not None:
+            y = self._check_labels(y, "y", X.shape[0])
+        return self._core.elbo(X, y, eps, _seed_arg(seed), _binarize_arg(binarize))
+
+    # ----------------------------------------------------------------- I/O
+    def save(self, path):
+        """Write the model (config, parameters, optimizer and RNG state, checksum) to a
+        file of kind M2, atomically."""
+        self._core.save(os.fspath(path))
+
+
+def load_m2(path, threads=None):
+    """Load an M2 model written by ``M2.save``. FileNotFoundError when missing,
+    ValueError when corrupted or not an M2 model."""
+    threads = 0 if threads is None else _int_arg("threads", threads, 1, 256)
+    core = _core.load_m2(os.fspath(path), threads)
+    model = M2.__new__(M2)
+    model._attach(core)
+    return model
+
+
+# --------------------------------------------------------------------- CLI
+def _parser():
+    p = argparse.ArgumentParser(prog="python -m vaec train --model m2",
+                                description="Semi-supervised M2 on MNIST: train with a few labels, report test error.")
+    p.add_argument("--labels", type=int, default=100, help="labelled examples (a multiple of 10; default 100)")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=100)
+    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--latent-dim", type=int, default=50)
+    p.add_argument("--hidden", type=int, nargs="*", default=[500])
+    p.add_argument("--activation", default="softplus")
+    p.add_argument("--alpha", type=float, default=0.1)
+    p.add_argument("--binarize", default="dynamic", choices=["dynamic", "none"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--data", default=None, help="directory with the MNIST IDX files (default: $VAEC_DATA, cache)")
+    p.add_argument("--out", default=None, help="save the trained model here")
+    p.add_argument("--quiet", action="store_true")
+    return p
+
+
+def train_cli(args):
+    """Run ``--labels N`` M2 training from a parsed namespace (see ``_parser``): load MNIST,
+    take N/10 labelled examples per class (labelled_subset, seed ``args.seed``), use the
+    rest unlabelled, fit, print and return the test error (a fraction)."""
+    from . import datasets
+    if args.labels % 10:
+        raise SystemExit("--labels must be a multiple of 10 (that many per class / 10)")
+    X, y = datasets.load_mnist("train", path=getattr(args, "data", None))
+    Xt, yt = datasets.load_mnist("test", path=getattr(args, "data", None))
+    X_l, y_l, idx = datasets.labelled_subset(X, y, args.labels // 10, seed=args.seed, return_indices=True)
+    X_u = np.delete(X, idx, axis=0)
+    m = M2(X.shape[1], 10, latent_dim=args.latent_dim, hidden=tuple(args.hidden), activation=args.activation,
+           alpha=args.alpha, seed=args.seed, threads=args.threads)
+    quiet = getattr(args, "quiet", False)
+    if not quiet:
+        print(f"M2: {len(X_l)} labelled, {len(X_u)} unlabelled, {len(Xt)} test; {m.num_params} parameters; "
+              f"{m.threads} threads", flush=True)
+    t0 = time.perf_counter()
+    m.fit(X_l, y_l, X_u, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+          validation_data=(Xt, yt), seed=args.seed, progress=not quiet,
+          binarize=None if args.binarize == "none" else args.binarize)
+    err = m.error_rate(Xt, yt)
+    print(f"test error {100 * err:.2f}% with {args.labels} labels after {args.epochs} epochs "
+          f"({time.perf_counter() - t0:.0f} s)", flush=True)
+    if getattr(args, "out", None):
+        m.save(args.out)
+    return err
+
+
+def main_m2(argv=None):
+    """``python -m vaec.m2 --labels 100 --epochs 10``: the CLI entry (argv without the
+    program name)."""
+    train_cli(_parser().parse_args(argv))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main_m2())
