@@ -53,7 +53,7 @@ def reproduce(args):
     line = (f"| {datetime.date.today()} | {args.experiment} (k={k}) | {args.epochs} | {len(Xtr)} | "
             f"{len(X)} | {nll:.2f} | {'—' if paper is None else f'{paper:.2f}'} | {-res['elbo']:.2f} | {res.get('active_units', '')} | "
             f"{train_s / 60:.1f} + {eval_s / 60:.1f} min | `python -m vaec reproduce {args.experiment} "
-            f"--epochs {args.epochs}" + (f" --k {k}" if kind == "iwae" else "") +
+            f"--epochs {args.epochs}" + (f" --data {args.data}" if args.data else "") + (f" --k {k}" if kind == "iwae" else "") +
             (f" --eval-limit {args.eval_limit}" if args.eval_limit else "") + "` |")
     print(f"test -log p(x) (IS k={args.eval_samples}): {nll:.2f} nats after {args.epochs} epochs; " +
           (f"Burda et al. report {paper:.2f} after 3280 epochs" if paper is not None
