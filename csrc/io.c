@@ -157,7 +157,8 @@ vaec_status vaec_file_read(vaec_file *out, const char *path) {
     take(&r, &out->step, 8);
     take(&r, &out->rng_seed, 8);
     take(&r, &out->rng_counter, 8);
-    if (out->nparams < 0 || (size_t)out->nparams > ((size_t)size - r.pos - 8) / 12) {
+    /* what is left must hold the data (12 bytes a parameter), the extra length and the CRC */
+    if ((size_t)size < r.pos + 8 || out->nparams < 0 || (size_t)out->nparams > ((size_t)size - r.pos - 8) / 12) {
         st = vaec_fail(VAEC_ERR_FORMAT, "'%s' is inconsistent: its parameter count does not match its size", path);
         goto fail;
     }

@@ -138,3 +138,16 @@ def test_load_threads_argument(trained, tmp_path):
     assert vaec.load(tmp_path / "m.vaec", threads=2).threads == 2
     with pytest.raises(ValueError, match="threads"):
         vaec.load(tmp_path / "m.vaec", threads=0)
+
+
+def test_a_crafted_file_with_a_valid_checksum_cannot_overrun(tmp_path):
+    """The header claims parameters the file does not hold, the checksum is recomputed:
+    the reader must refuse it from the sizes alone (no read past the end)."""
+    head = b"\x89VAEC\r\n\x1a" + struct.pack("<IIII", 1, 0x01020304, 1, 0)
+    arena = struct.pack("<qfffiqQQ", 5, 0.9, 0.999, 1e-8, 0, 0, 0, 0)
+    for body in (head + arena, head + arena + b"\0" * 3, head + arena + b"\0" * 30):
+        data = body + struct.pack("<I", zlib.crc32(body))
+        p = tmp_path / "crafted.vaec"
+        p.write_bytes(data)
+        with pytest.raises(ValueError, match="inconsistent|too short"):
+            vaec.load(p)
