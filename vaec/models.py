@@ -456,7 +456,10 @@ class VAE(ArenaModel):
 
     def _resume(self, path):
         core, extra = _core.load(os.fspath(path), self.threads)
-        if core.config() != self._core.config():
+        # the architecture must match; the initialization seed need not (the checkpoint's
+        # parameters and RNG state replace it)
+        mine = {k: v for k, v in self._core.config().items() if k != "seed"}
+        if {k: v for k, v in core.config().items() if k != "seed"} != mine:
             raise ValueError(f"resume: {os.fspath(path)} holds a model of another configuration "
                              f"({core.config()}) than this one ({self._core.config()})")
         if not extra or b"\0" not in extra:
