@@ -23,7 +23,7 @@ import time
 import numpy as np
 
 from . import _core
-from .models import (ACTIVATIONS, ArenaModel, LIKELIHOODS, _binarize_arg, _float_arg, _int_arg, _Progress,
+from .models import (ACTIVATIONS, ArenaModel, _data_matrix, LIKELIHOODS, _binarize_arg, _float_arg, _int_arg, _Progress,
                      _seed_arg)
 
 __all__ = ["M2", "load_m2", "main_m2", "train_cli"]
@@ -119,25 +119,9 @@ class M2(ArenaModel):
                 f"likelihood={self.likelihood!r}, seed={self.seed}, classifier_hidden={self.classifier_hidden})")
 
     def _check_data(self, X, name, allow_none=False):
-        if X is None:
-            if allow_none:
-                return None
-            raise TypeError(f"{name}: expected an array, got None")
-        if isinstance(X, np.ndarray) and X.dtype in (np.uint8, np.float32):
-            arr = X
-        else:
-            try:
-                arr = np.asarray(X)
-            except Exception as e:
-                raise ValueError(f"{name}: expected a 2-D array of shape (n, {self.input_dim})") from e
-            if arr.dtype.kind not in "biuf":
-                raise TypeError(f"{name}: expected a real-valued numeric array (float32 or uint8 preferred), "
-                                f"got dtype {arr.dtype}")
-            if arr.dtype != np.uint8:
-                arr = np.ascontiguousarray(arr, dtype=np.float32)
-        if arr.ndim != 2 or arr.shape[1] != self.input_dim:
-            raise ValueError(f"{name}: expected a 2-D array of shape (n, {self.input_dim}), got shape {arr.shape}")
-        return arr
+        if X is None and allow_none:
+            return None
+        return _data_matrix(X, name, self.input_dim)
 
     def _check_labels(self, y, name, n):
         if y is None:

@@ -55,6 +55,29 @@ def _seed_arg(seed):
     return int(seed)
 
 
+def _data_matrix(X, name, width):
+    """A data set as an (n, width) array: uint8 and float32 arrays as they are (the C core
+    scales uint8 itself and copies what is not contiguous), anything else converted once
+    to float32. The errors name the argument."""
+    if X is None:
+        raise TypeError(f"{name}: expected an array, got None")
+    if isinstance(X, np.ndarray) and X.dtype in (np.uint8, np.float32):
+        arr = X
+    else:
+        try:
+            arr = np.asarray(X)
+        except Exception as e:  # ragged lists and the like
+            raise ValueError(f"{name}: expected a 2-D array of shape (n, {width})") from e
+        if arr.dtype.kind not in "biuf":
+            raise TypeError(f"{name}: expected a real-valued numeric array (float32 or uint8 preferred), "
+                            f"got dtype {arr.dtype}")
+        if arr.dtype != np.uint8:
+            arr = np.ascontiguousarray(arr, dtype=np.float32)
+    if arr.ndim != 2 or arr.shape[1] != width:
+        raise ValueError(f"{name}: expected a 2-D array of shape (n, {width}), got shape {arr.shape}")
+    return arr
+
+
 def _binarize_arg(binarize):
     if binarize in (None, False, "none"):
         return False
@@ -483,21 +506,7 @@ class VAE(ArenaModel):
         return state, best
 
     def _check_data(self, X, name):
-        if isinstance(X, np.ndarray) and X.dtype in (np.uint8, np.float32):
-            arr = X
-        else:
-            try:
-                arr = np.asarray(X)
-            except Exception as e:  # ragged lists and the like
-                raise ValueError(f"{name}: expected a 2-D array of shape (n, {self.input_dim})") from e
-            if arr.dtype.kind not in "biuf":
-                raise TypeError(f"{name}: expected a real-valued numeric array (float32 or uint8 preferred), "
-                                f"got dtype {arr.dtype}")
-            if arr.dtype != np.uint8:
-                arr = np.ascontiguousarray(arr, dtype=np.float32)
-        if arr.ndim != 2 or arr.shape[1] != self.input_dim:
-            raise ValueError(f"{name}: expected a 2-D array of shape (n, {self.input_dim}), got shape {arr.shape}")
-        return arr
+        return _data_matrix(X, name, self.input_dim)
 
     # ---------------------------------------------------------- evaluation
     def elbo(self, X, samples=1, eps=None, seed=None, binarize=None):
