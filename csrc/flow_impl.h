@@ -47,6 +47,15 @@ static inline void flow_mark_bad(_Atomic int *bad, int k) {
     int cur = atomic_load(bad);
     while (k < cur && !atomic_compare_exchange_weak(bad, &cur, k)) {}
 }
+/* Add the per-task parameter-gradient sums of tasks 1..ntasks-1 into task 0's, in task
+ * order (K layers of P doubles each): the sum does not depend on the thread count. */
+static inline void flow_sum_partials(double *partial, int64_t ntasks, int64_t KP) {
+    for (int64_t t = 1; t < ntasks; t++) {
+        const double *src = partial + t * KP;
+        for (int64_t i = 0; i < KP; i++) partial[i] += src[i];
+    }
+}
+
 /* VAEC_ERR_NONFINITE "flow.3 (planar) produced a non-finite value" (what = "value"
  * or "gradient"). */
 vaec_status vaec_flow_nonfinite(const vaec_flow *f, int layer, const char *what);

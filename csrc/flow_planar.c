@@ -152,11 +152,7 @@ vaec_status vaec_flow_planar_backward(const vaec_flow *f, vaec_pool *pool, const
     vaec_pool_run(pool, backward_task, &j, ntasks);
     int bad = atomic_load(&j.bad);
     if (bad < K) return vaec_flow_nonfinite(f, bad, "gradient");
-    /* reduce the per-task sums in task order (partial of task 0 accumulates the rest) */
-    for (int64_t t = 1; t < ntasks; t++) {
-        const double *src = w->partial + t * K * P;
-        for (int64_t i = 0; i < K * P; i++) w->partial[i] += src[i];
-    }
+    flow_sum_partials(w->partial, ntasks, K * P);
     for (int k = 0; k < K; k++) {
         const vaec_flow_layer *L = &f->layer[k];
         const double *G = w->partial + (int64_t)k * P, *s = w->lsc + (int64_t)k * FLOW_LSC;
