@@ -184,6 +184,26 @@ fail:
     return st;
 }
 
+vaec_status vaec_file_kind(const char *path, uint32_t *kind) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return vaec_fail(errno == ENOENT ? VAEC_ERR_NOTFOUND : VAEC_ERR_IO, "cannot open '%s': %s", path, strerror(errno));
+    unsigned char head[FIXED_HEAD];
+    size_t got = fread(head, 1, sizeof head, f);
+    fclose(f);
+    uint32_t version, endian;
+    if (got < sizeof head)
+        return vaec_fail(VAEC_ERR_FORMAT, "'%s' is not a vaec model file (too short: %zu bytes)", path, got);
+    if (memcmp(head, MAGIC, 8) != 0)
+        return vaec_fail(VAEC_ERR_FORMAT, "'%s' is not a vaec model file (bad magic)", path);
+    memcpy(&version, head + 8, 4);
+    memcpy(&endian, head + 12, 4);
+    memcpy(kind, head + 16, 4);
+    if (endian != 0x01020304u) return vaec_fail(VAEC_ERR_FORMAT, "'%s' was written on a machine of other byte order", path);
+    if (version != VAEC_FILE_VERSION)
+        return vaec_fail(VAEC_ERR_FORMAT, "'%s' has format version %u; this vaec reads version %u", path, version, VAEC_FILE_VERSION);
+    return VAEC_OK;
+}
+
 vaec_status vaec_file_apply(const vaec_file *f, vaec_arena *a) {
     if (f->nparams != a->n)
         return vaec_fail(VAEC_ERR_FORMAT, "'%s' is inconsistent: %lld parameters stored, its configuration has %lld",

@@ -219,6 +219,9 @@ typedef struct {
     char path[256];
 } vaec_file;
 vaec_status vaec_file_read(vaec_file *f, const char *path);
+/* The model kind from the file's fixed head only (magic, version, byte order checked; the
+ * checksum is left to vaec_file_read, which the loader of that kind then calls). */
+vaec_status vaec_file_kind(const char *path, uint32_t *kind);
 /* Copy the file's arena into `a` (same parameter count, else VAEC_ERR_FORMAT). */
 vaec_status vaec_file_apply(const vaec_file *f, vaec_arena *a);
 void vaec_file_close(vaec_file *f);

@@ -563,16 +563,14 @@ static PyObject *mod_flow_load(PyObject *module, PyObject *args) {
 static PyObject *mod_file_kind(PyObject *module, PyObject *args) {
     PyObject *path;
     if (!PyArg_ParseTuple(args, "O&", PyUnicode_FSConverter, &path)) return NULL;
-    vaec_file f;
+    uint32_t kind = 0;
     vaec_status st;
     const char *p = PyBytes_AS_STRING(path);
     Py_BEGIN_ALLOW_THREADS
-    st = vaec_file_read(&f, p);
+    st = vaec_file_kind(p, &kind);
     Py_END_ALLOW_THREADS
     Py_DECREF(path);
     if (st) return vaec_py_raise(st);
-    uint32_t kind = f.kind;
-    vaec_file_close(&f);
     return PyLong_FromUnsignedLong(kind);
 }
 
