@@ -389,8 +389,20 @@ def test_binarized_mat(tmp_path, compress, mat_reader):
     # as in the real files: double class (6) stored as miUINT8 (2), compressed
     write(tmp_path / "binarized_mnist_valid.mat", mat_bytes("X", B, 6, np.uint8, 2, compress))
     A = D.load_binarized_mnist("valid", tmp_path)
-    assert A.dtype == np.uint8 and A.shape == (5, 784) and A.flags.c_contiguous
+    # float32 0/1: a uint8 0/1 array would be read by the models as grey levels /255
+    assert A.dtype == np.float32 and A.shape == (5, 784) and A.flags.c_contiguous
     np.testing.assert_array_equal(A, B)
+
+
+def test_binarized_reaches_the_model_as_zeros_and_ones(tmp_path, mat_reader):
+    import vaec
+
+    B = binarized_like(8, 3)
+    write(tmp_path / "binarized_mnist_test.mat", mat_bytes("X", B, 6, np.uint8, 2, True))
+    A = D.load_binarized_mnist("test", tmp_path)
+    m = vaec.VAE(784, 2, hidden=(8,), seed=0)
+    np.testing.assert_allclose(m.elbo(A, seed=1), m.elbo(B.astype(np.float32), seed=1))
+    assert not np.allclose(m.elbo(A, seed=1), m.elbo(B, seed=1))  # uint8 0/1 would be 0 and 1/255
 
 
 def test_builtin_mat_reader_casts(tmp_path):
@@ -536,8 +548,8 @@ def test_labelled_subset():
                                        ("test", "fc34623e13bd64fed2f8b61365198339")])
 def test_real_binarized_mnist(split, md5, mat_reader):
     X = D.load_binarized_mnist(split, SHARED / "binarized_mnist")
-    assert X.shape == (10000, 784) and X.dtype == np.uint8
-    assert hashlib.md5(X.tobytes()).hexdigest() == md5
+    assert X.shape == (10000, 784) and X.dtype == np.float32
+    assert hashlib.md5(X.astype(np.uint8).tobytes()).hexdigest() == md5
 
 
 @pytest.mark.skipif(not (SHARED / "frey_faces").is_dir(), reason="no shared Frey faces")

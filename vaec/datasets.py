@@ -784,7 +784,10 @@ def _read_binarized(filename) -> np.ndarray:
 
 
 def load_binarized_mnist(split: str = "train", path=None) -> np.ndarray:
-    """Load Larochelle & Murray's statically binarised MNIST: uint8 ``(n, 784)`` of 0/1.
+    """Load Larochelle & Murray's statically binarised MNIST: float32 ``(n, 784)`` of 0.0/1.0.
+
+    float32, not uint8: vaec reads a uint8 array as grey levels 0-255 (scaled by 1/255), so a
+    uint8 array of 0/1 would be taken as nearly black images.
 
     ``split`` is ``"train"`` (50000), ``"valid"`` (10000) or ``"test"`` (10000).
     Reads ``binarized_mnist_{split}.mat`` (MATLAB v5, variable ``X``) or the
@@ -802,7 +805,7 @@ def load_binarized_mnist(split: str = "train", path=None) -> np.ndarray:
             f"http://www.cs.toronto.edu/~larocheh/public/datasets/binarized_mnist/{names[1]}; "
             "put them in $VAEC_DATA or ~/.cache/vaec"
         )
-    return _read_binarized(f)
+    return _read_binarized(f).astype(np.float32)
 
 
 # --------------------------------------------------------------------------
