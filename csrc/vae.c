@@ -20,7 +20,7 @@
 
 #define ROW_GRAIN 8
 
-enum { STREAM_EPS = 0, STREAM_BINARIZE = 1, STREAM_INIT = 2 };
+enum { STREAM_EPS = 0, STREAM_BINARIZE = 1, STREAM_INIT = 2, STREAM_DREAM = 3 };
 static uint64_t stream_id(uint64_t counter, int purpose) { return counter * 4 + (uint64_t)purpose; }
 
 /* ------------------------------------------------------------ parallel rows */
@@ -71,6 +71,10 @@ static vaec_status check_config(const vaec_vae_config *c) {
     if (c->threads > 256)
         return vaec_fail(VAEC_ERR_ARG, "threads must be at most 256, got %d", c->threads);
     if (!memchr(c->flow, 0, sizeof c->flow)) return vaec_fail(VAEC_ERR_ARG, "flow: the spec is too long");
+    if (c->deterministic != 0 && c->deterministic != 1)
+        return vaec_fail(VAEC_ERR_ARG, "deterministic must be 0 or 1, got %d", c->deterministic);
+    if (c->deterministic && c->flow[0])
+        return vaec_fail(VAEC_ERR_ARG, "flow: an autoencoder has no posterior for a flow to act on");
     if (c->flow[0]) {
         vaec_flow_spec spec;
         vaec_status st = vaec_flow_spec_parse(&spec, c->flow);
@@ -100,8 +104,9 @@ vaec_status vaec_vae_create(vaec_vae **out, const vaec_vae_config *cfg) {
         st = vaec_arena_add_linear(A, &m->enc[i], nm, 1, prev, cfg->hidden[i]);
         prev = cfg->hidden[i];
     }
-    const char *enc_heads[2] = {"encoder.mu", "encoder.logvar"};
-    if (!st) st = vaec_arena_add_linear(A, &m->enc_heads, enc_heads, 2, prev, Z);
+    const char *enc_heads[2] = {"encoder.mu", "encoder.logvar"}, *ae_head[1] = {"encoder.code"};
+    if (!st) st = vaec_arena_add_linear(A, &m->enc_heads, cfg->deterministic ? ae_head : enc_heads,
+                                        cfg->deterministic ? 1 : 2, prev, Z);
     if (!st && cfg->flow[0]) {
         vaec_flow_spec spec;
         st = vaec_flow_spec_parse(&spec, cfg->flow);
@@ -116,7 +121,8 @@ vaec_status vaec_vae_create(vaec_vae **out, const vaec_vae_config *cfg) {
         prev = w;
     }
     const char *dec_heads[2] = {"decoder.out", "decoder.logvar"};
-    if (!st) st = vaec_arena_add_linear(A, &m->dec_out, dec_heads, cfg->likelihood == VAEC_LIK_GAUSSIAN ? 2 : 1, prev, D);
+    int dec_nheads = cfg->likelihood == VAEC_LIK_GAUSSIAN && !cfg->deterministic ? 2 : 1;
+    if (!st) st = vaec_arena_add_linear(A, &m->dec_out, dec_heads, dec_nheads, prev, D);
     if (!st) st = vaec_arena_alloc(A, cfg->seed);
     if (!st) st = vaec_pool_create(&m->pool, cfg->threads);
     if (st) { vaec_vae_destroy(m); return st; }
@@ -140,6 +146,7 @@ const vaec_vae_config *vaec_vae_config_get(const vaec_vae *m) { return &m->cfg; 
 int vaec_vae_threads(const vaec_vae *m) { return vaec_pool_size(m->pool); }
 vaec_arena *vaec_vae_arena(vaec_vae *m) { return &m->arena; }
 vaec_status vaec_vae_adam_step(vaec_vae *m, float lr) { return vaec_arena_adam_step(&m->arena, m->pool, lr); }
+double vaec_vae_last_rec(const vaec_vae *m) { return m->last_rec; }
 uint64_t vaec_vae_rng_counter(const vaec_vae *m) { return m->rng_counter; }
 uint64_t vaec_vae_rng_seed(const vaec_vae *m) { return m->rng_seed; }
 void vaec_vae_rng_set(vaec_vae *m, uint64_t seed, uint64_t counter) {
@@ -277,6 +284,15 @@ static void kl_task(void *ctx, int64_t t, int tid) {
     vaec_vae *m = j->m;
     int64_t Z = m->cfg.latent_dim, ld = align16(2 * Z), lz = align16(Z);
     int64_t a = t * ROW_GRAIN, b = a + ROW_GRAIN < j->R ? a + ROW_GRAIN : j->R;
+    if (m->cfg.deterministic) {
+        /* an autoencoder: no KL, and the code's gradient comes only from the decoder */
+        for (int64_t r = a; r < b; r++) {
+            memset(m->w_kld + r * lz, 0, (size_t)Z * sizeof(float));
+            m->w_kl[r] = m->w_rec[r] = 0.0;
+            if (j->grad) memset(m->d_heads + r * ld, 0, (size_t)Z * sizeof(float));
+        }
+        return;
+    }
     for (int64_t r = a; r < b; r++) {
         const float *mu = m->w_heads + r * ld, *lv = mu + Z;
         float *kld = m->w_kld + r * lz;
@@ -316,13 +332,20 @@ static void free_bits_mask(vaec_vae *m, int64_t R, float floor_nats, double *kl_
 
 /* z = mu + exp(logvar/2) * eps, and per row log p(z) - log q(z|x) = 0.5 sum(eps^2 + logvar - z^2)
  * (the log 2 pi terms cancel) into w_lpq. */
-typedef struct { vaec_vae *m; int64_t R; const float *rs; float w; int prior; } reparam_job;
+typedef struct { vaec_vae *m; int64_t R; const float *rs; float w; int prior; float baseline; } reparam_job;
 static void reparam_task(void *ctx, int64_t t, int tid) {
     (void)tid;
     reparam_job *j = ctx;
     vaec_vae *m = j->m;
     int64_t Z = m->cfg.latent_dim, ld = align16(2 * Z), lz = align16(Z);
     int64_t a = t * ROW_GRAIN, b = a + ROW_GRAIN < j->R ? a + ROW_GRAIN : j->R;
+    if (m->cfg.deterministic) {   /* an autoencoder's code: z = mu */
+        for (int64_t r = a; r < b; r++) {
+            memcpy(m->w_z + r * lz, m->w_heads + r * ld, (size_t)Z * sizeof(float));
+            m->w_lpq[r] = 0.0;
+        }
+        return;
+    }
     for (int64_t r = a; r < b; r++) {
         const float *mu = m->w_heads + r * ld, *lv = mu + Z, *eps = m->w_eps + r * lz;
         float *z = m->w_z + r * lz;
@@ -381,12 +404,37 @@ static void reparam_back_task(void *ctx, int64_t t, int tid) {
         const float *lv = m->w_heads + r * ld + Z, *eps = m->w_eps + r * lz, *z = m->w_z + r * lz;
         float *dz = m->d_z + r * lz;
         float *dmu = m->d_heads + r * ld, *dlv = dmu + Z;
+        if (m->cfg.deterministic) {
+            for (int64_t k = 0; k < Z; k++) dmu[k] += dz[k];
+            continue;
+        }
         float w = j->rs ? j->rs[r] : j->w;
         float wp = j->prior ? w : 0.0f;
         for (int64_t k = 0; k < Z; k++) {
             float g = dz[k] + wp * z[k];
             dmu[k] += g;
             dlv[k] += g * eps[k] * 0.5f * expf(0.5f * lv[k]) - 0.5f * w;
+        }
+    }
+}
+
+/* The score-function (REINFORCE) estimator of the encoder's gradient of -E_q[log p(x|z)]:
+ * per row s = w * (log p(x|z) - baseline) with w = 1/(nL) and log p(x|z) in w_lp, then
+ * d(mu, logvar) -= s * d log q(z|x)/d(mu, logvar) = s * (eps / sigma, (eps^2 - 1) / 2);
+ * z is a sample here, not a function of (mu, logvar): the decoder's dz is not used. */
+static void score_back_task(void *ctx, int64_t t, int tid) {
+    (void)tid;
+    reparam_job *j = ctx;
+    vaec_vae *m = j->m;
+    int64_t Z = m->cfg.latent_dim, ld = align16(2 * Z), lz = align16(Z);
+    int64_t a = t * ROW_GRAIN, b = a + ROW_GRAIN < j->R ? a + ROW_GRAIN : j->R;
+    for (int64_t r = a; r < b; r++) {
+        const float *lv = m->w_heads + r * ld + Z, *eps = m->w_eps + r * lz;
+        float *dmu = m->d_heads + r * ld, *dlv = dmu + Z;
+        float s = (float)((double)j->w * (m->w_lp[r] - (double)j->baseline));
+        for (int64_t k = 0; k < Z; k++) {
+            dmu[k] -= s * eps[k] * expf(-0.5f * lv[k]);
+            dlv[k] -= s * 0.5f * (eps[k] * eps[k] - 1.0f);
         }
     }
 }
@@ -408,7 +456,19 @@ static void lik_task(void *ctx, int64_t t, int tid) {
     for (int64_t r = a; r < b; r += step) {
         float sc = j->rs ? j->rs[r] : j->scale;
         float *d = j->grad ? m->d_out + r * ld : NULL;
-        if (bern)
+        if (!bern && m->cfg.deterministic) {
+            /* an autoencoder's squared error: "log p" = -sum (x - o)^2, d = sc * 2 (o - x) */
+            for (int64_t i = 0; i < step; i++) {
+                const float *o = m->w_out + (r + i) * ld, *xr = j->x + (r + i) * j->ldx;
+                double se = 0.0;
+                for (int64_t k = 0; k < D; k++) {
+                    float e = o[k] - xr[k];
+                    se += (double)e * e;
+                    if (d) d[i * ld + k] = sc * 2.0f * e;
+                }
+                m->w_lp[r + i] = -se;
+            }
+        } else if (bern)
             vaec_elem_bernoulli_rows(step, D, m->w_out + r * ld, ld, j->x + r * j->ldx, j->ldx, sc, d, ld, m->w_lp + r);
         else
             vaec_elem_gaussian_rows(step, D, m->w_out + r * ld, ld, j->x + r * j->ldx, j->ldx, sc, d, ld, m->w_lp + r);
@@ -439,7 +499,23 @@ typedef struct {
     int kind;          /* RUN_ELBO: analytic-KL ELBO; RUN_IWAE: importance-weighted bound */
     int grad;
     float beta, free_bits;
+    int score;         /* the score-function estimator of the encoder's gradient */
+    float baseline;
 } run_plan;
+
+/* The decoder on R latent rows g (stride ldg): hidden layers, then the output layer into
+ * w_out; returns the last hidden layer (the output layer's input) and its stride. */
+static const float *decoder_forward(vaec_vae *m, const float *g, int64_t ldg, int64_t R, int64_t *ldg_out) {
+    for (int i = 0; i < m->cfg.n_hidden; i++) {
+        layer_forward(m, &m->dec[i], m->w_dec[i], align16(m->dec[i].out), g, ldg, R);
+        par_act_forward(m->pool, m->cfg.activation, m->w_dec[i], R, align16(m->dec[i].out));
+        g = m->w_dec[i];
+        ldg = align16(m->dec[i].out);
+    }
+    layer_forward(m, &m->dec_out, m->w_out, align16(m->dec_out.out), g, ldg, R);
+    *ldg_out = ldg;
+    return g;
+}
 
 /* Sample l's eps rows (index (l * n + row) * Z of the call's noise), z (through the flow,
  * when there is one, with its terms added to w_lpq), and the decoder. */
@@ -447,7 +523,9 @@ static vaec_status decode_sample(vaec_vae *m, const noise_plan *np, int64_t n, i
                                  const float **g_out, int64_t *ldg_out) {
     const vaec_vae_config *c = &m->cfg;
     const int64_t Z = c->latent_dim, lz = align16(Z);
-    if (np->eps) {
+    if (c->deterministic) {
+        /* no noise */
+    } else if (np->eps) {
         for (int64_t r = 0; r < R; r++)
             memcpy(m->w_eps + r * lz, np->eps + ((int64_t)l * n + r0 + r) * Z, (size_t)Z * sizeof(float));
     } else {
@@ -455,9 +533,10 @@ static vaec_status decode_sample(vaec_vae *m, const noise_plan *np, int64_t n, i
             vaec_rng_normal(m->w_eps + r * lz, Z, np->seed, stream_id(np->counter, STREAM_EPS),
                             (uint64_t)(((int64_t)l * n + r0 + r) * Z));
     }
-    reparam_job rj = {m, R, NULL, 0.0f, 0};
+    reparam_job rj = {m, R, NULL, 0.0f, 0, 0.0f};
     vaec_pool_run(m->pool, reparam_task, &rj, vaec_ntasks(R, ROW_GRAIN));
     const float *g = m->w_z;
+    int64_t ldg = lz;
     if (m->has_flow) {
         vaec_status st = vaec_flow_forward(&m->flow, m->pool, &m->arena, m->w_z, lz, m->w_zk, lz, m->w_ld, R,
                                            m->w_fws, m->ws_rows);
@@ -465,16 +544,7 @@ static vaec_status decode_sample(vaec_vae *m, const noise_plan *np, int64_t n, i
         vaec_pool_run(m->pool, flow_lpq_task, &rj, vaec_ntasks(R, ROW_GRAIN));
         g = m->w_zk;
     }
-    int64_t ldg = lz;
-    for (int i = 0; i < c->n_hidden; i++) {
-        layer_forward(m, &m->dec[i], m->w_dec[i], align16(m->dec[i].out), g, ldg, R);
-        par_act_forward(m->pool, c->activation, m->w_dec[i], R, align16(m->dec[i].out));
-        g = m->w_dec[i];
-        ldg = align16(m->dec[i].out);
-    }
-    layer_forward(m, &m->dec_out, m->w_out, align16(m->dec_out.out), g, ldg, R);
-    *g_out = g;
-    *ldg_out = ldg;
+    *g_out = decoder_forward(m, g, ldg, R, ldg_out);
     return VAEC_OK;
 }
 
@@ -482,7 +552,8 @@ static vaec_status decode_sample(vaec_vae *m, const noise_plan *np, int64_t n, i
  * one, then into d_heads. Weights on the Monte Carlo terms log p(z_K) - log q0(z_0|x) +
  * log|det|: per row (rs, IWAE) or uniform (w: beta/(nL) for the ELBO with a flow; 0 with
  * the analytic KL, whose gradient kl_task already put in d_heads). */
-static vaec_status backward_sample(vaec_vae *m, int64_t R, const float *g, int64_t ldg, const float *rs, float w) {
+static vaec_status backward_sample(vaec_vae *m, int64_t R, const float *g, int64_t ldg, const float *rs, float w,
+                                   int score, float baseline) {
     const vaec_vae_config *c = &m->cfg;
     const int nh = c->n_hidden;
     const int64_t lz = align16(c->latent_dim);
@@ -499,7 +570,11 @@ static vaec_status backward_sample(vaec_vae *m, int64_t R, const float *g, int64
         float *din = i ? m->d_dec[i - 1] : dlat;
         layer_backward(m, &m->dec[i], din, ldin, m->d_dec[i], ldi, gin, ldin, R);
     }
-    reparam_job rj = {m, R, rs, w, !m->has_flow};
+    reparam_job rj = {m, R, rs, w, !m->has_flow, baseline};
+    if (score) {   /* w is the per-sample weight 1/(nL) here (no flow, analytic KL) */
+        vaec_pool_run(m->pool, score_back_task, &rj, vaec_ntasks(R, ROW_GRAIN));
+        return VAEC_OK;
+    }
     if (m->has_flow) {
         vaec_pool_run(m->pool, flow_prior_task, &rj, vaec_ntasks(R, ROW_GRAIN));
         vaec_status st = vaec_flow_backward(&m->flow, m->pool, &m->arena, m->d_zk, lz, m->w_dld, 0.0, m->d_z, lz, R,
@@ -508,6 +583,37 @@ static vaec_status backward_sample(vaec_vae *m, int64_t R, const float *g, int64
     }
     vaec_pool_run(m->pool, reparam_back_task, &rj, vaec_ntasks(R, ROW_GRAIN));
     return VAEC_OK;
+}
+
+/* The encoder on R input rows (stride ldx): hidden layers, then the heads [mu | logvar]
+ * into w_heads; returns the last hidden layer (the heads' input) and its stride. */
+static const float *encoder_forward(vaec_vae *m, const float *xin, int64_t ldx, int64_t R, int64_t *ldh) {
+    const float *h = xin;
+    *ldh = ldx;
+    for (int i = 0; i < m->cfg.n_hidden; i++) {
+        layer_forward(m, &m->enc[i], m->w_enc[i], align16(m->enc[i].out), h, *ldh, R);
+        par_act_forward(m->pool, m->cfg.activation, m->w_enc[i], R, align16(m->enc[i].out));
+        h = m->w_enc[i];
+        *ldh = align16(m->enc[i].out);
+    }
+    layer_forward(m, &m->enc_heads, m->w_heads, align16(2 * m->cfg.latent_dim), h, *ldh, R);
+    return h;
+}
+
+/* The encoder's backward from d_heads: adds its parameters' gradients (no input gradient). */
+static void encoder_backward(vaec_vae *m, const float *xin, int64_t ldx, const float *h, int64_t ldh, int64_t R) {
+    const int nh = m->cfg.n_hidden;
+    float *dh = nh ? m->d_enc[nh - 1] : NULL;
+    layer_backward(m, &m->enc_heads, dh, nh ? align16(m->enc[nh - 1].out) : 0, m->d_heads,
+                   align16(2 * m->cfg.latent_dim), h, ldh, R);
+    for (int i = nh - 1; i >= 0; i--) {
+        int64_t ldi = align16(m->enc[i].out);
+        par_act_backward(m->pool, m->cfg.activation, m->d_enc[i], m->w_enc[i], R, ldi);
+        const float *in = i ? m->w_enc[i - 1] : xin;
+        int64_t ldin = i ? align16(m->enc[i - 1].out) : ldx;
+        float *din = i ? m->d_enc[i - 1] : NULL;
+        layer_backward(m, &m->enc[i], din, i ? ldin : 0, m->d_enc[i], ldi, in, ldin, R);
+    }
 }
 
 /* One chunk of rows [r0, r0+R) of an n-row batch.
@@ -520,24 +626,14 @@ static vaec_status backward_sample(vaec_vae *m, int64_t R, const float *g, int64
  *   weight (Burda et al. 2016), so no per-sample activations are kept. */
 static vaec_status run_chunk(vaec_vae *m, const vaec_input *x, int64_t r0, int64_t R, const noise_plan *np,
                       const run_plan *rp, double *out, double *obj_sum) {
-    const vaec_vae_config *c = &m->cfg;
-    const int nh = c->n_hidden;
-    const int64_t n = x->n, lh = align16(2 * c->latent_dim);
+    const int64_t n = x->n;
     const int grad = rp->grad, L = np->L;
     vaec_pool *pool = m->pool;
     int64_t ldx;
     const float *xin = prepare_input(m, x, r0, R, np->seed, np->counter, &ldx);
 
-    /* encoder */
-    const float *h = xin;
-    int64_t ldh = ldx;
-    for (int i = 0; i < nh; i++) {
-        layer_forward(m, &m->enc[i], m->w_enc[i], align16(m->enc[i].out), h, ldh, R);
-        par_act_forward(pool, c->activation, m->w_enc[i], R, align16(m->enc[i].out));
-        h = m->w_enc[i];
-        ldh = align16(m->enc[i].out);
-    }
-    layer_forward(m, &m->enc_heads, m->w_heads, lh, h, ldh, R);
+    int64_t ldh;
+    const float *h = encoder_forward(m, xin, ldx, R, &ldh);
     const int analytic = rp->kind == RUN_ELBO && !m->has_flow;
     kl_job kj = {m, R, (float)(rp->beta / (double)n), grad, analytic};
     vaec_pool_run(pool, kl_task, &kj, vaec_ntasks(R, ROW_GRAIN));
@@ -560,9 +656,10 @@ static vaec_status run_chunk(vaec_vae *m, const vaec_input *x, int64_t r0, int64
                 m->w_rec[r] += m->w_lp[r];
                 klmc[r] -= m->w_lpq[r];
             }
-            if (grad && (st = backward_sample(m, R, g, ldg, NULL, rp->beta * scale))) return st;
+            if (grad && (st = backward_sample(m, R, g, ldg, NULL, rp->beta * scale, 0, 0.0f))) return st;
         }
         for (int64_t r = 0; r < R; r++) {
+            m->rec_sum += m->w_rec[r] / L;
             double e = (m->w_rec[r] - klmc[r]) / L;
             if (out) out[r0 + r] = e;
             s -= (m->w_rec[r] - rp->beta * klmc[r]) / L;
@@ -582,9 +679,11 @@ static vaec_status run_chunk(vaec_vae *m, const vaec_input *x, int64_t r0, int64
             lik_job lj = {m, xin, ldx, R, scale, NULL, grad};
             vaec_pool_run(pool, lik_task, &lj, vaec_ntasks(R, ROW_GRAIN));
             for (int64_t r = 0; r < R; r++) m->w_rec[r] += m->w_lp[r];
-            if (grad && (st = backward_sample(m, R, g, ldg, NULL, 0.0f))) return st;
+            if (grad && (st = backward_sample(m, R, g, ldg, NULL, rp->score ? scale : 0.0f, rp->score, rp->baseline)))
+                return st;
         }
         for (int64_t r = 0; r < R; r++) {
+            m->rec_sum += m->w_rec[r] / L;
             double e = m->w_rec[r] / L - m->w_kl[r];
             if (out) out[r0 + r] = e;
             s -= m->w_rec[r] / L;
@@ -618,23 +717,12 @@ static vaec_status run_chunk(vaec_vae *m, const vaec_input *x, int64_t r0, int64
                 if ((st = decode_sample(m, np, n, r0, R, l, &g, &ldg))) return st;
                 lik_job lj = {m, xin, ldx, R, 0.0f, m->w_rs, 1};
                 vaec_pool_run(pool, lik_task, &lj, vaec_ntasks(R, ROW_GRAIN));
-                if ((st = backward_sample(m, R, g, ldg, m->w_rs, 0.0f))) return st;
+                if ((st = backward_sample(m, R, g, ldg, m->w_rs, 0.0f, 0, 0.0f))) return st;
             }
         }
     }
     *obj_sum += s;
-    if (!grad) return VAEC_OK;
-    /* encoder backward */
-    float *dh = nh ? m->d_enc[nh - 1] : NULL;
-    layer_backward(m, &m->enc_heads, dh, nh ? align16(m->enc[nh - 1].out) : 0, m->d_heads, lh, h, ldh, R);
-    for (int i = nh - 1; i >= 0; i--) {
-        int64_t ldi = align16(m->enc[i].out);
-        par_act_backward(pool, c->activation, m->d_enc[i], m->w_enc[i], R, ldi);
-        const float *in = i ? m->w_enc[i - 1] : xin;
-        int64_t ldin = i ? align16(m->enc[i - 1].out) : ldx;
-        float *din = i ? m->d_enc[i - 1] : NULL;
-        layer_backward(m, &m->enc[i], din, i ? ldin : 0, m->d_enc[i], ldi, in, ldin, R);
-    }
+    if (grad) encoder_backward(m, xin, ldx, h, ldh, R);
     return VAEC_OK;
 }
 
@@ -658,6 +746,11 @@ static vaec_status forward_all(vaec_vae *m, const vaec_input *x, const vaec_nois
     if (chunk > 0 && (st = ensure_workspace(m, chunk))) return st;
     if (m->has_flow && rp->free_bits > 0.0f)
         return vaec_fail(VAEC_ERR_ARG, "free_bits needs the analytic KL, which a flow posterior does not have");
+    if (rp->score && (m->has_flow || m->cfg.deterministic))
+        return vaec_fail(VAEC_ERR_ARG, "estimator: the score-function estimator needs a diagonal Gaussian posterior "
+                         "(no flow, not an autoencoder)");
+    if (rp->kind == RUN_IWAE && m->cfg.deterministic)
+        return vaec_fail(VAEC_ERR_ARG, "an autoencoder has no posterior: importance-weighted bounds do not apply");
     if (rp->kind == RUN_IWAE && rp->grad && np.L > m->lw_cap) {
         /* per-row log weights of every sample, for the weighted second pass */
         double *lw = vaec_alloc((size_t)m->ws_rows * (size_t)np.L, sizeof(double));
@@ -668,11 +761,13 @@ static vaec_status forward_all(vaec_vae *m, const vaec_input *x, const vaec_nois
     }
     if (rp->grad) vaec_arena_zero_grads(&m->arena);
     double sum = 0.0;
+    m->rec_sum = 0.0;
     for (int64_t r0 = 0; r0 < x->n; r0 += VAE_CHUNK) {
         int64_t R = x->n - r0 < VAE_CHUNK ? x->n - r0 : VAE_CHUNK;
         if ((st = run_chunk(m, x, r0, R, &np, rp, out, &sum))) return st;
     }
     if (loss) *loss = x->n > 0 ? sum / (double)x->n : 0.0;
+    m->last_rec = x->n > 0 ? m->rec_sum / (double)x->n : 0.0;
     return VAEC_OK;
 }
 
@@ -681,15 +776,24 @@ static vaec_status plan_objective(const vaec_objective *obj, int grad, run_plan 
     rp->grad = grad;
     rp->beta = 1.0f;
     rp->free_bits = 0.0f;
+    rp->score = 0;
+    rp->baseline = 0.0f;
     if (!obj) return VAEC_OK;
     if (!(obj->beta >= 0.0f) || !isfinite(obj->beta)) return vaec_fail(VAEC_ERR_ARG, "beta must be a finite number >= 0, got %g", obj->beta);
     if (!(obj->free_bits >= 0.0f) || !isfinite(obj->free_bits))
         return vaec_fail(VAEC_ERR_ARG, "free_bits must be a finite number >= 0, got %g", obj->free_bits);
     if (obj->iw && (obj->beta != 1.0f || obj->free_bits != 0.0f))
         return vaec_fail(VAEC_ERR_ARG, "beta and free_bits apply to the ELBO, not to the IWAE objective");
+    if (obj->estimator != VAEC_EST_REPARAM && obj->estimator != VAEC_EST_SCORE)
+        return vaec_fail(VAEC_ERR_ARG, "estimator: unknown code %d", obj->estimator);
+    if (obj->estimator == VAEC_EST_SCORE && obj->iw)
+        return vaec_fail(VAEC_ERR_ARG, "estimator: the score-function estimator is for the ELBO, not the IWAE objective");
+    if (!isfinite(obj->baseline)) return vaec_fail(VAEC_ERR_ARG, "baseline must be finite, got %g", obj->baseline);
     rp->kind = obj->iw ? RUN_IWAE : RUN_ELBO;
     rp->beta = obj->beta;
     rp->free_bits = obj->free_bits;
+    rp->score = obj->estimator == VAEC_EST_SCORE;
+    rp->baseline = obj->baseline;
     return VAEC_OK;
 }
 
@@ -705,12 +809,12 @@ vaec_status vaec_vae_loss_grad(vaec_vae *m, const vaec_input *x, const vaec_nois
 }
 
 vaec_status vaec_vae_elbo(vaec_vae *m, const vaec_input *x, const vaec_noise *noise, double *out) {
-    run_plan rp = {RUN_ELBO, 0, 1.0f, 0.0f};
+    run_plan rp = {RUN_ELBO, 0, 1.0f, 0.0f, 0, 0.0f};
     return forward_all(m, x, noise, &rp, out, NULL);
 }
 
 vaec_status vaec_vae_iwae(vaec_vae *m, const vaec_input *x, const vaec_noise *noise, double *out) {
-    run_plan rp = {RUN_IWAE, 0, 1.0f, 0.0f};
+    run_plan rp = {RUN_IWAE, 0, 1.0f, 0.0f, 0, 0.0f};
     return forward_all(m, x, noise, &rp, out, NULL);
 }
 
@@ -722,26 +826,142 @@ vaec_status vaec_vae_train_step(vaec_vae *m, const vaec_input *x, const vaec_noi
     return vaec_arena_adam_step(&m->arena, m->pool, lr);
 }
 
+/* ------------------------------------------------------------- wake-sleep */
+/* Sleep-phase dreams: row r of the chunk gets z ~ N(0, I) (already in w_z) decoded into
+ * w_out, then x ~ p(x|z) into w_x: Bernoulli pixels u < sigmoid(logit), or Gaussian
+ * mean + exp(logvar/2) * e. Random numbers are indexed by the dream's number, so any
+ * split of the work gives the same dreams. */
+typedef struct { vaec_vae *m; int64_t r0, R; uint64_t seed, stream; } dream_job;
+#define DREAM_X_OFFSET ((uint64_t)1 << 40)   /* the pixels' numbers, after the codes' */
+static void dream_task(void *ctx, int64_t t, int tid) {
+    (void)tid;
+    dream_job *j = ctx;
+    vaec_vae *m = j->m;
+    const int64_t D = m->cfg.input_dim, lx = align16(D), lo = align16(m->dec_out.out);
+    int64_t a = t * ROW_GRAIN, b = a + ROW_GRAIN < j->R ? a + ROW_GRAIN : j->R;
+    float buf[256];
+    for (int64_t r = a; r < b; r++) {
+        const float *o = m->w_out + r * lo;
+        float *xr = m->w_x + r * lx;
+        for (int64_t d0 = 0; d0 < D; d0 += 256) {
+            int64_t cnt = D - d0 < 256 ? D - d0 : 256;
+            uint64_t off = DREAM_X_OFFSET + (uint64_t)((j->r0 + r) * D + d0);
+            if (m->cfg.likelihood == VAEC_LIK_BERNOULLI) {
+                vaec_rng_uniform(buf, cnt, j->seed, j->stream, off);
+                for (int64_t d = 0; d < cnt; d++) {
+                    /* u < sigmoid(l) without overflow: u (1 + e^-l) < 1, e^-l computed on the
+                     * side where it is at most 1 */
+                    float l = o[d0 + d], u = buf[d];
+                    xr[d0 + d] = (l >= 0.0f ? u * (1.0f + expf(-l)) < 1.0f : u * (expf(l) + 1.0f) < expf(l)) ? 1.0f : 0.0f;
+                }
+            } else {
+                vaec_rng_normal(buf, cnt, j->seed, j->stream, off);
+                for (int64_t d = 0; d < cnt; d++)
+                    xr[d0 + d] = o[d0 + d] + expf(0.5f * o[D + d0 + d]) * buf[d];
+            }
+        }
+    }
+}
+
+/* The sleep loss -log q(z|x) per row into w_rec, and d_heads = scale * its gradient. */
+typedef struct { vaec_vae *m; int64_t R; float scale; } sleep_job;
+static void sleep_task(void *ctx, int64_t t, int tid) {
+    (void)tid;
+    sleep_job *j = ctx;
+    vaec_vae *m = j->m;
+    const int64_t Z = m->cfg.latent_dim, ld = align16(2 * Z), lz = align16(Z);
+    const double log2pi = 1.8378770664093453;
+    int64_t a = t * ROW_GRAIN, b = a + ROW_GRAIN < j->R ? a + ROW_GRAIN : j->R;
+    for (int64_t r = a; r < b; r++) {
+        const float *mu = m->w_heads + r * ld, *lv = mu + Z, *z = m->w_z + r * lz;
+        float *dmu = m->d_heads + r * ld, *dlv = dmu + Z;
+        double nll = 0.0;
+        for (int64_t k = 0; k < Z; k++) {
+            float e = z[k] - mu[k], ivar = expf(-lv[k]), q = e * e * ivar;
+            nll += 0.5 * (log2pi + (double)lv[k] + (double)q);
+            dmu[k] = -j->scale * e * ivar;
+            dlv[k] = j->scale * 0.5f * (1.0f - q);
+        }
+        m->w_rec[r] = nll;
+    }
+}
+
+vaec_status vaec_vae_wake_sleep_grad(vaec_vae *m, const vaec_input *x, const vaec_noise *noise, int64_t dreams,
+                                     double *wake_loss, double *sleep_loss) {
+    if (m->has_flow || m->cfg.deterministic)
+        return vaec_fail(VAEC_ERR_ARG, "wake-sleep trains a VAE with a diagonal Gaussian posterior (no flow, not an autoencoder)");
+    if (dreams < 1) return vaec_fail(VAEC_ERR_ARG, "dreams must be at least 1, got %lld", (long long)dreams);
+    if (x && x->n == 0) return vaec_fail(VAEC_ERR_ARG, "x: empty batch; the loss needs at least one example");
+    /* wake: the ELBO's gradients, of which the decoder's are grad_theta -log p(x|z), z ~ q(z|x) */
+    run_plan rp = {RUN_ELBO, 1, 1.0f, 0.0f, 0, 0.0f};
+    double wl = 0.0;
+    vaec_status st = forward_all(m, x, noise, &rp, NULL, &wl);
+    if (st) return st;
+    if (!isfinite(wl)) return vaec_fail(VAEC_ERR_NONFINITE, "the wake loss is %s (non-finite)", isnan(wl) ? "NaN" : "Inf");
+    /* sleep: the encoder's gradients replaced by those of -log q(z|x) on dreams */
+    uint64_t seed, counter;
+    if (noise && noise->use_seed) { seed = noise->seed; counter = 0; }
+    else { seed = m->rng_seed; counter = m->rng_counter++; }
+    const int64_t Z = m->cfg.latent_dim, lz = align16(Z), lx = align16(m->cfg.input_dim);
+    int64_t enc_end = m->cfg.n_hidden ? m->dec[0].W : m->dec_out.W;   /* encoder tensors come first */
+    memset(m->arena.grads, 0, (size_t)enc_end * sizeof(float));
+    if ((st = ensure_workspace(m, dreams < VAE_CHUNK ? dreams : VAE_CHUNK))) return st;
+    const uint64_t stream = stream_id(counter, STREAM_DREAM);
+    double sl = 0.0;
+    for (int64_t r0 = 0; r0 < dreams; r0 += VAE_CHUNK) {
+        int64_t R = dreams - r0 < VAE_CHUNK ? dreams - r0 : VAE_CHUNK, ldg, ldh;
+        for (int64_t r = 0; r < R; r++) vaec_rng_normal(m->w_z + r * lz, Z, seed, stream, (uint64_t)((r0 + r) * Z));
+        decoder_forward(m, m->w_z, lz, R, &ldg);
+        dream_job dj = {m, r0, R, seed, stream};
+        vaec_pool_run(m->pool, dream_task, &dj, vaec_ntasks(R, ROW_GRAIN));
+        const float *h = encoder_forward(m, m->w_x, lx, R, &ldh);
+        sleep_job sj = {m, R, (float)(1.0 / (double)dreams)};
+        vaec_pool_run(m->pool, sleep_task, &sj, vaec_ntasks(R, ROW_GRAIN));
+        for (int64_t r = 0; r < R; r++) sl += m->w_rec[r];
+        encoder_backward(m, m->w_x, lx, h, ldh, R);
+    }
+    sl /= (double)dreams;
+    if (!isfinite(sl)) return vaec_fail(VAEC_ERR_NONFINITE, "the sleep loss is %s (non-finite)", isnan(sl) ? "NaN" : "Inf");
+    if (wake_loss) *wake_loss = wl;
+    if (sleep_loss) *sleep_loss = sl;
+    return VAEC_OK;
+}
+
 vaec_status vaec_vae_encode(vaec_vae *m, const vaec_input *x, float *mu, float *logvar) {
     vaec_status st = check_input(m, x);
     if (st) return st;
-    const int nh = m->cfg.n_hidden;
     const int64_t Z = m->cfg.latent_dim, lh = align16(2 * Z);
     int64_t chunk = x->n < VAE_CHUNK ? x->n : VAE_CHUNK;
     if (chunk > 0 && (st = ensure_workspace(m, chunk))) return st;
     for (int64_t r0 = 0; r0 < x->n; r0 += VAE_CHUNK) {
-        int64_t R = x->n - r0 < VAE_CHUNK ? x->n - r0 : VAE_CHUNK, ldh;
-        const float *h = prepare_input(m, x, r0, R, m->rng_seed, m->rng_counter, &ldh);
-        for (int i = 0; i < nh; i++) {
-            layer_forward(m, &m->enc[i], m->w_enc[i], align16(m->enc[i].out), h, ldh, R);
-            par_act_forward(m->pool, m->cfg.activation, m->w_enc[i], R, align16(m->enc[i].out));
-            h = m->w_enc[i];
-            ldh = align16(m->enc[i].out);
-        }
-        layer_forward(m, &m->enc_heads, m->w_heads, lh, h, ldh, R);
+        int64_t R = x->n - r0 < VAE_CHUNK ? x->n - r0 : VAE_CHUNK, ldx, ldh;
+        const float *xin = prepare_input(m, x, r0, R, m->rng_seed, m->rng_counter, &ldx);
+        encoder_forward(m, xin, ldx, R, &ldh);
         for (int64_t r = 0; r < R; r++) {
             if (mu) memcpy(mu + (r0 + r) * Z, m->w_heads + r * lh, (size_t)Z * sizeof(float));
-            if (logvar) memcpy(logvar + (r0 + r) * Z, m->w_heads + r * lh + Z, (size_t)Z * sizeof(float));
+            if (logvar && !m->cfg.deterministic) memcpy(logvar + (r0 + r) * Z, m->w_heads + r * lh + Z, (size_t)Z * sizeof(float));
+        }
+    }
+    return VAEC_OK;
+}
+
+vaec_status vaec_vae_flow_forward(vaec_vae *m, const float *z, int64_t n, float *zk, double *logdet) {
+    if (n < 0) return vaec_fail(VAEC_ERR_ARG, "z: negative number of rows");
+    const int64_t Z = m->cfg.latent_dim, lz = align16(Z);
+    vaec_status st;
+    int64_t chunk = n < VAE_CHUNK ? n : VAE_CHUNK;
+    if (chunk > 0 && (st = ensure_workspace(m, chunk))) return st;
+    for (int64_t r0 = 0; r0 < n; r0 += VAE_CHUNK) {
+        int64_t R = n - r0 < VAE_CHUNK ? n - r0 : VAE_CHUNK;
+        for (int64_t r = 0; r < R; r++) memcpy(m->w_z + r * lz, z + (r0 + r) * Z, (size_t)Z * sizeof(float));
+        if (m->has_flow) {
+            if ((st = vaec_flow_forward(&m->flow, m->pool, &m->arena, m->w_z, lz, m->w_zk, lz, m->w_ld, R,
+                                        m->w_fws, m->ws_rows)))
+                return st;
+        }
+        for (int64_t r = 0; r < R; r++) {
+            memcpy(zk + (r0 + r) * Z, (m->has_flow ? m->w_zk : m->w_z) + r * lz, (size_t)Z * sizeof(float));
+            if (logdet) logdet[r0 + r] = m->has_flow ? m->w_ld[r] : 0.0;
         }
     }
     return VAEC_OK;
@@ -749,7 +969,6 @@ vaec_status vaec_vae_encode(vaec_vae *m, const vaec_input *x, float *mu, float *
 
 vaec_status vaec_vae_decode(vaec_vae *m, const float *z, int64_t n, float *out) {
     if (n < 0) return vaec_fail(VAEC_ERR_ARG, "z: negative number of rows");
-    const int nh = m->cfg.n_hidden;
     const int64_t D = m->cfg.input_dim, Z = m->cfg.latent_dim, lz = align16(Z), lo = align16(m->dec_out.out);
     vaec_status st;
     int64_t chunk = n < VAE_CHUNK ? n : VAE_CHUNK;
@@ -757,15 +976,8 @@ vaec_status vaec_vae_decode(vaec_vae *m, const float *z, int64_t n, float *out) 
     for (int64_t r0 = 0; r0 < n; r0 += VAE_CHUNK) {
         int64_t R = n - r0 < VAE_CHUNK ? n - r0 : VAE_CHUNK;
         for (int64_t r = 0; r < R; r++) memcpy(m->w_z + r * lz, z + (r0 + r) * Z, (size_t)Z * sizeof(float));
-        const float *g = m->w_z;
-        int64_t ldg = lz;
-        for (int i = 0; i < nh; i++) {
-            layer_forward(m, &m->dec[i], m->w_dec[i], align16(m->dec[i].out), g, ldg, R);
-            par_act_forward(m->pool, m->cfg.activation, m->w_dec[i], R, align16(m->dec[i].out));
-            g = m->w_dec[i];
-            ldg = align16(m->dec[i].out);
-        }
-        layer_forward(m, &m->dec_out, m->w_out, lo, g, ldg, R);
+        int64_t ldg;
+        decoder_forward(m, m->w_z, lz, R, &ldg);
         for (int64_t r = 0; r < R; r++) {
             float *dst = out + (r0 + r) * D;
             const float *o = m->w_out + r * lo;
@@ -789,14 +1001,14 @@ int64_t vaec_check_range(const float *x, int64_t n, float lo, float hi, int chec
 
 /* ------------------------------------------------------------------ files */
 /* The VAE's config record: i64 input_dim, i64 latent_dim, i32 n_hidden, i32 activation,
- * i32 likelihood, i32 0, i64 hidden[8], u64 seed, char flow[48] (152 bytes, little-endian). */
+ * i32 likelihood, i32 deterministic (0 in files from before autoencoders), i64 hidden[8], u64 seed, char flow[48] (152 bytes, little-endian). */
 #define VAE_CONFIG_BYTES 152
 
 vaec_status vaec_vae_save(const vaec_vae *m, const char *path, const void *extra, uint32_t extra_len) {
     unsigned char rec[VAE_CONFIG_BYTES] = {0};
     const vaec_vae_config *c = &m->cfg;
     int64_t i64[2] = {c->input_dim, c->latent_dim};
-    int32_t i32[4] = {c->n_hidden, (int32_t)c->activation, (int32_t)c->likelihood, 0};
+    int32_t i32[4] = {c->n_hidden, (int32_t)c->activation, (int32_t)c->likelihood, c->deterministic};
     int64_t hid[VAEC_MAX_HIDDEN] = {0};
     for (int i = 0; i < c->n_hidden; i++) hid[i] = c->hidden[i];
     memcpy(rec, i64, 16);
@@ -804,7 +1016,7 @@ vaec_status vaec_vae_save(const vaec_vae *m, const char *path, const void *extra
     memcpy(rec + 32, hid, 64);
     memcpy(rec + 96, &c->seed, 8);
     memcpy(rec + 104, c->flow, sizeof c->flow);
-    return vaec_file_write_ex(path, VAEC_KIND_VAE, rec, VAE_CONFIG_BYTES, &m->arena, m->rng_seed, m->rng_counter,
+    return vaec_file_write_ex(path, c->deterministic ? VAEC_KIND_AE : VAEC_KIND_VAE, rec, VAE_CONFIG_BYTES, &m->arena, m->rng_seed, m->rng_counter,
                               extra, extra_len);
 }
 
@@ -815,8 +1027,8 @@ vaec_status vaec_vae_load(vaec_vae **out, const char *path, int threads, void **
     vaec_status st = vaec_file_read(&f, path);
     if (st) return st;
     vaec_vae *m = NULL;
-    if (f.kind != VAEC_KIND_VAE) {
-        st = vaec_fail(VAEC_ERR_FORMAT, "'%s' holds a model of kind %u, not a VAE", path, f.kind);
+    if (f.kind != VAEC_KIND_VAE && f.kind != VAEC_KIND_AE) {
+        st = vaec_fail(VAEC_ERR_FORMAT, "'%s' holds a model of kind %u, not a VAE or autoencoder", path, f.kind);
     } else if (f.config_len != VAE_CONFIG_BYTES) {
         st = vaec_fail(VAEC_ERR_FORMAT, "'%s' is inconsistent: a VAE config record of %u bytes", path, f.config_len);
     } else {
@@ -834,10 +1046,14 @@ vaec_status vaec_vae_load(vaec_vae **out, const char *path, int threads, void **
         c.n_hidden = i32[0];
         c.activation = (vaec_act)i32[1];
         c.likelihood = (vaec_likelihood)i32[2];
+        c.deterministic = i32[3];
         for (int i = 0; i < VAEC_MAX_HIDDEN; i++) c.hidden[i] = hid[i];
         c.threads = threads;
         if ((st = check_config(&c)))
             st = vaec_fail(VAEC_ERR_FORMAT, "'%s' holds an invalid model configuration (%s)", path, vaec_last_error());
+        else if (c.deterministic != (f.kind == VAEC_KIND_AE))
+            st = vaec_fail(VAEC_ERR_FORMAT, "'%s' is inconsistent: file kind %u with deterministic = %d", path, f.kind,
+                           c.deterministic);
         else if ((st = vaec_vae_create(&m, &c)) == VAEC_OK && (st = vaec_file_apply(&f, &m->arena)) == VAEC_OK) {
             m->rng_seed = f.rng_seed;
             m->rng_counter = f.rng_counter;

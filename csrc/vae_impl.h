@@ -28,6 +28,7 @@ struct vaec_vae {
     double *w_rec, *w_kl, *w_lp, *w_lpq, *w_lse;
     double *w_lw;                   /* (rows, lw_cap) log weights for IWAE training */
     int64_t lw_cap;
+    double rec_sum, last_rec;       /* sum / batch mean of (1/L) sum_l log p(x|z_l) of a call */
 };
 
 #endif

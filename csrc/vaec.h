@@ -196,7 +196,7 @@ int vaec_arena_find(const vaec_arena *a, const char *name);
  * model kind, the kind's config blob, the arena (parameters, Adam moments and state),
  * the RNG state, and a CRC-32 of all that. Written to "<path>.tmp-<pid>", flushed,
  * fsynced and renamed over path. */
-enum { VAEC_KIND_VAE = 1, VAEC_KIND_M2 = 2, VAEC_KIND_FLOW = 3 };
+enum { VAEC_KIND_VAE = 1, VAEC_KIND_M2 = 2, VAEC_KIND_FLOW = 3, VAEC_KIND_AE = 4 };
 vaec_status vaec_file_write(const char *path, uint32_t kind, const void *config, uint32_t config_len,
                             const vaec_arena *a, uint64_t rng_seed, uint64_t rng_counter);
 /* The same with an opaque `extra` record stored after the arena (e.g. a trainer's state). */
@@ -241,6 +241,11 @@ typedef struct {
     char flow[48];                     /* "" or a flow spec for the posterior: z_K = f_K o ... o
                                           f_1(z_0), z_0 ~ q0(z|x); "planar:K", "radial:K",
                                           "realnvp:K[:WIDTH[:tanh|relu[:learned|SCALE]]]" */
+    int deterministic;                 /* 1: a plain autoencoder on the same layers: code z =
+                                          mu(x) (one encoder head, no noise, no KL, no flow);
+                                          loss -log p(x|z) for Bernoulli, the squared error
+                                          sum_d (x_d - mean_d)^2 for Gaussian (one decoder
+                                          head); saved as VAEC_KIND_AE */
 } vaec_vae_config;
 
 typedef struct vaec_vae vaec_vae;
@@ -277,7 +282,14 @@ typedef struct {
     float free_bits;  /* ELBO only: each latent dimension's KL, averaged over the batch
                          (over each 256-row chunk of larger batches), counts at least this
                          many nats and passes no gradient below it (Kingma et al. 2016) */
+    int estimator;    /* ELBO only, no flow: VAEC_EST_REPARAM, or VAEC_EST_SCORE: the
+                         encoder's gradient of E_q[log p(x|z)] by the score function,
+                         (log p(x|z) - baseline) * grad log q(z|x) at z ~ q (REINFORCE);
+                         the KL's gradient stays analytic, the decoder's is unchanged */
+    float baseline;   /* VAEC_EST_SCORE: subtracted from log p(x|z) (it must not depend
+                         on this call's noise to keep the estimator unbiased) */
 } vaec_objective;
+enum { VAEC_EST_REPARAM = 0, VAEC_EST_SCORE = 1 };
 
 /* Mean over the batch of the negative objective; gradients of it are written (not added)
  * to the arena's grads. */
@@ -286,6 +298,16 @@ vaec_status vaec_vae_loss_grad(vaec_vae *m, const vaec_input *x, const vaec_nois
 /* loss_grad followed by one bias-corrected Adam step with learning rate lr. */
 vaec_status vaec_vae_train_step(vaec_vae *m, const vaec_input *x, const vaec_noise *noise,
                                 const vaec_objective *obj, float lr, double *loss);
+/* Mean over the batch of (1/L) sum_l log p(x|z_l) in the last loss_grad / train_step /
+ * wake-sleep call (e.g. for a running-mean baseline of the score-function estimator). */
+double vaec_vae_last_rec(const vaec_vae *m);
+/* Wake-sleep (Hinton et al. 1995) on the same networks; gradients written to grads.
+ * Wake: the decoder's gradient of -log p(x|z), z ~ q(z|x), on the batch x (its loss, the
+ * batch's mean -ELBO, into *wake_loss). Sleep: `dreams` pairs z ~ N(0, I), x ~ p(x|z)
+ * drawn from the model, and the encoder's gradient of -log q(z|x) on them (mean into
+ * *sleep_loss). Not for flows or autoencoders. */
+vaec_status vaec_vae_wake_sleep_grad(vaec_vae *m, const vaec_input *x, const vaec_noise *noise, int64_t dreams,
+                                     double *wake_loss, double *sleep_loss);
 /* Per-example k-sample importance-weighted bound log (1/k) sum_l p(x,z_l)/q(z_l|x),
  * k = noise->samples, out (n,) float64. Streams the samples through a float64
  * log-sum-exp: memory does not grow with k. With large k, an estimate of log p(x). */
@@ -294,6 +316,9 @@ vaec_status vaec_vae_iwae(vaec_vae *m, const vaec_input *x, const vaec_noise *no
 vaec_status vaec_vae_elbo(vaec_vae *m, const vaec_input *x, const vaec_noise *noise, double *out);
 /* mu, logvar (n, latent). */
 vaec_status vaec_vae_encode(vaec_vae *m, const vaec_input *x, float *mu, float *logvar);
+/* The posterior's flow on given codes: z (n, latent) -> zk (n, latent) = f_K o ... o f_1(z)
+ * and logdet (n,) = log|det dzk/dz| (may be NULL); the identity (logdet 0) without a flow. */
+vaec_status vaec_vae_flow_forward(vaec_vae *m, const float *z, int64_t n, float *zk, double *logdet);
 /* z (n, latent) -> out (n, input_dim): Bernoulli probabilities or Gaussian means. */
 vaec_status vaec_vae_decode(vaec_vae *m, const float *z, int64_t n, float *out);
 

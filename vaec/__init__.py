@@ -1,9 +1,9 @@
 """vaec: variational autoencoders with a pure-C core and a NumPy face."""
 from ._core import cpu_features as _cpu_features
-from .models import VAE, load
+from .models import VAE, Autoencoder, gradient_variance, load
 
 __version__ = "0.1.0"
-__all__ = ["VAE", "M2", "Flow", "load", "cpu_features", "__version__"]
+__all__ = ["VAE", "Autoencoder", "M2", "Flow", "gradient_variance", "load", "cpu_features", "__version__"]
 
 
 def cpu_features():

@@ -40,17 +40,18 @@ static int parse_act(PyObject *s, vaec_act *out) {
 
 static int VAE_init(VAEObject *self, PyObject *args, PyObject *kw) {
     static char *kwlist[] = {"input_dim", "latent_dim", "hidden", "activation", "likelihood", "seed", "threads",
-                             "flow", NULL};
+                             "flow", "deterministic", NULL};
     long long input_dim, latent_dim;
     unsigned long long seed = 0;
     PyObject *hidden;
     PyObject *act, *lik;
-    int threads = 0;
+    int threads = 0, deterministic = 0;
     const char *flow = "";
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "LLOUUKi|s", kwlist, &input_dim, &latent_dim, &hidden, &act, &lik,
-                                     &seed, &threads, &flow))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "LLOUUKi|sp", kwlist, &input_dim, &latent_dim, &hidden, &act, &lik,
+                                     &seed, &threads, &flow, &deterministic))
         return -1;
     vaec_vae_config c = {0};
+    c.deterministic = deterministic;
     if (strlen(flow) >= sizeof c.flow) {
         PyErr_Format(PyExc_ValueError, "flow: spec too long: %s", flow);
         return -1;
@@ -147,15 +148,16 @@ static int parse_call(VAEObject *self, call_args *a, PyObject *x, PyObject *eps,
 }
 
 static PyObject *VAE_loss_grad(VAEObject *self, PyObject *args, PyObject *kw) {
-    static char *kwlist[] = {"x", "eps", "samples", "seed", "binarize", "lr", "iw", "beta", "free_bits", NULL};
+    static char *kwlist[] = {"x", "eps", "samples", "seed", "binarize", "lr", "iw", "beta", "free_bits", "score",
+                             "baseline", NULL};
     PyObject *x, *eps = Py_None, *samples = Py_None, *seed = Py_None;
-    int binarize = 0, iw = 0;
+    int binarize = 0, iw = 0, score = 0;
     double lr = -1.0;  /* < 0: no optimizer step */
-    float beta = 1.0f, free_bits = 0.0f;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|OOOpdpff", kwlist, &x, &eps, &samples, &seed, &binarize, &lr,
-                                     &iw, &beta, &free_bits))
+    float beta = 1.0f, free_bits = 0.0f, baseline = 0.0f;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|OOOpdpffpf", kwlist, &x, &eps, &samples, &seed, &binarize, &lr,
+                                     &iw, &beta, &free_bits, &score, &baseline))
         return NULL;
-    vaec_objective obj = {iw, beta, free_bits};
+    vaec_objective obj = {iw, beta, free_bits, score ? VAEC_EST_SCORE : VAEC_EST_REPARAM, baseline};
     if (acquire(self)) return NULL;
     call_args a;
     PyObject *res = NULL;
@@ -176,6 +178,43 @@ done:
     call_args_clear(&a);
     release(self);
     return res;
+}
+
+/* wake_sleep(x, seed=None, binarize=False, lr=-1, dreams=0) -> (wake loss, sleep loss);
+ * dreams 0: as many as x has rows; lr >= 0: followed by one Adam step. */
+static PyObject *VAE_wake_sleep(VAEObject *self, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"x", "seed", "binarize", "lr", "dreams", NULL};
+    PyObject *x, *seed = Py_None;
+    int binarize = 0;
+    double lr = -1.0;
+    long long dreams = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|OpdL", kwlist, &x, &seed, &binarize, &lr, &dreams)) return NULL;
+    if (dreams < 0) return PyErr_Format(PyExc_ValueError, "dreams must be >= 0, got %lld", dreams);
+    if (acquire(self)) return NULL;
+    call_args a;
+    PyObject *res = NULL;
+    if (parse_call(self, &a, x, Py_None, Py_None, seed, binarize)) goto done;
+    if (a.x.n == 0) {
+        PyErr_SetString(PyExc_ValueError, "x: empty batch; the loss needs at least one example");
+        goto done;
+    }
+    double wl = 0.0, sl = 0.0;
+    vaec_status st;
+    Py_BEGIN_ALLOW_THREADS
+    st = vaec_vae_wake_sleep_grad(self->m, &a.x, &a.noise, dreams ? dreams : a.x.n, &wl, &sl);
+    if (!st && lr >= 0.0) st = vaec_vae_adam_step(self->m, (float)lr);
+    Py_END_ALLOW_THREADS
+    if (st) { vaec_py_raise(st); goto done; }
+    res = Py_BuildValue("(dd)", wl, sl);
+done:
+    call_args_clear(&a);
+    release(self);
+    return res;
+}
+
+static PyObject *VAE_last_rec(VAEObject *self, PyObject *noargs) {
+    if (!self->m) { PyErr_SetString(PyExc_RuntimeError, "the model is not initialised"); return NULL; }
+    return PyFloat_FromDouble(vaec_vae_last_rec(self->m));
 }
 
 static PyObject *VAE_bound(VAEObject *self, PyObject *args, PyObject *kw, int iwae) {
@@ -230,12 +269,14 @@ static PyObject *VAE_encode(VAEObject *self, PyObject *args) {
     if (vaec_py_convert_x(x, "x", c->input_dim, c->likelihood == VAEC_LIK_BERNOULLI, &in, &xa)) goto done;
     npy_intp dims[2] = {(npy_intp)in.n, (npy_intp)c->latent_dim};
     mu = PyArray_SimpleNew(2, dims, NPY_FLOAT32);
-    lv = PyArray_SimpleNew(2, dims, NPY_FLOAT32);
+    /* an autoencoder has no variance: (code, None) */
+    if (c->deterministic) Py_INCREF(Py_None);
+    lv = c->deterministic ? Py_None : PyArray_SimpleNew(2, dims, NPY_FLOAT32);
     if (!mu || !lv) goto done;
     vaec_status st;
     Py_BEGIN_ALLOW_THREADS
     st = vaec_vae_encode(self->m, &in, (float *)PyArray_DATA((PyArrayObject *)mu),
-                         (float *)PyArray_DATA((PyArrayObject *)lv));
+                         c->deterministic ? NULL : (float *)PyArray_DATA((PyArrayObject *)lv));
     Py_END_ALLOW_THREADS
     if (st) { vaec_py_raise(st); goto done; }
     res = PyTuple_Pack(2, mu, lv);
@@ -247,12 +288,14 @@ done:
     return res;
 }
 
-static PyObject *VAE_decode(VAEObject *self, PyObject *args) {
+/* decode(z) -> (n, input_dim); flow(z) -> (z_K (n, latent), logdet (n,)): the two maps
+ * of latent codes, sharing their argument checks. */
+static PyObject *VAE_latent_map(VAEObject *self, PyObject *args, int flow) {
     PyObject *z;
     if (!PyArg_ParseTuple(args, "O", &z)) return NULL;
     if (acquire(self)) return NULL;
     const vaec_vae_config *c = vaec_vae_config_get(self->m);
-    PyObject *out = NULL;
+    PyObject *out = NULL, *ld = NULL, *res = NULL;
     PyArrayObject *za = vaec_py_real_array(z, "z"), *zf = NULL;
     char expected[64];
     snprintf(expected, sizeof expected, "a 2-D array of shape (n, %lld)", (long long)c->latent_dim);
@@ -260,23 +303,31 @@ static PyObject *VAE_decode(VAEObject *self, PyObject *args) {
     if (PyArray_NDIM(za) != 2 || PyArray_DIM(za, 1) != c->latent_dim) { vaec_py_wrong_shape(za, "z", expected); goto done; }
     if (!(zf = vaec_py_as_f32(za))) goto done;
     if (vaec_py_check_values(zf, "z", 0, "")) goto done;
-    npy_intp dims[2] = {PyArray_DIM(zf, 0), (npy_intp)c->input_dim};
+    npy_intp dims[2] = {PyArray_DIM(zf, 0), flow ? (npy_intp)c->latent_dim : (npy_intp)c->input_dim};
     out = PyArray_SimpleNew(2, dims, NPY_FLOAT32);
-    if (!out) goto done;
+    if (!out || (flow && !(ld = PyArray_SimpleNew(1, dims, NPY_FLOAT64)))) goto done;
     vaec_status st;
     const float *zp = (const float *)PyArray_DATA(zf);
     float *op = (float *)PyArray_DATA((PyArrayObject *)out);
+    double *lp = ld ? (double *)PyArray_DATA((PyArrayObject *)ld) : NULL;
     int64_t n = (int64_t)dims[0];
     Py_BEGIN_ALLOW_THREADS
-    st = vaec_vae_decode(self->m, zp, n, op);
+    st = flow ? vaec_vae_flow_forward(self->m, zp, n, op, lp) : vaec_vae_decode(self->m, zp, n, op);
     Py_END_ALLOW_THREADS
-    if (st) { Py_CLEAR(out); vaec_py_raise(st); }
+    if (st) { vaec_py_raise(st); goto done; }
+    if (!flow) Py_INCREF(out);
+    res = flow ? PyTuple_Pack(2, out, ld) : out;
 done:
+    Py_XDECREF(out);
+    Py_XDECREF(ld);
     Py_XDECREF(za);
     Py_XDECREF(zf);
     release(self);
-    return out;
+    return res;
 }
+
+static PyObject *VAE_decode(VAEObject *self, PyObject *args) { return VAE_latent_map(self, args, 0); }
+static PyObject *VAE_flow(VAEObject *self, PyObject *args) { return VAE_latent_map(self, args, 1); }
 
 /* A 1-D float32 view of one of the arena's buffers; the array keeps the model alive. */
 static PyObject *VAE_arena(VAEObject *self, PyObject *args) {
@@ -365,18 +416,23 @@ static PyObject *VAE_config(VAEObject *self, PyObject *noargs) {
     PyObject *hidden = PyTuple_New(c->n_hidden);
     if (!hidden) return NULL;
     for (int i = 0; i < c->n_hidden; i++) PyTuple_SET_ITEM(hidden, i, PyLong_FromLongLong(c->hidden[i]));
-    return Py_BuildValue("{s:L,s:L,s:N,s:s,s:s,s:K,s:s}", "input_dim", (long long)c->input_dim,
+    return Py_BuildValue("{s:L,s:L,s:N,s:s,s:s,s:K,s:s,s:O}", "input_dim", (long long)c->input_dim,
                          "latent_dim", (long long)c->latent_dim, "hidden", hidden,
                          "activation", vaec_act_name(c->activation),
                          "likelihood", c->likelihood == VAEC_LIK_BERNOULLI ? "bernoulli" : "gaussian",
-                         "seed", (unsigned long long)c->seed, "flow", c->flow);
+                         "seed", (unsigned long long)c->seed, "flow", c->flow,
+                         "deterministic", c->deterministic ? Py_True : Py_False);
 }
 
 static PyMethodDef VAE_methods[] = {
     {"loss_grad", (PyCFunction)(void (*)(void))VAE_loss_grad, METH_VARARGS | METH_KEYWORDS,
-     "loss_grad(x, eps=None, samples=None, seed=None, binarize=False, lr=-1, iw=False, beta=1, free_bits=0)\n"
+     "loss_grad(x, eps=None, samples=None, seed=None, binarize=False, lr=-1, iw=False, beta=1, free_bits=0,\n"
+     "          score=False, baseline=0)\n"
      "Mean negative objective (ELBO, or IWAE with iw); gradients written to the grads arena;\n"
      "with lr >= 0 also one Adam step."},
+    {"wake_sleep", (PyCFunction)(void (*)(void))VAE_wake_sleep, METH_VARARGS | METH_KEYWORDS,
+     "wake_sleep(x, seed=None, binarize=False, lr=-1, dreams=0) -> (wake loss, sleep loss); gradients in grads"},
+    {"last_rec", (PyCFunction)VAE_last_rec, METH_NOARGS, "mean log p(x|z) of the last loss_grad call"},
     {"elbo", (PyCFunction)(void (*)(void))VAE_elbo, METH_VARARGS | METH_KEYWORDS,
      "elbo(x, eps=None, samples=None, seed=None, binarize=False) -> float64 (n,)"},
     {"iwae", (PyCFunction)(void (*)(void))VAE_iwae, METH_VARARGS | METH_KEYWORDS,
@@ -384,6 +440,7 @@ static PyMethodDef VAE_methods[] = {
     {"adam_step", (PyCFunction)VAE_adam_step, METH_VARARGS, "adam_step(lr): Adam on the current grads."},
     {"encode", (PyCFunction)VAE_encode, METH_VARARGS, "encode(x) -> (mu, logvar)"},
     {"decode", (PyCFunction)VAE_decode, METH_VARARGS, "decode(z) -> (n, input_dim)"},
+    {"flow", (PyCFunction)VAE_flow, METH_VARARGS, "flow(z) -> (z_K, logdet): the posterior's flow (identity without)"},
     {"arena", (PyCFunction)VAE_arena, METH_VARARGS, "arena(which) -> zero-copy float32 view"},
     {"tensors", (PyCFunction)VAE_tensors, METH_NOARGS, "[(name, offset, shape)]"},
     {"state", (PyCFunction)VAE_get_state, METH_NOARGS, "optimizer and RNG state"},

@@ -648,7 +648,8 @@ int vaec_py_add_flow(PyObject *module) {
     if (PyModule_AddFunctions(module, flow_functions) < 0) return -1;
     if (PyModule_AddIntConstant(module, "KIND_VAE", VAEC_KIND_VAE) < 0 ||
         PyModule_AddIntConstant(module, "KIND_M2", VAEC_KIND_M2) < 0 ||
-        PyModule_AddIntConstant(module, "KIND_FLOW", VAEC_KIND_FLOW) < 0)
+        PyModule_AddIntConstant(module, "KIND_FLOW", VAEC_KIND_FLOW) < 0 ||
+        PyModule_AddIntConstant(module, "KIND_AE", VAEC_KIND_AE) < 0)
         return -1;
     return 0;
 }

@@ -16,12 +16,21 @@ import numpy as np
 
 from . import _core
 
-__all__ = ["ArenaModel", "VAE", "load"]
+__all__ = ["ArenaModel", "VAE", "Autoencoder", "gradient_variance", "load"]
 
 ACTIVATIONS = ("tanh", "relu", "softplus", "sigmoid", "elu", "leaky_relu")
 MAX_SAMPLES = 10_000_000
 BURDA_STAGES = 8  # 3^i epochs at lr * 10^(-i/7), i = 0..7 (Burda et al. 2016)
 LIKELIHOODS = ("bernoulli", "gaussian")
+ESTIMATORS = ("reparam", "score")
+ALGORITHMS = ("aevb", "wake-sleep")
+BASELINE_DECAY = 0.9  # the running-mean baseline: b <- 0.9 b + 0.1 mean log p(x|z)
+
+
+def _choice(name, value, options):
+    if not isinstance(value, str) or value not in options:
+        raise ValueError(f"{name}: expected one of {', '.join(map(repr, options))}, got {value!r}")
+    return value
 
 
 def _int_arg(name, value, low=1, high=None):
@@ -194,36 +203,12 @@ class ArenaModel:
 
 
 
-class VAE(ArenaModel):
-    """A variational autoencoder with a Gaussian encoder q(z|x) = N(mu, diag exp(logvar)).
+class _Coder(ArenaModel):
+    """What a VAE and an Autoencoder share: the networks' configuration, the C model,
+    training (train_step, loss_and_grad, fit), decode and files."""
 
-    Parameters
-    ----------
-    input_dim : int
-        Width of a data vector (784 for MNIST).
-    latent_dim : int
-        Size of z.
-    hidden : tuple of int
-        Widths of the encoder's hidden layers; the decoder mirrors them
-        (``hidden=(500, 200)``: encoder 784-500-200, decoder z-200-500-784). ``()`` for none.
-    activation : {'tanh', 'relu', 'softplus', 'sigmoid', 'elu', 'leaky_relu'}
-    likelihood : {'bernoulli', 'gaussian'}
-        Bernoulli on logits (data in [0, 1]), or a Gaussian with a mean and a
-        log-variance layer, both linear in the decoder's last hidden layer.
-    seed : int
-        Seeds the initialization and the model's noise stream.
-    threads : int or None
-        Threads for the C kernels; None uses every core available.
-    flow : str or None
-        A normalizing flow on the posterior, z_K = f_K(...f_1(z_0)), z_0 ~ q0(z|x):
-        ``"planar:K"``, ``"radial:K"`` or ``"realnvp:K"`` (Rezende & Mohamed 2015; Dinh et
-        al. 2017). Its parameters are ``flow.{k}.*`` in ``params``. With a flow the KL term
-        is estimated by Monte Carlo; ``encode`` returns q0's mean and log-variance.
-
-    Parameters live in one contiguous float32 buffer in C; ``params`` and ``grads`` are
-    dicts of zero-copy NumPy views on it, named like ``torch.nn.Linear`` modules
-    (``encoder.0.weight`` has shape (out, in)).
-    """
+    _deterministic = False
+    _val_key = "val_elbo"
 
     def __init__(self, input_dim, latent_dim=20, hidden=(400,), activation="tanh", likelihood="bernoulli",
                  seed=0, threads=None, flow=None):
@@ -248,8 +233,8 @@ class VAE(ArenaModel):
         threads = 0 if threads is None else _int_arg("threads", threads, 1, 256)
         if flow is not None and not isinstance(flow, str):
             raise TypeError(f"flow: expected None or a spec such as 'planar:10', got {type(flow).__name__}")
-        extra = (flow,) if flow else ()
-        core = _core.VAECore(input_dim, latent_dim, hidden, activation, likelihood, seed, threads, *extra)
+        core = _core.VAECore(input_dim, latent_dim, hidden, activation, likelihood, seed, threads, flow or "",
+                             self._deterministic)
         self._attach(core)
 
     # ------------------------------------------------------------ internals
@@ -265,15 +250,16 @@ class VAE(ArenaModel):
         self.flow = cfg.get("flow") or None
         self._attach_arena(core)
         self.history = {}
+        self._baseline = None  # the score estimator's running-mean baseline
 
     def __repr__(self):
-        return (f"VAE(input_dim={self.input_dim}, latent_dim={self.latent_dim}, hidden={self.hidden}, "
+        return (f"{type(self).__name__}(input_dim={self.input_dim}, latent_dim={self.latent_dim}, hidden={self.hidden}, "
                 f"activation={self.activation!r}, likelihood={self.likelihood!r}, seed={self.seed}"
                 + (f", flow={self.flow!r})" if self.flow else ")"))
 
     # ------------------------------------------------------------ training
     def loss_and_grad(self, x, eps=None, seed=None, samples=None, binarize=None, iw_samples=None, beta=1.0,
-                      free_bits=0.0):
+                      free_bits=0.0, estimator="reparam", baseline=None):
         """The batch mean of the negative training objective (nats per example); its
         gradients are written into ``grads``.
 
@@ -282,20 +268,53 @@ class VAE(ArenaModel):
         ``free_bits`` nats), or with ``iw_samples=k`` the k-sample IWAE bound of Burda et
         al. ``eps``: standard-normal noise of shape (L, n, latent_dim) or (n, latent_dim);
         without it, draws from the counter-based RNG under ``seed`` (or the model's own
-        stream)."""
+        stream).
+
+        ``estimator``: ``"reparam"`` (the reparameterization trick) or ``"score"``, the
+        score-function (REINFORCE) estimator of the encoder's gradient of E_q[log p(x|z)],
+        (log p(x|z) - b) * grad log q(z|x); the KL's gradient stays analytic and the
+        decoder's gradient is the same for both. ``baseline`` b (score only): None (0), a
+        number, or ``"mean"``, a running mean of log p(x|z) over this model's earlier
+        calls (0.9 decay; it never uses the current draw, so the estimate stays unbiased)."""
+        return self._loss_grad(x, -1.0, eps, seed, samples, binarize, iw_samples, beta, free_bits, estimator, baseline)
+
+    def _loss_grad(self, x, lr, eps, seed, samples, binarize, iw_samples, beta, free_bits, estimator, baseline):
         samples, iw = self._objective_samples(samples, iw_samples, eps)
-        return self._core.loss_grad(x, eps, samples, _seed_arg(seed), _binarize_arg(binarize), -1.0, iw,
-                                    _float_arg("beta", beta, 0.0), _float_arg("free_bits", free_bits, 0.0))
+        score, b = self._estimator_args(estimator, baseline, iw)
+        loss = self._core.loss_grad(x, eps, samples, _seed_arg(seed), _binarize_arg(binarize), lr, iw,
+                                    _float_arg("beta", beta, 0.0), _float_arg("free_bits", free_bits, 0.0), score, b)
+        if baseline == "mean":
+            self._update_baseline(self._core.last_rec())
+        return loss
+
+    def _estimator_args(self, estimator, baseline, iw):
+        """(score flag, baseline value) for the C call, after checking the arguments."""
+        _choice("estimator", estimator, ESTIMATORS)
+        if estimator == "reparam":
+            if baseline is not None:
+                raise ValueError("baseline: only the score-function estimator (estimator='score') takes a baseline")
+            return False, 0.0
+        if self._deterministic or getattr(self, "flow", None):
+            raise ValueError("estimator: 'score' needs a VAE with a diagonal Gaussian posterior (no flow)")
+        if iw:
+            raise ValueError("estimator: 'score' is for the ELBO, not with iw_samples")
+        if baseline is None:
+            return True, 0.0
+        if isinstance(baseline, str):
+            _choice("baseline", baseline, ("mean",))
+            return True, 0.0 if self._baseline is None else self._baseline
+        return True, _float_arg("baseline", baseline)
+
+    def _update_baseline(self, rec):
+        self._baseline = rec if self._baseline is None else BASELINE_DECAY * self._baseline + (1 - BASELINE_DECAY) * rec
 
     def train_step(self, x, lr=1e-3, eps=None, seed=None, samples=None, binarize=None, iw_samples=None, beta=1.0,
-                   free_bits=0.0):
+                   free_bits=0.0, estimator="reparam", baseline=None):
         """One Adam step on batch x (objective as in ``loss_and_grad``); returns the loss
         before the step. If the loss or a gradient is not finite, FloatingPointError is
         raised and the parameters are left as they were."""
         lr = _float_arg("lr", lr, 0.0)
-        samples, iw = self._objective_samples(samples, iw_samples, eps)
-        return self._core.loss_grad(x, eps, samples, _seed_arg(seed), _binarize_arg(binarize), lr, iw,
-                                    _float_arg("beta", beta, 0.0), _float_arg("free_bits", free_bits, 0.0))
+        return self._loss_grad(x, lr, eps, seed, samples, binarize, iw_samples, beta, free_bits, estimator, baseline)
 
     @staticmethod
     def _objective_samples(samples, iw_samples, eps):
@@ -311,7 +330,8 @@ class VAE(ArenaModel):
     def fit(self, X, epochs=10, batch_size=100, lr=1e-3, validation_data=None, shuffle=True, seed=None,
             progress=True, samples=1, binarize=None, verbose=None, callback=None, *, iw_samples=None, beta=1.0,
             warmup=None, free_bits=0.0, lr_schedule="constant", lr_decay=0.97, patience=None,
-            checkpoint_dir=None, checkpoint_every=1, resume=None):
+            checkpoint_dir=None, checkpoint_every=1, resume=None, algorithm="aevb", estimator="reparam",
+            baseline=None):
         """Train with Adam on mini-batches of X; returns the history (also ``model.history``).
 
         The history is a dict of per-epoch lists: ``loss`` (mean training objective, e.g.
@@ -325,6 +345,13 @@ class VAE(ArenaModel):
         beta_t = min(1, 0.01 + t/10000) per iteration; ``free_bits`` floors each latent
         dimension's KL (nats). ``binarize='dynamic'`` resamples every pixel as Bernoulli(grey
         level) each time an image is used (inside C).
+
+        ``algorithm``: ``"aevb"`` (Kingma & Welling: the gradient of the objective above) or
+        ``"wake-sleep"`` (Hinton et al. 1995): each step the decoder follows
+        grad log p(x|z), z ~ q(z|x) (wake) and the encoder follows grad log q(z|x) on as
+        many pairs z ~ p(z), x ~ p(x|z) dreamt by the model (sleep); the history's ``loss``
+        is still the batch -ELBO, and ``sleep_loss`` the mean -log q(z|x) of the dreams.
+        ``estimator``/``baseline``: as in ``loss_and_grad`` (AEVB only).
 
         Learning rate: ``lr_schedule`` ``"constant"``, ``"exponential"`` (lr * lr_decay^epoch),
         ``"burda"`` (3^i epochs at lr * 10^(-i/7), i = 0..7) or a callable epoch -> lr.
@@ -347,6 +374,7 @@ class VAE(ArenaModel):
         lr_decay = _float_arg("lr_decay", lr_decay, 0.0, low_inclusive=False)
         bin_flag = _binarize_arg(binarize)
         seed = _seed_arg(seed)
+        _choice("algorithm", algorithm, ALGORITHMS)
         iw = False
         if iw_samples is not None:
             samples = _int_arg("iw_samples", iw_samples, 1, MAX_SAMPLES)
@@ -355,6 +383,8 @@ class VAE(ArenaModel):
                 raise ValueError("beta, warmup and free_bits apply to the ELBO, not with iw_samples")
         if warmup is not None and warmup != "rezende":
             warmup = _int_arg("warmup", warmup, 1)
+        self._check_fit_options(algorithm, iw, samples, beta, warmup, free_bits, estimator)
+        score, _ = self._estimator_args(estimator, baseline, iw)
         if not (callable(lr_schedule) or lr_schedule in ("constant", "exponential", "burda")):
             raise ValueError(f"lr_schedule: expected 'constant', 'exponential', 'burda' or a callable, got {lr_schedule!r}")
         if patience is not None:
@@ -382,7 +412,7 @@ class VAE(ArenaModel):
                 [st["rng_seed"], st["rng_counter"]]).generate_state(1, np.uint64)[0])
             # a later fit continues the model's history (the schedules start afresh)
             history = {k: list(self.history.get(k, [])) for k in
-                       ("loss", "val_elbo", "lr", "beta", "seconds", "examples_per_s")}
+                       ("loss", self._val_key, "lr", "beta", "seconds", "examples_per_s")}
             state = {"epoch": 0, "step": 0, "base_seed": int(base), "best_val": None, "best_epoch": None,
                      "bad_epochs": 0, "history": history}
             best_params = None
@@ -421,13 +451,21 @@ class VAE(ArenaModel):
             t0 = time.perf_counter()
             order = (np.random.default_rng([state["base_seed"], epoch]).permutation(n) if shuffle else None)
             bar = _Progress(n, f"epoch {epoch + 1}", interactive)
-            total, seen, beta_t = 0.0, 0, beta
+            total, seen, beta_t, sleep_total = 0.0, 0, beta, 0.0
             try:
                 for b, start in enumerate(range(0, n, batch_size)):
                     xb = X[order[start:start + batch_size]] if shuffle else X[start:start + batch_size]
                     beta_t = beta_at(state["step"])
                     try:
-                        loss = self._core.loss_grad(xb, None, samples, None, bin_flag, lr_e, iw, beta_t, free_bits)
+                        if algorithm == "wake-sleep":
+                            loss, sleep_loss = self._core.wake_sleep(xb, None, bin_flag, lr_e)
+                            sleep_total += sleep_loss * len(xb)
+                        else:
+                            bl = (self._baseline or 0.0) if baseline == "mean" else (baseline or 0.0)
+                            loss = self._core.loss_grad(xb, None, samples, None, bin_flag, lr_e, iw, beta_t, free_bits,
+                                                        score, bl)
+                            if baseline == "mean":
+                                self._update_baseline(self._core.last_rec())
                     except FloatingPointError as e:
                         where = f" The last checkpoint, {ckpt_path}, is intact." if ckpt_path and os.path.exists(ckpt_path) else ""
                         raise FloatingPointError(
@@ -443,9 +481,13 @@ class VAE(ArenaModel):
             val = None
             if X_val is not None and X_val.shape[0] > 0:
                 val = float(np.mean(self._core.elbo(X_val, None, 1, 0, bin_flag)))
-            for k, v in (("loss", total / seen), ("val_elbo", val), ("lr", lr_e), ("beta", beta_t),
+            # the C "ELBO" of an autoencoder is minus its loss: the history keeps the loss
+            val_h = None if val is None else (-val if self._deterministic else val)
+            for k, v in (("loss", total / seen), (self._val_key, val_h), ("lr", lr_e), ("beta", beta_t),
                          ("seconds", secs), ("examples_per_s", seen / secs if secs > 0 else float("inf"))):
                 hist[k].append(v)
+            if algorithm == "wake-sleep":
+                hist.setdefault("sleep_loss", []).append(sleep_total / seen)
             state["epoch"] = epoch + 1
             if patience is not None and val is not None:
                 if state["best_val"] is None or val > state["best_val"]:
@@ -457,7 +499,7 @@ class VAE(ArenaModel):
             if verbose or (verbose is None and progress):
                 msg = f"epoch {epoch + 1:3d}  loss {total / seen:9.3f}"
                 if val is not None:
-                    msg += f"  val ELBO {val:9.3f}"
+                    msg += f"  val loss {-val:9.3f}" if self._deterministic else f"  val ELBO {val:9.3f}"
                 msg += f"  {seen / secs:9.0f} ex/s  {secs:6.2f}s"
                 print(msg, flush=True)
             if ckpt_path and (state["epoch"] % checkpoint_every == 0 or state["epoch"] == epochs or stopped):
@@ -468,6 +510,14 @@ class VAE(ArenaModel):
             self._arenas["params"][...] = best_params
             hist["best_epoch"] = state["best_epoch"]
         return hist
+
+    def _check_fit_options(self, algorithm, iw, samples, beta, warmup, free_bits, estimator):
+        if algorithm == "wake-sleep":
+            if self.flow:
+                raise ValueError("algorithm: wake-sleep needs a diagonal Gaussian posterior, not a flow")
+            if iw or samples != 1 or beta != 1.0 or warmup is not None or free_bits != 0.0 or estimator != "reparam":
+                raise ValueError("algorithm: wake-sleep takes none of iw_samples, samples, beta, warmup, free_bits, "
+                                 "estimator")
 
     def _checkpoint(self, path, state, best_params):
         """The model file with the trainer's state (JSON, then the best parameters) as its
@@ -507,6 +557,62 @@ class VAE(ArenaModel):
 
     def _check_data(self, X, name):
         return _data_matrix(X, name, self.input_dim)
+
+    # ----------------------------------------------------------------- I/O
+    def save(self, path):
+        """Write the model (config, parameters, optimizer and RNG state, checksum) to a
+        ``.vaec`` file, atomically (a temporary file, then a rename)."""
+        self._core.save(os.fspath(path))
+
+    def __getstate__(self):
+        state = self._core.state()
+        return {"config": self._core.config(), "arenas": {k: v.copy() for k, v in self._arenas.items()},
+                "state": state, "history": self.history, "baseline": self._baseline}
+
+    def __setstate__(self, d):
+        c = d["config"]
+        core = _core.VAECore(c["input_dim"], c["latent_dim"], tuple(c["hidden"]), c["activation"],
+                             c["likelihood"], c["seed"], 0, c.get("flow") or "", bool(c.get("deterministic")))
+        self._attach(core)
+        self._baseline = d.get("baseline")
+        for k, v in d["arenas"].items():
+            self._arenas[k][...] = v
+        s = d["state"]
+        core.set_adam(s["beta1"], s["beta2"], s["adam_eps"])
+        core.set_rng(s["rng_seed"], s["rng_counter"], s["step"])
+        self.history = d.get("history", {})
+
+
+class VAE(_Coder):
+    """A variational autoencoder with a Gaussian encoder q(z|x) = N(mu, diag exp(logvar)).
+
+    Parameters
+    ----------
+    input_dim : int
+        Width of a data vector (784 for MNIST).
+    latent_dim : int
+        Size of z.
+    hidden : tuple of int
+        Widths of the encoder's hidden layers; the decoder mirrors them
+        (``hidden=(500, 200)``: encoder 784-500-200, decoder z-200-500-784). ``()`` for none.
+    activation : {'tanh', 'relu', 'softplus', 'sigmoid', 'elu', 'leaky_relu'}
+    likelihood : {'bernoulli', 'gaussian'}
+        Bernoulli on logits (data in [0, 1]), or a Gaussian with a mean and a
+        log-variance layer, both linear in the decoder's last hidden layer.
+    seed : int
+        Seeds the initialization and the model's noise stream.
+    threads : int or None
+        Threads for the C kernels; None uses every core available.
+    flow : str or None
+        A normalizing flow on the posterior, z_K = f_K(...f_1(z_0)), z_0 ~ q0(z|x):
+        ``"planar:K"``, ``"radial:K"`` or ``"realnvp:K"`` (Rezende & Mohamed 2015; Dinh et
+        al. 2017). Its parameters are ``flow.{k}.*`` in ``params``. With a flow the KL term
+        is estimated by Monte Carlo; ``encode`` returns q0's mean and log-variance.
+
+    Parameters live in one contiguous float32 buffer in C; ``params`` and ``grads`` are
+    dicts of zero-copy NumPy views on it, named like ``torch.nn.Linear`` modules
+    (``encoder.0.weight`` has shape (out, in)).
+    """
 
     # ---------------------------------------------------------- evaluation
     def elbo(self, X, samples=1, eps=None, seed=None, binarize=None):
@@ -563,6 +669,18 @@ class VAE(ArenaModel):
         """(mu, logvar) of q(z|x), each float32 (n, latent_dim)."""
         return self._core.encode(X)
 
+    def code(self, X):
+        """One point in latent space per example, float32 (n, latent_dim): the posterior
+        mean mu(x), or with a flow f_K(...f_1(mu(x))), q0's mean carried through the flow
+        (the decoder's input space). Used by ``vaec.plot.interpolation``."""
+        mu = self._core.encode(X)[0]
+        return self._core.flow(mu)[0] if self.flow else mu
+
+    def flow_transform(self, Z):
+        """The posterior's flow on codes Z (n, latent_dim): (z_K, log|det dz_K/dz|),
+        float32 and float64; the identity (log-det 0) without a flow."""
+        return self._core.flow(Z)
+
     def decode(self, Z):
         """Bernoulli probabilities or Gaussian means for latent codes Z (n, latent_dim)."""
         return self._core.decode(Z)
@@ -578,33 +696,91 @@ class VAE(ArenaModel):
         z = rng.standard_normal((n, self.latent_dim), dtype=np.float32)
         return self._core.decode(z)
 
-    # ----------------------------------------------------------------- I/O
-    def save(self, path):
-        """Write the model (config, parameters, optimizer and RNG state, checksum) to a
-        ``.vaec`` file, atomically (a temporary file, then a rename)."""
-        self._core.save(os.fspath(path))
 
-    def __getstate__(self):
-        state = self._core.state()
-        return {"config": self._core.config(), "arenas": {k: v.copy() for k, v in self._arenas.items()},
-                "state": state, "history": self.history}
+class Autoencoder(_Coder):
+    """A deterministic autoencoder on the same C layers as ``VAE``: code z = f(x) (one
+    linear head after the encoder's hidden layers), reconstruction g(z) from the mirrored
+    decoder; no noise, no KL.
 
-    def __setstate__(self, d):
-        c = d["config"]
-        extra = (c["flow"],) if c.get("flow") else ()
-        core = _core.VAECore(c["input_dim"], c["latent_dim"], tuple(c["hidden"]), c["activation"],
-                             c["likelihood"], c["seed"], 0, *extra)
-        self._attach(core)
-        for k, v in d["arenas"].items():
-            self._arenas[k][...] = v
-        s = d["state"]
-        core.set_adam(s["beta1"], s["beta2"], s["adam_eps"])
-        core.set_rng(s["rng_seed"], s["rng_counter"], s["step"])
-        self.history = d.get("history", {})
+    Trained on the reconstruction loss per example: the cross-entropy
+    -sum_d [x_d log p_d + (1 - x_d) log(1 - p_d)] on logits for ``likelihood="bernoulli"``
+    (data in [0, 1]), the squared error sum_d (x_d - mean_d)^2 for ``"gaussian"``.
+    ``fit``, ``train_step``, ``loss_and_grad``, ``encode`` (the codes), ``decode``,
+    ``params``/``grads`` (``encoder.code.*`` is the code layer) and ``save``/``vaec.load``
+    work as for ``VAE``; the history's validation entry is ``val_loss``.
+    """
+
+    _deterministic = True
+    _val_key = "val_loss"
+
+    def __init__(self, input_dim, latent_dim=2, hidden=(400,), activation="tanh", likelihood="bernoulli",
+                 seed=0, threads=None):
+        super().__init__(input_dim, latent_dim, hidden, activation, likelihood, seed, threads)
+
+    def _check_fit_options(self, algorithm, iw, samples, beta, warmup, free_bits, estimator):
+        if algorithm != "aevb" or iw or samples != 1 or beta != 1.0 or warmup is not None or free_bits != 0.0:
+            raise ValueError("an Autoencoder trains on its reconstruction loss: algorithm, iw_samples, samples, "
+                             "beta, warmup and free_bits do not apply")
+
+    def loss(self, X, binarize=None, seed=None):
+        """The per-example reconstruction loss (float64, shape (n,))."""
+        return -self._core.elbo(X, None, 1, _seed_arg(seed), _binarize_arg(binarize))
+
+    def encode(self, X):
+        """The codes f(x), float32 (n, latent_dim)."""
+        return self._core.encode(X)[0]
+
+    def decode(self, Z):
+        """Bernoulli probabilities or Gaussian means for codes Z (n, latent_dim)."""
+        return self._core.decode(Z)
+
+    def reconstruct(self, X):
+        """decode(encode(x))."""
+        return self._core.decode(self.encode(X))
+
+
+def gradient_variance(model, X, estimator="reparam", samples=100, baseline=None, mc_samples=1, seed=0,
+                      binarize=None, return_mean=False):
+    """The per-parameter variance of a VAE's stochastic gradient over ``samples`` draws.
+
+    Each draw is ``model.loss_and_grad(X, estimator=..., samples=mc_samples, seed=...)``
+    on the whole of X (a fixed batch) with fresh noise; the result is a dict of float64
+    arrays shaped like ``model.params`` (the unbiased sample variance, Welford's
+    algorithm in float64). With ``return_mean=True``, a pair (mean, variance) of such
+    dicts. ``baseline="mean"`` starts from the running mean of 10 earlier calls on X
+    (their draws are not counted) and updates it as training would. The model's
+    parameters are not changed; its gradients are left at the last draw."""
+    if not isinstance(model, VAE):
+        raise TypeError(f"model: expected a vaec.VAE, got {type(model).__name__}")
+    _choice("estimator", estimator, ESTIMATORS)
+    S = _int_arg("samples", samples, 2, MAX_SAMPLES)
+    L = _int_arg("mc_samples", mc_samples, 1, MAX_SAMPLES)
+    seed = _seed_arg(seed)
+    seed = 0 if seed is None else seed
+    X = model._check_data(X, "X")
+    if X.shape[0] == 0:
+        raise ValueError("X: empty batch")
+    names = list(model.grads)
+    seeds = np.random.SeedSequence(seed).generate_state(S + 10, np.uint64)
+    if baseline == "mean":
+        for s in seeds[S:]:
+            model.loss_and_grad(X, seed=int(s), samples=L, binarize=binarize, estimator=estimator, baseline=baseline)
+    mean = {k: np.zeros(model.grads[k].shape) for k in names}
+    m2 = {k: np.zeros(model.grads[k].shape) for k in names}
+    for i in range(S):
+        model.loss_and_grad(X, seed=int(seeds[i]), samples=L, binarize=binarize, estimator=estimator,
+                            baseline=baseline)
+        for k in names:
+            g = model.grads[k].astype(np.float64)
+            d = g - mean[k]
+            mean[k] += d / (i + 1)
+            m2[k] += d * (g - mean[k])
+    var = {k: m2[k] / (S - 1) for k in names}
+    return (mean, var) if return_mean else var
 
 
 def load(path, threads=None):
-    """Load a model written by ``save`` (a VAE, M2 or Flow: the file says which). Raises
+    """Load a model written by ``save`` (a VAE, Autoencoder, M2 or Flow: the file says which). Raises
     FileNotFoundError when the file is missing and ValueError when it is corrupted,
     truncated or not a vaec model."""
     threads = 0 if threads is None else _int_arg("threads", threads, 1, 256)
@@ -616,6 +792,7 @@ def load(path, threads=None):
         from .m2 import load_m2
         return load_m2(path, threads or None)
     core, _extra = _core.load(os.fspath(path), threads)
-    model = VAE.__new__(VAE)
+    cls = Autoencoder if kind == _core.KIND_AE else VAE
+    model = cls.__new__(cls)
     model._attach(core)
     return model

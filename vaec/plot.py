@@ -5,7 +5,8 @@ pyplot, so it works headless (no display, no ``plt.show``), does not pile up
 in pyplot's figure list, and shows exactly once when it is the last
 expression of a Jupyter cell.  Save it with ``fig.savefig("out.png")``.
 
-Models are duck-typed: anything with ``encode(X) -> (mu, logvar)``,
+Models are duck-typed: anything with ``encode(X) -> (mu, logvar)`` (or, like
+:class:`vaec.Autoencoder`, ``encode(X) -> codes``),
 ``decode(Z)``, ``reconstruct(X)``, ``sample(n, seed=None)``, ``input_dim``
 and ``latent_dim`` works (e.g. :class:`vaec.VAE`).
 """
@@ -17,7 +18,8 @@ import math
 
 import numpy as np
 
-__all__ = ["samples_grid", "reconstructions", "latent_manifold", "latent_scatter", "history"]
+__all__ = ["samples_grid", "reconstructions", "latent_manifold", "latent_scatter", "history", "interpolation",
+           "interpolation_path"]
 
 _FIGURE_CLASS = None
 
@@ -103,6 +105,12 @@ def _show(ax, mosaic, vmin, vmax, cmap="gray"):
         s.set_visible(False)
 
 
+def _means(model, X):
+    """Posterior means (a VAE's encode(X)[0]) or an autoencoder's codes (encode(X))."""
+    e = model.encode(X)
+    return e[0] if isinstance(e, tuple) else e
+
+
 def _check_images(images, shape):
     images = _as_float01(images)
     if images.ndim == 3:  # (n, h, w)
@@ -143,6 +151,80 @@ def samples_grid(images, nrow=None, shape=(28, 28), title=None, *, n=64, seed=No
     ax.set_facecolor("white")
     if title:
         fig.suptitle(title)
+    return fig
+
+
+def interpolation_path(z_a, z_b, steps=10, path="linear"):
+    """``steps`` points from ``z_a`` to ``z_b`` (both ends included), float64
+    ``(steps, d)``, or ``(pairs, steps, d)`` for 2-D inputs holding one pair per row.
+
+    ``"linear"``: (1 - t) z_a + t z_b. ``"spherical"``: slerp, sin((1 - t) w) / sin w z_a
+    + sin(t w) / sin w z_b with w the angle between them (White 2016), which keeps a
+    path through a Gaussian prior at typical norms; linear where the angle is ~0."""
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 2:
+        raise ValueError(f"steps: expected an integer >= 2, got {steps!r}")
+    if not isinstance(path, str) or path not in ("linear", "spherical"):
+        raise ValueError(f"path: expected 'linear' or 'spherical', got {path!r}")
+    a = np.asarray(z_a, dtype=np.float64)
+    b = np.asarray(z_b, dtype=np.float64)
+    if a.shape != b.shape or a.ndim not in (1, 2):
+        raise ValueError(f"z_a and z_b: expected two arrays of the same shape (d,) or (pairs, d), got {a.shape} and {b.shape}")
+    single = a.ndim == 1
+    a2, b2 = np.atleast_2d(a), np.atleast_2d(b)
+    t = np.linspace(0.0, 1.0, int(steps))[None, :, None]
+    lin = (1 - t) * a2[:, None, :] + t * b2[:, None, :]
+    if path == "linear":
+        out = lin
+    else:
+        na, nb = np.linalg.norm(a2, axis=1), np.linalg.norm(b2, axis=1)
+        cos = np.clip(np.sum(a2 * b2, axis=1) / np.maximum(na * nb, 1e-300), -1.0, 1.0)
+        w = np.arccos(cos)[:, None, None]
+        sw = np.sin(w)
+        ok = sw > 1e-6
+        sl = (np.sin((1 - t) * w) * a2[:, None, :] + np.sin(t * w) * b2[:, None, :]) / np.where(ok, sw, 1.0)
+        out = np.where(ok, sl, lin)
+    return out[0] if single else out
+
+
+def interpolation(model, x_a, x_b, steps=10, path="linear", shape=(28, 28), *, cmap="gray", title=None):
+    """Decode the path between the latent codes of images ``x_a`` and ``x_b``.
+
+    The codes are ``model.code(x)`` (a VAE's posterior mean; with a flow posterior, q0's
+    mean carried through the flow), or the autoencoder's codes. ``x_a``, ``x_b``: one
+    image each (``(D,)``), or ``(pairs, D)`` for one row per pair. Each row shows x_a,
+    the ``steps`` decoded points of the path (``interpolation_path``: ``"linear"`` or
+    ``"spherical"``), then x_b. Returns the Figure; the decoded images are in its
+    attribute ``decoded`` (pairs, steps, D)."""
+    D = int(model.input_dim)
+    xs = []
+    for name, x in (("x_a", x_a), ("x_b", x_b)):
+        arr = _as_float01(x)
+        if arr.ndim == 1:
+            arr = arr[None]
+        if arr.ndim != 2 or arr.shape[1] != D or arr.shape[0] == 0:
+            raise ValueError(f"{name}: expected an image of {D} values, or an array (pairs, {D}); "
+                             f"got shape {np.shape(x)}")
+        xs.append(arr)
+    if xs[0].shape != xs[1].shape:
+        raise ValueError(f"x_a and x_b: expected the same number of images, got {xs[0].shape[0]} and {xs[1].shape[0]}")
+    z = model.code(np.concatenate(xs)) if hasattr(model, "code") else _means(model, np.concatenate(xs))
+    z = np.asarray(z, dtype=np.float64)
+    P = xs[0].shape[0]
+    zs = interpolation_path(z[:P], z[P:], steps, path)             # (P, steps, d)
+    dec = _as_float01(model.decode(zs.reshape(P * steps, -1).astype(np.float32))).reshape(P, steps, D)
+    rows = np.concatenate([xs[0][:, None], dec, xs[1][:, None]], axis=1).reshape(-1, D)
+    shape = _infer_shape(D, shape)
+    mosaic = _mosaic(rows, shape, steps + 2, pad=1, pad_value=np.nan)
+    vmin, vmax = _value_range(rows)
+    h, w = mosaic.shape
+    scale = 9.0 / max(h, w)
+    top = 0.4 if title else 0.25
+    fig = _figure(figsize=(max(3.0, w * scale), max(1.2, h * scale) + top))
+    ax = fig.add_axes([0.02, 0.02, 0.96, 0.96 - top / fig.get_figheight()])
+    _show(ax, mosaic, vmin, vmax, cmap)
+    ax.set_facecolor("white")
+    fig.suptitle(title or f"{type(model).__name__}: {path} path, x_a \u2192 x_b in {steps} steps")
+    fig.decoded = dec
     return fig
 
 
@@ -245,7 +327,7 @@ def latent_scatter(model, X, y=None, dims=(0, 1), *, pca=None, s=4.0, alpha=0.7)
     Xf = _as_float01(X)
     if Xf.ndim == 3:
         Xf = Xf.reshape(Xf.shape[0], -1)
-    mu = np.asarray(model.encode(Xf)[0], dtype=np.float64)
+    mu = np.asarray(_means(model, Xf), dtype=np.float64)
     if mu.ndim == 1:
         mu = mu[:, None]
     L = mu.shape[1]
