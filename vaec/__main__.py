@@ -407,13 +407,17 @@ def build_parser():
                                    "Adam (eps 1e-4), batch 20, the 3^i-epoch schedule, dynamic binarization; "
                                    "test log p(x) by importance sampling (k=5000). rezende-flows: Rezende & Mohamed (2015) "
                                    "Table 2, the same 784-400-40 VAE with each posterior of --flows on binarized MNIST, "
-                                   "KL annealing, same epochs. Appends to docs/RESULTS.md.")
-    r.add_argument("experiment", choices=("burda-vae", "burda-iwae", "rezende-flows"))
+                                   "KL annealing, same epochs. kingma-wake-sleep: Kingma & Welling (2014) Fig. 2, AEVB against "
+                                   "wake-sleep for several latent sizes on MNIST and Frey faces. Appends to docs/RESULTS.md.")
+    r.add_argument("experiment", choices=("burda-vae", "burda-iwae", "rezende-flows", "kingma-wake-sleep"))
     r.add_argument("--data", metavar="PATH", help="folder holding MNIST (binarized MNIST for rezende-flows)")
     r.add_argument("--epochs", type=_positive_int, default=13,
                    help="epoch budget (the paper: 3280; 13 = the first three stages of the schedule)")
     r.add_argument("--flows", default="none,planar:10,realnvp:4",
                    help="rezende-flows: comma-separated posteriors to compare (default none,planar:10,realnvp:4)")
+    r.add_argument("--examples", type=_positive_int, default=1_000_000,
+                   help="kingma-wake-sleep: training examples per model (default 1,000,000)")
+    r.add_argument("--datasets", default="mnist,frey", help="kingma-wake-sleep: mnist and/or frey (default both)")
     r.add_argument("--k", type=_positive_int, default=50, help="IWAE samples for burda-iwae (paper: 5 or 50)")
     r.add_argument("--eval-samples", type=_positive_int, default=5000)
     r.add_argument("--eval-limit", type=_positive_int, default=None, help="evaluate on the first N test images")

@@ -1,4 +1,5 @@
-"""Published experiments, rerun: ``python -m vaec reproduce burda-vae | burda-iwae | rezende-flows``."""
+"""Published experiments, rerun: ``python -m vaec reproduce burda-vae | burda-iwae | rezende-flows |
+kingma-wake-sleep``."""
 from __future__ import annotations
 
 import datetime
@@ -18,6 +19,8 @@ BURDA_TABLE = {("vae", 1): 86.76, ("vae", 5): 86.47, ("vae", 50): 86.35,
 def reproduce(args):
     if args.experiment == "rezende-flows":
         return reproduce_flows(args)
+    if args.experiment == "kingma-wake-sleep":
+        return reproduce_wake_sleep(args)
     import vaec
     from .__main__ import evaluate, load_dataset
 
@@ -185,4 +188,132 @@ def reproduce_flows(args):
             if r["flow"] is not None:
                 print(f"{r['flow']}: test -ELBO {base['neg_elbo'] - r['neg_elbo']:+.2f} nats better than the diagonal "
                       f"posterior, -log p(x) {base['nll'] - r['nll']:+.2f} (subset)")
+    return 0
+
+
+# Kingma & Welling (2014), Fig. 2: AEVB against wake-sleep, test lower bound against the number
+# of training examples seen, for several latent sizes.
+FIG2_LATENTS = {"mnist": (3, 5, 10, 20, 200), "frey": (2, 5, 10, 20)}
+FIG2_HIDDEN = {"mnist": 500, "frey": 200}
+
+
+def wake_sleep_curves(data, latents, examples, *, seed=0, threads=1, lr=1e-3, batch_size=100,
+                      points=12, log=print):
+    """Train one VAE per (latent size, algorithm) with AEVB and with wake-sleep on the same
+    budget of ``examples`` training examples, recording the test ELBO (one sample per
+    image, fixed noise) at about ``points`` log-spaced numbers of examples seen.
+
+    ``data``: {"mnist" | "frey": (X_train, X_test)}. MNIST: 500 tanh hidden units,
+    Bernoulli decoder, dynamic binarization; Frey faces: 200 hidden units, Gaussian
+    decoder (Kingma & Welling's settings, with Adam instead of Adagrad). Returns
+    {dataset: {latent: {algorithm: {"examples": [...], "test_elbo": [...], "seconds": s}}}}."""
+    import vaec
+
+    out = {}
+    for name, (Xtr, Xte) in data.items():
+        bern = name != "frey"
+        n = len(Xtr)
+        epochs = max(1, -(-int(examples) // n))
+        marks = np.unique(np.geomspace(n, epochs * n, points).astype(np.int64) // n)  # epochs to evaluate after
+        out[name] = {}
+        for z in latents[name]:
+            out[name][z] = {}
+            for algo in ("aevb", "wake-sleep"):
+                m = vaec.VAE(Xtr.shape[1], z, hidden=(FIG2_HIDDEN[name],), activation="tanh",
+                             likelihood="bernoulli" if bern else "gaussian", seed=seed, threads=threads)
+                curve = {"examples": [], "test_elbo": []}
+
+                def record(epoch, logs, m=m, curve=curve):
+                    if epoch in marks:
+                        curve["examples"].append(int(epoch * n))
+                        curve["test_elbo"].append(float(m.elbo(Xte, seed=seed, binarize="dynamic" if bern else None).mean()))
+
+                t0 = time.perf_counter()
+                m.fit(Xtr, epochs=epochs, batch_size=batch_size, lr=lr, binarize="dynamic" if bern else None,
+                      seed=seed, progress=False, verbose=False, algorithm=algo, callback=record)
+                curve["seconds"] = time.perf_counter() - t0
+                out[name][z][algo] = curve
+                log(f"{name} latent {z:3d} {algo:10s}: test ELBO {curve['test_elbo'][-1]:9.2f} after "
+                    f"{curve['examples'][-1]:,} examples ({curve['seconds']:.0f} s)")
+    return out
+
+
+def wake_sleep_figure(curves):
+    """Kingma & Welling's Fig. 2 layout: one panel per (data set, latent size), the test
+    ELBO against training examples seen (log scale), AEVB and wake-sleep."""
+    from matplotlib.ticker import NullFormatter
+
+    from .plot import _figure
+
+    ncol = max(len(curves[d]) for d in curves)
+    fig = _figure(figsize=(3.0 * ncol, 2.8 * len(curves)))
+    axes = fig.subplots(len(curves), ncol, squeeze=False)
+    for r, d in enumerate(curves):
+        for c in range(ncol):
+            ax = axes[r][c]
+            zs = list(curves[d])
+            if c >= len(zs):
+                ax.set_visible(False)
+                continue
+            for algo, style in (("aevb", "-"), ("wake-sleep", "--")):
+                cv = curves[d][zs[c]][algo]
+                ax.plot(cv["examples"], cv["test_elbo"], style, marker="o", ms=3, label="AEVB" if algo == "aevb" else algo)
+            ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(NullFormatter())
+            ax.set_title(f"{'MNIST' if d == 'mnist' else 'Frey faces'}, $N_z$ = {zs[c]}", fontsize=9)
+            ax.tick_params(labelsize=7)
+            if c == 0:
+                ax.set_ylabel("test ELBO (nats)", fontsize=8)
+            if r == len(curves) - 1:
+                ax.set_xlabel("training examples seen", fontsize=8)
+            if r == 0 and c == 0:
+                ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+WS_TITLE = "## AEVB against wake-sleep (Kingma & Welling 2014, Fig. 2)"
+WS_HEADER = WS_TITLE + """ — `python -m vaec reproduce kingma-wake-sleep`
+
+The same encoder and decoder trained by AEVB and by wake-sleep (Hinton et al. 1995, the sleep
+phase on as many dreams as the batch has images), Adam lr 1e-3, batch 100, on the same budget
+of training examples. MNIST: 500 tanh hidden units, Bernoulli decoder, dynamic binarization,
+ELBO on the 10,000 test images. Frey faces: 200 tanh hidden units, Gaussian decoder, every
+10th face held out (197 test faces). The paper shows curves only (to 10^8 examples), no table.
+
+| date | data | latent | examples seen | AEVB test ELBO | wake-sleep test ELBO | AEVB − wake-sleep | time (AEVB + w-s) | command |
+|---|---|---|---|---|---|---|---|---|
+"""
+
+
+def reproduce_wake_sleep(args):
+    from .__main__ import load_dataset
+
+    data = {}
+    for name in args.datasets.split(","):
+        if name not in FIG2_LATENTS:
+            raise ValueError(f"--datasets: expected mnist and/or frey, got {name!r}")
+        Xtr, _, Xte, _ = load_dataset(name, args.data)
+        data[name] = (Xtr, Xte)
+    latents = {d: FIG2_LATENTS[d] for d in data}
+    t0 = time.perf_counter()
+    curves = wake_sleep_curves(data, latents, args.examples, seed=args.seed, threads=args.threads or 1)
+    out = args.out or os.path.join("runs", f"kingma-wake-sleep-{datetime.datetime.now():%Y%m%d-%H%M%S}")
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "curves.json"), "w") as f:
+        json.dump({d: {str(z): v for z, v in c.items()} for d, c in curves.items()}, f, indent=1)
+    try:
+        wake_sleep_figure(curves).savefig(os.path.join(out, "fig2.png"), dpi=110)
+    except ImportError:
+        pass
+    cmd = (f"`python -m vaec reproduce kingma-wake-sleep --examples {args.examples} --datasets {args.datasets}" +
+           (f" --data {args.data}" if args.data else "") + "`")
+    for d, c in curves.items():
+        for z, v in c.items():
+            a, w = v["aevb"], v["wake-sleep"]
+            line = (f"| {datetime.date.today()} | {d} | {z} | {a['examples'][-1]:,} | {a['test_elbo'][-1]:.2f} | "
+                    f"{w['test_elbo'][-1]:.2f} | {a['test_elbo'][-1] - w['test_elbo'][-1]:+.2f} | "
+                    f"{a['seconds'] / 60:.1f} + {w['seconds'] / 60:.1f} min | {cmd} |")
+            _append_result(args.results, line, WS_TITLE, WS_HEADER)
+    print(f"curves and figure in {out}; {(time.perf_counter() - t0) / 60:.1f} min in all")
     return 0
