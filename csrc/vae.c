@@ -332,7 +332,7 @@ static void free_bits_mask(vaec_vae *m, int64_t R, float floor_nats, double *kl_
 
 /* z = mu + exp(logvar/2) * eps, and per row log p(z) - log q(z|x) = 0.5 sum(eps^2 + logvar - z^2)
  * (the log 2 pi terms cancel) into w_lpq. */
-typedef struct { vaec_vae *m; int64_t R; const float *rs; float w; int prior; float baseline; } reparam_job;
+typedef struct { vaec_vae *m; int64_t R; const float *rs; float w; int prior; int score; float baseline; } reparam_job;
 static void reparam_task(void *ctx, int64_t t, int tid) {
     (void)tid;
     reparam_job *j = ctx;
@@ -393,7 +393,11 @@ static void flow_prior_task(void *ctx, int64_t t, int tid) {
 /* dz -> d(mu, logvar): dmu += dz, dlogvar += dz * eps * exp(logvar/2) / 2. With weights
  * w_r (rs, or the uniform w) on the Monte Carlo terms log p(z) - log q(z|x): dlogvar -=
  * w_r / 2 (from +log q = -0.5 sum(log 2 pi + logvar + eps^2) at fixed eps) and, when
- * `prior` (no flow: z_K = z), first dz += w_r * z (from -log p(z)). */
+ * `prior` (no flow: z_K = z), first dz += w_r * z (from -log p(z)).
+ * With `score`, the score-function (REINFORCE) estimator of the encoder's gradient of
+ * -E_q[log p(x|z)] instead: per row s = w * (log p(x|z) - baseline), w = 1/(nL), log p(x|z)
+ * in w_lp, and d(mu, logvar) -= s * d log q(z|x)/d(mu, logvar) = s * (eps / sigma,
+ * (eps^2 - 1) / 2); z is a sample there, not a function of (mu, logvar): dz is not used. */
 static void reparam_back_task(void *ctx, int64_t t, int tid) {
     (void)tid;
     reparam_job *j = ctx;
@@ -408,33 +412,20 @@ static void reparam_back_task(void *ctx, int64_t t, int tid) {
             for (int64_t k = 0; k < Z; k++) dmu[k] += dz[k];
             continue;
         }
+        if (j->score) {
+            float s = (float)((double)j->w * (m->w_lp[r] - (double)j->baseline));
+            for (int64_t k = 0; k < Z; k++) {
+                dmu[k] -= s * eps[k] * expf(-0.5f * lv[k]);
+                dlv[k] -= s * 0.5f * (eps[k] * eps[k] - 1.0f);
+            }
+            continue;
+        }
         float w = j->rs ? j->rs[r] : j->w;
         float wp = j->prior ? w : 0.0f;
         for (int64_t k = 0; k < Z; k++) {
             float g = dz[k] + wp * z[k];
             dmu[k] += g;
             dlv[k] += g * eps[k] * 0.5f * expf(0.5f * lv[k]) - 0.5f * w;
-        }
-    }
-}
-
-/* The score-function (REINFORCE) estimator of the encoder's gradient of -E_q[log p(x|z)]:
- * per row s = w * (log p(x|z) - baseline) with w = 1/(nL) and log p(x|z) in w_lp, then
- * d(mu, logvar) -= s * d log q(z|x)/d(mu, logvar) = s * (eps / sigma, (eps^2 - 1) / 2);
- * z is a sample here, not a function of (mu, logvar): the decoder's dz is not used. */
-static void score_back_task(void *ctx, int64_t t, int tid) {
-    (void)tid;
-    reparam_job *j = ctx;
-    vaec_vae *m = j->m;
-    int64_t Z = m->cfg.latent_dim, ld = align16(2 * Z), lz = align16(Z);
-    int64_t a = t * ROW_GRAIN, b = a + ROW_GRAIN < j->R ? a + ROW_GRAIN : j->R;
-    for (int64_t r = a; r < b; r++) {
-        const float *lv = m->w_heads + r * ld + Z, *eps = m->w_eps + r * lz;
-        float *dmu = m->d_heads + r * ld, *dlv = dmu + Z;
-        float s = (float)((double)j->w * (m->w_lp[r] - (double)j->baseline));
-        for (int64_t k = 0; k < Z; k++) {
-            dmu[k] -= s * eps[k] * expf(-0.5f * lv[k]);
-            dlv[k] -= s * 0.5f * (eps[k] * eps[k] - 1.0f);
         }
     }
 }
@@ -533,7 +524,7 @@ static vaec_status decode_sample(vaec_vae *m, const noise_plan *np, int64_t n, i
             vaec_rng_normal(m->w_eps + r * lz, Z, np->seed, stream_id(np->counter, STREAM_EPS),
                             (uint64_t)(((int64_t)l * n + r0 + r) * Z));
     }
-    reparam_job rj = {m, R, NULL, 0.0f, 0, 0.0f};
+    reparam_job rj = {m, R, NULL, 0.0f, 0, 0, 0.0f};
     vaec_pool_run(m->pool, reparam_task, &rj, vaec_ntasks(R, ROW_GRAIN));
     const float *g = m->w_z;
     int64_t ldg = lz;
@@ -570,11 +561,8 @@ static vaec_status backward_sample(vaec_vae *m, int64_t R, const float *g, int64
         float *din = i ? m->d_dec[i - 1] : dlat;
         layer_backward(m, &m->dec[i], din, ldin, m->d_dec[i], ldi, gin, ldin, R);
     }
-    reparam_job rj = {m, R, rs, w, !m->has_flow, baseline};
-    if (score) {   /* w is the per-sample weight 1/(nL) here (no flow, analytic KL) */
-        vaec_pool_run(m->pool, score_back_task, &rj, vaec_ntasks(R, ROW_GRAIN));
-        return VAEC_OK;
-    }
+    /* with score, w is the per-sample weight 1/(nL) (no flow, analytic KL) */
+    reparam_job rj = {m, R, rs, w, !m->has_flow, score, baseline};
     if (m->has_flow) {
         vaec_pool_run(m->pool, flow_prior_task, &rj, vaec_ntasks(R, ROW_GRAIN));
         vaec_status st = vaec_flow_backward(&m->flow, m->pool, &m->arena, m->d_zk, lz, m->w_dld, 0.0, m->d_z, lz, R,
@@ -749,6 +737,8 @@ static vaec_status forward_all(vaec_vae *m, const vaec_input *x, const vaec_nois
     if (rp->score && (m->has_flow || m->cfg.deterministic))
         return vaec_fail(VAEC_ERR_ARG, "estimator: the score-function estimator needs a diagonal Gaussian posterior "
                          "(no flow, not an autoencoder)");
+    if (m->cfg.deterministic && (rp->free_bits > 0.0f || rp->beta != 1.0f))
+        return vaec_fail(VAEC_ERR_ARG, "an autoencoder has no KL term for beta or free_bits to act on");
     if (rp->kind == RUN_IWAE && m->cfg.deterministic)
         return vaec_fail(VAEC_ERR_ARG, "an autoencoder has no posterior: importance-weighted bounds do not apply");
     if (rp->kind == RUN_IWAE && rp->grad && np.L > m->lw_cap) {

@@ -15,6 +15,9 @@
  *       * a workspace sized for the largest chunk seen, so a training step does not
  *         allocate once warm;
  *       * optionally a normalizing flow on its posterior (csrc/flows.h);
+ *     The same vaec_vae is also a plain autoencoder (config.deterministic), and it
+ *     trains by AEVB with either gradient estimator (vaec_objective.estimator) or by
+ *     wake-sleep (vaec_vae_wake_sleep_grad).
  *       * a thread pool (vaec_pool) and a counter-based RNG key.
  *   - Inputs are described by vaec_input: float32 (used in place) or uint8 images
  *     (scaled by 1/255 inside, chunk by chunk, so data sets never need a float copy).
@@ -298,8 +301,9 @@ vaec_status vaec_vae_loss_grad(vaec_vae *m, const vaec_input *x, const vaec_nois
 /* loss_grad followed by one bias-corrected Adam step with learning rate lr. */
 vaec_status vaec_vae_train_step(vaec_vae *m, const vaec_input *x, const vaec_noise *noise,
                                 const vaec_objective *obj, float lr, double *loss);
-/* Mean over the batch of (1/L) sum_l log p(x|z_l) in the last loss_grad / train_step /
- * wake-sleep call (e.g. for a running-mean baseline of the score-function estimator). */
+/* Mean over the batch of (1/L) sum_l log p(x|z_l) in the last ELBO loss_grad / train_step /
+ * wake-sleep call (e.g. for a running-mean baseline of the score-function estimator); 0
+ * after an IWAE call. */
 double vaec_vae_last_rec(const vaec_vae *m);
 /* Wake-sleep (Hinton et al. 1995) on the same networks; gradients written to grads.
  * Wake: the decoder's gradient of -log p(x|z), z ~ q(z|x), on the batch x (its loss, the
