@@ -101,6 +101,42 @@ def test_eval_reports_bounds_log_likelihood_and_active_units(tmp_path):
     assert "active units:" in r.stdout
 
 
+def test_eval_and_sample_refuse_an_autoencoder(tmp_path):
+    vaec.Autoencoder(784, 2, hidden=(8,)).save(tmp_path / "ae.vaec")
+    for cmd in (["eval", str(tmp_path / "ae.vaec")], ["sample", str(tmp_path / "ae.vaec"), "--out", str(tmp_path / "s.png")]):
+        r = run(*cmd)
+        assert r.returncode == 2 and "holds an Autoencoder" in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_reproduce_rezende_flows_records_one_row_per_posterior(tmp_path):
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 60), ("test", 20)):
+        B = (rng.random((n, 784)) < 0.2).astype(np.uint8)
+        (tmp_path / f"binarized_mnist_{split}.amat").write_text("\n".join(" ".join(map(str, r)) for r in B) + "\n")
+    results = tmp_path / "RESULTS.md"
+    r = run("reproduce", "rezende-flows", "--data", str(tmp_path), "--epochs", "1", "--flows", "none,planar:2",
+            "--eval-samples", "10", "--eval-limit", "10", "--out", str(tmp_path / "out"), "--results", str(results),
+            "--quiet", "--threads", "1")
+    assert r.returncode == 0, r.stderr
+    rows = [line for line in results.read_text().splitlines() if line.startswith("| 2")]
+    assert [row.split("|")[2].strip() for row in rows] == ["diagonal Gaussian", "planar:2"]
+    assert "better than the diagonal posterior" in r.stdout
+    assert json.loads((tmp_path / "out" / "result.json").read_text())["rows"][1]["eval_n"] == 10
+
+
+def test_reproduce_wake_sleep_records_curves(tmp_path):
+    results = tmp_path / "RESULTS.md"
+    r = run("reproduce", "kingma-wake-sleep", "--datasets", "mnist", "--latents", "2", "--examples", "1",
+            "--out", str(tmp_path / "out"), "--results", str(results), "--threads", "1")
+    assert r.returncode == 0, r.stderr
+    curves = json.loads((tmp_path / "out" / "curves.json").read_text())
+    assert set(curves["mnist"]["2"]) == {"aevb", "wake-sleep"}
+    assert "| mnist | 2 |" in results.read_text()
+    bad = run("reproduce", "kingma-wake-sleep", "--datasets", "mnist", "--latents", "x", "--out", str(tmp_path / "o2"),
+              "--results", str(results))
+    assert bad.returncode == 2 and "--latents" in bad.stderr
+
+
 def test_reproduce_runs_and_records_its_result(tmp_path):
     results = tmp_path / "RESULTS.md"
     r = run("reproduce", "burda-iwae", "--epochs", "1", "--k", "2", "--eval-samples", "20", "--eval-limit", "30",

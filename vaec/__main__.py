@@ -242,18 +242,22 @@ def _train_m2(args):
     return 0
 
 
-def _load_model(path):
+def _load_model(path, command):
     import vaec
 
     if not os.path.exists(path):
         raise FileNotFoundError(f"model file not found: {path}")
-    return vaec.load(path)
+    model = vaec.load(path)
+    if isinstance(model, vaec.Autoencoder):
+        raise UsageError(f"{command}: {path} holds an Autoencoder, which has no prior to sample from and no "
+                         "likelihood bound to evaluate; use its Python API (encode, decode, loss)")
+    return model
 
 
 def cmd_sample(args):
     from . import plot
 
-    model = _load_model(args.model)
+    model = _load_model(args.model, "sample")
     if not _have_matplotlib():
         raise UsageError("sample: matplotlib is needed to write a PNG (pip install 'vaec[plot]')")
     shape = tuple(args.shape) if args.shape else _guess_shape(model.input_dim)
@@ -296,7 +300,7 @@ def evaluate(model, X, samples, seed=0, binarize=True, y=None, out=print):
 
 
 def cmd_eval(args):
-    model = _load_model(args.model)
+    model = _load_model(args.model, "eval")
     dataset = args.dataset or ("frey" if model.input_dim == 560 else "mnist")
     _, _, Xte, yte = load_dataset(dataset, args.data)
     if Xte.shape[1] != model.input_dim:
@@ -418,6 +422,8 @@ def build_parser():
     r.add_argument("--examples", type=_positive_int, default=1_000_000,
                    help="kingma-wake-sleep: training examples per model (default 1,000,000)")
     r.add_argument("--datasets", default="mnist,frey", help="kingma-wake-sleep: mnist and/or frey (default both)")
+    r.add_argument("--latents", default=None, metavar="Z,Z,...",
+                   help="kingma-wake-sleep: latent sizes (default the paper's: 3,5,10,20,200 for MNIST, 2,5,10,20 for Frey)")
     r.add_argument("--k", type=_positive_int, default=50, help="IWAE samples for burda-iwae (paper: 5 or 50)")
     r.add_argument("--eval-samples", type=_positive_int, default=5000)
     r.add_argument("--eval-limit", type=_positive_int, default=None, help="evaluate on the first N test images")

@@ -295,7 +295,14 @@ def reproduce_wake_sleep(args):
             raise ValueError(f"--datasets: expected mnist and/or frey, got {name!r}")
         Xtr, _, Xte, _ = load_dataset(name, args.data)
         data[name] = (Xtr, Xte)
-    latents = {d: FIG2_LATENTS[d] for d in data}
+    if args.latents:
+        try:
+            chosen = tuple(int(z) for z in args.latents.split(","))
+        except ValueError:
+            raise ValueError(f"--latents: expected comma-separated sizes such as 3,20, got {args.latents!r}") from None
+        if min(chosen) < 1:
+            raise ValueError(f"--latents: sizes must be >= 1, got {args.latents!r}")
+    latents = {d: chosen if args.latents else FIG2_LATENTS[d] for d in data}
     t0 = time.perf_counter()
     curves = wake_sleep_curves(data, latents, args.examples, seed=args.seed, threads=args.threads or 1)
     out = args.out or os.path.join("runs", f"kingma-wake-sleep-{datetime.datetime.now():%Y%m%d-%H%M%S}")
@@ -307,7 +314,7 @@ def reproduce_wake_sleep(args):
     except ImportError:
         pass
     cmd = (f"`python -m vaec reproduce kingma-wake-sleep --examples {args.examples} --datasets {args.datasets}" +
-           (f" --data {args.data}" if args.data else "") + "`")
+           (f" --latents {args.latents}" if args.latents else "") + (f" --data {args.data}" if args.data else "") + "`")
     for d, c in curves.items():
         for z, v in c.items():
             a, w = v["aevb"], v["wake-sleep"]
