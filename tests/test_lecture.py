@@ -79,6 +79,10 @@ def test_autoencoder_save_load_and_errors(tmp_path):
     np.testing.assert_array_equal(back.encode(x), m.encode(x))
     np.testing.assert_array_equal(back.reconstruct(x), m.reconstruct(x))
     assert type(vaec.load(_save_vae(tmp_path))) is vaec.VAE
+    import pickle
+    again = pickle.loads(pickle.dumps(m))
+    assert type(again) is vaec.Autoencoder
+    np.testing.assert_array_equal(again.encode(x), m.encode(x))
     for kw in ({"iw_samples": 5}, {"beta": 0.5}, {"warmup": 2}, {"algorithm": "wake-sleep"}, {"samples": 3}):
         with pytest.raises(ValueError):
             m.fit(x, epochs=1, progress=False, **kw)
