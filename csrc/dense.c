@@ -1,21 +1,41 @@
 /* dense.c -- the dense (fully connected) layer: forward and backward on the GEMM.
  * The _strided forms take row strides (ld*) so callers can keep padded buffers; the
- * plain forms of vaec.h are the contiguous case. */
+ * plain forms of vaec.h are the contiguous case. The _act forms fuse the bias and the
+ * activation (forward) or its derivative (backward) into the GEMM's epilogue; their
+ * _naive twins are the separate passes, kept as the reference (same bits). */
 #include "internal.h"
 #include <string.h>
 
-/* out(B,OUT) = in(B,IN) . W(OUT,IN)^T + b(OUT) */
-void vaec_dense_forward_strided(vaec_pool *pool, float *out, int64_t ldo, const float *in, int64_t ldi,
-                                const float *W, const float *b, int64_t B, int64_t IN, int64_t OUT) {
+/* out(B,OUT) = act(in(B,IN) . W(OUT,IN)^T + b(OUT)): bias and activation in the GEMM's
+ * epilogue, tile by tile. */
+void vaec_dense_forward_act_strided(vaec_pool *pool, float *out, int64_t ldo, const float *in, int64_t ldi,
+                                    const float *W, const float *b, vaec_act act, int64_t B, int64_t IN,
+                                    int64_t OUT) {
+    vaec_gemm_epilogue e = {b, act, NULL, 0};
+    vaec_sgemm_fused(pool, 0, 1, B, OUT, IN, in, ldi, W, IN, 0.0f, out, ldo,
+                     b || act != VAEC_ACT_IDENTITY ? &e : NULL);
+}
+
+/* The unfused reference: out = b row by row, the GEMM adds in . W^T, then act row by row. */
+void vaec_dense_forward_act_strided_naive(vaec_pool *pool, float *out, int64_t ldo, const float *in,
+                                          int64_t ldi, const float *W, const float *b, vaec_act act, int64_t B,
+                                          int64_t IN, int64_t OUT) {
     for (int64_t i = 0; i < B; i++) {
         if (b) memcpy(out + i * ldo, b, (size_t)OUT * sizeof(float));
         else memset(out + i * ldo, 0, (size_t)OUT * sizeof(float));
     }
     vaec_sgemm(pool, 0, 1, B, OUT, IN, in, ldi, W, IN, 1.0f, out, ldo);
+    for (int64_t i = 0; i < B; i++) vaec_act_forward(act, out + i * ldo, out + i * ldo, OUT);
+}
+
+/* out(B,OUT) = in(B,IN) . W(OUT,IN)^T + b(OUT) */
+void vaec_dense_forward_strided(vaec_pool *pool, float *out, int64_t ldo, const float *in, int64_t ldi,
+                                const float *W, const float *b, int64_t B, int64_t IN, int64_t OUT) {
+    vaec_dense_forward_act_strided(pool, out, ldo, in, ldi, W, b, VAEC_ACT_IDENTITY, B, IN, OUT);
 }
 
 typedef struct { float *db; const float *dout; int64_t ldd, B, OUT; } colsum_job;
-enum { COLSUM_GRAIN = 256 };
+enum { COLSUM_GRAIN = 256, COLSUM_SERIAL = 16384 /* elements below which the caller sums alone */ };
 
 /* db[o] += sum over rows of dout[., o], in float64, rows in order (thread-count free) */
 static void colsum_task(void *ctx, int64_t t, int tid) {
@@ -31,17 +51,45 @@ static void colsum_task(void *ctx, int64_t t, int tid) {
 }
 
 /* Adds dW(OUT,IN) += dout^T . in and db(OUT) += colsum(dout); writes din = dout . W when
- * din != NULL. */
-void vaec_dense_backward_strided(vaec_pool *pool, float *din, int64_t ldin, float *dW, float *db,
-                                 const float *dout, int64_t ldd, const float *in, int64_t ldi,
-                                 const float *W, int64_t B, int64_t IN, int64_t OUT) {
+ * din != NULL, then din *= act'(in) in the GEMM's epilogue (in = act's output). */
+void vaec_dense_backward_act_strided(vaec_pool *pool, float *din, int64_t ldin, float *dW, float *db,
+                                     const float *dout, int64_t ldd, const float *in, int64_t ldi,
+                                     const float *W, vaec_act act, int64_t B, int64_t IN, int64_t OUT) {
+    if (B <= 0) return;
+    if (dW) vaec_sgemm(pool, 1, 0, OUT, IN, B, dout, ldd, in, ldi, 1.0f, dW, IN);
+    if (db) {
+        colsum_job j = {db, dout, ldd, B, OUT};
+        vaec_pool_run(B * OUT < COLSUM_SERIAL ? NULL : pool, colsum_task, &j, vaec_ntasks(OUT, COLSUM_GRAIN));
+    }
+    if (din) {
+        vaec_gemm_epilogue e = {NULL, act, in, ldi};
+        vaec_sgemm_fused(pool, 0, 0, B, IN, OUT, dout, ldd, W, IN, 0.0f, din, ldin,
+                         act != VAEC_ACT_IDENTITY ? &e : NULL);
+    }
+}
+
+/* The unfused reference: the backward pass, then din *= act'(in) row by row. */
+void vaec_dense_backward_act_strided_naive(vaec_pool *pool, float *din, int64_t ldin, float *dW, float *db,
+                                           const float *dout, int64_t ldd, const float *in, int64_t ldi,
+                                           const float *W, vaec_act act, int64_t B, int64_t IN, int64_t OUT) {
     if (B <= 0) return;
     if (dW) vaec_sgemm(pool, 1, 0, OUT, IN, B, dout, ldd, in, ldi, 1.0f, dW, IN);
     if (db) {
         colsum_job j = {db, dout, ldd, B, OUT};
         vaec_pool_run(pool, colsum_task, &j, vaec_ntasks(OUT, COLSUM_GRAIN));
     }
-    if (din) vaec_sgemm(pool, 0, 0, B, IN, OUT, dout, ldd, W, IN, 0.0f, din, ldin);
+    if (din) {
+        vaec_sgemm(pool, 0, 0, B, IN, OUT, dout, ldd, W, IN, 0.0f, din, ldin);
+        for (int64_t i = 0; i < B; i++) vaec_act_backward(act, din + i * ldin, in + i * ldi, IN);
+    }
+}
+
+/* Adds dW(OUT,IN) += dout^T . in and db(OUT) += colsum(dout); writes din = dout . W when
+ * din != NULL. */
+void vaec_dense_backward_strided(vaec_pool *pool, float *din, int64_t ldin, float *dW, float *db,
+                                 const float *dout, int64_t ldd, const float *in, int64_t ldi,
+                                 const float *W, int64_t B, int64_t IN, int64_t OUT) {
+    vaec_dense_backward_act_strided(pool, din, ldin, dW, db, dout, ldd, in, ldi, W, VAEC_ACT_IDENTITY, B, IN, OUT);
 }
 
 void vaec_dense_forward(vaec_pool *pool, float *out, const float *in, const float *W,

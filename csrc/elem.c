@@ -8,12 +8,13 @@ typedef struct {
                            float *, int64_t, double *);
     void (*gaussian_rows)(int64_t, int64_t, const float *, int64_t, const float *, int64_t, float,
                           float *, int64_t, double *);
+    void (*adam)(int64_t, float *, const float *, float *, float *, const vaec_elem_adam_args *);
     void (*test_fn)(int, float *, const float *, int64_t);
 } elem_ops;
 
 #define ELEM_OPS(sfx)                                                                        \
     { vaec_elem_act_forward##sfx, vaec_elem_act_backward##sfx, vaec_elem_bernoulli_rows##sfx, \
-      vaec_elem_gaussian_rows##sfx, vaec_elem_test_fn##sfx }
+      vaec_elem_gaussian_rows##sfx, vaec_elem_adam##sfx, vaec_elem_test_fn##sfx }
 
 static const elem_ops ops_naive = ELEM_OPS(_naive);
 static const elem_ops ops_scalar = ELEM_OPS(_scalar);
@@ -57,6 +58,10 @@ void vaec_elem_gaussian_rows(int64_t R, int64_t D, const float *ml, int64_t ldml
                              const float *x, int64_t ldx, float scale,
                              float *dml, int64_t lddml, double *logp_add) {
     if (R > 0 && D >= 0) ops()->gaussian_rows(R, D, ml, ldml, x, ldx, scale, dml, lddml, logp_add);
+}
+
+void vaec_elem_adam(int64_t n, float *p, const float *g, float *m, float *v, const vaec_elem_adam_args *a) {
+    if (n > 0) ops()->adam(n, p, g, m, v, a);
 }
 
 void vaec_elem_test_fn(int which, float *y, const float *x, int64_t n) {

@@ -33,6 +33,11 @@ void vaec_elem_gaussian_rows(int64_t R, int64_t D, const float *ml, int64_t ldml
                              const float *x, int64_t ldx, float scale,
                              float *dml, int64_t lddml, double *logp_add);
 
+/* Bias-corrected Adam over n parameters (see elem_kernel.inc); bitwise the same on
+ * every path. */
+typedef struct { float beta1, beta2, eps, step_size, sqrt_bc2; } vaec_elem_adam_args;
+void vaec_elem_adam(int64_t n, float *p, const float *g, float *m, float *v, const vaec_elem_adam_args *a);
+
 /* Test hook: y = f(x) for f = VAEC_ELEM_FN_* on the active path (naive: libm float). */
 enum { VAEC_ELEM_FN_EXP = 0, VAEC_ELEM_FN_EXPM1, VAEC_ELEM_FN_LOG1P, VAEC_ELEM_FN_TANH,
        VAEC_ELEM_FN_SIGMOID, VAEC_ELEM_FN_SOFTPLUS, VAEC_ELEM_FN_COUNT };
@@ -48,6 +53,8 @@ void vaec_elem_test_fn(int which, float *y, const float *x, int64_t n);
     void vaec_elem_gaussian_rows##sfx(int64_t R, int64_t D, const float *ml, int64_t ldml,        \
                                       const float *x, int64_t ldx, float scale, float *dml,       \
                                       int64_t lddml, double *logp_add);                           \
+    void vaec_elem_adam##sfx(int64_t n, float *p, const float *g, float *m, float *v,             \
+                             const vaec_elem_adam_args *a);                                       \
     void vaec_elem_test_fn##sfx(int which, float *y, const float *x, int64_t n);
 VAEC_ELEM_DECLARE(_naive)
 VAEC_ELEM_DECLARE(_scalar)

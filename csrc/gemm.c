@@ -1,44 +1,92 @@
-/* gemm.c -- GEMM dispatch: picks the block routine of the active ISA and spreads the
- * GEMM_MB x GEMM_NB blocks of C over the thread pool; and the peak-FMA probe. */
+/* gemm.c -- GEMM dispatch: picks the kernels of the active ISA, splits C into blocks
+ * sized for the shape and the thread count and spreads them over the thread pool; and
+ * the peak-FMA probe. */
 #define _POSIX_C_SOURCE 200809L
 #include "internal.h"
+#include <string.h>
 #include <time.h>
+
+static const vaec_gemm_kernel *kernel_for(vaec_isa isa) {
+    switch (isa) {
+#if defined(VAEC_X86)
+    case VAEC_ISA_AVX512: return &vaec_gemm_kernel_avx512;
+    case VAEC_ISA_AVX2: return &vaec_gemm_kernel_avx2;
+#endif
+#if defined(VAEC_ARM64)
+    case VAEC_ISA_NEON: return &vaec_gemm_kernel_neon;
+#endif
+    case VAEC_ISA_NAIVE: return NULL;
+    default: return &vaec_gemm_kernel_scalar;
+    }
+}
+
+/* Below this many multiply-adds a product runs on the caller alone: waking the pool
+ * would cost more than the work. The split is the same, so are the results. */
+#define GEMM_SERIAL_MACS ((int64_t)1 << 16)
+
+/* ----------------------------------------------------------- the split of C */
+/* Blocks of mb rows (a multiple of MR, at most GEMM_MB) by nb columns (a multiple of NR):
+ * nbi x nbj tasks. */
+typedef struct { int64_t mb, nb, nbi, nbj; } gemm_plan;
+
+static int64_t round_up(int64_t n, int64_t k) { return (n + k - 1) / k * k; }
+static int64_t cdiv(int64_t n, int64_t k) { return (n + k - 1) / k; }
+
+/* Pick the split that minimizes an estimate of the time on `threads` threads: rounds of
+ * tasks times the largest task, whose cost is its padded multiply-adds plus its packing
+ * (op(A) rows once per column block, op(B) columns once per row block; a packed float
+ * costs about as much as PACK_MACS multiply-adds) plus a fixed TASK_MACS. Only the
+ * speed depends on it: every split gives the same bits. */
+#define PACK_MACS 8
+#define TASK_MACS 4096
+static double plan_cost(int64_t M, int64_t N, int64_t K, int threads, int mr, int nr, int64_t bi, int64_t bj,
+                        gemm_plan *p) {
+    p->mb = round_up(cdiv(M, bi), mr);
+    if (p->mb > GEMM_MB) p->mb = GEMM_MB;
+    p->nb = round_up(cdiv(N, bj), nr);
+    p->nbi = cdiv(M, p->mb);
+    p->nbj = cdiv(N, p->nb);
+    double task = (double)p->mb * (double)p->nb * (double)K + PACK_MACS * (double)(p->mb + p->nb) * (double)K + TASK_MACS;
+    return (double)cdiv(p->nbi * p->nbj, threads) * task;
+}
+
+static gemm_plan plan_split(int64_t M, int64_t N, int64_t K, int threads, int mr, int nr) {
+    int64_t Kc = K > 0 ? K : 1, bi0 = cdiv(M, GEMM_MB), bi_max = cdiv(M, mr), bj_max = cdiv(N, nr);
+    gemm_plan best, p;
+    double best_cost = plan_cost(M, N, Kc, threads, mr, nr, bi0, 1, &best);
+    if (threads <= 1) return best;
+    /* column blocks bj, and for each the row blocks that make 1 to 4 rounds of tasks */
+    int64_t lim = 4 * (int64_t)threads < 64 ? 4 * (int64_t)threads : 64;
+    for (int64_t bj = 1; bj <= lim && bj <= bj_max; bj++)
+        for (int64_t r = 0; r <= 4; r++) {
+            int64_t bi = r ? cdiv(r * threads, bj) : bi0;
+            if (bi < bi0) bi = bi0;
+            if (bi > bi_max) bi = bi_max;
+            double c = plan_cost(M, N, Kc, threads, mr, nr, bi, bj, &p);
+            if (c < best_cost * 0.98) {
+                best = p;
+                best_cost = c;
+            }
+        }
+    return best;
+}
 
 typedef struct {
     vaec_gemm_args g;
-    vaec_gemm_block_fn block;
-    int64_t nbj;
+    const vaec_gemm_kernel *kern;
+    gemm_plan plan;
     vaec_pool *pool;
-    float *scratch;  /* used when pool == NULL */
+    float *scratch;  /* when not the pool's */
 } gemm_job;
 
 static void gemm_task(void *ctx, int64_t t, int tid) {
     gemm_job *job = ctx;
-    float *scratch = job->pool ? vaec_pool_scratch(job->pool, tid) : job->scratch;
-    job->block(&job->g, t / job->nbj, t % job->nbj, scratch);
-}
-
-typedef struct { const vaec_gemm_args *g; } naive_job;
-static void naive_task(void *ctx, int64_t row, int tid) {
-    (void)tid;
-    const vaec_gemm_args *g = ((naive_job *)ctx)->g;
-    const float *A = g->transA ? g->A + row : g->A + row * g->lda;
-    vaec_sgemm_naive(g->transA, g->transB, 1, g->N, g->K, A, g->lda, g->B, g->ldb, g->beta,
-                     g->C + row * g->ldc, g->ldc);
-}
-
-static vaec_gemm_small_fn small_for(vaec_isa isa) {
-    switch (isa) {
-#if defined(VAEC_X86)
-    case VAEC_ISA_AVX512: return vaec_gemm_small_m_avx512;
-    case VAEC_ISA_AVX2: return vaec_gemm_small_m_avx2;
-#endif
-#if defined(VAEC_ARM64)
-    case VAEC_ISA_NEON: return vaec_gemm_small_m_neon;
-#endif
-    case VAEC_ISA_NAIVE: return NULL;
-    default: return vaec_gemm_small_m_scalar;
-    }
+    float *scratch = job->scratch ? job->scratch : vaec_pool_scratch(job->pool, tid);
+    int64_t bi = t / job->plan.nbj, bj = t % job->plan.nbj;
+    int64_t i0 = bi * job->plan.mb, j0 = bj * job->plan.nb;
+    int64_t mb = job->g.M - i0 < job->plan.mb ? job->g.M - i0 : job->plan.mb;
+    int64_t nb = job->g.N - j0 < job->plan.nb ? job->g.N - j0 : job->plan.nb;
+    job->kern->block(&job->g, i0, mb, j0, nb, scratch);
 }
 
 enum { SMALL_GRAIN = 64 };  /* columns per task */
@@ -50,50 +98,72 @@ static void small_task(void *ctx, int64_t t, int tid) {
     j->fn(j->g, j0, j1);
 }
 
-static vaec_gemm_block_fn block_for(vaec_isa isa) {
-    switch (isa) {
-#if defined(VAEC_X86)
-    case VAEC_ISA_AVX512: return vaec_gemm_block_avx512;
-    case VAEC_ISA_AVX2: return vaec_gemm_block_avx2;
-#endif
-#if defined(VAEC_ARM64)
-    case VAEC_ISA_NEON: return vaec_gemm_block_neon;
-#endif
-    case VAEC_ISA_NAIVE: return NULL;
-    default: return vaec_gemm_block_scalar;
+/* The naive path, one row of C per task: the triple loop, then the epilogue by the
+ * elementwise kernels (bias first, as C = bias with beta = 1). */
+typedef struct { const vaec_gemm_args *g; } naive_job;
+static void naive_task(void *ctx, int64_t row, int tid) {
+    (void)tid;
+    const vaec_gemm_args *g = ((naive_job *)ctx)->g;
+    const float *A = g->transA ? g->A + row : g->A + row * g->lda;
+    float *c = g->C + row * g->ldc;
+    const vaec_gemm_epilogue *e = g->epi;
+    float beta = g->beta;
+    if (e && e->bias && beta == 0.0f) {
+        memcpy(c, e->bias, (size_t)g->N * sizeof(float));
+        beta = 1.0f;
     }
+    vaec_sgemm_naive(g->transA, g->transB, 1, g->N, g->K, A, g->lda, g->B, g->ldb, beta, c, g->ldc);
+    if (e && e->act != VAEC_ACT_IDENTITY) {
+        if (e->y) vaec_act_backward(e->act, c, e->y + row * e->ldy, g->N);
+        else vaec_act_forward(e->act, c, c, g->N);
+    }
+}
+
+static void run_tasks(vaec_pool *pool, vaec_task_fn fn, void *ctx, int64_t ntasks, int64_t macs) {
+    if (macs < GEMM_SERIAL_MACS) pool = NULL;
+    vaec_pool_run(pool, fn, ctx, ntasks);
+}
+
+void vaec_sgemm_fused(vaec_pool *pool, int transA, int transB, int64_t M, int64_t N, int64_t K,
+                      const float *A, int64_t lda, const float *B, int64_t ldb,
+                      float beta, float *C, int64_t ldc, const vaec_gemm_epilogue *epi) {
+    if (M <= 0 || N <= 0) return;
+    vaec_gemm_args g = {transA, transB, M, N, K, A, lda, B, ldb, beta, C, ldc, epi};
+    const vaec_gemm_kernel *kern = kernel_for(vaec_cpu_active_isa());
+    int64_t macs = M * N * (K > 0 ? K : 1);
+    if (!kern) {
+        naive_job nj = {&g};
+        run_tasks(pool, naive_task, &nj, M, macs);
+        return;
+    }
+    if (M <= GEMM_SMALL_M && !transA) {
+        /* a few rows: packing would cost as much as the product; split over columns */
+        small_job sj = {&g, kern->small};
+        run_tasks(pool, small_task, &sj, vaec_ntasks(N, SMALL_GRAIN), macs);
+        return;
+    }
+    int threads = macs < GEMM_SERIAL_MACS ? 1 : vaec_pool_size(pool);
+    gemm_job job = {g, kern, plan_split(M, N, K, threads, kern->mr, kern->nr), pool, NULL};
+    if (threads == 1 || !pool) {
+        /* on the caller: its own scratch (the pool's first), or one allocated here */
+        float *own = pool ? vaec_pool_scratch(pool, 0) : vaec_alloc(GEMM_SCRATCH_FLOATS, sizeof(float));
+        if (!own) {  /* cannot pack: fall back to the reference loop */
+            naive_job nj = {&g};
+            vaec_pool_run(NULL, naive_task, &nj, M);
+            return;
+        }
+        job.scratch = own;
+        vaec_pool_run(NULL, gemm_task, &job, job.plan.nbi * job.plan.nbj);
+        if (!pool) vaec_free(own);
+        return;
+    }
+    vaec_pool_run(pool, gemm_task, &job, job.plan.nbi * job.plan.nbj);
 }
 
 void vaec_sgemm(vaec_pool *pool, int transA, int transB, int64_t M, int64_t N, int64_t K,
                 const float *A, int64_t lda, const float *B, int64_t ldb,
                 float beta, float *C, int64_t ldc) {
-    if (M <= 0 || N <= 0) return;
-    vaec_gemm_args g = {transA, transB, M, N, K, A, lda, B, ldb, beta, C, ldc};
-    vaec_isa isa = vaec_cpu_active_isa();
-    vaec_gemm_small_fn small = small_for(isa);
-    if (small && M <= GEMM_SMALL_M && !transA) {
-        /* a few rows: packing would cost as much as the product; split over columns */
-        small_job sj = {&g, small};
-        vaec_pool_run(pool, small_task, &sj, vaec_ntasks(N, SMALL_GRAIN));
-        return;
-    }
-    vaec_gemm_block_fn block = block_for(isa);
-    if (!block) {
-        naive_job nj = {&g};
-        vaec_pool_run(pool, naive_task, &nj, M);
-        return;
-    }
-    gemm_job job = {g, block, (N + GEMM_NB - 1) / GEMM_NB, pool, NULL};
-    int64_t nbi = (M + GEMM_MB - 1) / GEMM_MB;
-    if (!pool) {
-        job.scratch = vaec_alloc(GEMM_SCRATCH_FLOATS, sizeof(float));
-        if (!job.scratch) {  /* cannot pack: fall back to the reference loop */
-            vaec_sgemm_naive(transA, transB, M, N, K, A, lda, B, ldb, beta, C, ldc);
-            return;
-        }
-    }
-    vaec_pool_run(pool, gemm_task, &job, nbi * job.nbj);
-    if (!pool) vaec_free(job.scratch);
+    vaec_sgemm_fused(pool, transA, transB, M, N, K, A, lda, B, ldb, beta, C, ldc, NULL);
 }
 
 /* ------------------------------------------------------------ peak probe */

@@ -1,5 +1,5 @@
 /* gemm_avx2.c -- the GEMM block routine for AVX2+FMA: 6x16 register tile. */
-#include "internal.h"
+#include "elem.h"   /* internal.h, math.h and string.h, before simd.h */
 #if defined(VAEC_X86)
 #define VAEC_SIMD_AVX2
 #include "simd.h"

@@ -1,6 +1,7 @@
 /* params.c -- the parameter arena: planning named tensors, allocation with torch-style
  * initialization, and bias-corrected Adam as one flat loop over the buffers. */
 #include "internal.h"
+#include "elem.h"
 #include <math.h>
 #include <stdio.h>
 #include <stdatomic.h>
@@ -108,42 +109,41 @@ void vaec_arena_adam_reset(vaec_arena *a) {
     a->step = 0;
 }
 
-typedef struct { vaec_arena *a; float step_size, sqrt_bc2; _Atomic int bad; } adam_job;
+typedef struct { vaec_arena *a; vaec_elem_adam_args args; _Atomic int bad; } adam_job;
 
-/* a task's slice: check finiteness first (sum of g*0 is NaN iff some g is not finite) */
+/* a task's slice: check finiteness first (an exponent of all ones is Inf or NaN); an
+ * integer OR-reduction, so the compiler vectorizes it */
 static void finite_task(void *ctx, int64_t t, int tid) {
     (void)tid;
     adam_job *j = ctx;
     int64_t a0 = t * ADAM_GRAIN, a1 = a0 + ADAM_GRAIN < j->a->n ? a0 + ADAM_GRAIN : j->a->n;
     const float *g = j->a->grads;
-    float s = 0.0f;
-    for (int64_t i = a0; i < a1; i++) s += g[i] * 0.0f;
-    if (s != 0.0f || s != s) atomic_store(&j->bad, 1);
+    uint32_t bad = 0;
+    for (int64_t i = a0; i < a1; i++) {
+        uint32_t u;
+        memcpy(&u, g + i, sizeof u);
+        bad |= (u & 0x7f800000u) == 0x7f800000u;
+    }
+    if (bad) atomic_store(&j->bad, 1);
 }
 
 static void adam_task(void *ctx, int64_t t, int tid) {
     (void)tid;
     adam_job *j = ctx;
     vaec_arena *a = j->a;
-    const float b1 = a->adam.beta1, b2 = a->adam.beta2, eps = a->adam.eps;
     int64_t a0 = t * ADAM_GRAIN, a1 = a0 + ADAM_GRAIN < a->n ? a0 + ADAM_GRAIN : a->n;
-    float *restrict p = a->params, *restrict g = a->grads, *restrict mm = a->adam_m, *restrict v = a->adam_v;
-    for (int64_t i = a0; i < a1; i++) {
-        mm[i] = b1 * mm[i] + (1.0f - b1) * g[i];
-        v[i] = b2 * v[i] + (1.0f - b2) * g[i] * g[i];
-        p[i] -= j->step_size * mm[i] / (sqrtf(v[i]) / j->sqrt_bc2 + eps);
-    }
+    vaec_elem_adam(a1 - a0, a->params + a0, a->grads + a0, a->adam_m + a0, a->adam_v + a0, &j->args);
 }
 
 vaec_status vaec_arena_adam_step(vaec_arena *a, vaec_pool *pool, float lr) {
     if (!(lr >= 0.0f) || !isfinite(lr)) return vaec_fail(VAEC_ERR_ARG, "lr must be a finite number >= 0, got %g", lr);
-    adam_job j = {a, 0.0f, 0.0f, 0};
+    adam_job j = {a, {a->adam.beta1, a->adam.beta2, a->adam.eps, 0.0f, 0.0f}, 0};
     int64_t tasks = vaec_ntasks(a->n, ADAM_GRAIN);
     vaec_pool_run(pool, finite_task, &j, tasks);
     if (atomic_load(&j.bad)) return vaec_fail(VAEC_ERR_NONFINITE, "a gradient is NaN or Inf; the step was not taken");
     a->step++;
-    j.step_size = (float)(lr / (1.0 - pow(a->adam.beta1, (double)a->step)));
-    j.sqrt_bc2 = (float)sqrt(1.0 - pow(a->adam.beta2, (double)a->step));
+    j.args.step_size = (float)(lr / (1.0 - pow(a->adam.beta1, (double)a->step)));
+    j.args.sqrt_bc2 = (float)sqrt(1.0 - pow(a->adam.beta2, (double)a->step));
     vaec_pool_run(pool, adam_task, &j, tasks);
     return VAEC_OK;
 }

@@ -1,34 +1,75 @@
 /* pool.c -- a persistent thread pool with a parallel-for over tasks.
  *
- * nthreads-1 workers sleep on a condition variable; vaec_pool_run publishes a job,
- * every thread (the caller included) takes task indices from an atomic counter, and
- * the caller waits until all have finished. Each thread owns a GEMM scratch buffer. */
+ * A job is published through one atomic ticket: job number in the high 32 bits, next
+ * task index in the low 32. Every thread (the caller included) claims indices with a
+ * compare-and-swap that also checks the job number, so a thread that arrives late can
+ * never take a task of a newer job with an older job's function. The caller counts
+ * finished tasks and returns when all are done: it waits for tasks that were taken,
+ * never for a worker that has not woken up yet (it then simply runs more tasks itself).
+ * Idle workers spin on the ticket for a short while (VAEC_SPIN_US, default 100 us) so
+ * the back-to-back jobs of a training step do not pay a sleep/wake-up each, then sleep
+ * on a condition variable. Each thread owns a GEMM scratch buffer. */
+#define _POSIX_C_SOURCE 200809L
 #include "internal.h"
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
+#include <time.h>
+#if defined(__x86_64__) || defined(_M_X64) || defined(__i386__)
+#include <immintrin.h>
+#define CPU_RELAX() _mm_pause()
+#elif defined(__aarch64__)
+#define CPU_RELAX() __asm__ __volatile__("yield")
+#else
+#define CPU_RELAX() ((void)0)
+#endif
+
+#define TICKET_CLOSED 0xffffffffu   /* task index of a finished job: no index is below it */
+#define SPIN_US_DEFAULT 100
 
 struct vaec_pool {
-    int n;                      /* threads including the caller */
+    int n;                          /* threads including the caller */
     pthread_t *threads;
     pthread_mutex_t mu;
-    pthread_cond_t cv_start, cv_done;
-    uint64_t generation;        /* bumped per job */
-    int stop;
-    int running;                /* workers still busy on the current job */
-    vaec_task_fn fn;
-    void *ctx;
-    int64_t ntasks;
-    _Atomic int64_t next;
-    float **scratch;            /* n buffers of GEMM_SCRATCH_FLOATS */
+    pthread_cond_t cv_start;
+    _Atomic uint64_t ticket;        /* job << 32 | next task index */
+    _Atomic int64_t done;           /* tasks of the current job finished */
+    _Atomic int sleepers;           /* workers blocked (or about to block) on cv_start */
+    _Atomic int stop;
+    /* the current job; written only while no task of the previous job is outstanding */
+    _Atomic(vaec_task_fn) fn;
+    _Atomic(void *) ctx;
+    _Atomic int64_t ntasks;
+    int64_t spin_ns;
+    float **scratch;                /* n buffers of GEMM_SCRATCH_FLOATS */
 };
 
 typedef struct { vaec_pool *pool; int tid; } worker_arg;
 
-static void drain(vaec_pool *p, int tid) {
+static uint32_t job_of(uint64_t t) { return (uint32_t)(t >> 32); }
+
+static int64_t now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/* Run tasks of job `job` until none is left (or a newer job was published). The job's
+ * fields are read (acquire) before any claim; if one was already rewritten for a newer
+ * job (release), the ticket was closed before that, so the claim's compare-and-swap sees
+ * the closed ticket and fails. */
+static void drain(vaec_pool *p, uint32_t job, int tid) {
+    vaec_task_fn fn = atomic_load_explicit(&p->fn, memory_order_acquire);
+    void *ctx = atomic_load_explicit(&p->ctx, memory_order_acquire);
+    uint64_t ntasks = (uint64_t)atomic_load_explicit(&p->ntasks, memory_order_acquire);
+    uint64_t t = atomic_load_explicit(&p->ticket, memory_order_acquire);
     for (;;) {
-        int64_t t = atomic_fetch_add(&p->next, 1);
-        if (t >= p->ntasks) break;
-        p->fn(p->ctx, t, tid);
+        if (job_of(t) != job || (t & 0xffffffffu) >= ntasks) return;
+        if (!atomic_compare_exchange_weak_explicit(&p->ticket, &t, t + 1, memory_order_acq_rel, memory_order_acquire))
+            continue;
+        fn(ctx, (int64_t)(t & 0xffffffffu), tid);
+        atomic_fetch_add_explicit(&p->done, 1, memory_order_release);
+        t = atomic_load_explicit(&p->ticket, memory_order_acquire);
     }
 }
 
@@ -36,18 +77,33 @@ static void *worker_main(void *arg) {
     worker_arg wa = *(worker_arg *)arg;
     vaec_free(arg);
     vaec_pool *p = wa.pool;
-    uint64_t seen = 0;
-    pthread_mutex_lock(&p->mu);
+    uint32_t seen = job_of(atomic_load(&p->ticket));
     for (;;) {
-        while (!p->stop && p->generation == seen) pthread_cond_wait(&p->cv_start, &p->mu);
-        if (p->stop) break;
-        seen = p->generation;
-        pthread_mutex_unlock(&p->mu);
-        drain(p, wa.tid);
-        pthread_mutex_lock(&p->mu);
-        if (--p->running == 0) pthread_cond_signal(&p->cv_done);
+        /* spin for a while on the ticket, then sleep until a new job or stop */
+        int64_t deadline = p->spin_ns > 0 ? now_ns() + p->spin_ns : 0;
+        uint32_t job = seen;
+        for (int i = 0; p->spin_ns > 0; i++) {
+            job = job_of(atomic_load_explicit(&p->ticket, memory_order_acquire));
+            if (job != seen || atomic_load_explicit(&p->stop, memory_order_relaxed)) break;
+            if (i < 64) {
+                CPU_RELAX();
+            } else {
+                sched_yield();  /* on a busy machine, let other threads run */
+                if ((i & 15) == 15 && now_ns() > deadline) break;
+            }
+        }
+        if (job == seen) {
+            pthread_mutex_lock(&p->mu);
+            atomic_fetch_add(&p->sleepers, 1);
+            while (!atomic_load(&p->stop) && (job = job_of(atomic_load(&p->ticket))) == seen)
+                pthread_cond_wait(&p->cv_start, &p->mu);
+            atomic_fetch_sub(&p->sleepers, 1);
+            pthread_mutex_unlock(&p->mu);
+        }
+        if (atomic_load(&p->stop)) break;
+        seen = job;
+        drain(p, job, wa.tid);
     }
-    pthread_mutex_unlock(&p->mu);
     return NULL;
 }
 
@@ -60,8 +116,16 @@ vaec_status vaec_pool_create(vaec_pool **out, int nthreads) {
     p->n = nthreads;
     pthread_mutex_init(&p->mu, NULL);
     pthread_cond_init(&p->cv_start, NULL);
-    pthread_cond_init(&p->cv_done, NULL);
-    atomic_init(&p->next, 0);
+    atomic_init(&p->ticket, TICKET_CLOSED);
+    atomic_init(&p->done, 0);
+    atomic_init(&p->sleepers, 0);
+    atomic_init(&p->stop, 0);
+    atomic_init(&p->fn, NULL);
+    atomic_init(&p->ctx, NULL);
+    atomic_init(&p->ntasks, 0);
+    const char *spin = getenv("VAEC_SPIN_US");
+    long us = spin && *spin ? strtol(spin, NULL, 10) : SPIN_US_DEFAULT;
+    p->spin_ns = us > 0 ? (int64_t)(us < 1000000 ? us : 1000000) * 1000 : 0;
     p->scratch = vaec_alloc((size_t)nthreads, sizeof(float *));
     p->threads = vaec_alloc((size_t)nthreads, sizeof(pthread_t));
     if (!p->scratch || !p->threads) goto nomem;
@@ -69,10 +133,11 @@ vaec_status vaec_pool_create(vaec_pool **out, int nthreads) {
         if (!(p->scratch[i] = vaec_alloc(GEMM_SCRATCH_FLOATS, sizeof(float)))) goto nomem;
     for (int i = 1; i < nthreads; i++) {
         worker_arg *wa = vaec_alloc(1, sizeof *wa);
-        if (!wa) goto nomem;
-        wa->pool = p;
-        wa->tid = i;
-        if (pthread_create(&p->threads[i], NULL, worker_main, wa) != 0) {
+        if (wa) {
+            wa->pool = p;
+            wa->tid = i;
+        }
+        if (!wa || pthread_create(&p->threads[i], NULL, worker_main, wa) != 0) {
             vaec_free(wa);
             p->n = i;  /* run with the threads we got */
             break;
@@ -86,6 +151,8 @@ nomem:
         for (int i = 0; i < nthreads; i++) vaec_free(p->scratch[i]);
     vaec_free(p->scratch);
     vaec_free(p->threads);
+    pthread_mutex_destroy(&p->mu);
+    pthread_cond_destroy(&p->cv_start);
     vaec_free(p);
     return vaec_fail(VAEC_ERR_NOMEM, "out of memory creating the thread pool");
 }
@@ -93,14 +160,13 @@ nomem:
 void vaec_pool_destroy(vaec_pool *p) {
     if (!p) return;
     pthread_mutex_lock(&p->mu);
-    p->stop = 1;
+    atomic_store(&p->stop, 1);
     pthread_cond_broadcast(&p->cv_start);
     pthread_mutex_unlock(&p->mu);
     for (int i = 1; i < p->n; i++) pthread_join(p->threads[i], NULL);
     for (int i = 0; i < p->n; i++) vaec_free(p->scratch[i]);
     pthread_mutex_destroy(&p->mu);
     pthread_cond_destroy(&p->cv_start);
-    pthread_cond_destroy(&p->cv_done);
     vaec_free(p->scratch);
     vaec_free(p->threads);
     vaec_free(p);
@@ -112,21 +178,28 @@ float *vaec_pool_scratch(vaec_pool *p, int tid) { return p ? p->scratch[tid] : N
 
 void vaec_pool_run(vaec_pool *p, vaec_task_fn fn, void *ctx, int64_t ntasks) {
     if (ntasks <= 0) return;
-    if (!p || p->n == 1 || ntasks == 1) {
+    if (!p || p->n == 1 || ntasks == 1 || ntasks >= (int64_t)TICKET_CLOSED) {
         for (int64_t t = 0; t < ntasks; t++) fn(ctx, t, 0);
         return;
     }
-    pthread_mutex_lock(&p->mu);
-    p->fn = fn;
-    p->ctx = ctx;
-    p->ntasks = ntasks;
-    atomic_store(&p->next, 0);
-    p->running = p->n - 1;
-    p->generation++;
-    pthread_cond_broadcast(&p->cv_start);
-    pthread_mutex_unlock(&p->mu);
-    drain(p, 0);
-    pthread_mutex_lock(&p->mu);
-    while (p->running > 0) pthread_cond_wait(&p->cv_done, &p->mu);
-    pthread_mutex_unlock(&p->mu);
+    /* The previous job is finished (every task done), so its ticket can be closed and
+     * the fields rewritten: a late worker holding old fields finds the ticket closed. */
+    uint32_t job = job_of(atomic_load_explicit(&p->ticket, memory_order_relaxed)) + 1;
+    atomic_store_explicit(&p->ticket, ((uint64_t)(job - 1) << 32) | TICKET_CLOSED, memory_order_seq_cst);
+    atomic_store_explicit(&p->fn, fn, memory_order_release);
+    atomic_store_explicit(&p->ctx, ctx, memory_order_release);
+    atomic_store_explicit(&p->ntasks, ntasks, memory_order_release);
+    atomic_store_explicit(&p->done, 0, memory_order_relaxed);
+    atomic_store_explicit(&p->ticket, (uint64_t)job << 32, memory_order_seq_cst);
+    if (atomic_load_explicit(&p->sleepers, memory_order_seq_cst) > 0) {
+        pthread_mutex_lock(&p->mu);
+        pthread_cond_broadcast(&p->cv_start);
+        pthread_mutex_unlock(&p->mu);
+    }
+    drain(p, job, 0);
+    /* only tasks already taken by other threads can be outstanding here */
+    for (int i = 0; atomic_load_explicit(&p->done, memory_order_acquire) < ntasks; i++) {
+        if (i < 4096) CPU_RELAX();
+        else sched_yield();
+    }
 }

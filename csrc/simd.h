@@ -7,7 +7,8 @@
  *   VF_FMA(a,b,c) a*b + c      VF_ADD(a,b)  VF_MUL(a,b)
  *   VAEC_SUFFIX   the name suffix of the kernels compiled in this file
  * and, for the elementwise math (vmath.inc):
- *   VF_SUB VF_DIV  VF_FNMA(a,b,c) c - a*b   (scalar: not fused, like VF_FMA)
+ *   VF_SUB VF_DIV VF_SQRT (correctly rounded on every ISA)
+ *   VF_FNMA(a,b,c) c - a*b   (scalar: not fused, like VF_FMA)
  *   VF_MIN(a,b) VF_MAX(a,b)   a < b ? a : b, a > b ? a : b. NaN: if b is NaN the result is
  *                 NaN on every ISA (x86 returns b, NEON propagates), so put the constant
  *                 first and the variable second when NaN must pass through.
@@ -48,6 +49,7 @@ typedef __mmask16 vm;
 typedef __m512i vi;
 #  define VF_SUB(a, b) _mm512_sub_ps((a), (b))
 #  define VF_DIV(a, b) _mm512_div_ps((a), (b))
+#  define VF_SQRT(a) _mm512_sqrt_ps(a)
 #  define VF_FNMA(a, b, c) _mm512_fnmadd_ps((a), (b), (c))
 #  define VF_MIN(a, b) _mm512_min_ps((a), (b))
 #  define VF_MAX(a, b) _mm512_max_ps((a), (b))
@@ -94,6 +96,7 @@ typedef __m256 vm;
 typedef __m256i vi;
 #  define VF_SUB(a, b) _mm256_sub_ps((a), (b))
 #  define VF_DIV(a, b) _mm256_div_ps((a), (b))
+#  define VF_SQRT(a) _mm256_sqrt_ps(a)
 #  define VF_FNMA(a, b, c) _mm256_fnmadd_ps((a), (b), (c))
 #  define VF_MIN(a, b) _mm256_min_ps((a), (b))
 #  define VF_MAX(a, b) _mm256_max_ps((a), (b))
@@ -135,6 +138,7 @@ typedef uint32x4_t vm;
 typedef int32x4_t vi;
 #  define VF_SUB(a, b) vsubq_f32((a), (b))
 #  define VF_DIV(a, b) vdivq_f32((a), (b))
+#  define VF_SQRT(a) vsqrtq_f32(a)
 #  define VF_FNMA(a, b, c) vfmsq_f32((c), (a), (b))
 #  define VF_MIN(a, b) vminq_f32((a), (b))
 #  define VF_MAX(a, b) vmaxq_f32((a), (b))
@@ -187,6 +191,7 @@ static inline float vaec_sel_(int m, float a, float b) {
 }
 #  define VF_SUB(a, b) ((a) - (b))
 #  define VF_DIV(a, b) ((a) / (b))
+#  define VF_SQRT(a) sqrtf(a)
 #  define VF_FNMA(a, b, c) ((c) - (a) * (b))
 #  define VF_MIN(a, b) vaec_sel_((a) < (b), (a), (b))
 #  define VF_MAX(a, b) vaec_sel_((a) > (b), (a), (b))

@@ -23,34 +23,6 @@
 enum { STREAM_EPS = 0, STREAM_BINARIZE = 1, STREAM_INIT = 2, STREAM_DREAM = 3 };
 static uint64_t stream_id(uint64_t counter, int purpose) { return counter * 4 + (uint64_t)purpose; }
 
-/* ------------------------------------------------------------ parallel rows */
-typedef struct {
-    vaec_act act; float *y; const float *x; float *d; int64_t cols;
-} act_job;
-static void act_fwd_task(void *ctx, int64_t t, int tid) {
-    (void)tid;
-    act_job *j = ctx;
-    int64_t off = t * ROW_GRAIN * j->cols;
-    vaec_act_forward(j->act, j->y + off, j->x + off, ROW_GRAIN * j->cols);
-}
-static void act_bwd_task(void *ctx, int64_t t, int tid) {
-    (void)tid;
-    act_job *j = ctx;
-    int64_t off = t * ROW_GRAIN * j->cols;
-    vaec_act_backward(j->act, j->d + off, j->y + off, ROW_GRAIN * j->cols);
-}
-/* Rows are padded in the workspace to a multiple of ROW_GRAIN, so tasks never split
- * a row range unevenly (the extra rows are scratch). */
-static void par_act_forward(vaec_pool *pool, vaec_act act, float *y, int64_t rows, int64_t cols) {
-    act_job j = {act, y, y, NULL, cols};
-    vaec_pool_run(pool, act_fwd_task, &j, vaec_ntasks(rows, ROW_GRAIN));
-}
-static void par_act_backward(vaec_pool *pool, vaec_act act, float *d, const float *y,
-                             int64_t rows, int64_t cols) {
-    act_job j = {act, (float *)y, NULL, d, cols};
-    vaec_pool_run(pool, act_bwd_task, &j, vaec_ntasks(rows, ROW_GRAIN));
-}
-
 /* ------------------------------------------------------------------ model */
 static int64_t align16(int64_t n) { return (n + 15) & ~(int64_t)15; }
 
@@ -263,16 +235,19 @@ static const float *prepare_input(vaec_vae *m, const vaec_input *x, int64_t r0, 
     return m->w_x;
 }
 
-/* The model's layers on its padded workspace rows. */
-static void layer_forward(vaec_vae *m, const vaec_layer *L, float *out, int64_t ldo,
+/* The model's layers on its padded workspace rows. Forward: out = act(in W^T + b), the
+ * bias and activation fused into the GEMM. Backward: `act` is the activation whose output
+ * is `in` (the layer below's), so din leaves already multiplied by act'. */
+static void layer_forward(vaec_vae *m, const vaec_layer *L, vaec_act act, float *out, int64_t ldo,
                           const float *in, int64_t ldi, int64_t R) {
-    vaec_dense_forward_strided(m->pool, out, ldo, in, ldi, m->arena.params + L->W, m->arena.params + L->b, R, L->in, L->out);
+    vaec_dense_forward_act_strided(m->pool, out, ldo, in, ldi, m->arena.params + L->W, m->arena.params + L->b, act, R,
+                                   L->in, L->out);
 }
 
-static void layer_backward(vaec_vae *m, const vaec_layer *L, float *din, int64_t ldin,
+static void layer_backward(vaec_vae *m, const vaec_layer *L, vaec_act act, float *din, int64_t ldin,
                            const float *dout, int64_t ldd, const float *in, int64_t ldi, int64_t R) {
-    vaec_dense_backward_strided(m->pool, din, ldin, m->arena.grads + L->W, m->arena.grads + L->b, dout, ldd, in, ldi,
-                                m->arena.params + L->W, R, L->in, L->out);
+    vaec_dense_backward_act_strided(m->pool, din, ldin, m->arena.grads + L->W, m->arena.grads + L->b, dout, ldd, in,
+                                    ldi, m->arena.params + L->W, act, R, L->in, L->out);
 }
 
 /* KL per row (and per dimension, for free bits) and, with gradients, d_heads =
@@ -498,12 +473,11 @@ typedef struct {
  * w_out; returns the last hidden layer (the output layer's input) and its stride. */
 static const float *decoder_forward(vaec_vae *m, const float *g, int64_t ldg, int64_t R, int64_t *ldg_out) {
     for (int i = 0; i < m->cfg.n_hidden; i++) {
-        layer_forward(m, &m->dec[i], m->w_dec[i], align16(m->dec[i].out), g, ldg, R);
-        par_act_forward(m->pool, m->cfg.activation, m->w_dec[i], R, align16(m->dec[i].out));
+        layer_forward(m, &m->dec[i], m->cfg.activation, m->w_dec[i], align16(m->dec[i].out), g, ldg, R);
         g = m->w_dec[i];
         ldg = align16(m->dec[i].out);
     }
-    layer_forward(m, &m->dec_out, m->w_out, align16(m->dec_out.out), g, ldg, R);
+    layer_forward(m, &m->dec_out, VAEC_ACT_IDENTITY, m->w_out, align16(m->dec_out.out), g, ldg, R);
     *ldg_out = ldg;
     return g;
 }
@@ -552,14 +526,14 @@ static vaec_status backward_sample(vaec_vae *m, int64_t R, const float *g, int64
     const float *lat = m->has_flow ? m->w_zk : m->w_z;
     float *dprev = nh ? m->d_dec[nh - 1] : dlat;
     int64_t lprev = nh ? align16(m->dec[nh - 1].out) : lz;
-    layer_backward(m, &m->dec_out, dprev, lprev, m->d_out, align16(m->dec_out.out), g, ldg, R);
+    layer_backward(m, &m->dec_out, nh ? c->activation : VAEC_ACT_IDENTITY, dprev, lprev, m->d_out,
+                   align16(m->dec_out.out), g, ldg, R);
     for (int i = nh - 1; i >= 0; i--) {
         int64_t ldi = align16(m->dec[i].out);
-        par_act_backward(m->pool, c->activation, m->d_dec[i], m->w_dec[i], R, ldi);
         const float *gin = i ? m->w_dec[i - 1] : lat;
         int64_t ldin = i ? align16(m->dec[i - 1].out) : lz;
         float *din = i ? m->d_dec[i - 1] : dlat;
-        layer_backward(m, &m->dec[i], din, ldin, m->d_dec[i], ldi, gin, ldin, R);
+        layer_backward(m, &m->dec[i], i ? c->activation : VAEC_ACT_IDENTITY, din, ldin, m->d_dec[i], ldi, gin, ldin, R);
     }
     /* with score, w is the per-sample weight 1/(nL) (no flow, analytic KL) */
     reparam_job rj = {m, R, rs, w, !m->has_flow, score, baseline};
@@ -579,28 +553,29 @@ static const float *encoder_forward(vaec_vae *m, const float *xin, int64_t ldx, 
     const float *h = xin;
     *ldh = ldx;
     for (int i = 0; i < m->cfg.n_hidden; i++) {
-        layer_forward(m, &m->enc[i], m->w_enc[i], align16(m->enc[i].out), h, *ldh, R);
-        par_act_forward(m->pool, m->cfg.activation, m->w_enc[i], R, align16(m->enc[i].out));
+        layer_forward(m, &m->enc[i], m->cfg.activation, m->w_enc[i], align16(m->enc[i].out), h, *ldh, R);
         h = m->w_enc[i];
         *ldh = align16(m->enc[i].out);
     }
-    layer_forward(m, &m->enc_heads, m->w_heads, align16(2 * m->cfg.latent_dim), h, *ldh, R);
+    layer_forward(m, &m->enc_heads, VAEC_ACT_IDENTITY, m->w_heads, align16(2 * m->cfg.latent_dim), h, *ldh, R);
     return h;
 }
 
-/* The encoder's backward from d_heads: adds its parameters' gradients (no input gradient). */
+/* The encoder's backward from d_heads: adds its parameters' gradients (no input gradient).
+ * Each layer's input gradient comes out already multiplied by the activation's derivative
+ * of the layer below (the fused epilogue), so d_enc[i] is the pre-activation gradient. */
 static void encoder_backward(vaec_vae *m, const float *xin, int64_t ldx, const float *h, int64_t ldh, int64_t R) {
     const int nh = m->cfg.n_hidden;
+    const vaec_act act = m->cfg.activation;
     float *dh = nh ? m->d_enc[nh - 1] : NULL;
-    layer_backward(m, &m->enc_heads, dh, nh ? align16(m->enc[nh - 1].out) : 0, m->d_heads,
-                   align16(2 * m->cfg.latent_dim), h, ldh, R);
+    layer_backward(m, &m->enc_heads, nh ? act : VAEC_ACT_IDENTITY, dh, nh ? align16(m->enc[nh - 1].out) : 0,
+                   m->d_heads, align16(2 * m->cfg.latent_dim), h, ldh, R);
     for (int i = nh - 1; i >= 0; i--) {
         int64_t ldi = align16(m->enc[i].out);
-        par_act_backward(m->pool, m->cfg.activation, m->d_enc[i], m->w_enc[i], R, ldi);
         const float *in = i ? m->w_enc[i - 1] : xin;
         int64_t ldin = i ? align16(m->enc[i - 1].out) : ldx;
         float *din = i ? m->d_enc[i - 1] : NULL;
-        layer_backward(m, &m->enc[i], din, i ? ldin : 0, m->d_enc[i], ldi, in, ldin, R);
+        layer_backward(m, &m->enc[i], i ? act : VAEC_ACT_IDENTITY, din, i ? ldin : 0, m->d_enc[i], ldi, in, ldin, R);
     }
 }
 

@@ -92,13 +92,13 @@ PyArrayObject *vaec_py_as_f32(PyArrayObject *a) {
                                             NPY_ARRAY_C_CONTIGUOUS | NPY_ARRAY_ALIGNED | NPY_ARRAY_FORCECAST, NULL);
 }
 
-/* Check a float32 array for NaN/Inf and (optionally) [0,1]; GIL released for the scan. */
+/* Check a float32 array for NaN/Inf and (optionally) [0,1]; GIL released for a long scan. */
 int vaec_py_check_values(PyArrayObject *f, const char *name, int unit_range, const char *why) {
     const float *p = (const float *)PyArray_DATA(f);
     int64_t n = (int64_t)PyArray_SIZE(f), bad;
-    Py_BEGIN_ALLOW_THREADS
+    VAEC_PY_BEGIN_ALLOW_THREADS_IF(n > VAEC_PY_SMALL_WORK)
     bad = vaec_check_range(p, n, 0.0f, 1.0f, unit_range);
-    Py_END_ALLOW_THREADS
+    VAEC_PY_END_ALLOW_THREADS_IF
     if (bad < 0) return 0;
     int64_t cols = PyArray_NDIM(f) >= 2 ? (int64_t)PyArray_DIM(f, PyArray_NDIM(f) - 1) : 1;
     if (cols < 1) cols = 1;

@@ -16,6 +16,13 @@
 #include <structmember.h>
 #include "vaec.h"
 
+/* Release the GIL around C work only when there is enough of it: a release and re-acquire
+ * costs about as much as scanning a few thousand floats, so calls on a few rows (encoding
+ * one example) keep it. `big` is evaluated once. */
+#define VAEC_PY_SMALL_WORK 16384   /* elements */
+#define VAEC_PY_BEGIN_ALLOW_THREADS_IF(big) { PyThreadState *vaec_save_ = (big) ? PyEval_SaveThread() : NULL;
+#define VAEC_PY_END_ALLOW_THREADS_IF if (vaec_save_) PyEval_RestoreThread(vaec_save_); }
+
 /* Raise the Python exception for a C status, with vaec_last_error()'s message. */
 PyObject *vaec_py_raise(vaec_status st);
 /* A real-valued (bool/int/float) array view or conversion of obj; TypeError otherwise. */

@@ -7,6 +7,7 @@
  * Multi-phase initialisation (PEP 489); NumPy's API is imported in the exec slot. */
 #define VAEC_BINDING_MAIN
 #include "_common.h"
+#include "internal.h"   /* the fused dense kernels, for the test hook */
 
 /* ------------------------------------------------------------- the type */
 typedef struct {
@@ -274,10 +275,10 @@ static PyObject *VAE_encode(VAEObject *self, PyObject *args) {
     lv = c->deterministic ? Py_None : PyArray_SimpleNew(2, dims, NPY_FLOAT32);
     if (!mu || !lv) goto done;
     vaec_status st;
-    Py_BEGIN_ALLOW_THREADS
+    VAEC_PY_BEGIN_ALLOW_THREADS_IF(in.n * in.dim > VAEC_PY_SMALL_WORK)
     st = vaec_vae_encode(self->m, &in, (float *)PyArray_DATA((PyArrayObject *)mu),
                          c->deterministic ? NULL : (float *)PyArray_DATA((PyArrayObject *)lv));
-    Py_END_ALLOW_THREADS
+    VAEC_PY_END_ALLOW_THREADS_IF
     if (st) { vaec_py_raise(st); goto done; }
     res = PyTuple_Pack(2, mu, lv);
 done:
@@ -595,6 +596,71 @@ done:
     return res;
 }
 
+/* dense(x, W, b, act, fused, threads, dout), for tests: the dense layer's fused kernels
+ * (fused true) or their unfused _naive references on the active path. Forward (dout
+ * None): act(x W^T + b). Backward: (din, dW, db) with din = (dout W) * act'(x), x being
+ * the activation's output, dW = dout^T x, db = colsum(dout). b may be None. */
+static PyObject *mod_dense(PyObject *module, PyObject *args) {
+    PyObject *xo, *Wo, *bo, *nameo, *douto;
+    int fused, threads;
+    if (!PyArg_ParseTuple(args, "OOOUpiO", &xo, &Wo, &bo, &nameo, &fused, &threads, &douto)) return NULL;
+    vaec_act act;
+    if (PyUnicode_CompareWithASCIIString(nameo, "identity") == 0) act = VAEC_ACT_IDENTITY;
+    else if (parse_act(nameo, &act)) return NULL;
+    if (threads < 1 || threads > 256) { PyErr_SetString(PyExc_ValueError, "threads: 1 to 256"); return NULL; }
+    PyArrayObject *r[4] = {NULL}, *a[4] = {NULL};  /* x, W, b, dout */
+    PyObject *objs[4] = {xo, Wo, bo, douto}, *res = NULL, *o1 = NULL, *o2 = NULL, *o3 = NULL;
+    const char *names[4] = {"x", "W", "b", "dout"};
+    vaec_pool *pool = NULL;
+    for (int i = 0; i < 4; i++) {
+        if (objs[i] == Py_None && (i == 2 || i == 3)) continue;
+        if (!(r[i] = vaec_py_real_array(objs[i], names[i])) || !(a[i] = vaec_py_as_f32(r[i]))) goto done;
+    }
+    if (PyArray_NDIM(a[0]) != 2) { vaec_py_wrong_shape(a[0], "x", "(B, IN)"); goto done; }
+    int64_t B = PyArray_DIM(a[0], 0), IN = PyArray_DIM(a[0], 1);
+    if (PyArray_NDIM(a[1]) != 2 || PyArray_DIM(a[1], 1) != IN) { vaec_py_wrong_shape(a[1], "W", "(OUT, IN)"); goto done; }
+    int64_t OUT = PyArray_DIM(a[1], 0);
+    if (a[2] && (PyArray_NDIM(a[2]) != 1 || PyArray_DIM(a[2], 0) != OUT)) { vaec_py_wrong_shape(a[2], "b", "(OUT,)"); goto done; }
+    if (a[3] && (PyArray_NDIM(a[3]) != 2 || PyArray_DIM(a[3], 0) != B || PyArray_DIM(a[3], 1) != OUT)) {
+        vaec_py_wrong_shape(a[3], "dout", "(B, OUT)");
+        goto done;
+    }
+    if (threads > 1) {
+        vaec_status st = vaec_pool_create(&pool, threads);
+        if (st) { vaec_py_raise(st); goto done; }
+    }
+    const float *x = PyArray_DATA(a[0]), *W = PyArray_DATA(a[1]), *b = a[2] ? PyArray_DATA(a[2]) : NULL;
+    if (!a[3]) {
+        npy_intp dims[2] = {(npy_intp)B, (npy_intp)OUT};
+        if (!(o1 = PyArray_ZEROS(2, dims, NPY_FLOAT32, 0))) goto done;
+        float *out = PyArray_DATA((PyArrayObject *)o1);
+        Py_BEGIN_ALLOW_THREADS
+        if (fused) vaec_dense_forward_act_strided(pool, out, OUT, x, IN, W, b, act, B, IN, OUT);
+        else vaec_dense_forward_act_strided_naive(pool, out, OUT, x, IN, W, b, act, B, IN, OUT);
+        Py_END_ALLOW_THREADS
+        res = o1;
+        o1 = NULL;
+    } else {
+        npy_intp d1[2] = {(npy_intp)B, (npy_intp)IN}, d2[2] = {(npy_intp)OUT, (npy_intp)IN}, d3[1] = {(npy_intp)OUT};
+        if (!(o1 = PyArray_ZEROS(2, d1, NPY_FLOAT32, 0)) || !(o2 = PyArray_ZEROS(2, d2, NPY_FLOAT32, 0)) ||
+            !(o3 = PyArray_ZEROS(1, d3, NPY_FLOAT32, 0)))
+            goto done;
+        float *din = PyArray_DATA((PyArrayObject *)o1), *dW = PyArray_DATA((PyArrayObject *)o2);
+        float *db = PyArray_DATA((PyArrayObject *)o3);
+        const float *dout = PyArray_DATA(a[3]);
+        Py_BEGIN_ALLOW_THREADS
+        if (fused) vaec_dense_backward_act_strided(pool, din, IN, dW, db, dout, OUT, x, IN, W, act, B, IN, OUT);
+        else vaec_dense_backward_act_strided_naive(pool, din, IN, dW, db, dout, OUT, x, IN, W, act, B, IN, OUT);
+        Py_END_ALLOW_THREADS
+        res = PyTuple_Pack(3, o1, o2, o3);
+    }
+done:
+    vaec_pool_destroy(pool);
+    for (int i = 0; i < 4; i++) { Py_XDECREF(r[i]); Py_XDECREF(a[i]); }
+    Py_XDECREF(o1); Py_XDECREF(o2); Py_XDECREF(o3);
+    return res;
+}
+
 static PyObject *mod_rng(PyObject *module, PyObject *args) {
     const char *kind;
     long long n;
@@ -634,6 +700,7 @@ static PyMethodDef module_methods[] = {
     {"set_isa", mod_set_isa, METH_VARARGS, "set_isa(name) -> the path now active (never above the CPU's)"},
     {"sgemm", (PyCFunction)(void (*)(void))mod_sgemm, METH_VARARGS | METH_KEYWORDS, "GEMM, for tests"},
     {"act", mod_act, METH_VARARGS, "activation forward/backward, for tests"},
+    {"dense", mod_dense, METH_VARARGS, "dense(x, W, b, act, fused, threads, dout): the dense layer's kernels, for tests"},
     {"rng", mod_rng, METH_VARARGS, "rng(kind, n, seed, stream, offset): the counter-based RNG, for tests"},
     {NULL}
 };

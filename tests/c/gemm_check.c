@@ -1,8 +1,11 @@
 /* gemm_check.c -- the packed and small-M GEMM of the active ISA (VAEC_ISA, or the best
- * the CPU has) against the naive one, plus a few VAE training steps; built without Python
+ * the CPU has) against the naive one, the fused dense kernels against their unfused
+ * references (same bits), plus a few VAE training steps; built without Python
  * so it also runs on other architectures (CI runs it under qemu-aarch64 for NEON).
  * Prints "gemm_check: N passed, M failed" and exits non-zero on failure. */
 #include "vaec.h"
+#include "internal.h"   /* the fused dense kernels */
+#include <string.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -40,6 +43,41 @@ int main(void) {
                     else { failed++; printf("FAIL M=%d N=%d K=%d ta=%d tb=%d beta=%d: %.2f\n", M, N, K, ta, tb, beta, worst); }
                     free(A); free(B); free(C); free(R);
                 }
+    }
+    /* fused dense layers (bias + activation in the GEMM's epilogue; act' in din's) give the
+     * bits of the unfused passes, on the pool and on the caller alone */
+    static const int dshapes[][3] = {{1, 300, 70}, {3, 33, 17}, {5, 7, 3}, {17, 63, 40}, {100, 257, 130}, {270, 37, 33}};
+    for (size_t s = 0; s < sizeof dshapes / sizeof dshapes[0]; s++) {
+        int B = dshapes[s][0], IN = dshapes[s][1], OUT = dshapes[s][2];
+        float *x = malloc(sizeof(float) * B * IN), *W = malloc(sizeof(float) * OUT * IN), *b = malloc(sizeof(float) * OUT);
+        float *d = malloc(sizeof(float) * B * OUT), *o1 = malloc(sizeof(float) * B * OUT), *o2 = malloc(sizeof(float) * B * OUT);
+        float *i1 = malloc(sizeof(float) * B * IN), *i2 = malloc(sizeof(float) * B * IN);
+        float *w1 = calloc((size_t)OUT * IN, sizeof(float)), *w2 = calloc((size_t)OUT * IN, sizeof(float));
+        float *b1 = calloc((size_t)OUT, sizeof(float)), *b2 = calloc((size_t)OUT, sizeof(float));
+        for (int i = 0; i < B * IN; i++) x[i] = 2.0f * frand(&seed);
+        for (int i = 0; i < OUT * IN; i++) W[i] = frand(&seed);
+        for (int i = 0; i < OUT; i++) b[i] = frand(&seed);
+        for (int i = 0; i < B * OUT; i++) d[i] = frand(&seed);
+        for (int act = 0; act < VAEC_ACT_COUNT; act++)
+            for (int use_pool = 0; use_pool < 2; use_pool++) {
+                vaec_pool *p = use_pool ? pool : NULL;
+                const float *bias = act % 2 ? b : NULL;
+                vaec_dense_forward_act_strided(p, o1, OUT, x, IN, W, bias, (vaec_act)act, B, IN, OUT);
+                vaec_dense_forward_act_strided_naive(p, o2, OUT, x, IN, W, bias, (vaec_act)act, B, IN, OUT);
+                int ok = memcmp(o1, o2, sizeof(float) * B * OUT) == 0;
+                /* backward: the layer's input is the activation's output */
+                vaec_act_forward((vaec_act)act, i2, x, (int64_t)B * IN);
+                vaec_dense_backward_act_strided(p, i1, IN, w1, b1, d, OUT, i2, IN, W, (vaec_act)act, B, IN, OUT);
+                float *ref_in = malloc(sizeof(float) * B * IN);
+                vaec_dense_backward_act_strided_naive(p, ref_in, IN, w2, b2, d, OUT, i2, IN, W, (vaec_act)act, B, IN, OUT);
+                ok = ok && memcmp(i1, ref_in, sizeof(float) * B * IN) == 0 &&
+                     memcmp(w1, w2, sizeof(float) * OUT * IN) == 0 && memcmp(b1, b2, sizeof(float) * OUT) == 0;
+                free(ref_in);
+                if (ok) passed++;
+                else { failed++; printf("FAIL fused dense B=%d IN=%d OUT=%d act=%s pool=%d\n", B, IN, OUT,
+                                        vaec_act_name((vaec_act)act), use_pool); }
+            }
+        free(x); free(W); free(b); free(d); free(o1); free(o2); free(i1); free(i2); free(w1); free(w2); free(b1); free(b2);
     }
     /* a VAE trains: the loss after 30 Adam steps is well below the first */
     vaec_vae_config c = {0};
