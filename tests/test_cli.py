@@ -146,6 +146,8 @@ def test_reproduce_runs_and_records_its_result(tmp_path):
     text = results.read_text()
     rows = [l for l in text.splitlines() if l.startswith("| 20")]
     assert len(rows) == 1 and "burda-iwae (k=2)" in rows[0] and "python -m vaec reproduce burda-iwae" in rows[0]
+    header = next(l for l in text.splitlines() if l.startswith("| date"))
+    assert rows[0].count(" | ") == header.count(" | ")   # the row fills the table's columns
     assert (tmp_path / "out" / "model.vaec").exists() and (tmp_path / "out" / "result.json").exists()
 
 

@@ -56,7 +56,8 @@ def reproduce(args):
     nll = -res["log_likelihood"] if "log_likelihood" in res else -res["elbo"]
     paper = BURDA_TABLE.get((kind, k))
     line = (f"| {datetime.date.today()} | {args.experiment} (k={k}) | {args.epochs} | {len(Xtr)} | "
-            f"{len(X)} | {nll:.2f} | {'—' if paper is None else f'{paper:.2f}'} | {-res['elbo']:.2f} | {res.get('active_units', '')} | "
+            f"{len(X)} | {nll:.2f} | {'—' if paper is None else f'{paper:.2f}'} | {-res['elbo']:.2f} | "
+            f"{_iwae_cell(res)} | {res.get('active_units', '?')} of {m.latent_dim} | "
             f"{train_s / 60:.1f} + {eval_s / 60:.1f} min | `python -m vaec reproduce {args.experiment} "
             f"--epochs {args.epochs}" + (f" --data {args.data}" if args.data else "") + (f" --k {k}" if kind == "iwae" else "") +
             (f" --eval-limit {args.eval_limit}" if args.eval_limit else "") + "` |")
@@ -77,9 +78,14 @@ MNIST, dynamic binarization, 784-200-200-50 tanh, Adam (eps 1e-4), batch 20, lea
 1e-3·10^(−i/7) for 3^i epochs. −log p(x) is estimated on the test set with k = 5000 importance
 samples; the paper trains for 3280 epochs.
 
-| date | experiment | epochs | train images | test images | test −log p(x) | paper | test −ELBO | active units | time (train + eval) | command |
-|---|---|---|---|---|---|---|---|---|---|---|
+| date | experiment | epochs | train images | test images | test −log p(x) | paper | test −ELBO | IWAE k=5 / k=50 bounds | active units | time (train + eval) | command |
+|---|---|---|---|---|---|---|---|---|---|---|---|
 """
+
+
+def _iwae_cell(res):
+    """'-IWAE_5 / -IWAE_50' as in the results table ('—' for a bound that was not computed)."""
+    return " / ".join(f"{-res[k]:.2f}" if k in res else "—" for k in ("iwae_5", "iwae_50"))
 
 
 def _append_result(path, line, title="## Burda et al. (2016) reproductions", header=None):
