@@ -254,7 +254,18 @@ PyObject *vaec_py_arena_tensors(const vaec_arena *a) {
     return list;
 }
 
-PyObject *vaec_py_arena_state(const vaec_arena *a) {
-    return Py_BuildValue("{s:L,s:f,s:f,s:f}", "step", (long long)a->step, "beta1", (double)a->adam.beta1,
-                         "beta2", (double)a->adam.beta2, "adam_eps", (double)a->adam.eps);
+PyObject *vaec_py_arena_state(const vaec_arena *a, uint64_t rng_seed, uint64_t rng_counter, int threads) {
+    return Py_BuildValue("{s:L,s:f,s:f,s:f,s:K,s:K,s:i}", "step", (long long)a->step, "beta1", (double)a->adam.beta1,
+                         "beta2", (double)a->adam.beta2, "adam_eps", (double)a->adam.eps,
+                         "rng_seed", (unsigned long long)rng_seed, "rng_counter", (unsigned long long)rng_counter,
+                         "threads", threads);
+}
+
+PyObject *vaec_py_arena_set_adam(vaec_arena *a, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"beta1", "beta2", "eps", NULL};
+    vaec_adam_config c = a->adam;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "|fff", kwlist, &c.beta1, &c.beta2, &c.eps)) return NULL;
+    vaec_status st = vaec_arena_adam_set(a, c);
+    if (st) return vaec_py_raise(st);
+    Py_RETURN_NONE;
 }

@@ -43,7 +43,11 @@ int vaec_py_convert_samples(PyObject *obj, int *L);
 /* Zero-copy 1-D float32 view of one arena buffer ("params", "grads", "adam_m", "adam_v");
  * the array holds a reference to owner. */
 PyObject *vaec_py_arena_view(PyObject *owner, vaec_arena *a, const char *which);
-/* [(name, offset, shape)] and {"step", "beta1", "beta2", "adam_eps"}. */
+/* [(name, offset, shape)]. */
 PyObject *vaec_py_arena_tensors(const vaec_arena *a);
-PyObject *vaec_py_arena_state(const vaec_arena *a);
+/* The optimizer and RNG state as a dict: step, beta1, beta2, adam_eps, rng_seed,
+ * rng_counter, threads. */
+PyObject *vaec_py_arena_state(const vaec_arena *a, uint64_t rng_seed, uint64_t rng_counter, int threads);
+/* set_adam(beta1=, beta2=, eps=): the arena's Adam settings, unchanged ones kept. */
+PyObject *vaec_py_arena_set_adam(vaec_arena *a, PyObject *args, PyObject *kw);
 #endif

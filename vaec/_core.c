@@ -345,31 +345,13 @@ static PyObject *VAE_tensors(VAEObject *self, PyObject *noargs) {
 
 static PyObject *VAE_get_state(VAEObject *self, PyObject *noargs) {
     if (!self->m) { PyErr_SetString(PyExc_RuntimeError, "the model is not initialised"); return NULL; }
-    PyObject *d = vaec_py_arena_state(vaec_vae_arena(self->m));
-    if (!d) return NULL;
-    PyObject *v[3] = {PyLong_FromUnsignedLongLong(vaec_vae_rng_seed(self->m)),
-                      PyLong_FromUnsignedLongLong(vaec_vae_rng_counter(self->m)),
-                      PyLong_FromLong(vaec_vae_threads(self->m))};
-    const char *k[3] = {"rng_seed", "rng_counter", "threads"};
-    for (int i = 0; i < 3; i++) {
-        if (!v[i] || PyDict_SetItemString(d, k[i], v[i]) < 0) {
-            for (int j = 0; j < 3; j++) Py_XDECREF(v[j]);
-            Py_DECREF(d);
-            return NULL;
-        }
-    }
-    for (int j = 0; j < 3; j++) Py_DECREF(v[j]);
-    return d;
+    return vaec_py_arena_state(vaec_vae_arena(self->m), vaec_vae_rng_seed(self->m), vaec_vae_rng_counter(self->m),
+                               vaec_vae_threads(self->m));
 }
 
 static PyObject *VAE_set_adam(VAEObject *self, PyObject *args, PyObject *kw) {
-    static char *kwlist[] = {"beta1", "beta2", "eps", NULL};
-    vaec_arena *ar = vaec_vae_arena(self->m);
-    vaec_adam_config a = ar->adam;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "|fff", kwlist, &a.beta1, &a.beta2, &a.eps)) return NULL;
-    vaec_status st = vaec_arena_adam_set(ar, a);
-    if (st) return vaec_py_raise(st);
-    Py_RETURN_NONE;
+    if (!self->m) { PyErr_SetString(PyExc_RuntimeError, "the model is not initialised"); return NULL; }
+    return vaec_py_arena_set_adam(vaec_vae_arena(self->m), args, kw);
 }
 
 static PyObject *VAE_reset_optimizer(VAEObject *self, PyObject *noargs) {

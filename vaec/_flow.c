@@ -419,29 +419,13 @@ static PyObject *Flow_tensors(FlowObject *self, PyObject *noargs) {
 
 static PyObject *Flow_state(FlowObject *self, PyObject *noargs) {
     if (!self->m) { PyErr_SetString(PyExc_RuntimeError, "the flow is not initialised"); return NULL; }
-    PyObject *d = vaec_py_arena_state(vaec_flowmodel_arena(self->m));
-    if (!d) return NULL;
-    PyObject *v[3] = {PyLong_FromUnsignedLongLong(vaec_flowmodel_rng_seed(self->m)),
-                      PyLong_FromUnsignedLongLong(vaec_flowmodel_rng_counter(self->m)),
-                      PyLong_FromLong(vaec_flowmodel_threads(self->m))};
-    const char *k[3] = {"rng_seed", "rng_counter", "threads"};
-    int bad = 0;
-    for (int i = 0; i < 3; i++)
-        if (!bad && (!v[i] || PyDict_SetItemString(d, k[i], v[i]) < 0)) bad = 1;
-    for (int i = 0; i < 3; i++) Py_XDECREF(v[i]);
-    if (bad) { Py_DECREF(d); return NULL; }
-    return d;
+    return vaec_py_arena_state(vaec_flowmodel_arena(self->m), vaec_flowmodel_rng_seed(self->m), vaec_flowmodel_rng_counter(self->m),
+                               vaec_flowmodel_threads(self->m));
 }
 
 static PyObject *Flow_set_adam(FlowObject *self, PyObject *args, PyObject *kw) {
-    static char *kwlist[] = {"beta1", "beta2", "eps", NULL};
     if (!self->m) { PyErr_SetString(PyExc_RuntimeError, "the flow is not initialised"); return NULL; }
-    vaec_arena *ar = vaec_flowmodel_arena(self->m);
-    vaec_adam_config a = ar->adam;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "|fff", kwlist, &a.beta1, &a.beta2, &a.eps)) return NULL;
-    vaec_status st = vaec_arena_adam_set(ar, a);
-    if (st) return vaec_py_raise(st);
-    Py_RETURN_NONE;
+    return vaec_py_arena_set_adam(vaec_flowmodel_arena(self->m), args, kw);
 }
 
 static PyObject *Flow_reset_optimizer(FlowObject *self, PyObject *noargs) {

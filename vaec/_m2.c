@@ -388,28 +388,13 @@ static PyObject *M2_tensors(M2Object *self, PyObject *noargs) {
 
 static PyObject *M2_state(M2Object *self, PyObject *noargs) {
     if (!self->m) { PyErr_SetString(PyExc_RuntimeError, "the model is not initialised"); return NULL; }
-    PyObject *d = vaec_py_arena_state(vaec_m2_arena(self->m));
-    if (!d) return NULL;
-    PyObject *v[3] = {PyLong_FromUnsignedLongLong(vaec_m2_rng_seed(self->m)),
-                      PyLong_FromUnsignedLongLong(vaec_m2_rng_counter(self->m)),
-                      PyLong_FromLong(vaec_m2_threads(self->m))};
-    const char *k[3] = {"rng_seed", "rng_counter", "threads"};
-    int bad = 0;
-    for (int i = 0; i < 3; i++)
-        if (!bad && (!v[i] || PyDict_SetItemString(d, k[i], v[i]) < 0)) bad = 1;
-    for (int j = 0; j < 3; j++) Py_XDECREF(v[j]);
-    if (bad) { Py_DECREF(d); return NULL; }
-    return d;
+    return vaec_py_arena_state(vaec_m2_arena(self->m), vaec_m2_rng_seed(self->m), vaec_m2_rng_counter(self->m),
+                               vaec_m2_threads(self->m));
 }
 
 static PyObject *M2_set_adam(M2Object *self, PyObject *args, PyObject *kw) {
-    static char *kwlist[] = {"beta1", "beta2", "eps", NULL};
-    vaec_arena *ar = vaec_m2_arena(self->m);
-    vaec_adam_config a = ar->adam;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "|fff", kwlist, &a.beta1, &a.beta2, &a.eps)) return NULL;
-    vaec_status st = vaec_arena_adam_set(ar, a);
-    if (st) return vaec_py_raise(st);
-    Py_RETURN_NONE;
+    if (!self->m) { PyErr_SetString(PyExc_RuntimeError, "the model is not initialised"); return NULL; }
+    return vaec_py_arena_set_adam(vaec_m2_arena(self->m), args, kw);
 }
 
 static PyObject *M2_reset_optimizer(M2Object *self, PyObject *noargs) {
