@@ -151,14 +151,15 @@ for label in ("score", "score + running-mean baseline"):
     print(f"{label:30s} variance / reparam variance at L = {Ls[0]}: {table[label][0] / table['reparam'][0]:10.0f}x")
 """)
 md("""
-Both fall as 1/L, but the score-function estimator starts orders of magnitude higher: it
+Both fall as 1/L, but the score-function estimator starts far higher (the ratios printed above): it
 only sees *whether* a sample of z was good, not *in which direction* to move it. The baseline
-removes the large common offset of log p(x|z) (about −100 nats per image) and with it most of
+removes the large common offset of log p(x|z) (tens of nats below zero for every image) and with it most of
 the variance, and still leaves the reparameterized estimator far ahead.
 
 Both are unbiased. With many draws their means agree within Monte Carlo error (the tests check
 this parameter by parameter on a small model, `tests/test_lecture.py`); here, the correlation
-of the two mean gradients over all encoder parameters:
+of the two mean gradients over all encoder parameters (the analytic KL gradient, the same in
+both, is part of each, so this is a sanity check rather than a proof):
 """)
 code("""
 ra = np.concatenate([table["reparam mean"][k].ravel() for k in enc])
