@@ -101,6 +101,18 @@ def test_eval_reports_bounds_log_likelihood_and_active_units(tmp_path):
     assert "active units:" in r.stdout
 
 
+def test_a_source_tree_without_the_extension_says_how_to_build_it(tmp_path):
+    """`python -m vaec` inside a clone finds the source folder first; without the built
+    extension it must say so, not fail with a bare ModuleNotFoundError."""
+    import shutil
+
+    src = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "vaec")
+    shutil.copytree(src, tmp_path / "vaec", ignore=shutil.ignore_patterns("*.so", "*.pyd", "__pycache__"))
+    r = subprocess.run([sys.executable, "-m", "vaec", "--help"], capture_output=True, text=True, cwd=tmp_path,
+                       env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+    assert r.returncode != 0 and "pip install -e ." in r.stderr and "C extension is not built" in r.stderr, r.stderr
+
+
 def test_eval_and_sample_refuse_an_autoencoder(tmp_path):
     vaec.Autoencoder(784, 2, hidden=(8,)).save(tmp_path / "ae.vaec")
     for cmd in (["eval", str(tmp_path / "ae.vaec")], ["sample", str(tmp_path / "ae.vaec"), "--out", str(tmp_path / "s.png")]):

@@ -1,5 +1,16 @@
 """vaec: variational autoencoders with a pure-C core and a NumPy face."""
-from ._core import cpu_features as _cpu_features
+try:
+    from ._core import cpu_features as _cpu_features
+except ModuleNotFoundError as _e:  # a source tree whose C extension was never built in place
+    if _e.name != f"{__name__}._core":
+        raise
+    import os as _os
+
+    raise ImportError(
+        f"vaec's C extension is not built in {_os.path.dirname(__file__)}: this is the source folder of "
+        "a clone, found before any installed copy. Build it here with `pip install -e .`, or run from "
+        "another folder (or use the `vaec` command) to use an installed copy."
+    ) from None
 from .models import VAE, Autoencoder, gradient_variance, load
 
 __version__ = "0.1.0"
