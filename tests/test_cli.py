@@ -108,7 +108,8 @@ def test_a_source_tree_without_the_extension_says_how_to_build_it(tmp_path):
 
     src = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "vaec")
     shutil.copytree(src, tmp_path / "vaec", ignore=shutil.ignore_patterns("*.so", "*.pyd", "__pycache__"))
-    r = subprocess.run([sys.executable, "-m", "vaec", "--help"], capture_output=True, text=True, cwd=tmp_path,
+    # -S: no site-packages, so an editable install's import hook cannot redirect to the real tree
+    r = subprocess.run([sys.executable, "-S", "-m", "vaec", "--help"], capture_output=True, text=True, cwd=tmp_path,
                        env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
     assert r.returncode != 0 and "pip install -e ." in r.stderr and "C extension is not built" in r.stderr, r.stderr
 
