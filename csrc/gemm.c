@@ -89,12 +89,15 @@ static void gemm_task(void *ctx, int64_t t, int tid) {
     job->kern->block(&job->g, i0, mb, j0, nb, scratch);
 }
 
-enum { SMALL_GRAIN = 64 };  /* columns per task */
-typedef struct { const vaec_gemm_args *g; vaec_gemm_small_fn fn; } small_job;
+/* Column ranges of the small-M path: one per thread (a multiple of 8 columns), so every
+ * thread streams the same share of op(B): a single-example product is bound by reading
+ * the weights, and equal tasks beat many small ones (7 tasks of 64 columns left one of
+ * two threads a third more to read). A column's arithmetic does not depend on the split. */
+typedef struct { const vaec_gemm_args *g; vaec_gemm_small_fn fn; int64_t grain; } small_job;
 static void small_task(void *ctx, int64_t t, int tid) {
     (void)tid;
     small_job *j = ctx;
-    int64_t j0 = t * SMALL_GRAIN, j1 = j0 + SMALL_GRAIN < j->g->N ? j0 + SMALL_GRAIN : j->g->N;
+    int64_t j0 = t * j->grain, j1 = j0 + j->grain < j->g->N ? j0 + j->grain : j->g->N;
     j->fn(j->g, j0, j1);
 }
 
@@ -138,8 +141,9 @@ void vaec_sgemm_fused(vaec_pool *pool, int transA, int transB, int64_t M, int64_
     }
     if (M <= GEMM_SMALL_M && !transA) {
         /* a few rows: packing would cost as much as the product; split over columns */
-        small_job sj = {&g, kern->small};
-        run_tasks(pool, small_task, &sj, vaec_ntasks(N, SMALL_GRAIN), macs);
+        int threads = macs < GEMM_SERIAL_MACS ? 1 : vaec_pool_size(pool);
+        small_job sj = {&g, kern->small, round_up(cdiv(N, threads), 8)};
+        run_tasks(pool, small_task, &sj, cdiv(N, sj.grain), macs);
         return;
     }
     int threads = macs < GEMM_SERIAL_MACS ? 1 : vaec_pool_size(pool);

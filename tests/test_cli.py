@@ -171,6 +171,15 @@ def test_bench_quick_prints_the_table(tmp_path):
     assert "| training ex/s, batch 100 |" in (tmp_path / "PERF.md").read_text()
 
 
+def test_bench_ratio_is_the_median_of_paired_ratios():
+    from vaec.bench import _paired_ratio
+    # the third pair ran in a slow spell on both sides: its ratio is ordinary
+    assert _paired_ratio([10, 12, 5], [5, 6, 2.5]) == "2.00× (2.00–2.00)"
+    # a ratio of medians would say 11/6 = 1.83; two of the three pairs say 1.67
+    assert _paired_ratio([10, 11, 12], [6, 5, 7.2]) == "1.67× (1.67–2.20)"
+    assert _paired_ratio([1.0], []) == "—"
+
+
 def test_train_m2_with_labels(tmp_path):
     r = run("train", "--model", "m2", "--labels", "100", "--epochs", "1", "--quiet", "--out", str(tmp_path / "m2"))
     assert r.returncode == 0, r.stderr
