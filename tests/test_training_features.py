@@ -145,3 +145,25 @@ def test_patience_needs_validation_data(data):
     X, _ = data
     with pytest.raises(ValueError, match="patience: early stopping needs validation_data"):
         make().fit(X, epochs=1, patience=2, progress=False)
+
+
+@pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan, "last"])
+def test_a_non_finite_gradient_refuses_the_adam_step(bad):
+    """Only Inf and NaN stop the step; the largest finite floats and denormals do not."""
+    m = vaec.VAE(12, 2, hidden=(5,), seed=0)
+    g = m._core.arena("grads")
+    p = m._core.arena("params")
+    g[:] = np.float32(1e-40)                     # denormal: finite
+    g[::7] = np.finfo(np.float32).max            # the largest finite float
+    g[1::7] = -np.finfo(np.float32).max
+    if bad == "last":
+        g[-1] = np.nan
+    else:
+        g[len(g) // 2] = bad
+    before = p.copy()
+    with pytest.raises(FloatingPointError, match="NaN or Inf"):
+        m._core.adam_step(1e-3)
+    assert np.array_equal(p, before)
+    g[np.isnan(g) | np.isinf(g)] = 0.0
+    m._core.adam_step(1e-3)
+    assert not np.array_equal(p, before)
