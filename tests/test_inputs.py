@@ -286,6 +286,71 @@ def test_gil_is_released_and_a_busy_model_refuses_a_second_caller():
     assert errors and "in use by another thread" in errors[0]
 
 
+@pytest.mark.parametrize("type_name", ["VAECore", "M2Core", "FlowCore"])
+def test_an_uninitialised_core_refuses_every_call(type_name, tmp_path):
+    """A core made by __new__ alone has no C model: every method raises, none dereferences it."""
+    tp = getattr(vaec._core, type_name)
+    core = tp.__new__(tp)
+    what = "flow" if type_name == "FlowCore" else "model"
+    path = tmp_path / "m.vaec"
+    calls = {"set_rng": (1, 2, 3), "state": (), "save": (str(path),), "arena": ("params",), "tensors": (),
+             "set_adam": (), "reset_optimizer": (), "adam_step": (1e-3,), "config": ()}
+    for name, args in calls.items():
+        with pytest.raises(RuntimeError, match=f"the {what} is not initialised"):
+            getattr(core, name)(*args)
+    assert not path.exists()
+    del core
+    gc.collect()  # and it is freed without a model
+
+
+def test_setters_refuse_a_busy_core(tmp_path):
+    """set_rng, set_adam and save touch what a running call uses without the GIL (a second
+    __init__ is refused busy or not: the next test)."""
+    args = (784, 20, (400,), "tanh", "bernoulli", 0, 1)
+    core = vaec._core.VAECore(*args)
+    x = np.random.default_rng(0).random((2000, 784), dtype=np.float32)
+    calls = {"set_rng": lambda: core.set_rng(0, 0), "set_adam": lambda: core.set_adam(),
+             "save": lambda: core.save(str(tmp_path / "m.vaec"))}
+    refused = {name: [] for name in calls}
+    done = threading.Event()
+
+    def work():
+        try:
+            core.elbo(x, None, 4)
+        finally:
+            done.set()
+
+    t = threading.Thread(target=work)
+    t.start()
+    while not done.is_set():
+        for name, call in calls.items():
+            try:
+                call()
+            except RuntimeError as e:
+                refused[name].append(str(e))
+        done.wait(0.001)
+    t.join()
+    for name, errors in refused.items():
+        assert errors and all("the model is in use by another thread" == e for e in errors), name
+    assert core.state()["step"] == 0
+
+
+@pytest.mark.parametrize("type_name", ["VAECore", "M2Core", "FlowCore"])
+def test_an_initialised_core_refuses_a_second_init(type_name):
+    """__init__ again would free the arena under the NumPy views arena() handed out."""
+    args = {"VAECore": (6, 2, (4,), "tanh", "bernoulli", 0, 1),
+            "M2Core": (6, 2, 3, (4,), (), "softplus", "bernoulli", 0.1, 0, 1)}
+    args["FlowCore"] = (2, "planar:2", 0, 1)
+    core = getattr(vaec._core, type_name)(*args[type_name])
+    init = lambda: core.__init__(*args[type_name])
+    view = core.arena("params")
+    before = view.copy()
+    what = "flow" if type_name == "FlowCore" else "model"
+    with pytest.raises(RuntimeError, match=f"the {what} is already initialised"):
+        init()
+    assert np.array_equal(core.arena("params"), before) and np.array_equal(view, before)
+
+
 def rss_kb():
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024

@@ -223,6 +223,46 @@ int vaec_py_convert_samples(PyObject *obj, int *L) {
     return 0;
 }
 
+int vaec_py_parse_act(PyObject *s, vaec_act *out) {
+    for (int i = 1; i < VAEC_ACT_COUNT; i++)
+        if (PyUnicode_CompareWithASCIIString(s, vaec_act_name((vaec_act)i)) == 0) { *out = (vaec_act)i; return 0; }
+    PyErr_Format(PyExc_ValueError, "activation: expected one of 'tanh', 'relu', 'softplus', 'sigmoid', "
+                 "'elu', 'leaky_relu', got %R", s);
+    return -1;
+}
+
+int vaec_py_parse_likelihood(PyObject *s, vaec_likelihood *out) {
+    if (PyUnicode_CompareWithASCIIString(s, "bernoulli") == 0) *out = VAEC_LIK_BERNOULLI;
+    else if (PyUnicode_CompareWithASCIIString(s, "gaussian") == 0) *out = VAEC_LIK_GAUSSIAN;
+    else {
+        PyErr_Format(PyExc_ValueError, "likelihood: expected 'bernoulli' or 'gaussian', got %R", s);
+        return -1;
+    }
+    return 0;
+}
+
+int vaec_py_parse_widths(PyObject *obj, const char *name, int *n, int64_t *out) {
+    char msg[80];
+    snprintf(msg, sizeof msg, "%s: expected a sequence of layer widths", name);
+    PyObject *seq = PySequence_Fast(obj, msg);
+    if (!seq) return -1;
+    int ok = 0;
+    Py_ssize_t k = PySequence_Fast_GET_SIZE(seq);
+    if (k > VAEC_MAX_HIDDEN) {
+        PyErr_Format(PyExc_ValueError, "%s: at most %d layers, got %zd", name, VAEC_MAX_HIDDEN, k);
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < k; i++) {
+        long long w = PyLong_AsLongLong(PySequence_Fast_GET_ITEM(seq, i));
+        if (w == -1 && PyErr_Occurred()) goto done;
+        out[i] = w;
+    }
+    *n = (int)k;
+    ok = 1;
+done:
+    Py_DECREF(seq);
+    return ok ? 0 : -1;
+}
 
 /* ------------------------------------------------------------- arenas */
 PyObject *vaec_py_arena_view(PyObject *owner, vaec_arena *a, const char *which) {
@@ -268,4 +308,223 @@ PyObject *vaec_py_arena_set_adam(vaec_arena *a, PyObject *args, PyObject *kw) {
     vaec_status st = vaec_arena_adam_set(a, c);
     if (st) return vaec_py_raise(st);
     Py_RETURN_NONE;
+}
+
+/* ---------------------------------------------------------- model types */
+int vaec_py_ready(vaec_py_model *self) {
+    if (!self->m) {
+        PyErr_Format(PyExc_RuntimeError, "the %s is not initialised", self->ops->what);
+        return -1;
+    }
+    return 0;
+}
+
+/* The busy flag is only read and written with the GIL held, so it needs no atomics: it
+ * keeps a second thread out while the first runs C code on the model without the GIL. */
+int vaec_py_acquire(vaec_py_model *self) {
+    if (vaec_py_ready(self)) return -1;
+    if (self->busy) {
+        PyErr_Format(PyExc_RuntimeError, "the %s is in use by another thread", self->ops->what);
+        return -1;
+    }
+    self->busy = 1;
+    return 0;
+}
+
+void vaec_py_release(vaec_py_model *self) { self->busy = 0; }
+
+PyObject *vaec_py_model_new(PyTypeObject *tp, const vaec_py_model_ops *ops) {
+    vaec_py_model *self = (vaec_py_model *)tp->tp_alloc(tp, 0);
+    if (self) self->ops = ops;
+    return (PyObject *)self;
+}
+
+/* __init__ may run again on a live object; the old model must not be freed under a call
+ * that is using it with the GIL released (the swap itself happens with the GIL held). */
+int vaec_py_model_install(vaec_py_model *self, void *m) {
+    if (self->busy) {
+        self->ops->destroy(m);
+        PyErr_Format(PyExc_RuntimeError, "the %s is in use by another thread", self->ops->what);
+        return -1;
+    }
+    if (self->m) {
+        /* NumPy views of the old arena (arena()) keep this object alive, not its model:
+         * replacing the model would leave them pointing at freed memory */
+        self->ops->destroy(m);
+        PyErr_Format(PyExc_RuntimeError, "the %s is already initialised; create a new object instead",
+                     self->ops->what);
+        return -1;
+    }
+    self->m = m;
+    return 0;
+}
+
+static void model_dealloc(vaec_py_model *self) {
+    PyTypeObject *tp = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
+    if (self->weakrefs) PyObject_ClearWeakRefs((PyObject *)self);
+    if (self->m) self->ops->destroy(self->m);
+    tp->tp_free((PyObject *)self);
+    Py_DECREF(tp);
+}
+
+/* A heap type's instances must visit their type; they hold no other Python object. */
+static int model_traverse(vaec_py_model *self, visitproc visit, void *arg) {
+    Py_VISIT(Py_TYPE(self));
+    return 0;
+}
+
+PyObject *vaec_py_model_load(PyObject *module, PyObject *args, const char *type_name, const vaec_py_model_ops *ops,
+                             PyObject **extra) {
+    PyObject *path = NULL, *obj = NULL;
+    PyTypeObject *tp = NULL;
+    void *m = NULL, *ex = NULL;
+    uint32_t ex_len = 0;
+    int threads = 0;
+    if (extra) *extra = NULL;
+    if (!PyArg_ParseTuple(args, "O&|i", PyUnicode_FSConverter, &path, &threads)) return NULL;
+    /* the type first: a module without it fails before the file is read */
+    if (!(tp = (PyTypeObject *)PyObject_GetAttrString(module, type_name))) goto done;
+    vaec_status st;
+    const char *p = PyBytes_AS_STRING(path);
+    Py_BEGIN_ALLOW_THREADS
+    st = ops->load(&m, p, threads, &ex, &ex_len);
+    Py_END_ALLOW_THREADS
+    if (st) { vaec_py_raise(st); goto done; }
+    if (!(obj = vaec_py_model_new(tp, ops))) goto done;
+    ((vaec_py_model *)obj)->m = m;
+    m = NULL;
+    if (extra) {
+        *extra = ex ? PyBytes_FromStringAndSize(ex, ex_len) : (Py_INCREF(Py_None), Py_None);
+        if (!*extra) Py_CLEAR(obj);
+    }
+done:
+    if (m) ops->destroy(m);
+    free(ex);
+    Py_XDECREF(tp);
+    Py_DECREF(path);
+    return obj;
+}
+
+/* --------------------------------------------- methods of every model type */
+/* A 1-D float32 view of one of the arena's buffers; the array keeps the model alive. */
+PyObject *vaec_py_model_arena(PyObject *op, PyObject *args) {
+    vaec_py_model *self = (vaec_py_model *)op;
+    const char *which;
+    if (!PyArg_ParseTuple(args, "s", &which)) return NULL;
+    if (vaec_py_ready(self)) return NULL;
+    return vaec_py_arena_view(op, self->ops->arena(self->m), which);
+}
+
+PyObject *vaec_py_model_tensors(PyObject *op, PyObject *noargs) {
+    vaec_py_model *self = (vaec_py_model *)op;
+    if (vaec_py_ready(self)) return NULL;
+    return vaec_py_arena_tensors(self->ops->arena(self->m));
+}
+
+PyObject *vaec_py_model_state(PyObject *op, PyObject *noargs) {
+    vaec_py_model *self = (vaec_py_model *)op;
+    if (vaec_py_ready(self)) return NULL;
+    const vaec_py_model_ops *o = self->ops;
+    return vaec_py_arena_state(o->arena(self->m), o->rng_seed(self->m), o->rng_counter(self->m), o->threads(self->m));
+}
+
+/* The setters below hold the model although they run with the GIL: a call of another
+ * thread may be reading the Adam settings or the RNG position without it. */
+PyObject *vaec_py_model_set_adam(PyObject *op, PyObject *args, PyObject *kw) {
+    vaec_py_model *self = (vaec_py_model *)op;
+    if (vaec_py_acquire(self)) return NULL;
+    PyObject *res = vaec_py_arena_set_adam(self->ops->arena(self->m), args, kw);
+    vaec_py_release(self);
+    return res;
+}
+
+PyObject *vaec_py_model_reset_optimizer(PyObject *op, PyObject *noargs) {
+    vaec_py_model *self = (vaec_py_model *)op;
+    if (vaec_py_acquire(self)) return NULL;
+    vaec_arena_adam_reset(self->ops->arena(self->m));
+    vaec_py_release(self);
+    Py_RETURN_NONE;
+}
+
+PyObject *vaec_py_model_set_rng(PyObject *op, PyObject *args) {
+    vaec_py_model *self = (vaec_py_model *)op;
+    unsigned long long seed, counter;
+    long long step = -1;
+    if (!PyArg_ParseTuple(args, "KK|L", &seed, &counter, &step)) return NULL;
+    if (vaec_py_acquire(self)) return NULL;
+    self->ops->rng_set(self->m, seed, counter);
+    if (step >= 0) self->ops->arena(self->m)->step = step;
+    vaec_py_release(self);
+    Py_RETURN_NONE;
+}
+
+PyObject *vaec_py_model_adam_step(PyObject *op, PyObject *args) {
+    vaec_py_model *self = (vaec_py_model *)op;
+    double lr;
+    if (!PyArg_ParseTuple(args, "d", &lr)) return NULL;
+    if (vaec_py_acquire(self)) return NULL;
+    vaec_status st;
+    Py_BEGIN_ALLOW_THREADS
+    st = self->ops->adam_step(self->m, (float)lr);
+    Py_END_ALLOW_THREADS
+    vaec_py_release(self);
+    if (st) return vaec_py_raise(st);
+    Py_RETURN_NONE;
+}
+
+/* save(path) or save(path, extra=b''): an atomic write of the C model's file. */
+static PyObject *model_save(vaec_py_model *self, PyObject *args, int with_extra) {
+    PyObject *path = NULL, *res = NULL;
+    Py_buffer extra = {0};
+    if (!PyArg_ParseTuple(args, with_extra ? "O&|y*" : "O&", PyUnicode_FSConverter, &path, &extra)) return NULL;
+    if (extra.len > 0x7fffffff) {  /* the file stores its length in 32 bits */
+        PyErr_SetString(PyExc_ValueError, "extra: at most 2 GiB");
+        goto done;
+    }
+    if (vaec_py_acquire(self)) goto done;
+    vaec_status st;
+    const char *p = PyBytes_AS_STRING(path);
+    Py_BEGIN_ALLOW_THREADS
+    st = self->ops->save(self->m, p, extra.buf, (uint32_t)extra.len);
+    Py_END_ALLOW_THREADS
+    vaec_py_release(self);
+    if (st) vaec_py_raise(st);
+    else res = (Py_INCREF(Py_None), Py_None);
+done:
+    PyBuffer_Release(&extra);
+    Py_DECREF(path);
+    return res;
+}
+
+PyObject *vaec_py_model_save(PyObject *op, PyObject *args) { return model_save((vaec_py_model *)op, args, 0); }
+PyObject *vaec_py_model_save_extra(PyObject *op, PyObject *args) { return model_save((vaec_py_model *)op, args, 1); }
+
+static PyMemberDef model_members[] = {
+    {"__weaklistoffset__", T_PYSSIZET, offsetof(vaec_py_model, weakrefs), READONLY},
+    {NULL}
+};
+
+/* The slots and spec are read only while the type is made (the name is a literal). */
+int vaec_py_model_add_type(PyObject *module, const char *spec_name, const char *doc, newfunc tp_new,
+                           int (*init)(vaec_py_model *self, PyObject *args, PyObject *kw), PyMethodDef *methods) {
+    PyType_Slot slots[] = {
+        {Py_tp_doc, (void *)doc},
+        {Py_tp_new, tp_new},
+        {Py_tp_init, init},
+        {Py_tp_dealloc, model_dealloc},
+        {Py_tp_traverse, model_traverse},
+        {Py_tp_methods, methods},
+        {Py_tp_members, model_members},
+        {0, NULL}
+    };
+    PyType_Spec spec = {spec_name, sizeof(vaec_py_model), 0,
+                        Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC, slots};
+    PyObject *tp = PyType_FromModuleAndSpec(module, &spec, NULL);
+    if (!tp) return -1;
+    if (PyModule_AddObject(module, strrchr(spec_name, '.') + 1, tp) < 0) {
+        Py_DECREF(tp);
+        return -1;
+    }
+    return 0;
 }

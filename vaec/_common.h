@@ -1,7 +1,8 @@
 /* _common.h -- what every part of the vaec._core binding shares: argument converters
- * that name the argument in their errors, status-to-exception mapping, and zero-copy
- * views of a model's parameter arena. The extension is several C files; NumPy's API
- * table is imported once, in _core.c's module exec slot. */
+ * that name the argument in their errors, status-to-exception mapping, zero-copy views
+ * of a model's parameter arena, and the part of the model types (VAECore, M2Core,
+ * FlowCore) that does not depend on the model. The extension is several C files;
+ * NumPy's API table is imported once, in _core.c's module exec slot. */
 #ifndef VAEC_PY_COMMON_H
 #define VAEC_PY_COMMON_H
 #define PY_SSIZE_T_CLEAN
@@ -40,6 +41,12 @@ int vaec_py_convert_x(PyObject *obj, const char *name, int64_t dim, int unit_ran
 int vaec_py_convert_eps(PyObject *obj, int64_t n, int64_t Z, int *L, PyArrayObject **keep);
 int vaec_py_convert_seed(PyObject *obj, int *use, uint64_t *seed);
 int vaec_py_convert_samples(PyObject *obj, int *L);
+/* Constructor arguments: an activation's name (not "identity"), "bernoulli" or "gaussian",
+ * and a sequence of at most VAEC_MAX_HIDDEN layer widths; ValueError/TypeError naming
+ * the argument. */
+int vaec_py_parse_act(PyObject *s, vaec_act *out);
+int vaec_py_parse_likelihood(PyObject *s, vaec_likelihood *out);
+int vaec_py_parse_widths(PyObject *obj, const char *name, int *n, int64_t *out);
 /* Zero-copy 1-D float32 view of one arena buffer ("params", "grads", "adam_m", "adam_v");
  * the array holds a reference to owner. */
 PyObject *vaec_py_arena_view(PyObject *owner, vaec_arena *a, const char *which);
@@ -50,4 +57,111 @@ PyObject *vaec_py_arena_tensors(const vaec_arena *a);
 PyObject *vaec_py_arena_state(const vaec_arena *a, uint64_t rng_seed, uint64_t rng_counter, int threads);
 /* set_adam(beta1=, beta2=, eps=): the arena's Adam settings, unchanged ones kept. */
 PyObject *vaec_py_arena_set_adam(vaec_arena *a, PyObject *args, PyObject *kw);
+
+/* ------------------------------------------------------ the model types */
+/* What differs between the model types in the methods they share: the C model's
+ * functions, taking it as void *, and the word of the RuntimeErrors ("the model is not
+ * initialised", "the flow is in use by another thread"). Only the VAE's file carries
+ * extra bytes; the other models' save and load ignore the extra arguments. */
+typedef struct {
+    const char *what;
+    vaec_arena *(*arena)(void *m);
+    uint64_t (*rng_seed)(const void *m);
+    uint64_t (*rng_counter)(const void *m);
+    void (*rng_set)(void *m, uint64_t seed, uint64_t counter);
+    int (*threads)(const void *m);
+    vaec_status (*adam_step)(void *m, float lr);
+    vaec_status (*save)(const void *m, const char *path, const void *extra, uint32_t extra_len);
+    vaec_status (*load)(void **m, const char *path, int threads, void **extra, uint32_t *extra_len);
+    void (*destroy)(void *m);
+} vaec_py_model_ops;
+
+/* The object of every model type. m is NULL until __init__ or a load succeeds; ops is set
+ * by tp_new (vaec_py_model_new), so it is there even for an object made by __new__ alone;
+ * busy is set while a call uses m, which may be with the GIL released. */
+typedef struct {
+    PyObject_HEAD
+    void *m;
+    const vaec_py_model_ops *ops;
+    int busy;
+    PyObject *weakrefs;
+} vaec_py_model;
+
+/* The ops table `name` of the C model type P, whose functions are P_arena, P_threads, ...
+ * (vaec_vae, vaec_m2, vaec_flowmodel). The adapters are functions rather than casts of the
+ * model's function pointers so that each call is compiled against the model's own
+ * prototype (a cast compiles whatever the signature). EXTRA is VAEC_PY_EXTRA when P's save
+ * and load carry the extra bytes, VAEC_PY_NO_EXTRA when they do not. */
+#define VAEC_PY_EXTRA(...) , __VA_ARGS__
+#define VAEC_PY_NO_EXTRA(...)
+#define VAEC_PY_MODEL_OPS(name, P, what, EXTRA)                                                          \
+    static vaec_arena *P##_op_arena(void *m) { return P##_arena(m); }                                   \
+    static uint64_t P##_op_rng_seed(const void *m) { return P##_rng_seed(m); }                          \
+    static uint64_t P##_op_rng_counter(const void *m) { return P##_rng_counter(m); }                    \
+    static void P##_op_rng_set(void *m, uint64_t s, uint64_t c) { P##_rng_set(m, s, c); }               \
+    static int P##_op_threads(const void *m) { return P##_threads(m); }                                 \
+    static vaec_status P##_op_adam_step(void *m, float lr) { return P##_adam_step(m, lr); }             \
+    static vaec_status P##_op_save(const void *m, const char *path, const void *extra, uint32_t extra_len) { \
+        return P##_save(m, path EXTRA(extra, extra_len));                                               \
+    }                                                                                                   \
+    static vaec_status P##_op_load(void **m, const char *path, int threads, void **extra,               \
+                                   uint32_t *extra_len) {                                               \
+        P *typed = NULL;                                                                                \
+        vaec_status st = P##_load(&typed, path, threads EXTRA(extra, extra_len));                       \
+        *m = typed;                                                                                     \
+        return st;                                                                                      \
+    }                                                                                                   \
+    static void P##_op_destroy(void *m) { P##_destroy(m); }                                             \
+    static const vaec_py_model_ops name = {what, P##_op_arena, P##_op_rng_seed, P##_op_rng_counter,     \
+                                           P##_op_rng_set, P##_op_threads, P##_op_adam_step,            \
+                                           P##_op_save, P##_op_load, P##_op_destroy}
+
+/* RuntimeError unless the model is initialised and no other call is using it; then marks
+ * it busy until vaec_py_release. */
+int vaec_py_acquire(vaec_py_model *self);
+void vaec_py_release(vaec_py_model *self);
+/* RuntimeError unless the model is initialised: for calls that only read (configuration,
+ * arena layout and views, state), which stay available while another thread trains. */
+int vaec_py_ready(vaec_py_model *self);
+/* tp_new of a model type: an object without a model, whose methods refuse to run. */
+PyObject *vaec_py_model_new(PyTypeObject *tp, const vaec_py_model_ops *ops);
+/* The end of a model type's __init__: m (just created) becomes the object's model.
+ * Refused (m destroyed, RuntimeError) when the object already has one: in use by another
+ * thread, or idle with arena views that would be left dangling. */
+int vaec_py_model_install(vaec_py_model *self, void *m);
+/* Creates the model type spec_name ("vaec._core.<Name>") and adds it to the module as
+ * <Name>: the type's own tp_new (vaec_py_model_new with its ops), __init__ and method
+ * table, the shared dealloc, traverse and members. */
+int vaec_py_model_add_type(PyObject *module, const char *spec_name, const char *doc, newfunc tp_new,
+                           int (*init)(vaec_py_model *self, PyObject *args, PyObject *kw), PyMethodDef *methods);
+/* load(path, threads=0): a new object of the module's type `type_name` around the model
+ * read from path. With extra non-NULL, *extra receives the file's extra bytes (None when
+ * it has none). */
+PyObject *vaec_py_model_load(PyObject *module, PyObject *args, const char *type_name, const vaec_py_model_ops *ops,
+                             PyObject **extra);
+
+/* The methods every model type has, listed in each type's table by these entries. */
+PyObject *vaec_py_model_arena(PyObject *self, PyObject *args);
+PyObject *vaec_py_model_tensors(PyObject *self, PyObject *noargs);
+PyObject *vaec_py_model_state(PyObject *self, PyObject *noargs);
+PyObject *vaec_py_model_set_adam(PyObject *self, PyObject *args, PyObject *kw);
+PyObject *vaec_py_model_reset_optimizer(PyObject *self, PyObject *noargs);
+PyObject *vaec_py_model_adam_step(PyObject *self, PyObject *args);
+PyObject *vaec_py_model_set_rng(PyObject *self, PyObject *args);
+PyObject *vaec_py_model_save(PyObject *self, PyObject *args);
+PyObject *vaec_py_model_save_extra(PyObject *self, PyObject *args);
+#define VAEC_PY_MODEL_METHODS                                                                              \
+    {"adam_step", vaec_py_model_adam_step, METH_VARARGS, "adam_step(lr): Adam on the current grads."},     \
+    {"arena", vaec_py_model_arena, METH_VARARGS, "arena(which) -> zero-copy float32 view"},                \
+    {"tensors", vaec_py_model_tensors, METH_NOARGS, "[(name, offset, shape)]"},                            \
+    {"state", vaec_py_model_state, METH_NOARGS, "optimizer and RNG state"},                                \
+    {"set_adam", (PyCFunction)(void (*)(void))vaec_py_model_set_adam, METH_VARARGS | METH_KEYWORDS,        \
+     "set_adam(beta1, beta2, eps)"},                                                                       \
+    {"reset_optimizer", vaec_py_model_reset_optimizer, METH_NOARGS, "zero Adam moments and step"},         \
+    {"set_rng", vaec_py_model_set_rng, METH_VARARGS,                                                       \
+     "set_rng(seed, counter, step=-1): RNG stream position (and Adam step count)"}
+/* save(path), or save(path, extra=b'') for a model whose file carries extra bytes */
+#define VAEC_PY_MODEL_SAVE_METHOD {"save", vaec_py_model_save, METH_VARARGS, "save(path): atomic write"}
+#define VAEC_PY_MODEL_SAVE_EXTRA_METHOD \
+    {"save", vaec_py_model_save_extra, METH_VARARGS, "save(path, extra=b''): atomic write"}
 #endif

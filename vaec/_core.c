@@ -10,36 +10,12 @@
 #include "internal.h"   /* the fused dense kernels, for the test hook */
 
 /* ------------------------------------------------------------- the type */
-typedef struct {
-    PyObject_HEAD
-    vaec_vae *m;
-    int busy;
-    PyObject *weakrefs;
-} VAEObject;
+/* An object is a vaec_py_model (_common.h) whose m is a vaec_vae. */
+VAEC_PY_MODEL_OPS(vae_ops, vaec_vae, "model", VAEC_PY_EXTRA);
 
-static int acquire(VAEObject *self) {
-    if (!self->m) {
-        PyErr_SetString(PyExc_RuntimeError, "the model is not initialised");
-        return -1;
-    }
-    if (self->busy) {
-        PyErr_SetString(PyExc_RuntimeError, "the model is in use by another thread");
-        return -1;
-    }
-    self->busy = 1;
-    return 0;
-}
-static void release(VAEObject *self) { self->busy = 0; }
+static PyObject *VAE_new(PyTypeObject *tp, PyObject *args, PyObject *kw) { return vaec_py_model_new(tp, &vae_ops); }
 
-static int parse_act(PyObject *s, vaec_act *out) {
-    for (int i = 1; i < VAEC_ACT_COUNT; i++)
-        if (PyUnicode_CompareWithASCIIString(s, vaec_act_name((vaec_act)i)) == 0) { *out = (vaec_act)i; return 0; }
-    PyErr_Format(PyExc_ValueError, "activation: expected one of 'tanh', 'relu', 'softplus', 'sigmoid', "
-                 "'elu', 'leaky_relu', got %R", s);
-    return -1;
-}
-
-static int VAE_init(VAEObject *self, PyObject *args, PyObject *kw) {
+static int VAE_init(vaec_py_model *self, PyObject *args, PyObject *kw) {
     static char *kwlist[] = {"input_dim", "latent_dim", "hidden", "activation", "likelihood", "seed", "threads",
                              "flow", "deterministic", NULL};
     long long input_dim, latent_dim;
@@ -62,51 +38,16 @@ static int VAE_init(VAEObject *self, PyObject *args, PyObject *kw) {
     c.latent_dim = latent_dim;
     c.seed = (uint64_t)seed;
     c.threads = threads;
-    PyObject *seq = PySequence_Fast(hidden, "hidden: expected a sequence of layer widths");
-    if (!seq) return -1;
-    Py_ssize_t nh = PySequence_Fast_GET_SIZE(seq);
-    if (nh > VAEC_MAX_HIDDEN) {
-        Py_DECREF(seq);
-        PyErr_Format(PyExc_ValueError, "hidden: at most %d layers, got %zd", VAEC_MAX_HIDDEN, nh);
-        return -1;
-    }
-    c.n_hidden = (int)nh;
-    for (Py_ssize_t i = 0; i < nh; i++) {
-        long long w = PyLong_AsLongLong(PySequence_Fast_GET_ITEM(seq, i));
-        if (w == -1 && PyErr_Occurred()) { Py_DECREF(seq); return -1; }
-        c.hidden[i] = w;
-    }
-    Py_DECREF(seq);
-    if (parse_act(act, &c.activation)) return -1;
-    if (PyUnicode_CompareWithASCIIString(lik, "bernoulli") == 0) c.likelihood = VAEC_LIK_BERNOULLI;
-    else if (PyUnicode_CompareWithASCIIString(lik, "gaussian") == 0) c.likelihood = VAEC_LIK_GAUSSIAN;
-    else {
-        PyErr_Format(PyExc_ValueError, "likelihood: expected 'bernoulli' or 'gaussian', got %R", lik);
-        return -1;
-    }
+    if (vaec_py_parse_widths(hidden, "hidden", &c.n_hidden, c.hidden)) return -1;
+    if (vaec_py_parse_act(act, &c.activation)) return -1;
+    if (vaec_py_parse_likelihood(lik, &c.likelihood)) return -1;
     vaec_vae *m = NULL;
     vaec_status st;
     Py_BEGIN_ALLOW_THREADS
     st = vaec_vae_create(&m, &c);
     Py_END_ALLOW_THREADS
     if (st) { vaec_py_raise(st); return -1; }
-    if (self->m) vaec_vae_destroy(self->m);
-    self->m = m;
-    return 0;
-}
-
-static void VAE_dealloc(VAEObject *self) {
-    PyTypeObject *tp = Py_TYPE(self);
-    PyObject_GC_UnTrack(self);
-    if (self->weakrefs) PyObject_ClearWeakRefs((PyObject *)self);
-    if (self->m) vaec_vae_destroy(self->m);
-    tp->tp_free((PyObject *)self);
-    Py_DECREF(tp);
-}
-
-static int VAE_traverse(VAEObject *self, visitproc visit, void *arg) {
-    Py_VISIT(Py_TYPE(self));
-    return 0;
+    return vaec_py_model_install(self, m);
 }
 
 /* Common argument handling for loss_grad / train_step / elbo. */
@@ -121,7 +62,7 @@ static void call_args_clear(call_args *a) {
     Py_XDECREF(a->ea);
 }
 
-static int parse_call(VAEObject *self, call_args *a, PyObject *x, PyObject *eps, PyObject *samples,
+static int parse_call(vaec_py_model *self, call_args *a, PyObject *x, PyObject *eps, PyObject *samples,
                       PyObject *seed, int binarize) {
     memset(a, 0, sizeof *a);
     const vaec_vae_config *c = vaec_vae_config_get(self->m);
@@ -148,7 +89,7 @@ static int parse_call(VAEObject *self, call_args *a, PyObject *x, PyObject *eps,
     return 0;
 }
 
-static PyObject *VAE_loss_grad(VAEObject *self, PyObject *args, PyObject *kw) {
+static PyObject *VAE_loss_grad(vaec_py_model *self, PyObject *args, PyObject *kw) {
     static char *kwlist[] = {"x", "eps", "samples", "seed", "binarize", "lr", "iw", "beta", "free_bits", "score",
                              "baseline", NULL};
     PyObject *x, *eps = Py_None, *samples = Py_None, *seed = Py_None;
@@ -159,7 +100,7 @@ static PyObject *VAE_loss_grad(VAEObject *self, PyObject *args, PyObject *kw) {
                                      &iw, &beta, &free_bits, &score, &baseline))
         return NULL;
     vaec_objective obj = {iw, beta, free_bits, score ? VAEC_EST_SCORE : VAEC_EST_REPARAM, baseline};
-    if (acquire(self)) return NULL;
+    if (vaec_py_acquire(self)) return NULL;
     call_args a;
     PyObject *res = NULL;
     if (parse_call(self, &a, x, eps, samples, seed, binarize)) goto done;
@@ -177,13 +118,13 @@ static PyObject *VAE_loss_grad(VAEObject *self, PyObject *args, PyObject *kw) {
     res = PyFloat_FromDouble(loss);
 done:
     call_args_clear(&a);
-    release(self);
+    vaec_py_release(self);
     return res;
 }
 
 /* wake_sleep(x, seed=None, binarize=False, lr=-1, dreams=0) -> (wake loss, sleep loss);
  * dreams 0: as many as x has rows; lr >= 0: followed by one Adam step. */
-static PyObject *VAE_wake_sleep(VAEObject *self, PyObject *args, PyObject *kw) {
+static PyObject *VAE_wake_sleep(vaec_py_model *self, PyObject *args, PyObject *kw) {
     static char *kwlist[] = {"x", "seed", "binarize", "lr", "dreams", NULL};
     PyObject *x, *seed = Py_None;
     int binarize = 0;
@@ -191,7 +132,7 @@ static PyObject *VAE_wake_sleep(VAEObject *self, PyObject *args, PyObject *kw) {
     long long dreams = 0;
     if (!PyArg_ParseTupleAndKeywords(args, kw, "O|OpdL", kwlist, &x, &seed, &binarize, &lr, &dreams)) return NULL;
     if (dreams < 0) return PyErr_Format(PyExc_ValueError, "dreams must be >= 0, got %lld", dreams);
-    if (acquire(self)) return NULL;
+    if (vaec_py_acquire(self)) return NULL;
     call_args a;
     PyObject *res = NULL;
     if (parse_call(self, &a, x, Py_None, Py_None, seed, binarize)) goto done;
@@ -209,22 +150,22 @@ static PyObject *VAE_wake_sleep(VAEObject *self, PyObject *args, PyObject *kw) {
     res = Py_BuildValue("(dd)", wl, sl);
 done:
     call_args_clear(&a);
-    release(self);
+    vaec_py_release(self);
     return res;
 }
 
-static PyObject *VAE_last_rec(VAEObject *self, PyObject *noargs) {
-    if (!self->m) { PyErr_SetString(PyExc_RuntimeError, "the model is not initialised"); return NULL; }
+static PyObject *VAE_last_rec(vaec_py_model *self, PyObject *noargs) {
+    if (vaec_py_ready(self)) return NULL;
     return PyFloat_FromDouble(vaec_vae_last_rec(self->m));
 }
 
-static PyObject *VAE_bound(VAEObject *self, PyObject *args, PyObject *kw, int iwae) {
+static PyObject *VAE_bound(vaec_py_model *self, PyObject *args, PyObject *kw, int iwae) {
     static char *kwlist[] = {"x", "eps", "samples", "seed", "binarize", NULL};
     PyObject *x, *eps = Py_None, *samples = Py_None, *seed = Py_None;
     int binarize = 0;
     if (!PyArg_ParseTupleAndKeywords(args, kw, "O|OOOp", kwlist, &x, &eps, &samples, &seed, &binarize))
         return NULL;
-    if (acquire(self)) return NULL;
+    if (vaec_py_acquire(self)) return NULL;
     call_args a;
     PyObject *res = NULL;
     if (parse_call(self, &a, x, eps, samples, seed, binarize)) goto done;
@@ -239,30 +180,17 @@ static PyObject *VAE_bound(VAEObject *self, PyObject *args, PyObject *kw, int iw
     if (st) { Py_CLEAR(res); vaec_py_raise(st); }
 done:
     call_args_clear(&a);
-    release(self);
+    vaec_py_release(self);
     return res;
 }
 
-static PyObject *VAE_elbo(VAEObject *self, PyObject *args, PyObject *kw) { return VAE_bound(self, args, kw, 0); }
-static PyObject *VAE_iwae(VAEObject *self, PyObject *args, PyObject *kw) { return VAE_bound(self, args, kw, 1); }
+static PyObject *VAE_elbo(vaec_py_model *self, PyObject *args, PyObject *kw) { return VAE_bound(self, args, kw, 0); }
+static PyObject *VAE_iwae(vaec_py_model *self, PyObject *args, PyObject *kw) { return VAE_bound(self, args, kw, 1); }
 
-static PyObject *VAE_adam_step(VAEObject *self, PyObject *args) {
-    double lr;
-    if (!PyArg_ParseTuple(args, "d", &lr)) return NULL;
-    if (acquire(self)) return NULL;
-    vaec_status st;
-    Py_BEGIN_ALLOW_THREADS
-    st = vaec_vae_adam_step(self->m, (float)lr);
-    Py_END_ALLOW_THREADS
-    release(self);
-    if (st) return vaec_py_raise(st);
-    Py_RETURN_NONE;
-}
-
-static PyObject *VAE_encode(VAEObject *self, PyObject *args) {
+static PyObject *VAE_encode(vaec_py_model *self, PyObject *args) {
     PyObject *x;
     if (!PyArg_ParseTuple(args, "O", &x)) return NULL;
-    if (acquire(self)) return NULL;
+    if (vaec_py_acquire(self)) return NULL;
     const vaec_vae_config *c = vaec_vae_config_get(self->m);
     vaec_input in;
     PyArrayObject *xa = NULL;
@@ -285,16 +213,16 @@ done:
     Py_XDECREF(mu);
     Py_XDECREF(lv);
     Py_XDECREF(xa);
-    release(self);
+    vaec_py_release(self);
     return res;
 }
 
 /* decode(z) -> (n, input_dim); flow(z) -> (z_K (n, latent), logdet (n,)): the two maps
  * of latent codes, sharing their argument checks. */
-static PyObject *VAE_latent_map(VAEObject *self, PyObject *args, int flow) {
+static PyObject *VAE_latent_map(vaec_py_model *self, PyObject *args, int flow) {
     PyObject *z;
     if (!PyArg_ParseTuple(args, "O", &z)) return NULL;
-    if (acquire(self)) return NULL;
+    if (vaec_py_acquire(self)) return NULL;
     const vaec_vae_config *c = vaec_vae_config_get(self->m);
     PyObject *out = NULL, *ld = NULL, *res = NULL;
     PyArrayObject *za = vaec_py_real_array(z, "z"), *zf = NULL;
@@ -323,78 +251,15 @@ done:
     Py_XDECREF(ld);
     Py_XDECREF(za);
     Py_XDECREF(zf);
-    release(self);
+    vaec_py_release(self);
     return res;
 }
 
-static PyObject *VAE_decode(VAEObject *self, PyObject *args) { return VAE_latent_map(self, args, 0); }
-static PyObject *VAE_flow(VAEObject *self, PyObject *args) { return VAE_latent_map(self, args, 1); }
+static PyObject *VAE_decode(vaec_py_model *self, PyObject *args) { return VAE_latent_map(self, args, 0); }
+static PyObject *VAE_flow(vaec_py_model *self, PyObject *args) { return VAE_latent_map(self, args, 1); }
 
-/* A 1-D float32 view of one of the arena's buffers; the array keeps the model alive. */
-static PyObject *VAE_arena(VAEObject *self, PyObject *args) {
-    const char *which;
-    if (!PyArg_ParseTuple(args, "s", &which)) return NULL;
-    if (!self->m) { PyErr_SetString(PyExc_RuntimeError, "the model is not initialised"); return NULL; }
-    return vaec_py_arena_view((PyObject *)self, vaec_vae_arena(self->m), which);
-}
-
-static PyObject *VAE_tensors(VAEObject *self, PyObject *noargs) {
-    if (!self->m) { PyErr_SetString(PyExc_RuntimeError, "the model is not initialised"); return NULL; }
-    return vaec_py_arena_tensors(vaec_vae_arena(self->m));
-}
-
-static PyObject *VAE_get_state(VAEObject *self, PyObject *noargs) {
-    if (!self->m) { PyErr_SetString(PyExc_RuntimeError, "the model is not initialised"); return NULL; }
-    return vaec_py_arena_state(vaec_vae_arena(self->m), vaec_vae_rng_seed(self->m), vaec_vae_rng_counter(self->m),
-                               vaec_vae_threads(self->m));
-}
-
-static PyObject *VAE_set_adam(VAEObject *self, PyObject *args, PyObject *kw) {
-    if (!self->m) { PyErr_SetString(PyExc_RuntimeError, "the model is not initialised"); return NULL; }
-    return vaec_py_arena_set_adam(vaec_vae_arena(self->m), args, kw);
-}
-
-static PyObject *VAE_reset_optimizer(VAEObject *self, PyObject *noargs) {
-    if (acquire(self)) return NULL;
-    vaec_arena_adam_reset(vaec_vae_arena(self->m));
-    release(self);
-    Py_RETURN_NONE;
-}
-
-static PyObject *VAE_set_rng(VAEObject *self, PyObject *args) {
-    unsigned long long seed, counter;
-    long long step = -1;
-    if (!PyArg_ParseTuple(args, "KK|L", &seed, &counter, &step)) return NULL;
-    vaec_vae_rng_set(self->m, seed, counter);
-    if (step >= 0) vaec_vae_arena(self->m)->step = step;
-    Py_RETURN_NONE;
-}
-
-static PyObject *VAE_save(VAEObject *self, PyObject *args) {
-    PyObject *path;
-    Py_buffer extra = {0};
-    if (!PyArg_ParseTuple(args, "O&|y*", PyUnicode_FSConverter, &path, &extra)) return NULL;
-    if (extra.len > 0x7fffffff) {
-        PyBuffer_Release(&extra);
-        Py_DECREF(path);
-        PyErr_SetString(PyExc_ValueError, "extra: at most 2 GiB");
-        return NULL;
-    }
-    if (acquire(self)) { PyBuffer_Release(&extra); Py_DECREF(path); return NULL; }
-    const char *p = PyBytes_AS_STRING(path);
-    vaec_status st;
-    Py_BEGIN_ALLOW_THREADS
-    st = vaec_vae_save(self->m, p, extra.buf, (uint32_t)extra.len);
-    Py_END_ALLOW_THREADS
-    release(self);
-    PyBuffer_Release(&extra);
-    Py_DECREF(path);
-    if (st) return vaec_py_raise(st);
-    Py_RETURN_NONE;
-}
-
-static PyObject *VAE_config(VAEObject *self, PyObject *noargs) {
-    if (!self->m) { PyErr_SetString(PyExc_RuntimeError, "the model is not initialised"); return NULL; }
+static PyObject *VAE_config(vaec_py_model *self, PyObject *noargs) {
+    if (vaec_py_ready(self)) return NULL;
     const vaec_vae_config *c = vaec_vae_config_get(self->m);
     PyObject *hidden = PyTuple_New(c->n_hidden);
     if (!hidden) return NULL;
@@ -420,67 +285,21 @@ static PyMethodDef VAE_methods[] = {
      "elbo(x, eps=None, samples=None, seed=None, binarize=False) -> float64 (n,)"},
     {"iwae", (PyCFunction)(void (*)(void))VAE_iwae, METH_VARARGS | METH_KEYWORDS,
      "iwae(x, eps=None, samples=None, seed=None, binarize=False) -> float64 (n,): the k-sample bound"},
-    {"adam_step", (PyCFunction)VAE_adam_step, METH_VARARGS, "adam_step(lr): Adam on the current grads."},
     {"encode", (PyCFunction)VAE_encode, METH_VARARGS, "encode(x) -> (mu, logvar)"},
     {"decode", (PyCFunction)VAE_decode, METH_VARARGS, "decode(z) -> (n, input_dim)"},
     {"flow", (PyCFunction)VAE_flow, METH_VARARGS, "flow(z) -> (z_K, logdet): the posterior's flow (identity without)"},
-    {"arena", (PyCFunction)VAE_arena, METH_VARARGS, "arena(which) -> zero-copy float32 view"},
-    {"tensors", (PyCFunction)VAE_tensors, METH_NOARGS, "[(name, offset, shape)]"},
-    {"state", (PyCFunction)VAE_get_state, METH_NOARGS, "optimizer and RNG state"},
-    {"set_adam", (PyCFunction)(void (*)(void))VAE_set_adam, METH_VARARGS | METH_KEYWORDS, "set_adam(beta1, beta2, eps)"},
-    {"reset_optimizer", (PyCFunction)VAE_reset_optimizer, METH_NOARGS, "zero Adam moments and step"},
-    {"set_rng", (PyCFunction)VAE_set_rng, METH_VARARGS, "set_rng(seed, counter, step=-1): RNG stream position (and Adam step count)"},
-    {"save", (PyCFunction)VAE_save, METH_VARARGS, "save(path, extra=b''): atomic write"},
     {"config", (PyCFunction)VAE_config, METH_NOARGS, "the configuration as a dict"},
+    VAEC_PY_MODEL_METHODS,
+    VAEC_PY_MODEL_SAVE_EXTRA_METHOD,
     {NULL}
-};
-
-static PyMemberDef VAE_members[] = {
-    {"__weaklistoffset__", T_PYSSIZET, offsetof(VAEObject, weakrefs), READONLY},
-    {NULL}
-};
-
-static PyType_Slot VAE_slots[] = {
-    {Py_tp_doc, "The C model behind vaec.VAE (use vaec.VAE)."},
-    {Py_tp_init, VAE_init},
-    {Py_tp_dealloc, VAE_dealloc},
-    {Py_tp_traverse, VAE_traverse},
-    {Py_tp_methods, VAE_methods},
-    {Py_tp_members, VAE_members},
-    {0, NULL}
-};
-
-static PyType_Spec VAE_spec = {
-    "vaec._core.VAECore", sizeof(VAEObject), 0,
-    Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC, VAE_slots
 };
 
 /* ------------------------------------------------------ module functions */
 /* load(path, threads=0) -> (VAECore, extra bytes or None) */
 static PyObject *mod_load(PyObject *module, PyObject *args) {
-    PyObject *path;
-    int threads = 0;
-    if (!PyArg_ParseTuple(args, "O&|i", PyUnicode_FSConverter, &path, &threads)) return NULL;
-    PyTypeObject *tp = (PyTypeObject *)PyObject_GetAttrString(module, "VAECore");
-    if (!tp) { Py_DECREF(path); return NULL; }
-    vaec_vae *m = NULL;
-    void *extra = NULL;
-    uint32_t extra_len = 0;
-    vaec_status st;
-    const char *p = PyBytes_AS_STRING(path);
-    Py_BEGIN_ALLOW_THREADS
-    st = vaec_vae_load(&m, p, threads, &extra, &extra_len);
-    Py_END_ALLOW_THREADS
-    Py_DECREF(path);
-    if (st) { Py_DECREF(tp); return vaec_py_raise(st); }
-    VAEObject *obj = (VAEObject *)tp->tp_alloc(tp, 0);
-    Py_DECREF(tp);
-    if (!obj) { vaec_vae_destroy(m); free(extra); return NULL; }
-    obj->m = m;
-    PyObject *ex = extra ? PyBytes_FromStringAndSize(extra, extra_len) : (Py_INCREF(Py_None), Py_None);
-    free(extra);
-    if (!ex) { Py_DECREF(obj); return NULL; }
-    return Py_BuildValue("(NN)", obj, ex);
+    PyObject *extra;
+    PyObject *obj = vaec_py_model_load(module, args, "VAECore", &vae_ops, &extra);
+    return obj ? Py_BuildValue("(NN)", obj, extra) : NULL;
 }
 
 static PyObject *mod_cpu_features(PyObject *module, PyObject *noargs) {
@@ -555,7 +374,7 @@ static PyObject *mod_act(PyObject *module, PyObject *args) {
     if (!PyArg_ParseTuple(args, "UO|O", &nameo, &xo, &yo)) return NULL;
     vaec_act act;
     if (PyUnicode_CompareWithASCIIString(nameo, "identity") == 0) act = VAEC_ACT_IDENTITY;
-    else if (parse_act(nameo, &act)) return NULL;
+    else if (vaec_py_parse_act(nameo, &act)) return NULL;
     PyArrayObject *xr = vaec_py_real_array(xo, "x"), *x = NULL, *yr = NULL, *y = NULL;
     PyObject *res = NULL;
     if (!xr) return NULL;
@@ -588,7 +407,7 @@ static PyObject *mod_dense(PyObject *module, PyObject *args) {
     if (!PyArg_ParseTuple(args, "OOOUpiO", &xo, &Wo, &bo, &nameo, &fused, &threads, &douto)) return NULL;
     vaec_act act;
     if (PyUnicode_CompareWithASCIIString(nameo, "identity") == 0) act = VAEC_ACT_IDENTITY;
-    else if (parse_act(nameo, &act)) return NULL;
+    else if (vaec_py_parse_act(nameo, &act)) return NULL;
     if (threads < 1 || threads > 256) { PyErr_SetString(PyExc_ValueError, "threads: 1 to 256"); return NULL; }
     PyArrayObject *r[4] = {NULL}, *a[4] = {NULL};  /* x, W, b, dout */
     PyObject *objs[4] = {xo, Wo, bo, douto}, *res = NULL, *o1 = NULL, *o2 = NULL, *o3 = NULL;
@@ -694,9 +513,9 @@ int vaec_py_add_m2(PyObject *module);
 static int module_exec(PyObject *module) {
     if (PyArray_ImportNumPyAPI() < 0) return -1;
     if (vaec_py_add_flow(module) < 0 || vaec_py_add_m2(module) < 0) return -1;
-    PyObject *tp = PyType_FromModuleAndSpec(module, &VAE_spec, NULL);
-    if (!tp) return -1;
-    if (PyModule_AddObject(module, "VAECore", tp) < 0) { Py_DECREF(tp); return -1; }
+    if (vaec_py_model_add_type(module, "vaec._core.VAECore", "The C model behind vaec.VAE (use vaec.VAE).", VAE_new,
+                               VAE_init, VAE_methods) < 0)
+        return -1;
     if (PyModule_AddStringConstant(module, "c_version", VAEC_VERSION_STRING) < 0) return -1;
     return 0;
 }

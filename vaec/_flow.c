@@ -9,26 +9,8 @@
 #include "_common.h"
 #include "flows.h"
 
-typedef struct {
-    PyObject_HEAD
-    vaec_flowmodel *m;
-    int busy;
-    PyObject *weakrefs;
-} FlowObject;
-
-static int acquire(FlowObject *self) {
-    if (!self->m) {
-        PyErr_SetString(PyExc_RuntimeError, "the flow is not initialised");
-        return -1;
-    }
-    if (self->busy) {
-        PyErr_SetString(PyExc_RuntimeError, "the flow is in use by another thread");
-        return -1;
-    }
-    self->busy = 1;
-    return 0;
-}
-static void release(FlowObject *self) { self->busy = 0; }
+/* An object is a vaec_py_model (_common.h) whose m is a vaec_flowmodel. */
+VAEC_PY_MODEL_OPS(flow_ops, vaec_flowmodel, "flow", VAEC_PY_NO_EXTRA);
 
 /* ------------------------------------------------------------ converters */
 /* A float32 C-contiguous (n, dim) array of finite values (a view when possible). */
@@ -89,7 +71,7 @@ static int convert_count(PyObject *obj, const char *name, int64_t low, int64_t *
 }
 
 /* noise of n rows: eps (n, dim) or a seed (None: the model's own stream) */
-static int convert_noise(FlowObject *self, PyObject *seed, PyObject *eps, int64_t n, vaec_noise *noise,
+static int convert_noise(vaec_py_model *self, PyObject *seed, PyObject *eps, int64_t n, vaec_noise *noise,
                          PyArrayObject **keep) {
     memset(noise, 0, sizeof *noise);
     noise->samples = 1;
@@ -121,7 +103,9 @@ static PyObject *new_f64(int64_t n) {
 #define F64(o) ((double *)PyArray_DATA((PyArrayObject *)(o)))
 
 /* --------------------------------------------------------------- the type */
-static int Flow_init(FlowObject *self, PyObject *args, PyObject *kw) {
+static PyObject *Flow_new(PyTypeObject *tp, PyObject *args, PyObject *kw) { return vaec_py_model_new(tp, &flow_ops); }
+
+static int Flow_init(vaec_py_model *self, PyObject *args, PyObject *kw) {
     static char *kwlist[] = {"dim", "flow", "seed", "threads", NULL};
     long long dim;
     const char *spec;
@@ -139,30 +123,14 @@ static int Flow_init(FlowObject *self, PyObject *args, PyObject *kw) {
     st = vaec_flowmodel_create(&m, &c);
     Py_END_ALLOW_THREADS
     if (st) { vaec_py_raise(st); return -1; }
-    if (self->m) vaec_flowmodel_destroy(self->m);
-    self->m = m;
-    return 0;
-}
-
-static void Flow_dealloc(FlowObject *self) {
-    PyTypeObject *tp = Py_TYPE(self);
-    PyObject_GC_UnTrack(self);
-    if (self->weakrefs) PyObject_ClearWeakRefs((PyObject *)self);
-    if (self->m) vaec_flowmodel_destroy(self->m);
-    tp->tp_free((PyObject *)self);
-    Py_DECREF(tp);
-}
-
-static int Flow_traverse(FlowObject *self, visitproc visit, void *arg) {
-    Py_VISIT(Py_TYPE(self));
-    return 0;
+    return vaec_py_model_install(self, m);
 }
 
 /* transform(z) -> (x, logdet); inverse(x) -> (z0, logdet_inv) */
-static PyObject *map_rows(FlowObject *self, PyObject *args, int inverse) {
+static PyObject *map_rows(vaec_py_model *self, PyObject *args, int inverse) {
     PyObject *obj;
     if (!PyArg_ParseTuple(args, "O", &obj)) return NULL;
-    if (acquire(self)) return NULL;
+    if (vaec_py_acquire(self)) return NULL;
     int64_t D = vaec_flowmodel_config_get(self->m)->dim;
     PyObject *out = NULL, *ld = NULL, *res = NULL;
     PyArrayObject *a = convert_rows(obj, inverse ? "x" : "z", D);
@@ -182,16 +150,16 @@ done:
     Py_XDECREF(a);
     Py_XDECREF(out);
     Py_XDECREF(ld);
-    release(self);
+    vaec_py_release(self);
     return res;
 }
-static PyObject *Flow_transform(FlowObject *self, PyObject *args) { return map_rows(self, args, 0); }
-static PyObject *Flow_inverse(FlowObject *self, PyObject *args) { return map_rows(self, args, 1); }
+static PyObject *Flow_transform(vaec_py_model *self, PyObject *args) { return map_rows(self, args, 0); }
+static PyObject *Flow_inverse(vaec_py_model *self, PyObject *args) { return map_rows(self, args, 1); }
 
-static PyObject *Flow_log_prob(FlowObject *self, PyObject *args) {
+static PyObject *Flow_log_prob(vaec_py_model *self, PyObject *args) {
     PyObject *obj;
     if (!PyArg_ParseTuple(args, "O", &obj)) return NULL;
-    if (acquire(self)) return NULL;
+    if (vaec_py_acquire(self)) return NULL;
     int64_t D = vaec_flowmodel_config_get(self->m)->dim;
     PyObject *out = NULL;
     PyArrayObject *a = convert_rows(obj, "x", D);
@@ -207,17 +175,17 @@ static PyObject *Flow_log_prob(FlowObject *self, PyObject *args) {
     if (st) { Py_CLEAR(out); vaec_py_raise(st); }
 done:
     Py_XDECREF(a);
-    release(self);
+    vaec_py_release(self);
     return out;
 }
 
 /* vjp(z, g_out, c, inverse=False) -> dL/dz for L = Σ g_out·f(z) + Σ c·logdet (grads written) */
-static PyObject *Flow_vjp(FlowObject *self, PyObject *args, PyObject *kw) {
+static PyObject *Flow_vjp(vaec_py_model *self, PyObject *args, PyObject *kw) {
     static char *kwlist[] = {"z", "g_out", "c", "inverse", NULL};
     PyObject *zo, *go, *co;
     int inverse = 0;
     if (!PyArg_ParseTupleAndKeywords(args, kw, "OOO|p", kwlist, &zo, &go, &co, &inverse)) return NULL;
-    if (acquire(self)) return NULL;
+    if (vaec_py_acquire(self)) return NULL;
     int64_t D = vaec_flowmodel_config_get(self->m)->dim;
     PyObject *out = NULL;
     PyArrayObject *z = NULL, *g = NULL, *c = NULL;
@@ -238,18 +206,18 @@ done:
     Py_XDECREF(z);
     Py_XDECREF(g);
     Py_XDECREF(c);
-    release(self);
+    vaec_py_release(self);
     return out;
 }
 
 /* sample(n, seed=None, eps=None) -> (x, log_prob) */
-static PyObject *Flow_sample(FlowObject *self, PyObject *args, PyObject *kw) {
+static PyObject *Flow_sample(vaec_py_model *self, PyObject *args, PyObject *kw) {
     static char *kwlist[] = {"n", "seed", "eps", NULL};
     PyObject *nobj, *seed = Py_None, *eps = Py_None;
     if (!PyArg_ParseTupleAndKeywords(args, kw, "O|OO", kwlist, &nobj, &seed, &eps)) return NULL;
     int64_t n;
     if (convert_count(nobj, "n", 0, &n)) return NULL;
-    if (acquire(self)) return NULL;
+    if (vaec_py_acquire(self)) return NULL;
     int64_t D = vaec_flowmodel_config_get(self->m)->dim;
     PyObject *x = NULL, *lp = NULL, *res = NULL;
     PyArrayObject *ea = NULL;
@@ -268,17 +236,17 @@ done:
     Py_XDECREF(ea);
     Py_XDECREF(x);
     Py_XDECREF(lp);
-    release(self);
+    vaec_py_release(self);
     return res;
 }
 
 /* nll_step(x, lr=-1) -> mean -log p(x); grads written; lr >= 0: one Adam step */
-static PyObject *Flow_nll_step(FlowObject *self, PyObject *args, PyObject *kw) {
+static PyObject *Flow_nll_step(vaec_py_model *self, PyObject *args, PyObject *kw) {
     static char *kwlist[] = {"x", "lr", NULL};
     PyObject *obj;
     double lr = -1.0;
     if (!PyArg_ParseTupleAndKeywords(args, kw, "O|d", kwlist, &obj, &lr)) return NULL;
-    if (acquire(self)) return NULL;
+    if (vaec_py_acquire(self)) return NULL;
     int64_t D = vaec_flowmodel_config_get(self->m)->dim;
     PyObject *res = NULL;
     PyArrayObject *a = convert_rows(obj, "x", D);
@@ -294,18 +262,18 @@ static PyObject *Flow_nll_step(FlowObject *self, PyObject *args, PyObject *kw) {
     res = PyFloat_FromDouble(loss);
 done:
     Py_XDECREF(a);
-    release(self);
+    vaec_py_release(self);
     return res;
 }
 
 /* energy_forward(n, seed=None, eps=None) -> (zK, log q(zK)) */
-static PyObject *Flow_energy_forward(FlowObject *self, PyObject *args, PyObject *kw) {
+static PyObject *Flow_energy_forward(vaec_py_model *self, PyObject *args, PyObject *kw) {
     static char *kwlist[] = {"n", "seed", "eps", NULL};
     PyObject *nobj, *seed = Py_None, *eps = Py_None;
     if (!PyArg_ParseTupleAndKeywords(args, kw, "O|OO", kwlist, &nobj, &seed, &eps)) return NULL;
     int64_t n;
     if (convert_count(nobj, "batch_size", 1, &n)) return NULL;
-    if (acquire(self)) return NULL;
+    if (vaec_py_acquire(self)) return NULL;
     int64_t D = vaec_flowmodel_config_get(self->m)->dim;
     PyObject *z = NULL, *lq = NULL, *res = NULL;
     PyArrayObject *ea = NULL;
@@ -324,17 +292,17 @@ done:
     Py_XDECREF(ea);
     Py_XDECREF(z);
     Py_XDECREF(lq);
-    release(self);
+    vaec_py_release(self);
     return res;
 }
 
 /* energy_backward(U, dU, beta=1, lr=-1) -> loss */
-static PyObject *Flow_energy_backward(FlowObject *self, PyObject *args, PyObject *kw) {
+static PyObject *Flow_energy_backward(vaec_py_model *self, PyObject *args, PyObject *kw) {
     static char *kwlist[] = {"U", "dU", "beta", "lr", NULL};
     PyObject *Uo, *dUo;
     double beta = 1.0, lr = -1.0;
     if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|dd", kwlist, &Uo, &dUo, &beta, &lr)) return NULL;
-    if (acquire(self)) return NULL;
+    if (vaec_py_acquire(self)) return NULL;
     PyObject *res = NULL;
     PyArrayObject *U = NULL, *dU = NULL;
     /* the pending batch's size is what the arrays must match; the C call checks it is there */
@@ -359,12 +327,12 @@ static PyObject *Flow_energy_backward(FlowObject *self, PyObject *args, PyObject
 done:
     Py_XDECREF(U);
     Py_XDECREF(dU);
-    release(self);
+    vaec_py_release(self);
     return res;
 }
 
 /* energy_step(potential, box, n, seed=None, eps=None, beta=1, lr=-1) -> loss (built-in U1..U4) */
-static PyObject *Flow_energy_step(FlowObject *self, PyObject *args, PyObject *kw) {
+static PyObject *Flow_energy_step(vaec_py_model *self, PyObject *args, PyObject *kw) {
     static char *kwlist[] = {"potential", "box", "n", "seed", "eps", "beta", "lr", NULL};
     int pot;
     double box;
@@ -374,7 +342,7 @@ static PyObject *Flow_energy_step(FlowObject *self, PyObject *args, PyObject *kw
         return NULL;
     int64_t n;
     if (convert_count(nobj, "batch_size", 1, &n)) return NULL;
-    if (acquire(self)) return NULL;
+    if (vaec_py_acquire(self)) return NULL;
     PyObject *res = NULL;
     PyArrayObject *ea = NULL;
     vaec_noise noise;
@@ -388,80 +356,12 @@ static PyObject *Flow_energy_step(FlowObject *self, PyObject *args, PyObject *kw
     res = PyFloat_FromDouble(loss);
 done:
     Py_XDECREF(ea);
-    release(self);
+    vaec_py_release(self);
     return res;
 }
 
-static PyObject *Flow_adam_step(FlowObject *self, PyObject *args) {
-    double lr;
-    if (!PyArg_ParseTuple(args, "d", &lr)) return NULL;
-    if (acquire(self)) return NULL;
-    vaec_status st;
-    Py_BEGIN_ALLOW_THREADS
-    st = vaec_flowmodel_adam_step(self->m, (float)lr);
-    Py_END_ALLOW_THREADS
-    release(self);
-    if (st) return vaec_py_raise(st);
-    Py_RETURN_NONE;
-}
-
-static PyObject *Flow_arena(FlowObject *self, PyObject *args) {
-    const char *which;
-    if (!PyArg_ParseTuple(args, "s", &which)) return NULL;
-    if (!self->m) { PyErr_SetString(PyExc_RuntimeError, "the flow is not initialised"); return NULL; }
-    return vaec_py_arena_view((PyObject *)self, vaec_flowmodel_arena(self->m), which);
-}
-
-static PyObject *Flow_tensors(FlowObject *self, PyObject *noargs) {
-    if (!self->m) { PyErr_SetString(PyExc_RuntimeError, "the flow is not initialised"); return NULL; }
-    return vaec_py_arena_tensors(vaec_flowmodel_arena(self->m));
-}
-
-static PyObject *Flow_state(FlowObject *self, PyObject *noargs) {
-    if (!self->m) { PyErr_SetString(PyExc_RuntimeError, "the flow is not initialised"); return NULL; }
-    return vaec_py_arena_state(vaec_flowmodel_arena(self->m), vaec_flowmodel_rng_seed(self->m), vaec_flowmodel_rng_counter(self->m),
-                               vaec_flowmodel_threads(self->m));
-}
-
-static PyObject *Flow_set_adam(FlowObject *self, PyObject *args, PyObject *kw) {
-    if (!self->m) { PyErr_SetString(PyExc_RuntimeError, "the flow is not initialised"); return NULL; }
-    return vaec_py_arena_set_adam(vaec_flowmodel_arena(self->m), args, kw);
-}
-
-static PyObject *Flow_reset_optimizer(FlowObject *self, PyObject *noargs) {
-    if (acquire(self)) return NULL;
-    vaec_arena_adam_reset(vaec_flowmodel_arena(self->m));
-    release(self);
-    Py_RETURN_NONE;
-}
-
-static PyObject *Flow_set_rng(FlowObject *self, PyObject *args) {
-    unsigned long long seed, counter;
-    long long step = -1;
-    if (!PyArg_ParseTuple(args, "KK|L", &seed, &counter, &step)) return NULL;
-    if (!self->m) { PyErr_SetString(PyExc_RuntimeError, "the flow is not initialised"); return NULL; }
-    vaec_flowmodel_rng_set(self->m, seed, counter);
-    if (step >= 0) vaec_flowmodel_arena(self->m)->step = step;
-    Py_RETURN_NONE;
-}
-
-static PyObject *Flow_save(FlowObject *self, PyObject *args) {
-    PyObject *path;
-    if (!PyArg_ParseTuple(args, "O&", PyUnicode_FSConverter, &path)) return NULL;
-    if (acquire(self)) { Py_DECREF(path); return NULL; }
-    const char *p = PyBytes_AS_STRING(path);
-    vaec_status st;
-    Py_BEGIN_ALLOW_THREADS
-    st = vaec_flowmodel_save(self->m, p);
-    Py_END_ALLOW_THREADS
-    release(self);
-    Py_DECREF(path);
-    if (st) return vaec_py_raise(st);
-    Py_RETURN_NONE;
-}
-
-static PyObject *Flow_config(FlowObject *self, PyObject *noargs) {
-    if (!self->m) { PyErr_SetString(PyExc_RuntimeError, "the flow is not initialised"); return NULL; }
+static PyObject *Flow_config(vaec_py_model *self, PyObject *noargs) {
+    if (vaec_py_ready(self)) return NULL;
     const vaec_flowmodel_config *c = vaec_flowmodel_config_get(self->m);
     char spec[96];
     vaec_flow_spec_format(&c->flow, spec, sizeof spec);
@@ -489,58 +389,15 @@ static PyMethodDef Flow_methods[] = {
      "energy_backward(U, dU, beta=1, lr=-1) -> loss = mean(log q + beta U); gradients written"},
     {"energy_step", (PyCFunction)(void (*)(void))Flow_energy_step, METH_VARARGS | METH_KEYWORDS,
      "energy_step(potential, box, n, seed=None, eps=None, beta=1, lr=-1) -> loss, with a built-in potential 1..4"},
-    {"adam_step", (PyCFunction)Flow_adam_step, METH_VARARGS, "adam_step(lr): Adam on the current grads."},
-    {"arena", (PyCFunction)Flow_arena, METH_VARARGS, "arena(which) -> zero-copy float32 view"},
-    {"tensors", (PyCFunction)Flow_tensors, METH_NOARGS, "[(name, offset, shape)]"},
-    {"state", (PyCFunction)Flow_state, METH_NOARGS, "optimizer and RNG state"},
-    {"set_adam", (PyCFunction)(void (*)(void))Flow_set_adam, METH_VARARGS | METH_KEYWORDS, "set_adam(beta1, beta2, eps)"},
-    {"reset_optimizer", (PyCFunction)Flow_reset_optimizer, METH_NOARGS, "zero Adam moments and step"},
-    {"set_rng", (PyCFunction)Flow_set_rng, METH_VARARGS, "set_rng(seed, counter, step=-1)"},
-    {"save", (PyCFunction)Flow_save, METH_VARARGS, "save(path): atomic write"},
     {"config", (PyCFunction)Flow_config, METH_NOARGS, "the configuration as a dict"},
+    VAEC_PY_MODEL_METHODS,
+    VAEC_PY_MODEL_SAVE_METHOD,
     {NULL}
-};
-
-static PyMemberDef Flow_members[] = {
-    {"__weaklistoffset__", T_PYSSIZET, offsetof(FlowObject, weakrefs), READONLY},
-    {NULL}
-};
-
-static PyType_Slot Flow_slots[] = {
-    {Py_tp_doc, "The C model behind vaec.Flow (use vaec.Flow)."},
-    {Py_tp_init, Flow_init},
-    {Py_tp_dealloc, Flow_dealloc},
-    {Py_tp_traverse, Flow_traverse},
-    {Py_tp_methods, Flow_methods},
-    {Py_tp_members, Flow_members},
-    {0, NULL}
-};
-
-static PyType_Spec Flow_spec = {
-    "vaec._core.FlowCore", sizeof(FlowObject), 0,
-    Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC, Flow_slots
 };
 
 /* ------------------------------------------------------ module functions */
 static PyObject *mod_flow_load(PyObject *module, PyObject *args) {
-    PyObject *path;
-    int threads = 0;
-    if (!PyArg_ParseTuple(args, "O&|i", PyUnicode_FSConverter, &path, &threads)) return NULL;
-    PyTypeObject *tp = (PyTypeObject *)PyObject_GetAttrString(module, "FlowCore");
-    if (!tp) { Py_DECREF(path); return NULL; }
-    vaec_flowmodel *m = NULL;
-    vaec_status st;
-    const char *p = PyBytes_AS_STRING(path);
-    Py_BEGIN_ALLOW_THREADS
-    st = vaec_flowmodel_load(&m, p, threads);
-    Py_END_ALLOW_THREADS
-    Py_DECREF(path);
-    if (st) { Py_DECREF(tp); return vaec_py_raise(st); }
-    FlowObject *obj = (FlowObject *)tp->tp_alloc(tp, 0);
-    Py_DECREF(tp);
-    if (!obj) { vaec_flowmodel_destroy(m); return NULL; }
-    obj->m = m;
-    return (PyObject *)obj;
+    return vaec_py_model_load(module, args, "FlowCore", &flow_ops, NULL);
 }
 
 /* file_kind(path) -> the model kind stored in a .vaec file (1 VAE, 2 M2, 3 flow) */
@@ -626,9 +483,9 @@ static PyMethodDef flow_functions[] = {
 };
 
 int vaec_py_add_flow(PyObject *module) {
-    PyObject *tp = PyType_FromModuleAndSpec(module, &Flow_spec, NULL);
-    if (!tp) return -1;
-    if (PyModule_AddObject(module, "FlowCore", tp) < 0) { Py_DECREF(tp); return -1; }
+    if (vaec_py_model_add_type(module, "vaec._core.FlowCore", "The C model behind vaec.Flow (use vaec.Flow).", Flow_new,
+                               Flow_init, Flow_methods) < 0)
+        return -1;
     if (PyModule_AddFunctions(module, flow_functions) < 0) return -1;
     if (PyModule_AddIntConstant(module, "KIND_VAE", VAEC_KIND_VAE) < 0 ||
         PyModule_AddIntConstant(module, "KIND_M2", VAEC_KIND_M2) < 0 ||

@@ -5,55 +5,12 @@
 #include "_common.h"
 #include "m2.h"
 
-typedef struct {
-    PyObject_HEAD
-    vaec_m2 *m;
-    int busy;
-    PyObject *weakrefs;
-} M2Object;
+/* An object is a vaec_py_model (_common.h) whose m is a vaec_m2. */
+VAEC_PY_MODEL_OPS(m2_ops, vaec_m2, "model", VAEC_PY_NO_EXTRA);
 
-static int acquire(M2Object *self) {
-    if (!self->m) {
-        PyErr_SetString(PyExc_RuntimeError, "the model is not initialised");
-        return -1;
-    }
-    if (self->busy) {
-        PyErr_SetString(PyExc_RuntimeError, "the model is in use by another thread");
-        return -1;
-    }
-    self->busy = 1;
-    return 0;
-}
-static void release(M2Object *self) { self->busy = 0; }
+static PyObject *M2_new(PyTypeObject *tp, PyObject *args, PyObject *kw) { return vaec_py_model_new(tp, &m2_ops); }
 
-static int parse_act(PyObject *s, vaec_act *out) {
-    for (int i = 1; i < VAEC_ACT_COUNT; i++)
-        if (PyUnicode_CompareWithASCIIString(s, vaec_act_name((vaec_act)i)) == 0) { *out = (vaec_act)i; return 0; }
-    PyErr_Format(PyExc_ValueError, "activation: expected one of 'tanh', 'relu', 'softplus', 'sigmoid', "
-                 "'elu', 'leaky_relu', got %R", s);
-    return -1;
-}
-
-static int parse_widths(PyObject *obj, const char *name, int *n, int64_t *out) {
-    PyObject *seq = PySequence_Fast(obj, name);
-    if (!seq) return -1;
-    Py_ssize_t k = PySequence_Fast_GET_SIZE(seq);
-    if (k > VAEC_MAX_HIDDEN) {
-        Py_DECREF(seq);
-        PyErr_Format(PyExc_ValueError, "%s: at most %d layers, got %zd", name, VAEC_MAX_HIDDEN, k);
-        return -1;
-    }
-    for (Py_ssize_t i = 0; i < k; i++) {
-        long long w = PyLong_AsLongLong(PySequence_Fast_GET_ITEM(seq, i));
-        if (w == -1 && PyErr_Occurred()) { Py_DECREF(seq); return -1; }
-        out[i] = w;
-    }
-    *n = (int)k;
-    Py_DECREF(seq);
-    return 0;
-}
-
-static int M2_init(M2Object *self, PyObject *args, PyObject *kw) {
+static int M2_init(vaec_py_model *self, PyObject *args, PyObject *kw) {
     static char *kwlist[] = {"input_dim", "latent_dim", "n_classes", "hidden", "classifier_hidden", "activation",
                              "likelihood", "alpha", "seed", "threads", NULL};
     long long input_dim, latent_dim, n_classes;
@@ -71,38 +28,17 @@ static int M2_init(M2Object *self, PyObject *args, PyObject *kw) {
     c.alpha = alpha;
     c.seed = (uint64_t)seed;
     c.threads = threads;
-    if (parse_widths(hidden, "hidden", &c.n_hidden, c.hidden)) return -1;
-    if (parse_widths(chidden, "classifier_hidden", &c.n_cls_hidden, c.cls_hidden)) return -1;
-    if (parse_act(act, &c.activation)) return -1;
-    if (PyUnicode_CompareWithASCIIString(lik, "bernoulli") == 0) c.likelihood = VAEC_LIK_BERNOULLI;
-    else if (PyUnicode_CompareWithASCIIString(lik, "gaussian") == 0) c.likelihood = VAEC_LIK_GAUSSIAN;
-    else {
-        PyErr_Format(PyExc_ValueError, "likelihood: expected 'bernoulli' or 'gaussian', got %R", lik);
-        return -1;
-    }
+    if (vaec_py_parse_widths(hidden, "hidden", &c.n_hidden, c.hidden)) return -1;
+    if (vaec_py_parse_widths(chidden, "classifier_hidden", &c.n_cls_hidden, c.cls_hidden)) return -1;
+    if (vaec_py_parse_act(act, &c.activation)) return -1;
+    if (vaec_py_parse_likelihood(lik, &c.likelihood)) return -1;
     vaec_m2 *m = NULL;
     vaec_status st;
     Py_BEGIN_ALLOW_THREADS
     st = vaec_m2_create(&m, &c);
     Py_END_ALLOW_THREADS
     if (st) { vaec_py_raise(st); return -1; }
-    if (self->m) vaec_m2_destroy(self->m);
-    self->m = m;
-    return 0;
-}
-
-static void M2_dealloc(M2Object *self) {
-    PyTypeObject *tp = Py_TYPE(self);
-    PyObject_GC_UnTrack(self);
-    if (self->weakrefs) PyObject_ClearWeakRefs((PyObject *)self);
-    if (self->m) vaec_m2_destroy(self->m);
-    tp->tp_free((PyObject *)self);
-    Py_DECREF(tp);
-}
-
-static int M2_traverse(M2Object *self, visitproc visit, void *arg) {
-    Py_VISIT(Py_TYPE(self));
-    return 0;
+    return vaec_py_model_install(self, m);
 }
 
 /* ------------------------------------------------------------ converters */
@@ -189,7 +125,7 @@ static int convert_noise(PyObject *obj, const char *name, int ndim, const int64_
 }
 
 /* ---------------------------------------------------------------- methods */
-static PyObject *M2_loss_grad(M2Object *self, PyObject *args, PyObject *kw) {
+static PyObject *M2_loss_grad(vaec_py_model *self, PyObject *args, PyObject *kw) {
     static char *kwlist[] = {"X_labeled", "y_labeled", "X_unlabeled", "alpha", "wl", "wu", "eps_l", "eps_u",
                              "seed", "binarize", "lr", NULL};
     PyObject *xl, *yl, *xu, *epsl = Py_None, *epsu = Py_None, *seed = Py_None;
@@ -198,7 +134,7 @@ static PyObject *M2_loss_grad(M2Object *self, PyObject *args, PyObject *kw) {
     if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOddd|OOOpd", kwlist, &xl, &yl, &xu, &alpha, &wl, &wu, &epsl,
                                      &epsu, &seed, &binarize, &lr))
         return NULL;
-    if (acquire(self)) return NULL;
+    if (vaec_py_acquire(self)) return NULL;
     const vaec_m2_config *c = vaec_m2_config_get(self->m);
     int unit = c->likelihood == VAEC_LIK_BERNOULLI || binarize;
     PyArrayObject *xla = NULL, *yla = NULL, *xua = NULL, *ela = NULL, *eua = NULL;
@@ -248,14 +184,14 @@ static PyObject *M2_loss_grad(M2Object *self, PyObject *args, PyObject *kw) {
     res = Py_BuildValue("d(ddd)", loss, parts[0], parts[1], parts[2]);
 done:
     Py_XDECREF(xla); Py_XDECREF(yla); Py_XDECREF(xua); Py_XDECREF(ela); Py_XDECREF(eua);
-    release(self);
+    vaec_py_release(self);
     return res;
 }
 
-static PyObject *M2_classify(M2Object *self, PyObject *args) {
+static PyObject *M2_classify(vaec_py_model *self, PyObject *args) {
     PyObject *x;
     if (!PyArg_ParseTuple(args, "O", &x)) return NULL;
-    if (acquire(self)) return NULL;
+    if (vaec_py_acquire(self)) return NULL;
     const vaec_m2_config *c = vaec_m2_config_get(self->m);
     vaec_input in;
     PyArrayObject *xa = NULL;
@@ -272,16 +208,16 @@ static PyObject *M2_classify(M2Object *self, PyObject *args) {
     if (st) { Py_CLEAR(res); vaec_py_raise(st); }
 done:
     Py_XDECREF(xa);
-    release(self);
+    vaec_py_release(self);
     return res;
 }
 
-static PyObject *M2_elbo(M2Object *self, PyObject *args, PyObject *kw) {
+static PyObject *M2_elbo(vaec_py_model *self, PyObject *args, PyObject *kw) {
     static char *kwlist[] = {"x", "y", "eps", "seed", "binarize", NULL};
     PyObject *x, *y = Py_None, *eps = Py_None, *seed = Py_None;
     int binarize = 0;
     if (!PyArg_ParseTupleAndKeywords(args, kw, "O|OOOp", kwlist, &x, &y, &eps, &seed, &binarize)) return NULL;
-    if (acquire(self)) return NULL;
+    if (vaec_py_acquire(self)) return NULL;
     const vaec_m2_config *c = vaec_m2_config_get(self->m);
     PyArrayObject *xa = NULL, *ya = NULL, *ea = NULL;
     PyObject *res = NULL;
@@ -310,14 +246,14 @@ static PyObject *M2_elbo(M2Object *self, PyObject *args, PyObject *kw) {
     if (st) { Py_CLEAR(res); vaec_py_raise(st); }
 done:
     Py_XDECREF(xa); Py_XDECREF(ya); Py_XDECREF(ea);
-    release(self);
+    vaec_py_release(self);
     return res;
 }
 
-static PyObject *M2_encode(M2Object *self, PyObject *args) {
+static PyObject *M2_encode(vaec_py_model *self, PyObject *args) {
     PyObject *x, *y;
     if (!PyArg_ParseTuple(args, "OO", &x, &y)) return NULL;
-    if (acquire(self)) return NULL;
+    if (vaec_py_acquire(self)) return NULL;
     const vaec_m2_config *c = vaec_m2_config_get(self->m);
     vaec_input in;
     PyArrayObject *xa = NULL, *ya = NULL;
@@ -338,14 +274,14 @@ static PyObject *M2_encode(M2Object *self, PyObject *args) {
     res = PyTuple_Pack(2, mu, lv);
 done:
     Py_XDECREF(mu); Py_XDECREF(lv); Py_XDECREF(xa); Py_XDECREF(ya);
-    release(self);
+    vaec_py_release(self);
     return res;
 }
 
-static PyObject *M2_decode(M2Object *self, PyObject *args) {
+static PyObject *M2_decode(vaec_py_model *self, PyObject *args) {
     PyObject *y, *z;
     if (!PyArg_ParseTuple(args, "OO", &y, &z)) return NULL;
-    if (acquire(self)) return NULL;
+    if (vaec_py_acquire(self)) return NULL;
     const vaec_m2_config *c = vaec_m2_config_get(self->m);
     PyObject *out = NULL;
     PyArrayObject *za = NULL, *zf = NULL, *ya = NULL;
@@ -370,75 +306,8 @@ static PyObject *M2_decode(M2Object *self, PyObject *args) {
     if (st) { Py_CLEAR(out); vaec_py_raise(st); }
 done:
     Py_XDECREF(za); Py_XDECREF(zf); Py_XDECREF(ya);
-    release(self);
+    vaec_py_release(self);
     return out;
-}
-
-static PyObject *M2_arena(M2Object *self, PyObject *args) {
-    const char *which;
-    if (!PyArg_ParseTuple(args, "s", &which)) return NULL;
-    if (!self->m) { PyErr_SetString(PyExc_RuntimeError, "the model is not initialised"); return NULL; }
-    return vaec_py_arena_view((PyObject *)self, vaec_m2_arena(self->m), which);
-}
-
-static PyObject *M2_tensors(M2Object *self, PyObject *noargs) {
-    if (!self->m) { PyErr_SetString(PyExc_RuntimeError, "the model is not initialised"); return NULL; }
-    return vaec_py_arena_tensors(vaec_m2_arena(self->m));
-}
-
-static PyObject *M2_state(M2Object *self, PyObject *noargs) {
-    if (!self->m) { PyErr_SetString(PyExc_RuntimeError, "the model is not initialised"); return NULL; }
-    return vaec_py_arena_state(vaec_m2_arena(self->m), vaec_m2_rng_seed(self->m), vaec_m2_rng_counter(self->m),
-                               vaec_m2_threads(self->m));
-}
-
-static PyObject *M2_set_adam(M2Object *self, PyObject *args, PyObject *kw) {
-    if (!self->m) { PyErr_SetString(PyExc_RuntimeError, "the model is not initialised"); return NULL; }
-    return vaec_py_arena_set_adam(vaec_m2_arena(self->m), args, kw);
-}
-
-static PyObject *M2_reset_optimizer(M2Object *self, PyObject *noargs) {
-    if (acquire(self)) return NULL;
-    vaec_arena_adam_reset(vaec_m2_arena(self->m));
-    release(self);
-    Py_RETURN_NONE;
-}
-
-static PyObject *M2_adam_step(M2Object *self, PyObject *args) {
-    double lr;
-    if (!PyArg_ParseTuple(args, "d", &lr)) return NULL;
-    if (acquire(self)) return NULL;
-    vaec_status st;
-    Py_BEGIN_ALLOW_THREADS
-    st = vaec_m2_adam_step(self->m, (float)lr);
-    Py_END_ALLOW_THREADS
-    release(self);
-    if (st) return vaec_py_raise(st);
-    Py_RETURN_NONE;
-}
-
-static PyObject *M2_set_rng(M2Object *self, PyObject *args) {
-    unsigned long long seed, counter;
-    long long step = -1;
-    if (!PyArg_ParseTuple(args, "KK|L", &seed, &counter, &step)) return NULL;
-    vaec_m2_rng_set(self->m, seed, counter);
-    if (step >= 0) vaec_m2_arena(self->m)->step = step;
-    Py_RETURN_NONE;
-}
-
-static PyObject *M2_save(M2Object *self, PyObject *args) {
-    PyObject *path;
-    if (!PyArg_ParseTuple(args, "O&", PyUnicode_FSConverter, &path)) return NULL;
-    if (acquire(self)) { Py_DECREF(path); return NULL; }
-    const char *p = PyBytes_AS_STRING(path);
-    vaec_status st;
-    Py_BEGIN_ALLOW_THREADS
-    st = vaec_m2_save(self->m, p);
-    Py_END_ALLOW_THREADS
-    release(self);
-    Py_DECREF(path);
-    if (st) return vaec_py_raise(st);
-    Py_RETURN_NONE;
 }
 
 static PyObject *widths_tuple(int n, const int64_t *w) {
@@ -448,8 +317,8 @@ static PyObject *widths_tuple(int n, const int64_t *w) {
     return t;
 }
 
-static PyObject *M2_config(M2Object *self, PyObject *noargs) {
-    if (!self->m) { PyErr_SetString(PyExc_RuntimeError, "the model is not initialised"); return NULL; }
+static PyObject *M2_config(vaec_py_model *self, PyObject *noargs) {
+    if (vaec_py_ready(self)) return NULL;
     const vaec_m2_config *c = vaec_m2_config_get(self->m);
     PyObject *h = widths_tuple(c->n_hidden, c->hidden), *ch = widths_tuple(c->n_cls_hidden, c->cls_hidden);
     if (!h || !ch) { Py_XDECREF(h); Py_XDECREF(ch); return NULL; }
@@ -471,57 +340,14 @@ static PyMethodDef M2_methods[] = {
      "elbo(x, y=None, eps=None, seed=None, binarize=False) -> L(x,y) or U(x), float64 (n,)"},
     {"encode", (PyCFunction)M2_encode, METH_VARARGS, "encode(x, y) -> (mu, logvar)"},
     {"decode", (PyCFunction)M2_decode, METH_VARARGS, "decode(y, z) -> (n, input_dim)"},
-    {"adam_step", (PyCFunction)M2_adam_step, METH_VARARGS, "adam_step(lr): Adam on the current grads."},
-    {"arena", (PyCFunction)M2_arena, METH_VARARGS, "arena(which) -> zero-copy float32 view"},
-    {"tensors", (PyCFunction)M2_tensors, METH_NOARGS, "[(name, offset, shape)]"},
-    {"state", (PyCFunction)M2_state, METH_NOARGS, "optimizer and RNG state"},
-    {"set_adam", (PyCFunction)(void (*)(void))M2_set_adam, METH_VARARGS | METH_KEYWORDS, "set_adam(beta1, beta2, eps)"},
-    {"reset_optimizer", (PyCFunction)M2_reset_optimizer, METH_NOARGS, "zero Adam moments and step"},
-    {"set_rng", (PyCFunction)M2_set_rng, METH_VARARGS, "set_rng(seed, counter, step=-1)"},
-    {"save", (PyCFunction)M2_save, METH_VARARGS, "save(path): atomic write"},
     {"config", (PyCFunction)M2_config, METH_NOARGS, "the configuration as a dict"},
+    VAEC_PY_MODEL_METHODS,
+    VAEC_PY_MODEL_SAVE_METHOD,
     {NULL}
-};
-
-static PyMemberDef M2_members[] = {
-    {"__weaklistoffset__", T_PYSSIZET, offsetof(M2Object, weakrefs), READONLY},
-    {NULL}
-};
-
-static PyType_Slot M2_slots[] = {
-    {Py_tp_doc, "The C model behind vaec.M2 (use vaec.M2)."},
-    {Py_tp_init, M2_init},
-    {Py_tp_dealloc, M2_dealloc},
-    {Py_tp_traverse, M2_traverse},
-    {Py_tp_methods, M2_methods},
-    {Py_tp_members, M2_members},
-    {0, NULL}
-};
-
-static PyType_Spec M2_spec = {
-    "vaec._core.M2Core", sizeof(M2Object), 0,
-    Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC, M2_slots
 };
 
 static PyObject *mod_load_m2(PyObject *module, PyObject *args) {
-    PyObject *path;
-    int threads = 0;
-    if (!PyArg_ParseTuple(args, "O&|i", PyUnicode_FSConverter, &path, &threads)) return NULL;
-    PyTypeObject *tp = (PyTypeObject *)PyObject_GetAttrString(module, "M2Core");
-    if (!tp) { Py_DECREF(path); return NULL; }
-    vaec_m2 *m = NULL;
-    vaec_status st;
-    const char *p = PyBytes_AS_STRING(path);
-    Py_BEGIN_ALLOW_THREADS
-    st = vaec_m2_load(&m, p, threads);
-    Py_END_ALLOW_THREADS
-    Py_DECREF(path);
-    if (st) { Py_DECREF(tp); return vaec_py_raise(st); }
-    M2Object *obj = (M2Object *)tp->tp_alloc(tp, 0);
-    Py_DECREF(tp);
-    if (!obj) { vaec_m2_destroy(m); return NULL; }
-    obj->m = m;
-    return (PyObject *)obj;
+    return vaec_py_model_load(module, args, "M2Core", &m2_ops, NULL);
 }
 
 static PyMethodDef m2_functions[] = {
@@ -530,9 +356,9 @@ static PyMethodDef m2_functions[] = {
 };
 
 int vaec_py_add_m2(PyObject *module) {
-    PyObject *tp = PyType_FromModuleAndSpec(module, &M2_spec, NULL);
-    if (!tp) return -1;
-    if (PyModule_AddObject(module, "M2Core", tp) < 0) { Py_DECREF(tp); return -1; }
+    if (vaec_py_model_add_type(module, "vaec._core.M2Core", "The C model behind vaec.M2 (use vaec.M2).", M2_new, M2_init,
+                               M2_methods) < 0)
+        return -1;
     if (PyModule_AddFunctions(module, m2_functions) < 0) return -1;
     return 0;
 }
