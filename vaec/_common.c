@@ -339,8 +339,8 @@ PyObject *vaec_py_model_new(PyTypeObject *tp, const vaec_py_model_ops *ops) {
     return (PyObject *)self;
 }
 
-/* __init__ may run again on a live object; the old model must not be freed under a call
- * that is using it with the GIL released (the swap itself happens with the GIL held). */
+/* A second __init__ is refused: the old model may be in use by a call running without the
+ * GIL, and NumPy views of its arena may be alive even when it is idle. */
 int vaec_py_model_install(vaec_py_model *self, void *m) {
     if (self->busy) {
         self->ops->destroy(m);
