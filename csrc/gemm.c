@@ -89,10 +89,14 @@ static void gemm_task(void *ctx, int64_t t, int tid) {
     job->kern->block(&job->g, i0, mb, j0, nb, scratch);
 }
 
-/* Column ranges of the small-M path: one per thread (a multiple of 8 columns), so every
- * thread streams the same share of op(B): a single-example product is bound by reading
- * the weights, and equal tasks beat many small ones (7 tasks of 64 columns left one of
- * two threads a third more to read). A column's arithmetic does not depend on the split. */
+/* Column ranges of the small-M path: one per thread, so every thread streams the same
+ * share of op(B): a single-example product is bound by reading the weights, and equal
+ * tasks beat many small ones (7 tasks of 64 columns left one of two threads a third more
+ * to read). A range is a multiple of SMALL_GRAIN columns, the widest vector (AVX-512's 16
+ * floats), so a boundary never moves a column from the vector loop into the scalar tail,
+ * whose separate multiply and add round differently from the FMA: a column's arithmetic
+ * does not depend on the split, hence not on the thread count. */
+#define SMALL_GRAIN 16
 typedef struct { const vaec_gemm_args *g; vaec_gemm_small_fn fn; int64_t grain; } small_job;
 static void small_task(void *ctx, int64_t t, int tid) {
     (void)tid;
@@ -142,7 +146,7 @@ void vaec_sgemm_fused(vaec_pool *pool, int transA, int transB, int64_t M, int64_
     if (M <= GEMM_SMALL_M && !transA) {
         /* a few rows: packing would cost as much as the product; split over columns */
         int threads = macs < GEMM_SERIAL_MACS ? 1 : vaec_pool_size(pool);
-        small_job sj = {&g, kern->small, round_up(cdiv(N, threads), 8)};
+        small_job sj = {&g, kern->small, round_up(cdiv(N, threads), SMALL_GRAIN)};
         run_tasks(pool, small_task, &sj, cdiv(N, sj.grain), macs);
         return;
     }
