@@ -117,6 +117,25 @@ def test_bad_x_is_refused_by_every_entry_point(model, bad, exc, match):
             call(bad)
 
 
+@pytest.mark.parametrize("value,match", [(np.nan, "contains nan at flat index {i} "), (np.inf, "contains inf at flat index {i} "),
+                                         (-np.inf, "contains -inf at flat index {i} "),
+                                         (1.0000001, r"in \[0, 1\].*found 1\.0000001\d* at row"),
+                                         (-1e-30, r"in \[0, 1\].*found -1\.0*\d*e-30 at row")])
+def test_the_first_bad_value_is_found_wherever_it_is(model, value, match):
+    """The scan tests blocks of 1024 values at once: a single bad value is found, and
+    named by its row and column, at a block's first and last place, in the short last
+    block, and after an earlier bad value of another kind in the same block."""
+    n = 200  # 200 x 16 = 3200 values: three whole blocks and a short one
+    for i in (0, 1023, 1024, 2047, 3071, 3072, 3199):
+        x = np.full((n, 16), 0.5, np.float32)
+        x.flat[i] = value
+        if i + 5 < x.size:
+            x.flat[i + 5] = 2.0 if np.isnan(value) else np.nan
+        with pytest.raises(ValueError, match=match.format(i=i)) as err:
+            model.elbo(x)
+        assert f"row {i // 16}, column {i % 16}" in str(err.value), (i, str(err.value))
+
+
 def test_gaussian_likelihood_takes_any_finite_values(gmodel):
     x = np.full((2, 16), 3.5, np.float32)
     assert np.all(np.isfinite(gmodel.elbo(x)))
