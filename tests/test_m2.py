@@ -49,10 +49,13 @@ def test_loss_and_every_gradient_match_the_reference(likelihood, hidden, chid, p
         xu = eu = None
     if parts == "unlabelled":
         xl = yl = el = None
-    N = (0 if xl is None else len(xl)) + (0 if xu is None else len(xu))
+    n_l = 0 if xl is None else len(xl)
+    N = n_l + (0 if xu is None else len(xu))
     loss = m.loss_and_grad(xl, yl, xu, eps=(el, eu))
     cfg = m.config()
-    ref, G, sums = m2_loss_grad(m.params, cfg, xl, yl, xu, el, eu, 0.3 * N, 1.0 / N, 1.0 / N)
+    # a = alpha * N / N_l per labelled example, the counts the batch's own (none given)
+    a = 0.3 * N / n_l if n_l else 0.0
+    ref, G, sums = m2_loss_grad(m.params, cfg, xl, yl, xu, el, eu, a, 1.0 / N, 1.0 / N)
     assert abs(loss - ref) <= 1e-5 * abs(ref), (loss, ref)
     assert np.allclose(m.last_parts, sums, rtol=1e-5, atol=1e-5)
     assert set(G) == set(m.grads)
@@ -61,8 +64,33 @@ def test_loss_and_every_gradient_match_the_reference(likelihood, hidden, chid, p
             assert rel(g, G[name]) < 1e-4, (name, rel(g, G[name]))
 
 
+def test_alpha_weighs_the_labelled_mean_by_the_data_set_size():
+    """The paper's eq. (9): a = alpha * n_total / n_labeled per labelled example, the counts
+    of the data set the batch is drawn from; by default the batch's, so that the
+    classification term is alpha times the batch's mean -log q(y|x)."""
+    rng = np.random.default_rng(5)
+    m = make(alpha=0.3)
+    xl, yl, xu, el, eu = batch(rng)
+    N = len(xl) + len(xu)
+    loss = m.loss_and_grad(xl, yl, xu, eps=(el, eu), n_labeled=40, n_total=1000)
+    ref, _, sums = m2_loss_grad(m.params, m.config(), xl, yl, xu, el, eu, 0.3 * 1000 / 40, 1.0 / N, 1.0 / N)
+    assert abs(loss - ref) <= 1e-5 * abs(ref), (loss, ref)
+    # the default: loss = (sum_l -L + sum_u -U) / N + alpha * mean_l[-log q(y|x)]
+    own = m.loss_and_grad(xl, yl, xu, eps=(el, eu))
+    nll = m.last_parts[1]
+    no_class = make(alpha=0.0)
+    bounds = no_class.loss_and_grad(xl, yl, xu, eps=(el, eu))
+    assert abs(own - (bounds + 0.3 * nll / len(xl))) <= 1e-5 * abs(own), (own, bounds, nll)
+    other = m.loss_and_grad(xl, yl, xu, eps=(el, eu), n_labeled=20, n_total=1000)
+    assert other > loss  # twice the weight on a positive cross-entropy
+    with pytest.raises(ValueError, match="n_labeled"):
+        m.loss_and_grad(xl, yl, xu, n_labeled=0)
+    with pytest.raises(ValueError, match="n_total"):
+        m.loss_and_grad(xl, yl, xu, n_labeled=50, n_total=49)
+
+
 def test_labelled_gradient_of_the_classifier_is_alpha_weighted():
-    """Without unlabelled data the classifier only sees -alpha N log q(y|x)."""
+    """Without unlabelled data the classifier only sees the alpha-weighted -log q(y|x)."""
     rng = np.random.default_rng(0)
     m = make(alpha=0.0)
     xl, yl, _, el, _ = batch(rng)
