@@ -201,7 +201,7 @@ class M2(ArenaModel):
         * ``weighting='proportional'``: the unbiased estimate of J^a / N, as in Kingma's
           code, (N_l/N) mean_l[-L - a log q(y|x)] + (N_u/N) mean_u[-U]; the cross-entropy
           then weighs alpha on the labelled mean, and with 100 labels it fitted them too
-          slowly (40% test error after 8 epochs against 21% balanced; docs/RESULTS.md).
+          slowly (42% test error after 8 epochs against 21% balanced; docs/RESULTS.md).
 
         Returns the history (also ``model.history``), per-epoch lists: ``loss``,
         ``labeled_nll`` (mean -log q(y|x) on the labelled batches), ``val_error``
