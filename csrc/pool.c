@@ -8,21 +8,67 @@
  * never for a worker that has not woken up yet (it then simply runs more tasks itself).
  * Idle workers spin on the ticket for a short while (VAEC_SPIN_US, default 100 us) so
  * the back-to-back jobs of a training step do not pay a sleep/wake-up each, then sleep
- * on a condition variable. Each thread owns a GEMM scratch buffer. */
+ * on a condition variable. Each thread owns a GEMM scratch buffer.
+ *
+ * Subnormal floats (|x| < 2^-126) are flushed to zero while vaec computes: every task runs
+ * with FTZ and DAZ set (x86 MXCSR; FZ in aarch64's FPCR). A subnormal costs a microcode
+ * assist of about a hundred cycles on x86, and training makes them: a trained M2's step
+ * took twice as long as a fresh one's until they were flushed. Workers set the mode once;
+ * the caller's thread has its own mode saved and restored around each job, so NumPy and
+ * the rest of the program keep IEEE subnormals. VAEC_DENORMALS=keep (read once) turns the
+ * flushing off. */
 #define _POSIX_C_SOURCE 200809L
 #include "internal.h"
 #include <pthread.h>
 #include <sched.h>
 #include <stdatomic.h>
 #include <time.h>
+#include <stdlib.h>
+#include <string.h>
 #if defined(__x86_64__) || defined(_M_X64) || defined(__i386__)
 #include <immintrin.h>
 #define CPU_RELAX() _mm_pause()
+#define FP_FLUSH_BITS 0x8040u   /* MXCSR: FTZ (bit 15) | DAZ (bit 6) */
+static inline uint64_t fp_mode_get(void) { return _mm_getcsr(); }
+static inline void fp_mode_set(uint64_t m) { _mm_setcsr((unsigned)m); }
 #elif defined(__aarch64__)
 #define CPU_RELAX() __asm__ __volatile__("yield")
+#define FP_FLUSH_BITS ((uint64_t)1 << 24)   /* FPCR.FZ */
+static inline uint64_t fp_mode_get(void) {
+    uint64_t m;
+    __asm__ __volatile__("mrs %0, fpcr" : "=r"(m));
+    return m;
+}
+static inline void fp_mode_set(uint64_t m) { __asm__ __volatile__("msr fpcr, %0" : : "r"(m)); }
 #else
 #define CPU_RELAX() ((void)0)
+#define FP_FLUSH_BITS 0u
+static inline uint64_t fp_mode_get(void) { return 0; }
+static inline void fp_mode_set(uint64_t m) { (void)m; }
 #endif
+
+/* 1 to flush subnormals, 0 for VAEC_DENORMALS=keep; -1 until read (a benign race: every
+ * thread reads the same environment). */
+static _Atomic int flush_subnormals = -1;
+static int flushing(void) {
+    int f = atomic_load_explicit(&flush_subnormals, memory_order_relaxed);
+    if (f < 0) {
+        const char *e = getenv("VAEC_DENORMALS");
+        f = !(e && strcmp(e, "keep") == 0);
+        atomic_store_explicit(&flush_subnormals, f, memory_order_relaxed);
+    }
+    return f;
+}
+
+/* Enter vaec's floating-point mode on this thread; returns the mode to restore. */
+static uint64_t fp_enter(void) {
+    uint64_t saved = fp_mode_get();
+    if (FP_FLUSH_BITS && flushing() && (saved & FP_FLUSH_BITS) != FP_FLUSH_BITS) fp_mode_set(saved | FP_FLUSH_BITS);
+    return saved;
+}
+static void fp_leave(uint64_t saved) {
+    if (fp_mode_get() != saved) fp_mode_set(saved);
+}
 
 #define TICKET_CLOSED 0xffffffffu   /* task index of a finished job: no index is below it */
 #define SPIN_US_DEFAULT 100
@@ -77,6 +123,7 @@ static void *worker_main(void *arg) {
     worker_arg wa = *(worker_arg *)arg;
     vaec_free(arg);
     vaec_pool *p = wa.pool;
+    (void)fp_enter();  /* a worker only ever runs vaec's tasks */
     uint32_t seen = job_of(atomic_load(&p->ticket));
     for (;;) {
         /* spin for a while on the ticket, then sleep until a new job or stop */
@@ -176,12 +223,19 @@ int vaec_pool_size(const vaec_pool *p) { return p ? p->n : 1; }
 
 float *vaec_pool_scratch(vaec_pool *p, int tid) { return p ? p->scratch[tid] : NULL; }
 
+static void pool_run_job(vaec_pool *p, vaec_task_fn fn, void *ctx, int64_t ntasks);
+
 void vaec_pool_run(vaec_pool *p, vaec_task_fn fn, void *ctx, int64_t ntasks) {
     if (ntasks <= 0) return;
-    if (!p || p->n == 1 || ntasks == 1 || ntasks >= (int64_t)TICKET_CLOSED) {
+    uint64_t mode = fp_enter();
+    if (!p || p->n == 1 || ntasks == 1 || ntasks >= (int64_t)TICKET_CLOSED)
         for (int64_t t = 0; t < ntasks; t++) fn(ctx, t, 0);
-        return;
-    }
+    else
+        pool_run_job(p, fn, ctx, ntasks);
+    fp_leave(mode);
+}
+
+static void pool_run_job(vaec_pool *p, vaec_task_fn fn, void *ctx, int64_t ntasks) {
     /* The previous job is finished (every task done), so its ticket can be closed and
      * the fields rewritten: a late worker holding old fields finds the ticket closed. */
     uint32_t job = job_of(atomic_load_explicit(&p->ticket, memory_order_relaxed)) + 1;

@@ -1,4 +1,8 @@
 """The packed SIMD GEMM against the naive triple loop, on every ISA path this CPU has."""
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -81,3 +85,37 @@ def test_vaec_isa_environment_variable_lowers_the_path():
                          env={**__import__('os').environ, "VAEC_ISA": "scalar"}, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "scalar"
+
+
+
+@pytest.mark.parametrize("isa", available_isas())
+@pytest.mark.parametrize("M", [1, 64])   # the small-M path and the packed one
+@pytest.mark.parametrize("threads", [1, 2])
+def test_subnormal_results_are_flushed_and_the_callers_mode_is_kept(isa, M, threads):
+    """vaec computes with subnormals flushed to zero (a subnormal costs a microcode assist
+    on x86); the calling thread's own floating-point mode is restored afterwards."""
+    a = np.full((M, 8), 1e-20, np.float32)
+    b = np.full((8, 5), 1e-20, np.float32)
+    with forced_isa(isa):
+        c = _core.sgemm(a, b, threads=threads)
+    assert np.all(c == 0), c.max()                       # 8e-40 is below float32's normal range
+    tiny = np.float32(1e-20) * np.float32(1e-20)         # NumPy, on this thread, after vaec
+    assert abs(float(tiny) - 1e-40) < 1e-44, tiny
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_VAEC_DENORMALS_keep_computes_with_subnormals(threads):
+    """VAEC_DENORMALS=keep (read once, so in a fresh process) turns the flushing off."""
+    code = ("import numpy as np; from vaec import _core; "
+            "a = np.full((64, 8), 1e-20, np.float32); b = np.full((8, 5), 1e-20, np.float32); "
+            f"print(float(_core.sgemm(a, b, threads={threads})[0, 0]))")
+    out = {}
+    for mode in ("keep", None):
+        env = {k: v for k, v in os.environ.items() if k != "VAEC_DENORMALS"}
+        if mode:
+            env["VAEC_DENORMALS"] = mode
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+        assert r.returncode == 0, r.stderr
+        out[mode] = float(r.stdout)
+    assert abs(out["keep"] - 8e-40) < 1e-43, out
+    assert out[None] == 0.0, out

@@ -156,14 +156,19 @@ def test_a_non_finite_gradient_refuses_the_adam_step(bad):
     g[:] = np.float32(1e-40)                     # denormal: finite
     g[::7] = np.finfo(np.float32).max            # the largest finite float
     g[1::7] = -np.finfo(np.float32).max
-    if bad == "last":
-        g[-1] = np.nan
-    else:
-        g[len(g) // 2] = bad
+    g[2::7] = np.float32(1e-3)                   # ordinary gradients, whose step shows in p
+    where = len(g) - 1 if bad == "last" else len(g) // 2
+    g[where] = np.nan if bad == "last" else bad
+    ordinary = np.zeros(len(g), bool)
+    ordinary[2::7] = True
+    ordinary[where] = False
     before = p.copy()
     with pytest.raises(FloatingPointError, match="NaN or Inf"):
         m._core.adam_step(1e-3)
     assert np.array_equal(p, before)
+    assert m._core.state()["step"] == 0
     g[np.isnan(g) | np.isinf(g)] = 0.0
     m._core.adam_step(1e-3)
+    assert m._core.state()["step"] == 1
     assert not np.array_equal(p, before)
+    assert np.all(p[ordinary] != before[ordinary])
