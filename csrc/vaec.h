@@ -29,6 +29,8 @@
  *     human-readable message (per thread).
  *   - Determinism: for a given seed, results are bitwise identical whatever the
  *     thread count (work is split by output tiles / rows, never by reduction order).
+ *   - Subnormal floats are flushed to zero inside every job of the pool (FTZ/DAZ, FPCR.FZ);
+ *     the caller's floating-point mode is restored after it. VAEC_DENORMALS=keep: IEEE.
  *
  * Naming: vaec_<noun>_<verb>. Shapes are written as (rows, cols), row-major.
  */
