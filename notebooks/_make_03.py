@@ -132,8 +132,9 @@ fixed while the label runs through 0–9: each row is one test image (left, boxe
 followed by the decoder's mean image for every class with that image's style.
 
 In the run in `runs/` the label sets the digit and z the style, as in the paper's figure:
-along a row the ten generated digits keep the test image's slant and stroke width (the bold
-round 0, the thin slanted 1), and every column shows the digit it is labelled with. (With
+along a row the ten generated digits keep the test image's slant and stroke width (the
+fifth row's wide, slanted 0 gives wide, slanted digits), and every column shows the digit
+it is labelled with. (With
 the earlier reading of α, α·N = 6000 per labelled image, the label hardly changed the image
 and z carried the class.)
 """)
