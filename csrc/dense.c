@@ -34,10 +34,10 @@ void vaec_dense_forward_strided(vaec_pool *pool, float *out, int64_t ldo, const 
     vaec_dense_forward_act_strided(pool, out, ldo, in, ldi, W, b, VAEC_ACT_IDENTITY, B, IN, OUT);
 }
 
-typedef struct { float *db; const float *dout; int64_t ldd, B, OUT; } colsum_job;
+typedef struct { float *db; const float *dout; int64_t ldd, B, OUT; int accumulate; } colsum_job;
 enum { COLSUM_GRAIN = 256, COLSUM_SERIAL = 16384 /* elements below which the caller sums alone */ };
 
-/* db[o] += sum over rows of dout[., o], in float64, rows in order (thread-count free) */
+/* db[o] (+)= sum over rows of dout[., o], in float64, rows in order (thread-count free) */
 static void colsum_task(void *ctx, int64_t t, int tid) {
     (void)tid;
     colsum_job *j = ctx;
@@ -47,18 +47,29 @@ static void colsum_task(void *ctx, int64_t t, int tid) {
         const float *row = j->dout + i * j->ldd;
         for (int64_t o = o0; o < o1; o++) acc[o - o0] += row[o];
     }
-    for (int64_t o = o0; o < o1; o++) j->db[o] += (float)acc[o - o0];
+    if (j->accumulate)
+        for (int64_t o = o0; o < o1; o++) j->db[o] += (float)acc[o - o0];
+    else
+        for (int64_t o = o0; o < o1; o++) j->db[o] = (float)acc[o - o0];
 }
 
-/* Adds dW(OUT,IN) += dout^T . in and db(OUT) += colsum(dout); writes din = dout . W when
- * din != NULL, then din *= act'(in) in the GEMM's epilogue (in = act's output). */
-void vaec_dense_backward_act_strided(vaec_pool *pool, float *din, int64_t ldin, float *dW, float *db,
-                                     const float *dout, int64_t ldd, const float *in, int64_t ldi,
-                                     const float *W, vaec_act act, int64_t B, int64_t IN, int64_t OUT) {
-    if (B <= 0) return;
-    if (dW) vaec_sgemm(pool, 1, 0, OUT, IN, B, dout, ldd, in, ldi, 1.0f, dW, IN);
+/* dW(OUT,IN) (+)= dout^T . in and db(OUT) (+)= colsum(dout), added when `accumulate`,
+ * else written (no clearing pass before a layer's first gradient); writes din = dout . W
+ * when din != NULL, then din *= act'(in) in the GEMM's epilogue (in = act's output). */
+void vaec_dense_backward_act_strided_ex(vaec_pool *pool, float *din, int64_t ldin, float *dW, float *db,
+                                        const float *dout, int64_t ldd, const float *in, int64_t ldi,
+                                        const float *W, vaec_act act, int64_t B, int64_t IN, int64_t OUT,
+                                        int accumulate) {
+    if (B <= 0) {
+        if (!accumulate) {
+            if (dW) memset(dW, 0, (size_t)(OUT * IN) * sizeof(float));
+            if (db) memset(db, 0, (size_t)OUT * sizeof(float));
+        }
+        return;
+    }
+    if (dW) vaec_sgemm(pool, 1, 0, OUT, IN, B, dout, ldd, in, ldi, accumulate ? 1.0f : 0.0f, dW, IN);
     if (db) {
-        colsum_job j = {db, dout, ldd, B, OUT};
+        colsum_job j = {db, dout, ldd, B, OUT, accumulate};
         vaec_pool_run(B * OUT < COLSUM_SERIAL ? NULL : pool, colsum_task, &j, vaec_ntasks(OUT, COLSUM_GRAIN));
     }
     if (din) {
@@ -68,6 +79,14 @@ void vaec_dense_backward_act_strided(vaec_pool *pool, float *din, int64_t ldin, 
     }
 }
 
+/* Adds dW(OUT,IN) += dout^T . in and db(OUT) += colsum(dout); writes din = dout . W when
+ * din != NULL, then din *= act'(in) in the GEMM's epilogue (in = act's output). */
+void vaec_dense_backward_act_strided(vaec_pool *pool, float *din, int64_t ldin, float *dW, float *db,
+                                     const float *dout, int64_t ldd, const float *in, int64_t ldi,
+                                     const float *W, vaec_act act, int64_t B, int64_t IN, int64_t OUT) {
+    vaec_dense_backward_act_strided_ex(pool, din, ldin, dW, db, dout, ldd, in, ldi, W, act, B, IN, OUT, 1);
+}
+
 /* The unfused reference: the backward pass, then din *= act'(in) row by row. */
 void vaec_dense_backward_act_strided_naive(vaec_pool *pool, float *din, int64_t ldin, float *dW, float *db,
                                            const float *dout, int64_t ldd, const float *in, int64_t ldi,
@@ -75,7 +94,7 @@ void vaec_dense_backward_act_strided_naive(vaec_pool *pool, float *din, int64_t 
     if (B <= 0) return;
     if (dW) vaec_sgemm(pool, 1, 0, OUT, IN, B, dout, ldd, in, ldi, 1.0f, dW, IN);
     if (db) {
-        colsum_job j = {db, dout, ldd, B, OUT};
+        colsum_job j = {db, dout, ldd, B, OUT, 1};
         vaec_pool_run(pool, colsum_task, &j, vaec_ntasks(OUT, COLSUM_GRAIN));
     }
     if (din) {

@@ -108,6 +108,11 @@ void vaec_dense_forward_act_strided_naive(vaec_pool *pool, float *out, int64_t l
 void vaec_dense_backward_act_strided(vaec_pool *pool, float *din, int64_t ldin, float *dW, float *db,
                                      const float *dout, int64_t ldd, const float *in, int64_t ldi,
                                      const float *W, vaec_act act, int64_t B, int64_t IN, int64_t OUT);
+/* The same, with the parameter gradients written instead of added when !accumulate. */
+void vaec_dense_backward_act_strided_ex(vaec_pool *pool, float *din, int64_t ldin, float *dW, float *db,
+                                        const float *dout, int64_t ldd, const float *in, int64_t ldi,
+                                        const float *W, vaec_act act, int64_t B, int64_t IN, int64_t OUT,
+                                        int accumulate);
 void vaec_dense_backward_act_strided_naive(vaec_pool *pool, float *din, int64_t ldin, float *dW, float *db,
                                            const float *dout, int64_t ldd, const float *in, int64_t ldi,
                                            const float *W, vaec_act act, int64_t B, int64_t IN, int64_t OUT);

@@ -245,10 +245,58 @@ static void layer_forward(vaec_vae *m, const vaec_layer *L, vaec_act act, float 
                                    L->in, L->out);
 }
 
+/* The dense layers in arena order (the flow's tensors, if any, lie between the encoder's
+ * heads and the decoder) and each one's bit in grad_fresh. */
+static int dense_layers(vaec_vae *m, vaec_layer **out) {
+    int k = 0;
+    for (int i = 0; i < m->cfg.n_hidden; i++) out[k++] = &m->enc[i];
+    out[k++] = &m->enc_heads;
+    for (int i = 0; i < m->cfg.n_hidden; i++) out[k++] = &m->dec[i];
+    out[k++] = &m->dec_out;
+    return k;
+}
+static uint32_t layer_bit(const vaec_vae *m, const vaec_layer *L) {
+    if (L == &m->enc_heads) return 1u << VAEC_MAX_HIDDEN;
+    if (L == &m->dec_out) return 1u << (2 * VAEC_MAX_HIDDEN + 1);
+    if (L >= m->enc && L < m->enc + VAEC_MAX_HIDDEN) return 1u << (L - m->enc);
+    return 1u << (VAEC_MAX_HIDDEN + 1 + (L - m->dec));
+}
+static int64_t layer_end(const vaec_layer *L) { return align16(L->b + L->out); }
+
+/* Start a call's gradients: every dense layer fresh, every other tensor (the flow's) and
+ * the padding between them zeroed. */
+static void grads_begin(vaec_vae *m) {
+    vaec_layer *Ls[2 * VAEC_MAX_HIDDEN + 2];
+    int n = dense_layers(m, Ls);
+    float *g = m->arena.grads;
+    int64_t at = 0;
+    m->grad_fresh = 0;
+    for (int k = 0; k < n; k++) {
+        if (Ls[k]->W > at) memset(g + at, 0, (size_t)(Ls[k]->W - at) * sizeof(float));
+        at = layer_end(Ls[k]);
+        m->grad_fresh |= layer_bit(m, Ls[k]);
+    }
+    if (m->arena.n > at) memset(g + at, 0, (size_t)(m->arena.n - at) * sizeof(float));
+}
+
+/* End them: a layer no backward reached (an empty batch, an error) gets zeros. */
+static void grads_end(vaec_vae *m) {
+    if (!m->grad_fresh) return;
+    vaec_layer *Ls[2 * VAEC_MAX_HIDDEN + 2];
+    int n = dense_layers(m, Ls);
+    for (int k = 0; k < n; k++)
+        if (m->grad_fresh & layer_bit(m, Ls[k]))
+            memset(m->arena.grads + Ls[k]->W, 0, (size_t)(layer_end(Ls[k]) - Ls[k]->W) * sizeof(float));
+    m->grad_fresh = 0;
+}
+
 static void layer_backward(vaec_vae *m, const vaec_layer *L, vaec_act act, float *din, int64_t ldin,
                            const float *dout, int64_t ldd, const float *in, int64_t ldi, int64_t R) {
-    vaec_dense_backward_act_strided(m->pool, din, ldin, m->arena.grads + L->W, m->arena.grads + L->b, dout, ldd, in,
-                                    ldi, m->arena.params + L->W, act, R, L->in, L->out);
+    const uint32_t bit = layer_bit(m, L);
+    const int accumulate = !(m->grad_fresh & bit);
+    m->grad_fresh &= ~bit;
+    vaec_dense_backward_act_strided_ex(m->pool, din, ldin, m->arena.grads + L->W, m->arena.grads + L->b, dout, ldd,
+                                       in, ldi, m->arena.params + L->W, act, R, L->in, L->out, accumulate);
 }
 
 /* KL per row (and per dimension, for free bits) and, with gradients, d_heads =
@@ -725,13 +773,15 @@ static vaec_status forward_all(vaec_vae *m, const vaec_input *x, const vaec_nois
         m->w_lw = lw;
         m->lw_cap = np.L;
     }
-    if (rp->grad) vaec_arena_zero_grads(&m->arena);
+    if (rp->grad) grads_begin(m);
     double sum = 0.0;
     m->rec_sum = 0.0;
-    for (int64_t r0 = 0; r0 < x->n; r0 += VAE_CHUNK) {
+    for (int64_t r0 = 0; r0 < x->n && !st; r0 += VAE_CHUNK) {
         int64_t R = x->n - r0 < VAE_CHUNK ? x->n - r0 : VAE_CHUNK;
-        if ((st = run_chunk(m, x, r0, R, &np, rp, out, &sum))) return st;
+        st = run_chunk(m, x, r0, R, &np, rp, out, &sum);
     }
+    if (rp->grad) grads_end(m);
+    if (st) return st;
     if (loss) *loss = x->n > 0 ? sum / (double)x->n : 0.0;
     m->last_rec = x->n > 0 ? m->rec_sum / (double)x->n : 0.0;
     return VAEC_OK;

@@ -29,6 +29,9 @@ struct vaec_vae {
     double *w_lw;                   /* (rows, lw_cap) log weights for IWAE training */
     int64_t lw_cap;
     double rec_sum, last_rec;       /* sum / batch mean of (1/L) sum_l log p(x|z_l) of a call */
+    uint32_t grad_fresh;            /* dense layers (bits: vae.c layer_bit) whose gradient this
+                                       call has not written yet: their first backward writes it,
+                                       later ones add, so no pass clears them beforehand */
 };
 
 #endif
