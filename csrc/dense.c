@@ -4,6 +4,7 @@
  * activation (forward) or its derivative (backward) into the GEMM's epilogue; their
  * _naive twins are the separate passes, kept as the reference (same bits). */
 #include "internal.h"
+#include <math.h>
 #include <string.h>
 
 /* out(B,OUT) = act(in(B,IN) . W(OUT,IN)^T + b(OUT)): bias and activation in the GEMM's
@@ -34,7 +35,7 @@ void vaec_dense_forward_strided(vaec_pool *pool, float *out, int64_t ldo, const 
     vaec_dense_forward_act_strided(pool, out, ldo, in, ldi, W, b, VAEC_ACT_IDENTITY, B, IN, OUT);
 }
 
-typedef struct { float *db; const float *dout; int64_t ldd, B, OUT; int accumulate; } colsum_job;
+typedef struct { float *db; const float *dout; int64_t ldd, B, OUT; int accumulate; atomic_int *nonfinite; } colsum_job;
 enum { COLSUM_GRAIN = 256, COLSUM_SERIAL = 16384 /* elements below which the caller sums alone */ };
 
 /* db[o] (+)= sum over rows of dout[., o], in float64, rows in order (thread-count free) */
@@ -51,25 +52,42 @@ static void colsum_task(void *ctx, int64_t t, int tid) {
         for (int64_t o = o0; o < o1; o++) j->db[o] += (float)acc[o - o0];
     else
         for (int64_t o = o0; o < o1; o++) j->db[o] = (float)acc[o - o0];
+    if (j->nonfinite)
+        for (int64_t o = o0; o < o1; o++)
+            if (!isfinite(j->db[o])) {
+                atomic_store_explicit(j->nonfinite, 1, memory_order_relaxed);
+                break;
+            }
 }
 
 /* dW(OUT,IN) (+)= dout^T . in and db(OUT) (+)= colsum(dout), added when `accumulate`,
  * else written (no clearing pass before a layer's first gradient); writes din = dout . W
- * when din != NULL, then din *= act'(in) in the GEMM's epilogue (in = act's output). */
+ * when din != NULL, then din *= act'(in) in the GEMM's epilogue (in = act's output).
+ * nonfinite != NULL: set to 1 if dW or db holds an Inf or NaN afterwards, checked as they
+ * are written (no pass over them later). */
 void vaec_dense_backward_act_strided_ex(vaec_pool *pool, float *din, int64_t ldin, float *dW, float *db,
                                         const float *dout, int64_t ldd, const float *in, int64_t ldi,
                                         const float *W, vaec_act act, int64_t B, int64_t IN, int64_t OUT,
-                                        int accumulate) {
+                                        int accumulate, atomic_int *nonfinite) {
     if (B <= 0) {
         if (!accumulate) {
             if (dW) memset(dW, 0, (size_t)(OUT * IN) * sizeof(float));
             if (db) memset(db, 0, (size_t)OUT * sizeof(float));
+        } else if (nonfinite) {  /* nothing added: the gradients as they are */
+            int bad = 0;
+            for (int64_t i = 0; dW && i < OUT * IN; i++) bad |= !isfinite(dW[i]);
+            for (int64_t i = 0; db && i < OUT; i++) bad |= !isfinite(db[i]);
+            if (bad) atomic_store_explicit(nonfinite, 1, memory_order_relaxed);
         }
         return;
     }
-    if (dW) vaec_sgemm(pool, 1, 0, OUT, IN, B, dout, ldd, in, ldi, accumulate ? 1.0f : 0.0f, dW, IN);
+    if (dW) {
+        vaec_gemm_epilogue chk = {NULL, VAEC_ACT_IDENTITY, NULL, 0, nonfinite};
+        vaec_sgemm_fused(pool, 1, 0, OUT, IN, B, dout, ldd, in, ldi, accumulate ? 1.0f : 0.0f, dW, IN,
+                         nonfinite ? &chk : NULL);
+    }
     if (db) {
-        colsum_job j = {db, dout, ldd, B, OUT, accumulate};
+        colsum_job j = {db, dout, ldd, B, OUT, accumulate, nonfinite};
         vaec_pool_run(B * OUT < COLSUM_SERIAL ? NULL : pool, colsum_task, &j, vaec_ntasks(OUT, COLSUM_GRAIN));
     }
     if (din) {
@@ -84,7 +102,7 @@ void vaec_dense_backward_act_strided_ex(vaec_pool *pool, float *din, int64_t ldi
 void vaec_dense_backward_act_strided(vaec_pool *pool, float *din, int64_t ldin, float *dW, float *db,
                                      const float *dout, int64_t ldd, const float *in, int64_t ldi,
                                      const float *W, vaec_act act, int64_t B, int64_t IN, int64_t OUT) {
-    vaec_dense_backward_act_strided_ex(pool, din, ldin, dW, db, dout, ldd, in, ldi, W, act, B, IN, OUT, 1);
+    vaec_dense_backward_act_strided_ex(pool, din, ldin, dW, db, dout, ldd, in, ldi, W, act, B, IN, OUT, 1, NULL);
 }
 
 /* The unfused reference: the backward pass, then din *= act'(in) row by row. */
@@ -94,7 +112,7 @@ void vaec_dense_backward_act_strided_naive(vaec_pool *pool, float *din, int64_t 
     if (B <= 0) return;
     if (dW) vaec_sgemm(pool, 1, 0, OUT, IN, B, dout, ldd, in, ldi, 1.0f, dW, IN);
     if (db) {
-        colsum_job j = {db, dout, ldd, B, OUT, 1};
+        colsum_job j = {db, dout, ldd, B, OUT, 1, NULL};
         vaec_pool_run(pool, colsum_task, &j, vaec_ntasks(OUT, COLSUM_GRAIN));
     }
     if (din) {

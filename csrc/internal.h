@@ -3,6 +3,7 @@
 #define VAEC_INTERNAL_H
 
 #include "vaec.h"
+#include <stdatomic.h>
 #include <stdlib.h>
 
 /* Record an error message for vaec_last_error() and return `status`. */
@@ -37,12 +38,15 @@ float *vaec_pool_scratch(vaec_pool *pool, int tid);
  *                 followed by the product with beta = 1.
  *   act, y == NULL: C = act(C) (forward);  act, y != NULL: C *= act'(.) from the
  *                 activation's output y (M, N), row stride ldy (backward).
- * Each element gets the same bits as the separate elementwise pass (vaec_act_*). */
+ * Each element gets the same bits as the separate elementwise pass (vaec_act_*).
+ *   nonfinite:     after the rest, C's rows and columns are checked for Inf and NaN. */
 typedef struct {
     const float *bias;
     vaec_act act;
     const float *y;
     int64_t ldy;
+    atomic_int *nonfinite;  /* != NULL: set to 1 when an element of the finished C is Inf or NaN
+                               (checked on each tile while it is in L1) */
 } vaec_gemm_epilogue;
 
 typedef struct {
@@ -108,14 +112,20 @@ void vaec_dense_forward_act_strided_naive(vaec_pool *pool, float *out, int64_t l
 void vaec_dense_backward_act_strided(vaec_pool *pool, float *din, int64_t ldin, float *dW, float *db,
                                      const float *dout, int64_t ldd, const float *in, int64_t ldi,
                                      const float *W, vaec_act act, int64_t B, int64_t IN, int64_t OUT);
-/* The same, with the parameter gradients written instead of added when !accumulate. */
+/* The same, with the parameter gradients written instead of added when !accumulate, and
+ * checked for Inf and NaN as they are written when nonfinite != NULL (set to 1 then). */
 void vaec_dense_backward_act_strided_ex(vaec_pool *pool, float *din, int64_t ldin, float *dW, float *db,
                                         const float *dout, int64_t ldd, const float *in, int64_t ldi,
                                         const float *W, vaec_act act, int64_t B, int64_t IN, int64_t OUT,
-                                        int accumulate);
+                                        int accumulate, atomic_int *nonfinite);
 void vaec_dense_backward_act_strided_naive(vaec_pool *pool, float *din, int64_t ldin, float *dW, float *db,
                                            const float *dout, int64_t ldd, const float *in, int64_t ldi,
                                            const float *W, vaec_act act, int64_t B, int64_t IN, int64_t OUT);
+
+/* vaec_arena_adam_step, told whether a gradient is non-finite by a caller that checked
+ * every one as it was written (nonfinite 0 or 1); -1: check them here (a pass over the
+ * gradients, as vaec_arena_adam_step does). */
+vaec_status vaec_arena_adam_step_ex(vaec_arena *a, vaec_pool *pool, float lr, int nonfinite);
 
 /* Split [0, n) rows into tasks of about `grain` rows for the pool. */
 static inline int64_t vaec_ntasks(int64_t n, int64_t grain) {

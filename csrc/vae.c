@@ -271,6 +271,7 @@ static void grads_begin(vaec_vae *m) {
     float *g = m->arena.grads;
     int64_t at = 0;
     m->grad_fresh = 0;
+    atomic_store(&m->grad_nonfinite, 0);
     for (int k = 0; k < n; k++) {
         if (Ls[k]->W > at) memset(g + at, 0, (size_t)(Ls[k]->W - at) * sizeof(float));
         at = layer_end(Ls[k]);
@@ -296,7 +297,8 @@ static void layer_backward(vaec_vae *m, const vaec_layer *L, vaec_act act, float
     const int accumulate = !(m->grad_fresh & bit);
     m->grad_fresh &= ~bit;
     vaec_dense_backward_act_strided_ex(m->pool, din, ldin, m->arena.grads + L->W, m->arena.grads + L->b, dout, ldd,
-                                       in, ldi, m->arena.params + L->W, act, R, L->in, L->out, accumulate);
+                                       in, ldi, m->arena.params + L->W, act, R, L->in, L->out, accumulate,
+                                       &m->grad_nonfinite);
 }
 
 /* KL per row (and per dimension, for free bits) and, with gradients, d_heads =
@@ -839,7 +841,9 @@ vaec_status vaec_vae_train_step(vaec_vae *m, const vaec_input *x, const vaec_noi
     if (!(lr >= 0.0f) || !isfinite(lr)) return vaec_fail(VAEC_ERR_ARG, "lr must be a finite number >= 0, got %g", lr);
     vaec_status st = vaec_vae_loss_grad(m, x, noise, obj, loss);
     if (st) return st;
-    return vaec_arena_adam_step(&m->arena, m->pool, lr);
+    /* Without a flow every gradient is a dense layer's, checked for Inf and NaN as it was
+     * written (the rest of the buffer is zeros): Adam need not read them all once more. */
+    return vaec_arena_adam_step_ex(&m->arena, m->pool, lr, m->has_flow ? -1 : atomic_load(&m->grad_nonfinite));
 }
 
 /* ------------------------------------------------------------- wake-sleep */

@@ -32,6 +32,8 @@ struct vaec_vae {
     uint32_t grad_fresh;            /* dense layers (bits: vae.c layer_bit) whose gradient this
                                        call has not written yet: their first backward writes it,
                                        later ones add, so no pass clears them beforehand */
+    atomic_int grad_nonfinite;      /* a dense layer's gradient of this call holds Inf or NaN
+                                       (checked as it is written, for Adam) */
 };
 
 #endif

@@ -83,3 +83,47 @@ def test_wake_sleep_gradients_ignore_the_old_buffer():
     assert ha["loss"] == hb["loss"]
     for k in a.params:
         assert np.array_equal(a.params[k], b.params[k]), k
+
+
+def _overflowing_encoder(model):
+    """The encoder's first layer outputs h = tanh(0) = 0, so mu is the (huge, finite)
+    bias and the loss is finite; its gradient d mu times the huge mu weights overflows
+    into encoder.0's gradients (Inf), which train_step checks as they are written."""
+    model.params["encoder.0.weight"][...] = 0.0
+    model.params["encoder.0.bias"][...] = 0.0
+    model.params["encoder.mu.bias"][...] = 1e18
+    model.params["encoder.mu.weight"][...] = 1e21
+
+
+@pytest.mark.parametrize("rows", [20, 300])   # one chunk, and the Inf in the first of two chunks
+def test_train_step_refuses_a_gradient_that_overflows_under_a_finite_loss(rows):
+    m = vaec.VAE(12, 3, hidden=(7,), seed=0)
+    _overflowing_encoder(m)
+    x = _data(rows, 12)
+    loss = m.loss_and_grad(x, seed=1)
+    assert np.isfinite(loss)
+    assert not np.all(np.isfinite(m.grads["encoder.0.weight"]))
+    before = {k: v.copy() for k, v in m.params.items()}
+    with pytest.raises(FloatingPointError, match="NaN or Inf"):
+        m.train_step(x, seed=1)
+    for k in before:
+        assert np.array_equal(before[k], m.params[k]), k
+    assert m._core.state()["step"] == 0
+    # the flag belongs to one call: a finite call afterwards steps
+    m.params["encoder.mu.weight"][...] = 0.1
+    m.params["encoder.mu.bias"][...] = 0.0
+    m.train_step(x, seed=1)
+    assert m._core.state()["step"] == 1
+
+
+def test_train_step_refuses_a_nan_gradient_in_a_tiny_layer():
+    """A head of 2 x 1 rows takes the GEMM's few-rows path; a NaN input can't be given
+    (inputs are checked), so a NaN weight makes it: the loss is NaN then, refused too."""
+    m = vaec.VAE(6, 1, hidden=(3,), seed=0)
+    x = _data(10, 6)
+    m.params["decoder.0.weight"][0, 0] = np.nan
+    before = {k: v.copy() for k, v in m.params.items()}
+    with pytest.raises(FloatingPointError):
+        m.train_step(x, seed=1)
+    for k in before:
+        assert np.array_equal(before[k], m.params[k], equal_nan=True), k

@@ -44,6 +44,34 @@ int main(void) {
                     free(A); free(B); free(C); free(R);
                 }
     }
+    /* the epilogue's Inf/NaN flag: clear on finite results (the largest finite floats
+     * included), set by one non-finite row or one non-finite element of C, on every path
+     * (few rows, packed blocks and their edge tiles, naive) */
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+        int M = shapes[s][0], N = shapes[s][1], K = shapes[s][2];
+        for (int ta = 0; ta < 2; ta++)
+            for (int beta = 0; beta < 2; beta++)
+                for (int plant = 0; plant < 3; plant++) {   /* none, an Inf in A, a NaN in C */
+                    float *A = malloc(sizeof(float) * M * K), *B = malloc(sizeof(float) * K * N);
+                    float *C = malloc(sizeof(float) * M * N);
+                    for (int i = 0; i < M * K; i++) A[i] = frand(&seed);
+                    for (int i = 0; i < K * N; i++) B[i] = 0.25f + frand(&seed) * 0.25f;   /* no zeros */
+                    for (int i = 0; i < M * N; i++) C[i] = frand(&seed);
+                    if (beta) C[0] = 3.0e38f;   /* stays finite */
+                    int lda = ta ? M : K, row = M - 1, k = K / 2;
+                    if (plant == 1) A[ta ? k * lda + row : row * lda + k] = INFINITY;
+                    if (plant == 2) { if (!beta) { free(A); free(B); free(C); continue; } C[M * N - 1] = NAN; }
+                    atomic_int flag = 0;
+                    vaec_gemm_epilogue e = {NULL, VAEC_ACT_IDENTITY, NULL, 0, &flag};
+                    vaec_sgemm_fused(pool, ta, 0, M, N, K, A, lda, B, N, (float)beta, C, N, &e);
+                    int want = plant != 0, any = 0;
+                    for (int i = 0; i < M * N; i++) any |= !isfinite(C[i]);
+                    if (atomic_load(&flag) == want && any == want) passed++;
+                    else { failed++; printf("FAIL nonfinite flag M=%d N=%d K=%d ta=%d beta=%d plant=%d: flag %d, C %s\n",
+                                            M, N, K, ta, beta, plant, atomic_load(&flag), any ? "non-finite" : "finite"); }
+                    free(A); free(B); free(C);
+                }
+    }
     /* fused dense layers (bias + activation in the GEMM's epilogue; act' in din's) give the
      * bits of the unfused passes, on the pool and on the caller alone */
     static const int dshapes[][3] = {{1, 300, 70}, {3, 33, 17}, {5, 7, 3}, {17, 63, 40}, {100, 257, 130}, {270, 37, 33}};
