@@ -34,8 +34,10 @@ void vaec_elem_gaussian_rows(int64_t R, int64_t D, const float *ml, int64_t ldml
                              float *dml, int64_t lddml, double *logp_add);
 
 /* Bias-corrected Adam over n parameters (see elem_kernel.inc); bitwise the same on
- * every path. */
-typedef struct { float beta1, beta2, eps, step_size, sqrt_bc2; } vaec_elem_adam_args;
+ * every path. torch's p -= lr/bc1 * m / (sqrt(v)/sqrt(bc2) + eps) is computed as
+ * p -= step * m / (sqrt(v) + eps_bc2) with step = lr sqrt(bc2)/bc1, eps_bc2 = eps sqrt(bc2):
+ * the same value, one division fewer (the divider, not memory, bounds this loop). */
+typedef struct { float beta1, beta2, eps_bc2, step; } vaec_elem_adam_args;
 void vaec_elem_adam(int64_t n, float *p, const float *g, float *m, float *v, const vaec_elem_adam_args *a);
 
 /* Test hook: y = f(x) for f = VAEC_ELEM_FN_* on the active path (naive: libm float). */

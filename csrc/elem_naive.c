@@ -103,6 +103,6 @@ void vaec_elem_adam_naive(int64_t n, float *p, const float *g, float *m, float *
     for (int64_t i = 0; i < n; i++) {
         m[i] = a->beta1 * m[i] + (1.0f - a->beta1) * g[i];
         v[i] = a->beta2 * v[i] + (1.0f - a->beta2) * g[i] * g[i];
-        p[i] -= a->step_size * m[i] / (sqrtf(v[i]) / a->sqrt_bc2 + a->eps);
+        p[i] -= a->step * m[i] / (sqrtf(v[i]) + a->eps_bc2);
     }
 }

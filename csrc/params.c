@@ -143,14 +143,15 @@ vaec_status vaec_arena_adam_step(vaec_arena *a, vaec_pool *pool, float lr) {
 
 vaec_status vaec_arena_adam_step_ex(vaec_arena *a, vaec_pool *pool, float lr, int nonfinite) {
     if (!(lr >= 0.0f) || !isfinite(lr)) return vaec_fail(VAEC_ERR_ARG, "lr must be a finite number >= 0, got %g", lr);
-    adam_job j = {a, {a->adam.beta1, a->adam.beta2, a->adam.eps, 0.0f, 0.0f}, 0};
+    adam_job j = {a, {a->adam.beta1, a->adam.beta2, 0.0f, 0.0f}, 0};
     int64_t tasks = vaec_ntasks(a->n, ADAM_GRAIN);
     if (nonfinite < 0) vaec_pool_run(pool, finite_task, &j, tasks);
     else atomic_store(&j.bad, nonfinite);
     if (atomic_load(&j.bad)) return vaec_fail(VAEC_ERR_NONFINITE, "a gradient is NaN or Inf; the step was not taken");
     a->step++;
-    j.args.step_size = (float)(lr / (1.0 - pow(a->adam.beta1, (double)a->step)));
-    j.args.sqrt_bc2 = (float)sqrt(1.0 - pow(a->adam.beta2, (double)a->step));
+    double sqrt_bc2 = sqrt(1.0 - pow(a->adam.beta2, (double)a->step));
+    j.args.step = (float)(lr * sqrt_bc2 / (1.0 - pow(a->adam.beta1, (double)a->step)));
+    j.args.eps_bc2 = (float)(a->adam.eps * sqrt_bc2);
     vaec_pool_run(pool, adam_task, &j, tasks);
     return VAEC_OK;
 }
