@@ -98,7 +98,11 @@ int vaec_arena_find(const vaec_arena *a, const char *name) {
 vaec_status vaec_arena_adam_set(vaec_arena *a, vaec_adam_config c) {
     if (!(c.beta1 >= 0.0f && c.beta1 < 1.0f)) return vaec_fail(VAEC_ERR_ARG, "beta1 must be in [0, 1), got %g", c.beta1);
     if (!(c.beta2 >= 0.0f && c.beta2 < 1.0f)) return vaec_fail(VAEC_ERR_ARG, "beta2 must be in [0, 1), got %g", c.beta2);
-    if (!(c.eps > 0.0f) || !isfinite(c.eps)) return vaec_fail(VAEC_ERR_ARG, "eps must be a positive number, got %g", c.eps);
+    /* Adam adds eps * sqrt(1 - beta2^t) (>= eps * 2.4e-4 for a float beta2 < 1), which must
+     * stay a normal float: the pool's jobs flush subnormals to zero, and a zero there makes
+     * 0/0 for a parameter whose gradients have all been zero. */
+    if (!(c.eps >= 1e-30f) || !isfinite(c.eps))
+        return vaec_fail(VAEC_ERR_ARG, "eps must be a finite number >= 1e-30, got %g", c.eps);
     a->adam = c;
     return VAEC_OK;
 }

@@ -172,3 +172,20 @@ def test_a_non_finite_gradient_refuses_the_adam_step(bad):
     assert m._core.state()["step"] == 1
     assert not np.array_equal(p, before)
     assert np.all(p[ordinary] != before[ordinary])
+
+
+def test_adam_eps_too_small_to_survive_the_bias_correction_is_refused():
+    """Adam adds eps * sqrt(1 - beta2^t); below about 1e-35 that is a subnormal, which the
+    thread pool flushes to zero, and a parameter whose gradients were all zero would get
+    0/0. Such an eps is refused by name; the smallest accepted one trains finite."""
+    m = vaec.VAE(12, 2, hidden=(5,), seed=0)
+    for eps in (1e-37, 1e-31, 0.0, -1e-8):
+        with pytest.raises(ValueError, match="eps"):
+            m.set_optimizer(eps=eps)
+    m.set_optimizer(beta2=0.9999999, eps=1e-30)
+    x = (np.random.default_rng(0).random((16, 12)) < 0.5).astype(np.float32)
+    x[:, 0] = 0.0   # a pixel that is never on: its weights' gradients are exactly zero
+    for _ in range(3):
+        m.train_step(x, seed=1)
+    for k, p in m.params.items():
+        assert np.all(np.isfinite(p)), k

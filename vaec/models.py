@@ -190,7 +190,9 @@ class ArenaModel:
             self.params[name][...] = arr
 
     def set_optimizer(self, beta1=0.9, beta2=0.999, eps=1e-8, reset=False):
-        """Adam's hyper-parameters (kept in the model file); ``reset`` zeroes its moments."""
+        """Adam's hyper-parameters (kept in the model file); ``reset`` zeroes its moments.
+        ``eps`` must be at least 1e-30 (Adam adds eps * sqrt(1 - beta2^t), which has to stay
+        a normal float)."""
         self._core.set_adam(_float_arg("beta1", beta1, 0.0), _float_arg("beta2", beta2, 0.0),
                             _float_arg("eps", eps, 0.0, low_inclusive=False))
         if reset:
