@@ -4,7 +4,6 @@
  * activation (forward) or its derivative (backward) into the GEMM's epilogue; their
  * _naive twins are the separate passes, kept as the reference (same bits). */
 #include "internal.h"
-#include <math.h>
 #include <string.h>
 
 /* out(B,OUT) = act(in(B,IN) . W(OUT,IN)^T + b(OUT)): bias and activation in the GEMM's
@@ -12,7 +11,7 @@
 void vaec_dense_forward_act_strided(vaec_pool *pool, float *out, int64_t ldo, const float *in, int64_t ldi,
                                     const float *W, const float *b, vaec_act act, int64_t B, int64_t IN,
                                     int64_t OUT) {
-    vaec_gemm_epilogue e = {b, act, NULL, 0};
+    vaec_gemm_epilogue e = {b, act, NULL, 0, NULL};
     vaec_sgemm_fused(pool, 0, 1, B, OUT, IN, in, ldi, W, IN, 0.0f, out, ldo,
                      b || act != VAEC_ACT_IDENTITY ? &e : NULL);
 }
@@ -52,12 +51,8 @@ static void colsum_task(void *ctx, int64_t t, int tid) {
         for (int64_t o = o0; o < o1; o++) j->db[o] += (float)acc[o - o0];
     else
         for (int64_t o = o0; o < o1; o++) j->db[o] = (float)acc[o - o0];
-    if (j->nonfinite)
-        for (int64_t o = o0; o < o1; o++)
-            if (!isfinite(j->db[o])) {
-                atomic_store_explicit(j->nonfinite, 1, memory_order_relaxed);
-                break;
-            }
+    if (j->nonfinite && vaec_check_range(j->db + o0, o1 - o0, 0.0f, 0.0f, 0) >= 0)
+        atomic_store_explicit(j->nonfinite, 1, memory_order_relaxed);
 }
 
 /* dW(OUT,IN) (+)= dout^T . in and db(OUT) (+)= colsum(dout), added when `accumulate`,
@@ -73,11 +68,9 @@ void vaec_dense_backward_act_strided_ex(vaec_pool *pool, float *din, int64_t ldi
         if (!accumulate) {
             if (dW) memset(dW, 0, (size_t)(OUT * IN) * sizeof(float));
             if (db) memset(db, 0, (size_t)OUT * sizeof(float));
-        } else if (nonfinite) {  /* nothing added: the gradients as they are */
-            int bad = 0;
-            for (int64_t i = 0; dW && i < OUT * IN; i++) bad |= !isfinite(dW[i]);
-            for (int64_t i = 0; db && i < OUT; i++) bad |= !isfinite(db[i]);
-            if (bad) atomic_store_explicit(nonfinite, 1, memory_order_relaxed);
+        } else if (nonfinite && ((dW && vaec_check_range(dW, OUT * IN, 0.0f, 0.0f, 0) >= 0) ||
+                                 (db && vaec_check_range(db, OUT, 0.0f, 0.0f, 0) >= 0))) {
+            atomic_store_explicit(nonfinite, 1, memory_order_relaxed);  /* nothing added: as they are */
         }
         return;
     }
@@ -91,7 +84,7 @@ void vaec_dense_backward_act_strided_ex(vaec_pool *pool, float *din, int64_t ldi
         vaec_pool_run(B * OUT < COLSUM_SERIAL ? NULL : pool, colsum_task, &j, vaec_ntasks(OUT, COLSUM_GRAIN));
     }
     if (din) {
-        vaec_gemm_epilogue e = {NULL, act, in, ldi};
+        vaec_gemm_epilogue e = {NULL, act, in, ldi, NULL};
         vaec_sgemm_fused(pool, 0, 0, B, IN, OUT, dout, ldd, W, IN, 0.0f, din, ldin,
                          act != VAEC_ACT_IDENTITY ? &e : NULL);
     }
