@@ -55,6 +55,12 @@ static void colsum_task(void *ctx, int64_t t, int tid) {
         atomic_store_explicit(j->nonfinite, 1, memory_order_relaxed);
 }
 
+void vaec_dense_bias_grad(vaec_pool *pool, float *db, const float *dout, int64_t ldd, int64_t B, int64_t OUT,
+                          int accumulate, atomic_int *nonfinite) {
+    colsum_job j = {db, dout, ldd, B, OUT, accumulate, nonfinite};
+    vaec_pool_run(B * OUT < COLSUM_SERIAL ? NULL : pool, colsum_task, &j, vaec_ntasks(OUT, COLSUM_GRAIN));
+}
+
 /* dW(OUT,IN) (+)= dout^T . in and db(OUT) (+)= colsum(dout), added when `accumulate`,
  * else written (no clearing pass before a layer's first gradient); writes din = dout . W
  * when din != NULL, then din *= act'(in) in the GEMM's epilogue (in = act's output).
@@ -79,10 +85,7 @@ void vaec_dense_backward_act_strided_ex(vaec_pool *pool, float *din, int64_t ldi
         vaec_sgemm_fused(pool, 1, 0, OUT, IN, B, dout, ldd, in, ldi, accumulate ? 1.0f : 0.0f, dW, IN,
                          nonfinite ? &chk : NULL);
     }
-    if (db) {
-        colsum_job j = {db, dout, ldd, B, OUT, accumulate, nonfinite};
-        vaec_pool_run(B * OUT < COLSUM_SERIAL ? NULL : pool, colsum_task, &j, vaec_ntasks(OUT, COLSUM_GRAIN));
-    }
+    if (db) vaec_dense_bias_grad(pool, db, dout, ldd, B, OUT, accumulate, nonfinite);
     if (din) {
         vaec_gemm_epilogue e = {NULL, act, in, ldi, NULL};
         vaec_sgemm_fused(pool, 0, 0, B, IN, OUT, dout, ldd, W, IN, 0.0f, din, ldin,

@@ -20,6 +20,8 @@ static const vaec_gemm_kernel *kernel_for(vaec_isa isa) {
     }
 }
 
+const vaec_gemm_kernel *vaec_gemm_active_kernel(void) { return kernel_for(vaec_cpu_active_isa()); }
+
 /* Below this many multiply-adds a product runs on the caller alone: waking the pool
  * would cost more than the work. The split is the same, so are the results. */
 #define GEMM_SERIAL_MACS ((int64_t)1 << 16)

@@ -71,12 +71,76 @@ typedef void (*vaec_gemm_block_fn)(const vaec_gemm_args *g, int64_t i0, int64_t 
 /* One ISA's routine for M <= GEMM_SMALL_M rows (op(A) not transposed): columns [j0, j1). */
 typedef void (*vaec_gemm_small_fn)(const vaec_gemm_args *g, int64_t j0, int64_t j1);
 #define GEMM_SMALL_M 4
+/* A sparse copy of the R x K float matrix X, both ways (sparse.c builds it):
+ * by rows, row i's nonzeros are (ridx, rval)[i*ldr, i*ldr + rcnt[i]), columns increasing
+ * (ldr = K + 16: a vector store may run 15 slots past a row's last nonzero);
+ * by columns, column k's are (cidx, cval)[k*R, k*R + ccnt[k]), rows increasing. */
+typedef struct {
+    int64_t R, K, ldr, nnz, cap_rows;
+    int32_t *rcnt, *ccnt, *rsplit;  /* R; K; per row, where its entries of each 64 columns begin */
+    int32_t *ridx, *cidx;           /* cap_rows * ldr; K * cap_rows */
+    float *rval, *cval;
+} vaec_spx;
+/* One ISA's sparse-times-dense kernels (the first layer on sparse inputs; sparse.c).
+ * rows: C[i, j0:j1) = act(bias[j] + sum_e rval[e] * Bt[ridx[e], j]) for rows [i0, i1)
+ *   of X (Bt (K, >= j1), row stride ldb; e = the epilogue, bias and act only).
+ * cols: C[j, k] (+)= sum_e cval[e] * D[cidx[e], j] for columns k in [k0, k1) of X and
+ *   j in [j0, j1) (D (R, >= j1), row stride ldd; C (>= j1, K), row stride ldc: the layout
+ *   of a weight gradient; added when accumulate); with nonfinite, set to 1 if a C element
+ *   it wrote is Inf or NaN.
+ * transpose: D[c, r0:r1) (+)= S[r, c] for columns [c0, c1) of S (row stride lds; D's
+ *   ldd), added when accumulate. Every element is summed in the same order whatever the
+ *   split, so results do not depend on the thread count. */
+typedef void (*vaec_spmm_rows_fn)(const vaec_spx *x, const float *Bt, int64_t ldb, const vaec_gemm_epilogue *e,
+                                  float *C, int64_t ldc, int64_t i0, int64_t i1, int64_t j0, int64_t j1);
+typedef void (*vaec_spmm_cols_fn)(const vaec_spx *x, const float *D, int64_t ldd, float *C, int64_t ldc,
+                                  int64_t k0, int64_t k1, int64_t j0, int64_t j1, int accumulate,
+                                  atomic_int *nonfinite);
+/* rows [i0, i1) of X (R, K), row stride ldx, into x's by-rows form (rcnt and the entries);
+ * NULL in the table of an ISA without a kernel of its own (sparse.c has a portable one) */
+typedef void (*vaec_spx_rows_fn)(const float *X, int64_t ldx, int64_t i0, int64_t i1, vaec_spx *x);
+typedef void (*vaec_transpose_fn)(const float *S, int64_t lds, int64_t r0, int64_t r1, int64_t c0, int64_t c1,
+                                  float *D, int64_t ldd, int accumulate);
 /* One ISA's kernels and register tile. */
 typedef struct {
     vaec_gemm_block_fn block;
     vaec_gemm_small_fn small;
     int mr, nr;
+    vaec_spmm_rows_fn spmm_rows;
+    vaec_spmm_cols_fn spmm_cols;
+    vaec_transpose_fn transpose;
+    vaec_spx_rows_fn spx_rows;
 } vaec_gemm_kernel;
+/* The kernels of the active ISA; NULL on the naive path. */
+const vaec_gemm_kernel *vaec_gemm_active_kernel(void);
+
+/* The sparse first layer (sparse.c; the mode is vaec.h's vaec_sparse_mode). AUTO takes
+ * the sparse path for at least SPARSE_MIN_ROWS rows with at most SPARSE_MAX_DENSITY of
+ * them nonzero (vaec.h states these numbers). */
+#define SPARSE_MIN_ROWS 32
+#define SPARSE_MAX_DENSITY 0.3
+/* Room for R rows of K columns; vaec_spx_free releases it (and zeroes *s). */
+vaec_status vaec_spx_alloc(vaec_spx *s, int64_t R, int64_t K);
+void vaec_spx_free(vaec_spx *s);
+/* Builds the sparse copy of X (R, K) (R <= the rows allocated) and returns 1 when the
+ * mode, the ISA, R and the density call for the sparse path; else 0 (s not built). */
+int vaec_spx_build(vaec_pool *pool, const float *X, int64_t ldx, int64_t R, int64_t K, vaec_spx *s);
+/* H(R, N) = act(X Wt + b) with Wt = W^T (K, N), row stride ldw; W (N, K) != NULL: Wt is
+ * written from it first (each task its own columns). */
+void vaec_sparse_forward(vaec_pool *pool, const vaec_spx *x, const float *W, float *Wt, int64_t ldw, const float *b,
+                         vaec_act act, float *H, int64_t ldh, int64_t N);
+/* dW(N, K) (+)= (X^T dH)^T = dH^T X (dH (R, N), row stride ldd; dW contiguous): written,
+ * or added when accumulate; with nonfinite, set to 1 if dW then holds an Inf or a NaN. */
+void vaec_sparse_weight_grad(vaec_pool *pool, const vaec_spx *x, const float *dH, int64_t ldd, int64_t N,
+                             float *dW, int accumulate, atomic_int *nonfinite);
+/* The references: plain loops with float64 sums, on all of x. */
+void vaec_spmm_rows_naive(const vaec_spx *x, const float *Bt, int64_t ldb, const float *bias, float *C, int64_t ldc,
+                          int64_t N);
+void vaec_spmm_cols_naive(const vaec_spx *x, const float *D, int64_t ldd, float *C, int64_t ldc, int64_t N,
+                          int accumulate);  /* C (N, K) as the kernel's */
+/* db(OUT) (+)= the column sums of dout (B, OUT) in float64 (dense.c); nonfinite as above. */
+void vaec_dense_bias_grad(vaec_pool *pool, float *db, const float *dout, int64_t ldd, int64_t B, int64_t OUT,
+                          int accumulate, atomic_int *nonfinite);
 extern const vaec_gemm_kernel vaec_gemm_kernel_scalar;
 /* The peak-FMA probe of each ISA: 24 * VF_LEN * iters flops. */
 float vaec_peak_fma_scalar(int64_t iters);

@@ -112,6 +112,8 @@ void vaec_vae_destroy(vaec_vae *m) {
     vaec_free(m->ws);
     vaec_free(m->w_lw);
     vaec_free(m->w_fws);
+    vaec_spx_free(&m->spx);
+    vaec_free(m->sp_wt);
     vaec_free(m);
 }
 
@@ -176,6 +178,16 @@ static vaec_status ensure_workspace(vaec_vae *m, int64_t rows) {
     TAKE(m->w_zk, Z);
     TAKE(m->d_zk, Z);
 #undef TAKE
+    /* the sparse first layer: without room for it, the dense path (it is only faster) */
+    m->sp_for = NULL;
+    if (nh && !m->sp_wt) {
+        m->sp_wt = vaec_alloc((size_t)(D * align16(c->hidden[0])), sizeof(float));
+        m->sp_wt_ok = 0;
+    }
+    if (nh && (!m->sp_wt || vaec_spx_alloc(&m->spx, rows, D))) {
+        vaec_spx_free(&m->spx);
+        vaec_clear_error();
+    }
     m->w_rs = p;
     p += 2 * rows;
     m->w_rec = (double *)p;
@@ -598,13 +610,41 @@ static vaec_status backward_sample(vaec_vae *m, int64_t R, const float *g, int64
     return VAEC_OK;
 }
 
+/* enc[0] on the sparse copy of its input, when vaec_spx_build says so: returns 1 then. */
+static int sparse_first_forward(vaec_vae *m, const float *xin, int64_t ldx, int64_t R) {
+    m->sp_for = NULL;
+    const vaec_layer *L = &m->enc[0];
+    if (!m->cfg.n_hidden || !m->spx.cap_rows || !vaec_spx_build(m->pool, xin, ldx, R, L->in, &m->spx)) return 0;
+    const int64_t ldw = align16(L->out);
+    vaec_sparse_forward(m->pool, &m->spx, m->sp_wt_ok ? NULL : m->arena.params + L->W, m->sp_wt, ldw,
+                        m->arena.params + L->b, m->cfg.activation, m->w_enc[0], ldw, L->out);
+    m->sp_wt_ok = 1;
+    m->sp_for = xin;
+    m->sp_rows = R;
+    return 1;
+}
+
+/* enc[0]'s parameter gradients from d_enc[0] on the sparse copy the forward used. */
+static void sparse_first_backward(vaec_vae *m, int64_t R) {
+    const vaec_layer *L = &m->enc[0];
+    const uint32_t bit = layer_bit(m, L);
+    const int accumulate = !(m->grad_fresh & bit);
+    const int64_t ldw = align16(L->out);
+    m->grad_fresh &= ~bit;
+    vaec_sparse_weight_grad(m->pool, &m->spx, m->d_enc[0], ldw, L->out, m->arena.grads + L->W, accumulate,
+                            &m->grad_nonfinite);
+    vaec_dense_bias_grad(m->pool, m->arena.grads + L->b, m->d_enc[0], ldw, R, L->out, accumulate,
+                         &m->grad_nonfinite);
+}
+
 /* The encoder on R input rows (stride ldx): hidden layers, then the heads [mu | logvar]
  * into w_heads; returns the last hidden layer (the heads' input) and its stride. */
 static const float *encoder_forward(vaec_vae *m, const float *xin, int64_t ldx, int64_t R, int64_t *ldh) {
     const float *h = xin;
     *ldh = ldx;
     for (int i = 0; i < m->cfg.n_hidden; i++) {
-        layer_forward(m, &m->enc[i], m->cfg.activation, m->w_enc[i], align16(m->enc[i].out), h, *ldh, R);
+        if (i || !sparse_first_forward(m, xin, ldx, R))
+            layer_forward(m, &m->enc[i], m->cfg.activation, m->w_enc[i], align16(m->enc[i].out), h, *ldh, R);
         h = m->w_enc[i];
         *ldh = align16(m->enc[i].out);
     }
@@ -626,7 +666,8 @@ static void encoder_backward(vaec_vae *m, const float *xin, int64_t ldx, const f
         const float *in = i ? m->w_enc[i - 1] : xin;
         int64_t ldin = i ? align16(m->enc[i - 1].out) : ldx;
         float *din = i ? m->d_enc[i - 1] : NULL;
-        layer_backward(m, &m->enc[i], i ? act : VAEC_ACT_IDENTITY, din, i ? ldin : 0, m->d_enc[i], ldi, in, ldin, R);
+        if (!i && m->sp_for == xin && m->sp_rows == R) sparse_first_backward(m, R);
+        else layer_backward(m, &m->enc[i], i ? act : VAEC_ACT_IDENTITY, din, i ? ldin : 0, m->d_enc[i], ldi, in, ldin, R);
     }
 }
 
@@ -754,6 +795,7 @@ static vaec_status forward_all(vaec_vae *m, const vaec_input *x, const vaec_nois
                                double *out, double *loss) {
     vaec_status st = check_input(m, x);
     if (st) return st;
+    m->sp_wt_ok = 0;  /* the parameters may have changed since the last call */
     noise_plan np = {0};
     if ((st = plan_noise(m, noise, &np))) return st;
     int64_t chunk = x->n < VAE_CHUNK ? x->n : VAE_CHUNK;
@@ -950,6 +992,7 @@ vaec_status vaec_vae_wake_sleep_grad(vaec_vae *m, const vaec_input *x, const vae
 vaec_status vaec_vae_encode(vaec_vae *m, const vaec_input *x, float *mu, float *logvar) {
     vaec_status st = check_input(m, x);
     if (st) return st;
+    m->sp_wt_ok = 0;  /* the parameters may have changed since the last call */
     const int64_t Z = m->cfg.latent_dim, lh = align16(2 * Z);
     int64_t chunk = x->n < VAE_CHUNK ? x->n : VAE_CHUNK;
     if (chunk > 0 && (st = ensure_workspace(m, chunk))) return st;

@@ -77,6 +77,18 @@ const char *vaec_cpu_features(void);
 /* Number of cores this process may run on (>= 1). */
 int vaec_cpu_count(void);
 
+/* ------------------------------------------------------------- sparse inputs */
+/* A VAE's first encoder layer can skip the zeros of its input (MNIST-like data are mostly
+ * zeros): AUTO (the default) does so for a chunk of at least 32 rows with at most 30 %
+ * nonzeros, ALWAYS whenever the kernel path has the sparse kernels (not on the naive
+ * path), OFF never. The results differ from the dense product only by the order of the
+ * sums. The environment variable VAEC_SPARSE_INPUT=off|auto|always sets the start mode. */
+typedef enum { VAEC_SPARSE_OFF = 0, VAEC_SPARSE_AUTO = 1, VAEC_SPARSE_ALWAYS = 2 } vaec_sparse;
+vaec_sparse vaec_sparse_mode(void);
+/* Sets the mode for every model of the process (an unknown value changes nothing);
+ * returns the mode before. */
+vaec_sparse vaec_sparse_mode_set(vaec_sparse mode);
+
 /* --------------------------------------------------------------- thread pool */
 typedef struct vaec_pool vaec_pool;
 /* A persistent pool of nthreads-1 workers (the caller is the nthreads-th). */

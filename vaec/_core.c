@@ -318,6 +318,21 @@ static PyObject *mod_set_isa(PyObject *module, PyObject *args) {
     return NULL;
 }
 
+static const char *const sparse_names[] = {"off", "auto", "always"};
+/* set_sparse_input(mode) -> the mode before */
+static PyObject *mod_set_sparse_input(PyObject *module, PyObject *args) {
+    const char *name;
+    if (!PyArg_ParseTuple(args, "s", &name)) return NULL;
+    for (int i = VAEC_SPARSE_OFF; i <= VAEC_SPARSE_ALWAYS; i++)
+        if (strcmp(name, sparse_names[i]) == 0) return PyUnicode_FromString(sparse_names[vaec_sparse_mode_set((vaec_sparse)i)]);
+    PyErr_Format(PyExc_ValueError, "mode: expected one of 'off', 'auto', 'always', got '%s'", name);
+    return NULL;
+}
+
+static PyObject *mod_sparse_input(PyObject *module, PyObject *noargs) {
+    return PyUnicode_FromString(sparse_names[vaec_sparse_mode()]);
+}
+
 /* sgemm(A, B, transA, transB, C=None, naive=False) -> C = op(A) op(B) (+ C): for tests. */
 static PyObject *mod_sgemm(PyObject *module, PyObject *args, PyObject *kw) {
     static char *kwlist[] = {"A", "B", "transA", "transB", "C", "naive", "threads", NULL};
@@ -499,6 +514,8 @@ static PyMethodDef module_methods[] = {
     {"load", mod_load, METH_VARARGS, "load(path, threads=0) -> (VAECore, extra bytes or None)"},
     {"cpu_features", mod_cpu_features, METH_NOARGS, "the kernel path in use and the CPU's features"},
     {"set_isa", mod_set_isa, METH_VARARGS, "set_isa(name) -> the path now active (never above the CPU's)"},
+    {"set_sparse_input", mod_set_sparse_input, METH_VARARGS, "set_sparse_input(mode) -> the mode before"},
+    {"sparse_input", mod_sparse_input, METH_NOARGS, "sparse_input() -> 'off', 'auto' or 'always'"},
     {"sgemm", (PyCFunction)(void (*)(void))mod_sgemm, METH_VARARGS | METH_KEYWORDS, "GEMM, for tests"},
     {"act", mod_act, METH_VARARGS, "activation forward/backward, for tests"},
     {"dense", mod_dense, METH_VARARGS, "dense(x, W, b, act, fused, threads, dout): the dense layer's kernels, for tests"},

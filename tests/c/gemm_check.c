@@ -107,6 +107,110 @@ int main(void) {
             }
         free(x); free(W); free(b); free(d); free(o1); free(o2); free(i1); free(i2); free(w1); free(w2); free(b1); free(b2);
     }
+    /* the sparse first layer (sparse.c): the copy holds every nonzero once, in order; the
+     * forward (with its transpose) and the weight gradient match the float64 loops; the
+     * pool changes no bit; an Inf in dH sets the flag. The naive path has no kernels. */
+    static const int sshapes[][3] = {{1, 1, 1}, {3, 17, 5}, {33, 784, 400}, {40, 31, 130}, {257, 100, 17}, {64, 513, 48}};
+    static const float dens[] = {0.0f, 0.13f, 0.5f, 1.0f};
+    vaec_sparse before = vaec_sparse_mode_set(VAEC_SPARSE_ALWAYS);
+    for (size_t s = 0; s < sizeof sshapes / sizeof sshapes[0]; s++)
+        for (size_t dd = 0; dd < sizeof dens / sizeof dens[0]; dd++) {
+            int R = sshapes[s][0], K = sshapes[s][1], N = sshapes[s][2], ldw = (N + 15) / 16 * 16;
+            float *X = malloc(sizeof(float) * R * K), *W = malloc(sizeof(float) * N * K), *b = malloc(sizeof(float) * N);
+            float *Wt = malloc(sizeof(float) * K * ldw), *H = malloc(sizeof(float) * R * ldw);
+            float *H1 = malloc(sizeof(float) * R * ldw), *Hr = malloc(sizeof(float) * R * N);
+            float *dH = malloc(sizeof(float) * R * ldw), *G = malloc(sizeof(float) * N * K), *G1 = malloc(sizeof(float) * N * K);
+            float *Gr = malloc(sizeof(float) * N * K);
+            for (int i = 0; i < R * K; i++) {
+                float u = frand(&seed) + 0.5f;
+                X[i] = u < dens[dd] ? 2.0f * frand(&seed) + (i % 3 ? 1.0f : 0.0f) : (i % 2 ? -0.0f : 0.0f);
+            }
+            for (int i = 0; i < N * K; i++) W[i] = frand(&seed);
+            for (int i = 0; i < N; i++) b[i] = frand(&seed);
+            for (int i = 0; i < R * ldw; i++) dH[i] = frand(&seed);
+            vaec_spx sp = {0};
+            int ok = vaec_spx_alloc(&sp, R, K) == VAEC_OK;
+            int built = ok && vaec_spx_build(pool, X, K, R, K, &sp);
+            if (!vaec_gemm_active_kernel()) {
+                if (ok && !built) passed++;
+                else { failed++; printf("FAIL sparse: built on the naive path\n"); }
+                vaec_spx_free(&sp);
+                free(X); free(W); free(b); free(Wt); free(H); free(H1); free(Hr); free(dH); free(G); free(G1); free(Gr);
+                continue;
+            }
+            ok = ok && built;
+            /* the copy, both ways */
+            int64_t nnz = 0;
+            for (int i = 0; ok && i < R; i++) {
+                int e = 0;
+                for (int k = 0; k < K; k++)
+                    if (X[i * K + k] != 0.0f) {
+                        ok = ok && e < sp.rcnt[i] && sp.ridx[i * sp.ldr + e] == k && sp.rval[i * sp.ldr + e] == X[i * K + k];
+                        e++;
+                    }
+                ok = ok && e == sp.rcnt[i];
+                nnz += e;
+            }
+            for (int k = 0; ok && k < K; k++) {
+                int e = 0;
+                for (int i = 0; i < R; i++)
+                    if (X[i * K + k] != 0.0f) {
+                        ok = ok && e < sp.ccnt[k] && sp.cidx[k * R + e] == i && sp.cval[k * R + e] == X[i * K + k];
+                        e++;
+                    }
+                ok = ok && e == sp.ccnt[k];
+            }
+            ok = ok && nnz == sp.nnz;
+            if (!ok) { failed++; printf("FAIL sparse copy R=%d K=%d density %.2f\n", R, K, dens[dd]); }
+            else passed++;
+            /* forward: Wt from W inside, tanh epilogue; on the pool and alone */
+            for (int k = 0; k < K; k++) for (int j = 0; j < N; j++) Wt[k * ldw + j] = W[j * K + k];
+            vaec_spmm_rows_naive(&sp, Wt, ldw, b, Hr, N, N);
+            vaec_act_forward(VAEC_ACT_TANH, Hr, Hr, (int64_t)R * N);
+            memset(Wt, 0, sizeof(float) * K * ldw);
+            vaec_sparse_forward(pool, &sp, W, Wt, ldw, b, VAEC_ACT_TANH, H, ldw, N);
+            vaec_sparse_forward(NULL, &sp, NULL, Wt, ldw, b, VAEC_ACT_TANH, H1, ldw, N);
+            double worst = 0;
+            for (int i = 0; i < R; i++)
+                for (int j = 0; j < N; j++) {
+                    double e = fabs((double)H[i * ldw + j] - Hr[i * N + j]) / (1e-6 * sqrt((double)K) * (K * 0.25 + 1));
+                    if (!(e <= worst)) worst = e;
+                    if (memcmp(&H[i * ldw + j], &H1[i * ldw + j], sizeof(float)) != 0) worst = INFINITY;
+                }
+            for (int k = 0; k < K; k++) for (int j = 0; j < N; j++) if (Wt[k * ldw + j] != W[j * K + k]) worst = INFINITY;
+            if (worst <= 4.0) passed++;
+            else { failed++; printf("FAIL sparse forward R=%d K=%d N=%d density %.2f: %.2f\n", R, K, N, dens[dd], worst); }
+            /* weight gradient, written then added, and its Inf/NaN flag */
+            for (int acc = 0; acc < 2; acc++) {
+                for (int i = 0; i < N * K; i++) G[i] = G1[i] = Gr[i] = frand(&seed);
+                atomic_int flag = 0, flag1 = 0;
+                vaec_sparse_weight_grad(pool, &sp, dH, ldw, N, G, acc, &flag);
+                vaec_sparse_weight_grad(NULL, &sp, dH, ldw, N, G1, acc, &flag1);
+                vaec_spmm_cols_naive(&sp, dH, ldw, Gr, K, N, acc);
+                worst = 0;
+                for (int i = 0; i < N * K; i++) {
+                    double e = fabs((double)G[i] - Gr[i]) / (1e-6 * sqrt((double)R) * (R * 0.25 + 1));
+                    if (!(e <= worst)) worst = e;
+                }
+                ok = worst <= 4.0 && memcmp(G, G1, sizeof(float) * N * K) == 0 && !flag && !flag1;
+                /* an Inf in a row of dH that has a nonzero input reaches dW */
+                int row = -1;
+                for (int i = 0; i < R && row < 0; i++) if (sp.rcnt[i]) row = i;
+                if (row >= 0) {
+                    float keep = dH[row * ldw + N - 1];
+                    dH[row * ldw + N - 1] = INFINITY;
+                    vaec_sparse_weight_grad(pool, &sp, dH, ldw, N, G, acc, &flag);
+                    dH[row * ldw + N - 1] = keep;
+                    ok = ok && flag;
+                }
+                if (ok) passed++;
+                else { failed++; printf("FAIL sparse weight grad R=%d K=%d N=%d density %.2f acc %d: %.2f, flag %d\n",
+                                        R, K, N, dens[dd], acc, worst, atomic_load(&flag)); }
+            }
+            vaec_spx_free(&sp);
+            free(X); free(W); free(b); free(Wt); free(H); free(H1); free(Hr); free(dH); free(G); free(G1); free(Gr);
+        }
+    vaec_sparse_mode_set(before);
     /* a VAE trains: the loss after 30 Adam steps is well below the first */
     vaec_vae_config c = {0};
     c.input_dim = 64; c.latent_dim = 4; c.n_hidden = 1; c.hidden[0] = 32;
