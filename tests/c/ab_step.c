@@ -10,8 +10,9 @@
  *   gcc -std=c11 -O2 -Icsrc tests/c/ab_step.c -ldl -o /tmp/ab_step
  *   /tmp/ab_step BATCH THREADS SECONDS /tmp/a.so /tmp/b.so [...]
  *
- * The data are random binary images (15 % ones), not MNIST: the rates are for comparing
- * builds, not for quoting against PyTorch (python -m vaec bench does that). */
+ * The data are random binary images (15 % ones), or AB_DATA=file: 4000 x 784 float32
+ * (e.g. the bench's binarized digits, vaec.bench._data(4000).tofile(file)). The rates are
+ * for comparing builds, not for quoting against PyTorch (python -m vaec bench does that). */
 #define _POSIX_C_SOURCE 200809L
 #include "vaec.h"
 #include <dlfcn.h>
@@ -34,6 +35,12 @@ int main(int argc, char **argv) {
     float *x = malloc(sizeof(float) * D * NX);
     unsigned s = 1;
     for (int i = 0; i < D * NX; i++) { s = s * 1664525u + 1013904223u; x[i] = (s >> 8) / 16777216.0f < 0.15f ? 1.f : 0.f; }
+    const char *data = getenv("AB_DATA");   /* or 4000 x 784 float32 from a file */
+    if (data) {
+        FILE *f = fopen(data, "rb");
+        if (!f || fread(x, sizeof(float), (size_t)D * NX, f) != (size_t)D * NX) { fprintf(stderr, "AB_DATA: cannot read %d floats from %s\n", D * NX, data); return 2; }
+        fclose(f);
+    }
     vaec_vae *m[8]; step_fn st[8];
     for (int v = 0; v < nv; v++) {
         void *h = dlopen(argv[4 + v], RTLD_NOW | RTLD_LOCAL); if (!h) { printf("%s\n", dlerror()); return 1; }
