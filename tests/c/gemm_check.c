@@ -13,8 +13,12 @@
 static float frand(unsigned *s) { *s = *s * 1664525u + 1013904223u; return (float)(*s >> 8) / 16777216.0f - 0.5f; }
 
 int main(void) {
+    /* M x N x K: few rows, the unpacked path (K or N at most 64, or M at most 48, with a
+     * small B) and the packed one, with edge tiles and panels on each */
     static const int shapes[][3] = {{1, 1, 1}, {1, 7, 17}, {2, 300, 785}, {4, 33, 64}, {5, 1000, 3},
-                                    {7, 1, 63}, {17, 63, 7}, {63, 17, 257}, {97, 257, 513}, {300, 33, 1}};
+                                    {7, 1, 63}, {17, 63, 7}, {63, 17, 257}, {97, 257, 513}, {300, 33, 1},
+                                    {600, 100, 20}, {256, 40, 400}, {130, 97, 300}, {270, 200, 129},
+                                    {49, 65, 65}};
     int passed = 0, failed = 0;
     unsigned seed = 12345;
     vaec_pool *pool = NULL;
