@@ -5,7 +5,8 @@
 #include "flows.h"
 #include <stdio.h>
 
-#define VAE_CHUNK 256                   /* rows processed at once */
+#define VAE_CHUNK 512                   /* rows processed at once (512: with the sparse first
+                                           layer, 3 % faster at batch 1000 than 256) */
 typedef vaec_linear vaec_layer;
 
 struct vaec_vae {

@@ -9,7 +9,7 @@ from vaec import _core
 
 def run(threads, seed=0):
     rng = np.random.default_rng(4)
-    X = rng.integers(0, 256, (700, 64), dtype=np.uint8)   # more than one 256-row chunk
+    X = rng.integers(0, 256, (700, 64), dtype=np.uint8)   # more than one 512-row chunk
     m = vaec.VAE(64, 5, hidden=(48, 24), seed=seed, threads=threads)
     losses = [m.train_step(X[i:i + 300], lr=1e-3, samples=2, binarize="dynamic") for i in (0, 300, 400)]
     hist = m.fit(X, epochs=2, batch_size=128, progress=False, seed=9)

@@ -1,7 +1,7 @@
 """The gradients of a call never depend on what the grads buffer held before it.
 
 The dense layers' first backward of a call writes their gradients and later ones (more
-256-row chunks, more samples) add to them, so no pass clears the buffer first; the other
+512-row chunks, more samples) add to them, so no pass clears the buffer first; the other
 tensors (a flow's) are cleared. These tests fill the buffer with garbage (the views are
 writable) and compare with a call on a clean buffer, bit for bit."""
 import numpy as np
@@ -36,7 +36,7 @@ CASES = {
 @pytest.mark.parametrize("case", list(CASES))
 def test_vae_gradients_ignore_the_old_buffer(case):
     kw, call = CASES[case]
-    x = _data(600, 12)
+    x = _data(1100, 12)   # three chunks of at most 512 rows
     kw = {"hidden": (7,), **kw}
     clean = vaec.VAE(12, 3, seed=0, **kw)
     dirty = vaec.VAE(12, 3, seed=0, **kw)
@@ -95,7 +95,7 @@ def _overflowing_encoder(model):
     model.params["encoder.mu.weight"][...] = 1e21
 
 
-@pytest.mark.parametrize("rows", [20, 300])   # one chunk, and the Inf in the first of two chunks
+@pytest.mark.parametrize("rows", [20, 600])   # one chunk, and the Inf in the first of two chunks
 def test_train_step_refuses_a_gradient_that_overflows_under_a_finite_loss(rows):
     m = vaec.VAE(12, 3, hidden=(7,), seed=0)
     _overflowing_encoder(m)

@@ -1,6 +1,6 @@
 """The whole VAE on every kernel path this CPU has (each forced in turn): loss,
 gradients and ELBO against the float64 reference, on shapes that exercise the GEMM's
-edge tiles and more than one 256-row chunk."""
+edge tiles and more than one 512-row chunk."""
 import numpy as np
 import pytest
 
@@ -14,7 +14,7 @@ from _helpers import available_isas, forced_isa
 @pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian"])
 def test_vae_matches_reference_on_every_isa(isa, likelihood):
     rng = np.random.default_rng(5)
-    D, Z, n, L = 37, 5, 300, 2
+    D, Z, n, L = 37, 5, 600, 2
     m = vaec.VAE(D, Z, hidden=(33, 17), activation="softplus", likelihood=likelihood, seed=2, threads=2)
     x = rng.random((n, D), dtype=np.float32)
     eps = rng.standard_normal((L, n, Z)).astype(np.float32)

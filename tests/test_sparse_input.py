@@ -55,8 +55,8 @@ def eps_for(n, L=1, seed=2):
 @pytest.mark.parametrize("kind", ["binary", "grey", "uint8"])
 @pytest.mark.parametrize("activation,likelihood", [("tanh", "bernoulli"), ("relu", "gaussian")])
 def test_matches_the_reference(mode, kind, activation, likelihood):
-    # 300 rows: two chunks (256 + 44), so the weight gradient is written, then added to
-    x = sparse_data(kind, 300)
+    # 600 rows: two chunks (512 + 88), so the weight gradient is written, then added to
+    x = sparse_data(kind, 600)
     if likelihood == "gaussian" and kind == "uint8":
         pytest.skip("a Gaussian decoder takes float data")
     params = f32_params(D, Z, H, likelihood, seed=3)
@@ -113,7 +113,7 @@ def test_the_sparse_path_runs_and_auto_picks_it():
 
 
 def test_results_do_not_depend_on_the_thread_count():
-    x = sparse_data("binary", 300, 784)
+    x = sparse_data("binary", 600, 784)
     one, two = _run("always", x, threads=1), _run("always", x, threads=2)
     assert one[0] == two[0]
     for k in one[1]:
@@ -165,7 +165,7 @@ CALLS = {
 
 @pytest.mark.parametrize("case", list(CALLS))
 def test_every_objective_agrees_with_the_dense_path(case):
-    x = sparse_data("binary", 300, 784)
+    x = sparse_data("binary", 600, 784)
     kw = {"flow": "planar:2"} if case == "planar flow" else {}
     out = {}
     for mode in ("off", "always"):
@@ -193,7 +193,7 @@ def test_wake_sleep_agrees_with_the_dense_path():
 
 @pytest.mark.parametrize("isa", available_isas())
 def test_every_isa_matches_the_reference(isa):
-    x = sparse_data("binary", 300)
+    x = sparse_data("binary", 600)
     params = f32_params(D, Z, H, "bernoulli", seed=3)
     eps = eps_for(len(x))
     with forced_isa(isa), sparse_mode("always"):
