@@ -135,9 +135,39 @@ static void run_tasks(vaec_pool *pool, vaec_task_fn fn, void *ctx, int64_t ntask
     vaec_pool_run(pool, fn, ctx, ntasks);
 }
 
+/* The optional account of the time spent in GEMMs and their flops (vaec_gemm_timing). */
+static _Atomic int timing_on;
+static _Atomic int64_t timing_ns, timing_flops;
+static double now_s(void);
+
+static void sgemm_fused(vaec_pool *pool, int transA, int transB, int64_t M, int64_t N, int64_t K,
+                        const float *A, int64_t lda, const float *B, int64_t ldb,
+                        float beta, float *C, int64_t ldc, const vaec_gemm_epilogue *epi);
+
 void vaec_sgemm_fused(vaec_pool *pool, int transA, int transB, int64_t M, int64_t N, int64_t K,
                       const float *A, int64_t lda, const float *B, int64_t ldb,
                       float beta, float *C, int64_t ldc, const vaec_gemm_epilogue *epi) {
+    if (!atomic_load_explicit(&timing_on, memory_order_relaxed)) {
+        sgemm_fused(pool, transA, transB, M, N, K, A, lda, B, ldb, beta, C, ldc, epi);
+        return;
+    }
+    double t0 = now_s();
+    sgemm_fused(pool, transA, transB, M, N, K, A, lda, B, ldb, beta, C, ldc, epi);
+    atomic_fetch_add_explicit(&timing_ns, (int64_t)((now_s() - t0) * 1e9), memory_order_relaxed);
+    if (M > 0 && N > 0 && K > 0) atomic_fetch_add_explicit(&timing_flops, 2 * M * N * K, memory_order_relaxed);
+}
+
+void vaec_gemm_timing(int on, double *seconds, double *flops) {
+    if (seconds) *seconds = (double)atomic_exchange(&timing_ns, 0) * 1e-9;
+    else atomic_store(&timing_ns, 0);
+    if (flops) *flops = (double)atomic_exchange(&timing_flops, 0);
+    else atomic_store(&timing_flops, 0);
+    atomic_store(&timing_on, on != 0);
+}
+
+static void sgemm_fused(vaec_pool *pool, int transA, int transB, int64_t M, int64_t N, int64_t K,
+                        const float *A, int64_t lda, const float *B, int64_t ldb,
+                        float beta, float *C, int64_t ldc, const vaec_gemm_epilogue *epi) {
     if (M <= 0 || N <= 0) return;
     vaec_gemm_args g = {transA, transB, M, N, K, A, lda, B, ldb, beta, C, ldc, epi};
     const vaec_gemm_kernel *kern = kernel_for(vaec_cpu_active_isa());

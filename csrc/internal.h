@@ -59,6 +59,12 @@ typedef struct {
     const vaec_gemm_epilogue *epi;  /* NULL: none */
 } vaec_gemm_args;
 
+/* The time the calling threads spent in GEMMs (vaec_sgemm_fused, wall clock) and their
+ * flops (2 M N K each), summed while on: returns the sums since the last call (either
+ * pointer may be NULL), zeroes them and turns the account on or off. For the benchmark's
+ * dense-layer figure; off costs one relaxed load per GEMM. */
+void vaec_gemm_timing(int on, double *seconds, double *flops);
+
 /* C(M,N) = beta*C + op(A) op(B), then the epilogue (NULL: none); see vaec_sgemm. */
 void vaec_sgemm_fused(vaec_pool *pool, int transA, int transB, int64_t M, int64_t N, int64_t K,
                       const float *A, int64_t lda, const float *B, int64_t ldb,

@@ -318,6 +318,16 @@ static PyObject *mod_set_isa(PyObject *module, PyObject *args) {
     return NULL;
 }
 
+/* gemm_timing(on) -> (seconds, flops) spent in GEMMs since the last call; then counts
+ * from zero while on (the benchmark's dense-layer figure) */
+static PyObject *mod_gemm_timing(PyObject *module, PyObject *args) {
+    int on;
+    if (!PyArg_ParseTuple(args, "p", &on)) return NULL;
+    double seconds, flops;
+    vaec_gemm_timing(on, &seconds, &flops);
+    return Py_BuildValue("(dd)", seconds, flops);
+}
+
 static const char *const sparse_names[] = {"off", "auto", "always"};
 /* set_sparse_input(mode) -> the mode before */
 static PyObject *mod_set_sparse_input(PyObject *module, PyObject *args) {
@@ -515,6 +525,7 @@ static PyMethodDef module_methods[] = {
     {"cpu_features", mod_cpu_features, METH_NOARGS, "the kernel path in use and the CPU's features"},
     {"set_isa", mod_set_isa, METH_VARARGS, "set_isa(name) -> the path now active (never above the CPU's)"},
     {"set_sparse_input", mod_set_sparse_input, METH_VARARGS, "set_sparse_input(mode) -> the mode before"},
+    {"gemm_timing", mod_gemm_timing, METH_VARARGS, "gemm_timing(on) -> (seconds, flops) in GEMMs since the last call"},
     {"sparse_input", mod_sparse_input, METH_NOARGS, "sparse_input() -> 'off', 'auto' or 'always'"},
     {"sgemm", (PyCFunction)(void (*)(void))mod_sgemm, METH_VARARGS | METH_KEYWORDS, "GEMM, for tests"},
     {"act", mod_act, METH_VARARGS, "activation forward/backward, for tests"},
