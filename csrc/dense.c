@@ -107,10 +107,7 @@ void vaec_dense_backward_act_strided_naive(vaec_pool *pool, float *din, int64_t 
                                            const float *W, vaec_act act, int64_t B, int64_t IN, int64_t OUT) {
     if (B <= 0) return;
     if (dW) vaec_sgemm(pool, 1, 0, OUT, IN, B, dout, ldd, in, ldi, 1.0f, dW, IN);
-    if (db) {
-        colsum_job j = {db, dout, ldd, B, OUT, 1, NULL};
-        vaec_pool_run(pool, colsum_task, &j, vaec_ntasks(OUT, COLSUM_GRAIN));
-    }
+    if (db) vaec_dense_bias_grad(pool, db, dout, ldd, B, OUT, 1, NULL);
     if (din) {
         vaec_sgemm(pool, 0, 0, B, IN, OUT, dout, ldd, W, IN, 0.0f, din, ldin);
         for (int64_t i = 0; i < B; i++) vaec_act_backward(act, din + i * ldin, in + i * ldi, IN);

@@ -5,6 +5,7 @@
 #include "vaec.h"
 #include <stdatomic.h>
 #include <stdlib.h>
+#include <string.h>
 
 /* Record an error message for vaec_last_error() and return `status`. */
 vaec_status vaec_fail(vaec_status status, const char *fmt, ...)
@@ -196,6 +197,18 @@ void vaec_dense_backward_act_strided_naive(vaec_pool *pool, float *din, int64_t 
  * every one as it was written (nonfinite 0 or 1); -1: check them here (a pass over the
  * gradients, as vaec_arena_adam_step does). */
 vaec_status vaec_arena_adam_step_ex(vaec_arena *a, vaec_pool *pool, float lr, int nonfinite);
+
+/* 1 when p[0..n) are all +0 or -0 (the bits with the sign shifted out): the zero test of
+ * the sparse copies and of the few-row GEMM's skipped vectors; the compiler vectorizes it. */
+static inline int vaec_all_zero(const float *p, int64_t n) {
+    uint32_t acc = 0;
+    for (int64_t q = 0; q < n; q++) {
+        uint32_t u;
+        memcpy(&u, p + q, sizeof u);
+        acc |= u << 1;
+    }
+    return acc == 0;
+}
 
 /* Split [0, n) rows into tasks of about `grain` rows for the pool. */
 static inline int64_t vaec_ntasks(int64_t n, int64_t grain) {

@@ -76,17 +76,6 @@ void vaec_spx_free(vaec_spx *s) {
 
 /* ----------------------------------------------------------------- build */
 
-/* 1 when p[0..w) are all +0 or -0 (the sign bit shifted out) */
-static int all_zero(const float *p, int64_t w) {
-    uint32_t acc = 0;
-    for (int64_t q = 0; q < w; q++) {
-        uint32_t u;
-        memcpy(&u, p + q, sizeof u);
-        acc |= u << 1;
-    }
-    return acc == 0;
-}
-
 /* The portable by-rows build (the ISA's kernel where it has one): strips of zeros skipped,
  * the rest through a strip buffer in which a zero's slot is taken by the next nonzero. */
 static void spx_rows_portable(const float *X, int64_t ldx, int64_t i0, int64_t i1, vaec_spx *s) {
@@ -98,7 +87,7 @@ static void spx_rows_portable(const float *X, int64_t ldx, int64_t i0, int64_t i
         int64_t n = 0;
         for (int64_t k0 = 0; k0 < K; k0 += SP_STRIP) {
             int64_t w = K - k0 < SP_STRIP ? K - k0 : SP_STRIP, m = 0;
-            if (all_zero(x + k0, w)) continue;
+            if (vaec_all_zero(x + k0, w)) continue;
             int32_t bi[SP_STRIP];
             float bv[SP_STRIP];
             for (int64_t q = 0; q < w; q++) {
@@ -177,13 +166,11 @@ int vaec_spx_build(vaec_pool *pool, const float *X, int64_t ldx, int64_t R, int6
 }
 
 /* --------------------------------------------------------------- products */
-/* Column ranges for the pool: a multiple of SP_J_GRAIN (the widest vector), so a range
- * boundary never moves a column between the vector tiles and the scalar tail. */
-static int64_t j_splits(vaec_pool *pool, int64_t N, int64_t *grain) {
-    int threads = vaec_pool_size(pool);
-    int64_t parts = threads > 1 && N >= 2 * SP_J_GRAIN ? 2 : 1;
-    *grain = (N + parts - 1) / parts;
-    *grain = (*grain + SP_J_GRAIN - 1) / SP_J_GRAIN * SP_J_GRAIN;
+/* Column ranges for the pool: about N / parts columns each, a multiple of SP_J_GRAIN (the
+ * widest vector), so a range boundary never moves a column between the vector tiles and
+ * the scalar tail; returns how many. */
+static int64_t col_ranges(int64_t N, int64_t parts, int64_t *grain) {
+    *grain = ((N + parts - 1) / parts + SP_J_GRAIN - 1) / SP_J_GRAIN * SP_J_GRAIN;
     return (N + *grain - 1) / *grain;
 }
 
@@ -194,7 +181,7 @@ typedef struct {
     int64_t ldb;
     vaec_gemm_epilogue e;
     float *C;
-    int64_t ldc, N, jgrain, njs, rgrain, nrows;
+    int64_t ldc, N, jgrain, njs;
     int accumulate;
     atomic_int *nonfinite;
     const float *W;   /* forward: W (N, K) to transpose into B first, or NULL */
@@ -210,29 +197,29 @@ static void forward_task(void *ctx, int64_t t, int tid) {
     j->kern->spmm_rows(j->x, j->B, j->ldb, &j->e, j->C, j->ldc, 0, j->x->R, j0, j1);
 }
 
+/* SP_STRIP input columns by one range of output columns */
 static void wgrad_task(void *ctx, int64_t t, int tid) {
     (void)tid;
     sp_job *j = ctx;
     int64_t bi = t / j->njs, bj = t % j->njs;
-    int64_t k0 = bi * j->rgrain, k1 = k0 + j->rgrain < j->nrows ? k0 + j->rgrain : j->nrows;
+    int64_t k0 = bi * SP_STRIP, k1 = k0 + SP_STRIP < j->x->K ? k0 + SP_STRIP : j->x->K;
     int64_t j0 = bj * j->jgrain, j1 = j0 + j->jgrain < j->N ? j0 + j->jgrain : j->N;
     j->kern->spmm_cols(j->x, j->B, j->ldb, j->C, j->ldc, k0, k1, j0, j1, j->accumulate, j->nonfinite);
 }
 
 void vaec_sparse_forward(vaec_pool *pool, const vaec_spx *x, const float *W, float *Wt, int64_t ldw, const float *b,
                          vaec_act act, float *H, int64_t ldh, int64_t N) {
-    sp_job j = {vaec_gemm_active_kernel(), x, Wt, ldw, {b, act, NULL, 0, NULL}, H, ldh, N, 0, 0, 0, 0, 0, NULL, W};
-    int64_t parts = 2 * vaec_pool_size(pool);
-    j.jgrain = ((N + parts - 1) / parts + SP_J_GRAIN - 1) / SP_J_GRAIN * SP_J_GRAIN;
-    vaec_pool_run(pool, forward_task, &j, (N + j.jgrain - 1) / j.jgrain);
+    sp_job j = {vaec_gemm_active_kernel(), x, Wt, ldw, {b, act, NULL, 0, NULL}, H, ldh, N, 0, 0, 0, NULL, W};
+    j.njs = col_ranges(N, 2 * vaec_pool_size(pool), &j.jgrain);
+    vaec_pool_run(pool, forward_task, &j, j.njs);
 }
 
 void vaec_sparse_weight_grad(vaec_pool *pool, const vaec_spx *x, const float *dH, int64_t ldd, int64_t N,
                              float *dW, int accumulate, atomic_int *nonfinite) {
     sp_job j = {vaec_gemm_active_kernel(), x, dH, ldd, {NULL, VAEC_ACT_IDENTITY, NULL, 0, NULL}, dW, x->K, N, 0, 0,
-                SP_STRIP, x->K, accumulate, nonfinite, NULL};
-    j.njs = j_splits(pool, N, &j.jgrain);
-    vaec_pool_run(pool, wgrad_task, &j, vaec_ntasks(x->K, j.rgrain) * j.njs);
+                accumulate, nonfinite, NULL};
+    j.njs = col_ranges(N, vaec_pool_size(pool) > 1 && N >= 2 * SP_J_GRAIN ? 2 : 1, &j.jgrain);
+    vaec_pool_run(pool, wgrad_task, &j, vaec_ntasks(x->K, SP_STRIP) * j.njs);
 }
 
 /* ------------------------------------------------------------- references */
