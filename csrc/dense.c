@@ -7,31 +7,31 @@
 #include <string.h>
 
 /* out(B,OUT) = act(in(B,IN) . W(OUT,IN)^T + b(OUT)): bias and activation in the GEMM's
- * epilogue, tile by tile. */
+ * epilogue, tile by tile. wt: W is given as W^T (IN, OUT). */
 void vaec_dense_forward_act_strided(vaec_pool *pool, float *out, int64_t ldo, const float *in, int64_t ldi,
-                                    const float *W, const float *b, vaec_act act, int64_t B, int64_t IN,
+                                    const float *W, int wt, const float *b, vaec_act act, int64_t B, int64_t IN,
                                     int64_t OUT) {
     vaec_gemm_epilogue e = {b, act, NULL, 0, NULL};
-    vaec_sgemm_fused(pool, 0, 1, B, OUT, IN, in, ldi, W, IN, 0.0f, out, ldo,
+    vaec_sgemm_fused(pool, 0, !wt, B, OUT, IN, in, ldi, W, wt ? OUT : IN, 0.0f, out, ldo,
                      b || act != VAEC_ACT_IDENTITY ? &e : NULL);
 }
 
 /* The unfused reference: out = b row by row, the GEMM adds in . W^T, then act row by row. */
 void vaec_dense_forward_act_strided_naive(vaec_pool *pool, float *out, int64_t ldo, const float *in,
-                                          int64_t ldi, const float *W, const float *b, vaec_act act, int64_t B,
-                                          int64_t IN, int64_t OUT) {
+                                          int64_t ldi, const float *W, int wt, const float *b, vaec_act act,
+                                          int64_t B, int64_t IN, int64_t OUT) {
     for (int64_t i = 0; i < B; i++) {
         if (b) memcpy(out + i * ldo, b, (size_t)OUT * sizeof(float));
         else memset(out + i * ldo, 0, (size_t)OUT * sizeof(float));
     }
-    vaec_sgemm(pool, 0, 1, B, OUT, IN, in, ldi, W, IN, 1.0f, out, ldo);
+    vaec_sgemm(pool, 0, !wt, B, OUT, IN, in, ldi, W, wt ? OUT : IN, 1.0f, out, ldo);
     for (int64_t i = 0; i < B; i++) vaec_act_forward(act, out + i * ldo, out + i * ldo, OUT);
 }
 
 /* out(B,OUT) = in(B,IN) . W(OUT,IN)^T + b(OUT) */
 void vaec_dense_forward_strided(vaec_pool *pool, float *out, int64_t ldo, const float *in, int64_t ldi,
                                 const float *W, const float *b, int64_t B, int64_t IN, int64_t OUT) {
-    vaec_dense_forward_act_strided(pool, out, ldo, in, ldi, W, b, VAEC_ACT_IDENTITY, B, IN, OUT);
+    vaec_dense_forward_act_strided(pool, out, ldo, in, ldi, W, 0, b, VAEC_ACT_IDENTITY, B, IN, OUT);
 }
 
 typedef struct { float *db; const float *dout; int64_t ldd, B, OUT; int accumulate; atomic_int *nonfinite; } colsum_job;
@@ -65,10 +65,10 @@ void vaec_dense_bias_grad(vaec_pool *pool, float *db, const float *dout, int64_t
  * else written (no clearing pass before a layer's first gradient); writes din = dout . W
  * when din != NULL, then din *= act'(in) in the GEMM's epilogue (in = act's output).
  * nonfinite != NULL: set to 1 if dW or db holds an Inf or NaN afterwards, checked as they
- * are written (no pass over them later). */
+ * are written (no pass over them later). wt: W and dW are W^T and dW^T (IN, OUT). */
 void vaec_dense_backward_act_strided_ex(vaec_pool *pool, float *din, int64_t ldin, float *dW, float *db,
                                         const float *dout, int64_t ldd, const float *in, int64_t ldi,
-                                        const float *W, vaec_act act, int64_t B, int64_t IN, int64_t OUT,
+                                        const float *W, int wt, vaec_act act, int64_t B, int64_t IN, int64_t OUT,
                                         int accumulate, atomic_int *nonfinite) {
     if (B <= 0) {
         if (!accumulate) {
@@ -82,13 +82,17 @@ void vaec_dense_backward_act_strided_ex(vaec_pool *pool, float *din, int64_t ldi
     }
     if (dW) {
         vaec_gemm_epilogue chk = {NULL, VAEC_ACT_IDENTITY, NULL, 0, nonfinite};
-        vaec_sgemm_fused(pool, 1, 0, OUT, IN, B, dout, ldd, in, ldi, accumulate ? 1.0f : 0.0f, dW, IN,
-                         nonfinite ? &chk : NULL);
+        if (wt)
+            vaec_sgemm_fused(pool, 1, 0, IN, OUT, B, in, ldi, dout, ldd, accumulate ? 1.0f : 0.0f, dW, OUT,
+                             nonfinite ? &chk : NULL);
+        else
+            vaec_sgemm_fused(pool, 1, 0, OUT, IN, B, dout, ldd, in, ldi, accumulate ? 1.0f : 0.0f, dW, IN,
+                             nonfinite ? &chk : NULL);
     }
     if (db) vaec_dense_bias_grad(pool, db, dout, ldd, B, OUT, accumulate, nonfinite);
     if (din) {
         vaec_gemm_epilogue e = {NULL, act, in, ldi, NULL};
-        vaec_sgemm_fused(pool, 0, 0, B, IN, OUT, dout, ldd, W, IN, 0.0f, din, ldin,
+        vaec_sgemm_fused(pool, 0, wt, B, IN, OUT, dout, ldd, W, wt ? OUT : IN, 0.0f, din, ldin,
                          act != VAEC_ACT_IDENTITY ? &e : NULL);
     }
 }
@@ -98,18 +102,20 @@ void vaec_dense_backward_act_strided_ex(vaec_pool *pool, float *din, int64_t ldi
 void vaec_dense_backward_act_strided(vaec_pool *pool, float *din, int64_t ldin, float *dW, float *db,
                                      const float *dout, int64_t ldd, const float *in, int64_t ldi,
                                      const float *W, vaec_act act, int64_t B, int64_t IN, int64_t OUT) {
-    vaec_dense_backward_act_strided_ex(pool, din, ldin, dW, db, dout, ldd, in, ldi, W, act, B, IN, OUT, 1, NULL);
+    vaec_dense_backward_act_strided_ex(pool, din, ldin, dW, db, dout, ldd, in, ldi, W, 0, act, B, IN, OUT, 1, NULL);
 }
 
 /* The unfused reference: the backward pass, then din *= act'(in) row by row. */
 void vaec_dense_backward_act_strided_naive(vaec_pool *pool, float *din, int64_t ldin, float *dW, float *db,
                                            const float *dout, int64_t ldd, const float *in, int64_t ldi,
-                                           const float *W, vaec_act act, int64_t B, int64_t IN, int64_t OUT) {
+                                           const float *W, int wt, vaec_act act, int64_t B, int64_t IN,
+                                           int64_t OUT) {
     if (B <= 0) return;
-    if (dW) vaec_sgemm(pool, 1, 0, OUT, IN, B, dout, ldd, in, ldi, 1.0f, dW, IN);
+    if (dW && wt) vaec_sgemm(pool, 1, 0, IN, OUT, B, in, ldi, dout, ldd, 1.0f, dW, OUT);
+    else if (dW) vaec_sgemm(pool, 1, 0, OUT, IN, B, dout, ldd, in, ldi, 1.0f, dW, IN);
     if (db) vaec_dense_bias_grad(pool, db, dout, ldd, B, OUT, 1, NULL);
     if (din) {
-        vaec_sgemm(pool, 0, 0, B, IN, OUT, dout, ldd, W, IN, 0.0f, din, ldin);
+        vaec_sgemm(pool, 0, wt, B, IN, OUT, dout, ldd, W, wt ? OUT : IN, 0.0f, din, ldin);
         for (int64_t i = 0; i < B; i++) vaec_act_backward(act, din + i * ldin, in + i * ldi, IN);
     }
 }

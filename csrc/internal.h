@@ -91,13 +91,12 @@ typedef struct {
 /* One ISA's sparse-times-dense kernels (the first layer on sparse inputs; sparse.c).
  * rows: C[i, j0:j1) = act(bias[j] + sum_e rval[e] * Bt[ridx[e], j]) for rows [i0, i1)
  *   of X (Bt (K, >= j1), row stride ldb; e = the epilogue, bias and act only).
- * cols: C[j, k] (+)= sum_e cval[e] * D[cidx[e], j] for columns k in [k0, k1) of X and
- *   j in [j0, j1) (D (R, >= j1), row stride ldd; C (>= j1, K), row stride ldc: the layout
- *   of a weight gradient; added when accumulate); with nonfinite, set to 1 if a C element
- *   it wrote is Inf or NaN.
- * transpose: D[c, r0:r1) (+)= S[r, c] for columns [c0, c1) of S (row stride lds; D's
- *   ldd), added when accumulate. Every element is summed in the same order whatever the
- *   split, so results do not depend on the thread count. */
+ * cols: C[k, j] (+)= sum_e cval[e] * D[cidx[e], j] for columns k in [k0, k1) of X and
+ *   j in [j0, j1) (D (R, >= j1), row stride ldd; C (K, >= j1), row stride ldc: the
+ *   layout of a transposed weight's gradient; added when accumulate); with nonfinite,
+ *   set to 1 if a C element it wrote is Inf or NaN.
+ * Every element is summed in the same order whatever the split, so results do not
+ * depend on the thread count. */
 typedef void (*vaec_spmm_rows_fn)(const vaec_spx *x, const float *Bt, int64_t ldb, const vaec_gemm_epilogue *e,
                                   float *C, int64_t ldc, int64_t i0, int64_t i1, int64_t j0, int64_t j1);
 typedef void (*vaec_spmm_cols_fn)(const vaec_spx *x, const float *D, int64_t ldd, float *C, int64_t ldc,
@@ -106,8 +105,6 @@ typedef void (*vaec_spmm_cols_fn)(const vaec_spx *x, const float *D, int64_t ldd
 /* rows [i0, i1) of X (R, K), row stride ldx, into x's by-rows form (rcnt and the entries);
  * NULL in the table of an ISA without a kernel of its own (sparse.c has a portable one) */
 typedef void (*vaec_spx_rows_fn)(const float *X, int64_t ldx, int64_t i0, int64_t i1, vaec_spx *x);
-typedef void (*vaec_transpose_fn)(const float *S, int64_t lds, int64_t r0, int64_t r1, int64_t c0, int64_t c1,
-                                  float *D, int64_t ldd, int accumulate);
 /* One ISA's kernels and register tile. */
 typedef struct {
     vaec_gemm_block_fn block;
@@ -115,7 +112,6 @@ typedef struct {
     int mr, nr;
     vaec_spmm_rows_fn spmm_rows;
     vaec_spmm_cols_fn spmm_cols;
-    vaec_transpose_fn transpose;
     vaec_spx_rows_fn spx_rows;
 } vaec_gemm_kernel;
 /* The kernels of the active ISA; NULL on the naive path. */
@@ -132,19 +128,18 @@ void vaec_spx_free(vaec_spx *s);
 /* Builds the sparse copy of X (R, K) (R <= the rows allocated) and returns 1 when the
  * mode, the ISA, R and the density call for the sparse path; else 0 (s not built). */
 int vaec_spx_build(vaec_pool *pool, const float *X, int64_t ldx, int64_t R, int64_t K, vaec_spx *s);
-/* H(R, N) = act(X Wt + b) with Wt = W^T (K, N), row stride ldw; W (N, K) != NULL: Wt is
- * written from it first (each task its own columns). */
-void vaec_sparse_forward(vaec_pool *pool, const vaec_spx *x, const float *W, float *Wt, int64_t ldw, const float *b,
+/* H(R, N) = act(X Wt + b) with Wt = W^T (K, N), row stride ldw. */
+void vaec_sparse_forward(vaec_pool *pool, const vaec_spx *x, const float *Wt, int64_t ldw, const float *b,
                          vaec_act act, float *H, int64_t ldh, int64_t N);
-/* dW(N, K) (+)= (X^T dH)^T = dH^T X (dH (R, N), row stride ldd; dW contiguous): written,
- * or added when accumulate; with nonfinite, set to 1 if dW then holds an Inf or a NaN. */
+/* dWt(K, N) (+)= X^T dH (dH (R, N), row stride ldd; dWt contiguous): written, or added
+ * when accumulate; with nonfinite, set to 1 if dWt then holds an Inf or a NaN. */
 void vaec_sparse_weight_grad(vaec_pool *pool, const vaec_spx *x, const float *dH, int64_t ldd, int64_t N,
-                             float *dW, int accumulate, atomic_int *nonfinite);
+                             float *dWt, int accumulate, atomic_int *nonfinite);
 /* The references: plain loops with float64 sums, on all of x. */
 void vaec_spmm_rows_naive(const vaec_spx *x, const float *Bt, int64_t ldb, const float *bias, float *C, int64_t ldc,
                           int64_t N);
 void vaec_spmm_cols_naive(const vaec_spx *x, const float *D, int64_t ldd, float *C, int64_t ldc, int64_t N,
-                          int accumulate);  /* C (N, K) as the kernel's */
+                          int accumulate);  /* C (K, N) as the kernel's */
 /* db(OUT) (+)= the column sums of dout (B, OUT) in float64 (dense.c); nonfinite as above. */
 void vaec_dense_bias_grad(vaec_pool *pool, float *db, const float *dout, int64_t ldd, int64_t B, int64_t OUT,
                           int accumulate, atomic_int *nonfinite);
@@ -173,13 +168,13 @@ void vaec_dense_backward_strided(vaec_pool *pool, float *din, int64_t ldin, floa
  * each output tile in the GEMM's epilogue. Backward: as vaec_dense_backward_strided, and
  * then din *= act'(in) (in is the output of the activation `act` of the layer below), in
  * din's epilogue. The _naive forms are the unfused passes (the reference); both give the
- * same bits. */
+ * same bits. Where they take `wt`, W (and dW) may be given transposed: (IN, OUT). */
 void vaec_dense_forward_act_strided(vaec_pool *pool, float *out, int64_t ldo, const float *in, int64_t ldi,
-                                    const float *W, const float *b, vaec_act act, int64_t B, int64_t IN,
+                                    const float *W, int wt, const float *b, vaec_act act, int64_t B, int64_t IN,
                                     int64_t OUT);
 void vaec_dense_forward_act_strided_naive(vaec_pool *pool, float *out, int64_t ldo, const float *in,
-                                          int64_t ldi, const float *W, const float *b, vaec_act act, int64_t B,
-                                          int64_t IN, int64_t OUT);
+                                          int64_t ldi, const float *W, int wt, const float *b, vaec_act act,
+                                          int64_t B, int64_t IN, int64_t OUT);
 void vaec_dense_backward_act_strided(vaec_pool *pool, float *din, int64_t ldin, float *dW, float *db,
                                      const float *dout, int64_t ldd, const float *in, int64_t ldi,
                                      const float *W, vaec_act act, int64_t B, int64_t IN, int64_t OUT);
@@ -187,11 +182,12 @@ void vaec_dense_backward_act_strided(vaec_pool *pool, float *din, int64_t ldin, 
  * checked for Inf and NaN as they are written when nonfinite != NULL (set to 1 then). */
 void vaec_dense_backward_act_strided_ex(vaec_pool *pool, float *din, int64_t ldin, float *dW, float *db,
                                         const float *dout, int64_t ldd, const float *in, int64_t ldi,
-                                        const float *W, vaec_act act, int64_t B, int64_t IN, int64_t OUT,
+                                        const float *W, int wt, vaec_act act, int64_t B, int64_t IN, int64_t OUT,
                                         int accumulate, atomic_int *nonfinite);
 void vaec_dense_backward_act_strided_naive(vaec_pool *pool, float *din, int64_t ldin, float *dW, float *db,
                                            const float *dout, int64_t ldd, const float *in, int64_t ldi,
-                                           const float *W, vaec_act act, int64_t B, int64_t IN, int64_t OUT);
+                                           const float *W, int wt, vaec_act act, int64_t B, int64_t IN,
+                                           int64_t OUT);
 
 /* vaec_arena_adam_step, told whether a gradient is non-finite by a caller that checked
  * every one as it was written (nonfinite 0 or 1); -1: check them here (a pass over the

@@ -8,7 +8,8 @@
  *   config     u32 length, then that many bytes (the kind's own config record)
  *   arena      i64 n, f32 beta1, f32 beta2, f32 eps, i32 0, i64 step
  *   rng        u64 seed, u64 counter
- *   data       f32 params[n], f32 adam_m[n], f32 adam_v[n]
+ *   data       f32 params[n], f32 adam_m[n], f32 adam_v[n], every tensor row-major (one
+ *              the arena keeps transposed is written and read back in its (out, in) order)
  *   extra      u32 length, then that many bytes (e.g. a trainer's state; may be empty)
  *   checksum   u32 CRC-32 (zlib's polynomial) of every byte before it
  * Saving writes "<path>.tmp-<pid>", flushes and fsyncs it, then renames it over path,
@@ -56,7 +57,11 @@ vaec_status vaec_file_write_ex(const char *path, uint32_t kind, const void *conf
                                const void *extra, uint32_t extra_len) {
     size_t total = FIXED_HEAD + config_len + ARENA_HEAD + (size_t)a->n * 12 + 4 + extra_len + 4;
     bytes b = {vaec_alloc(total, 1), 0};
-    if (!b.buf) return vaec_fail(VAEC_ERR_NOMEM, "out of memory serializing the model");
+    float *rm = vaec_arena_has_transposed(a) ? vaec_alloc((size_t)(a->n > 0 ? a->n : 1), sizeof(float)) : NULL;
+    if (!b.buf || (!rm && vaec_arena_has_transposed(a))) {
+        vaec_free(b.buf);
+        return vaec_fail(VAEC_ERR_NOMEM, "out of memory serializing the model");
+    }
     put(&b, MAGIC, 8);
     PUT(&b, uint32_t, VAEC_FILE_VERSION);
     PUT(&b, uint32_t, 0x01020304u);
@@ -71,9 +76,15 @@ vaec_status vaec_file_write_ex(const char *path, uint32_t kind, const void *conf
     PUT(&b, int64_t, a->step);
     PUT(&b, uint64_t, rng_seed);
     PUT(&b, uint64_t, rng_counter);
-    put(&b, a->params, (size_t)a->n * 4);
-    put(&b, a->adam_m, (size_t)a->n * 4);
-    put(&b, a->adam_v, (size_t)a->n * 4);
+    const float *bufs[3] = {a->params, a->adam_m, a->adam_v};
+    for (int k = 0; k < 3; k++) {
+        if (rm) {
+            memcpy(rm, bufs[k], (size_t)a->n * 4);
+            vaec_arena_to_rowmajor(a, bufs[k], rm);
+        }
+        put(&b, rm ? rm : bufs[k], (size_t)a->n * 4);
+    }
+    vaec_free(rm);
     PUT(&b, uint32_t, extra_len);
     if (extra_len) put(&b, extra, extra_len);
     PUT(&b, uint32_t, crc32_update(0, b.buf, b.len));
@@ -208,12 +219,25 @@ vaec_status vaec_file_apply(const vaec_file *f, vaec_arena *a) {
     if (f->nparams != a->n)
         return vaec_fail(VAEC_ERR_FORMAT, "'%s' is inconsistent: %lld parameters stored, its configuration has %lld",
                          f->path, (long long)f->nparams, (long long)a->n);
+    float *rm = vaec_arena_has_transposed(a) ? vaec_alloc((size_t)(a->n > 0 ? a->n : 1), sizeof(float)) : NULL;
+    if (!rm && vaec_arena_has_transposed(a)) return vaec_fail(VAEC_ERR_NOMEM, "out of memory loading '%s'", f->path);
     vaec_status st = vaec_arena_adam_set(a, f->adam);
-    if (st) return vaec_fail(VAEC_ERR_FORMAT, "'%s' holds invalid optimizer settings", f->path);
-    /* the data may sit at any byte offset after a variable-length config: memcpy */
-    memcpy(a->params, f->params, (size_t)a->n * 4);
-    memcpy(a->adam_m, f->adam_m, (size_t)a->n * 4);
-    memcpy(a->adam_v, f->adam_v, (size_t)a->n * 4);
+    if (st) {
+        vaec_free(rm);
+        return vaec_fail(VAEC_ERR_FORMAT, "'%s' holds invalid optimizer settings", f->path);
+    }
+    /* the data may sit at any byte offset after a variable-length config: memcpy; the
+     * file's row-major tensors then go back into the arena's layout */
+    const float *src[3] = {f->params, f->adam_m, f->adam_v};
+    float *dst[3] = {a->params, a->adam_m, a->adam_v};
+    for (int k = 0; k < 3; k++) {
+        memcpy(dst[k], src[k], (size_t)a->n * 4);
+        if (rm) {
+            memcpy(rm, src[k], (size_t)a->n * 4);
+            vaec_arena_from_rowmajor(a, rm, dst[k]);
+        }
+    }
+    vaec_free(rm);
     a->step = f->step;
     return VAEC_OK;
 }

@@ -25,6 +25,7 @@ static vaec_status add_info(vaec_arena *a, const char *name, int64_t offset, int
     t->shape[0] = d0;
     t->shape[1] = ndim == 2 ? d1 : 0;
     t->init_bound = bound;
+    t->transposed = 0;
     return VAEC_OK;
 }
 
@@ -33,6 +34,7 @@ vaec_status vaec_arena_add_linear(vaec_arena *a, vaec_linear *L, const char *con
     if (a->params) return vaec_fail(VAEC_ERR_ARG, "arena: tensors must be planned before allocation");
     L->in = in;
     L->out = out * heads;
+    L->wt = 0;
     L->W = a->n;
     L->b = L->W + L->out * in;
     a->n = align16(L->b + L->out);
@@ -45,6 +47,14 @@ vaec_status vaec_arena_add_linear(vaec_arena *a, vaec_linear *L, const char *con
         snprintf(buf, sizeof buf, "%s.bias", names[h]);
         if ((st = add_info(a, buf, L->b + h * out, 1, out, 0, bound))) return st;
     }
+    return VAEC_OK;
+}
+
+vaec_status vaec_arena_add_linear_wt(vaec_arena *a, vaec_linear *L, const char *name, int64_t in, int64_t out) {
+    vaec_status st = vaec_arena_add_linear(a, L, &name, 1, in, out);
+    if (st) return st;
+    L->wt = 1;
+    a->tensors[a->ntensors - 2].transposed = 1;   /* the weight; its bias follows it */
     return VAEC_OK;
 }
 
@@ -71,12 +81,40 @@ vaec_status vaec_arena_alloc(vaec_arena *a, uint64_t seed) {
     for (int t = 0; t < a->ntensors; t++) {
         const vaec_tensor_info *ti = &a->tensors[t];
         int64_t count = ti->ndim == 2 ? ti->shape[0] * ti->shape[1] : ti->shape[0];
-        float *p = a->params + ti->offset;
+        /* drawn in the tensor's row-major order (a transposed one into the gradient
+         * buffer, then moved), so the values do not depend on the layout */
+        float *p = (ti->transposed ? a->grads : a->params) + ti->offset;
         if (ti->init_bound == 0.0f) continue;  /* zeros */
         vaec_rng_uniform(p, count, seed, INIT_STREAM(t), 0);
         for (int64_t i = 0; i < count; i++) p[i] = (2.0f * p[i] - 1.0f) * ti->init_bound;
     }
+    vaec_arena_from_rowmajor(a, a->grads, a->params);
     return VAEC_OK;
+}
+
+/* Every transposed tensor of `a` from src to dst (same layout otherwise): to row-major
+ * (the tensor's (shape[0], shape[1]) order) or from it. Other tensors are not touched. */
+static void move_transposed(const vaec_arena *a, const float *src, float *dst, int to_rowmajor) {
+    for (int t = 0; t < a->ntensors; t++) {
+        const vaec_tensor_info *ti = &a->tensors[t];
+        if (!ti->transposed) continue;
+        const int64_t R = ti->shape[0], C = ti->shape[1];
+        const float *s = src + ti->offset;
+        float *d = dst + ti->offset;
+        for (int64_t i = 0; i < R; i++)
+            for (int64_t j = 0; j < C; j++) {
+                if (to_rowmajor) d[i * C + j] = s[j * R + i];
+                else d[j * R + i] = s[i * C + j];
+            }
+    }
+}
+void vaec_arena_to_rowmajor(const vaec_arena *a, const float *src, float *dst) { move_transposed(a, src, dst, 1); }
+void vaec_arena_from_rowmajor(const vaec_arena *a, const float *src, float *dst) { move_transposed(a, src, dst, 0); }
+
+int vaec_arena_has_transposed(const vaec_arena *a) {
+    for (int t = 0; t < a->ntensors; t++)
+        if (a->tensors[t].transposed) return 1;
+    return 0;
 }
 
 void vaec_arena_free(vaec_arena *a) {

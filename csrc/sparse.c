@@ -3,10 +3,10 @@
  *
  * A product with such an input only needs its nonzeros. vaec_spx_build copies the input
  * both ways (by rows, by columns) and says whether it is sparse enough to be worth it.
- * The forward pass then sums, per row, the rows of W^T at the row's nonzero columns (each
- * task transposes its own columns of W first, so they sit in its core's cache); the weight
- * gradient sums, per input column, the rows of dH at that column's nonzero rows, into a
- * small tile that is transposed onto dW (OUT, IN) while it is in L1. The kernels are in
+ * The layer keeps its weight as W^T (IN, OUT) in the arena (vaec_arena_add_linear_wt), so
+ * the forward pass sums, per row, the rows of W^T at the row's nonzero columns, and the
+ * weight gradient sums, per input column, the rows of dH at that column's nonzero rows
+ * straight into the rows of dW^T: neither needs a transpose. The kernels are in
  * gemm_kernel.inc, one per ISA; the naive path has none and stays dense.
  *
  * The arithmetic differs from the dense GEMM only in the order of the sums (and in the
@@ -184,16 +184,14 @@ typedef struct {
     int64_t ldc, N, jgrain, njs;
     int accumulate;
     atomic_int *nonfinite;
-    const float *W;   /* forward: W (N, K) to transpose into B first, or NULL */
 } sp_job;
 
 /* One range of output columns for every row: the task reads only its columns of W^T,
- * which stay in its core's cache, and transposes them first when W (OUT, IN) is given. */
+ * which stay in its core's cache. */
 static void forward_task(void *ctx, int64_t t, int tid) {
     (void)tid;
     sp_job *j = ctx;
     int64_t j0 = t * j->jgrain, j1 = j0 + j->jgrain < j->N ? j0 + j->jgrain : j->N;
-    if (j->W) j->kern->transpose(j->W + j0 * j->x->K, j->x->K, 0, j1 - j0, 0, j->x->K, (float *)j->B + j0, j->ldb, 0);
     j->kern->spmm_rows(j->x, j->B, j->ldb, &j->e, j->C, j->ldc, 0, j->x->R, j0, j1);
 }
 
@@ -207,17 +205,17 @@ static void wgrad_task(void *ctx, int64_t t, int tid) {
     j->kern->spmm_cols(j->x, j->B, j->ldb, j->C, j->ldc, k0, k1, j0, j1, j->accumulate, j->nonfinite);
 }
 
-void vaec_sparse_forward(vaec_pool *pool, const vaec_spx *x, const float *W, float *Wt, int64_t ldw, const float *b,
+void vaec_sparse_forward(vaec_pool *pool, const vaec_spx *x, const float *Wt, int64_t ldw, const float *b,
                          vaec_act act, float *H, int64_t ldh, int64_t N) {
-    sp_job j = {vaec_gemm_active_kernel(), x, Wt, ldw, {b, act, NULL, 0, NULL}, H, ldh, N, 0, 0, 0, NULL, W};
+    sp_job j = {vaec_gemm_active_kernel(), x, Wt, ldw, {b, act, NULL, 0, NULL}, H, ldh, N, 0, 0, 0, NULL};
     j.njs = col_ranges(N, 2 * vaec_pool_size(pool), &j.jgrain);
     vaec_pool_run(pool, forward_task, &j, j.njs);
 }
 
 void vaec_sparse_weight_grad(vaec_pool *pool, const vaec_spx *x, const float *dH, int64_t ldd, int64_t N,
-                             float *dW, int accumulate, atomic_int *nonfinite) {
-    sp_job j = {vaec_gemm_active_kernel(), x, dH, ldd, {NULL, VAEC_ACT_IDENTITY, NULL, 0, NULL}, dW, x->K, N, 0, 0,
-                accumulate, nonfinite, NULL};
+                             float *dWt, int accumulate, atomic_int *nonfinite) {
+    sp_job j = {vaec_gemm_active_kernel(), x, dH, ldd, {NULL, VAEC_ACT_IDENTITY, NULL, 0, NULL}, dWt, N, N, 0, 0,
+                accumulate, nonfinite};
     j.njs = col_ranges(N, vaec_pool_size(pool) > 1 && N >= 2 * SP_J_GRAIN ? 2 : 1, &j.jgrain);
     vaec_pool_run(pool, wgrad_task, &j, vaec_ntasks(x->K, SP_STRIP) * j.njs);
 }
@@ -239,9 +237,9 @@ void vaec_spmm_cols_naive(const vaec_spx *x, const float *D, int64_t ldd, float 
                           int accumulate) {
     for (int64_t k = 0; k < x->K; k++)
         for (int64_t j = 0; j < N; j++) {
-            double s = accumulate ? C[j * ldc + k] : 0.0;
+            double s = accumulate ? C[k * ldc + j] : 0.0;
             for (int64_t e = 0; e < x->ccnt[k]; e++)
                 s += (double)x->cval[k * x->R + e] * D[x->cidx[k * x->R + e] * ldd + j];
-            C[j * ldc + k] = (float)s;
+            C[k * ldc + j] = (float)s;
         }
 }

@@ -74,7 +74,9 @@ vaec_status vaec_vae_create(vaec_vae **out, const vaec_vae_config *cfg) {
     int64_t prev = D;
     for (int i = 0; i < nh && !st; i++) {
         snprintf(name, sizeof name, "encoder.%d", i);
-        st = vaec_arena_add_linear(A, &m->enc[i], nm, 1, prev, cfg->hidden[i]);
+        /* the first layer keeps W^T: the sparse path reads and writes its rows */
+        st = i ? vaec_arena_add_linear(A, &m->enc[i], nm, 1, prev, cfg->hidden[i])
+               : vaec_arena_add_linear_wt(A, &m->enc[i], name, prev, cfg->hidden[i]);
         prev = cfg->hidden[i];
     }
     const char *enc_heads[2] = {"encoder.mu", "encoder.logvar"}, *ae_head[1] = {"encoder.code"};
@@ -113,7 +115,6 @@ void vaec_vae_destroy(vaec_vae *m) {
     vaec_free(m->w_lw);
     vaec_free(m->w_fws);
     vaec_spx_free(&m->spx);
-    vaec_free(m->sp_wt);
     vaec_free(m);
 }
 
@@ -180,11 +181,7 @@ static vaec_status ensure_workspace(vaec_vae *m, int64_t rows) {
 #undef TAKE
     /* the sparse first layer: without room for it, the dense path (it is only faster) */
     m->sp_for = NULL;
-    if (nh && !m->sp_wt) {
-        m->sp_wt = vaec_alloc((size_t)(D * align16(c->hidden[0])), sizeof(float));
-        m->sp_wt_ok = 0;
-    }
-    if (nh && (!m->sp_wt || vaec_spx_alloc(&m->spx, rows, D))) {
+    if (nh && vaec_spx_alloc(&m->spx, rows, D)) {
         vaec_spx_free(&m->spx);
         vaec_clear_error();
     }
@@ -253,8 +250,8 @@ static const float *prepare_input(vaec_vae *m, const vaec_input *x, int64_t r0, 
  * is `in` (the layer below's), so din leaves already multiplied by act'. */
 static void layer_forward(vaec_vae *m, const vaec_layer *L, vaec_act act, float *out, int64_t ldo,
                           const float *in, int64_t ldi, int64_t R) {
-    vaec_dense_forward_act_strided(m->pool, out, ldo, in, ldi, m->arena.params + L->W, m->arena.params + L->b, act, R,
-                                   L->in, L->out);
+    vaec_dense_forward_act_strided(m->pool, out, ldo, in, ldi, m->arena.params + L->W, L->wt, m->arena.params + L->b,
+                                   act, R, L->in, L->out);
 }
 
 /* The dense layers in arena order (the flow's tensors, if any, lie between the encoder's
@@ -309,7 +306,7 @@ static void layer_backward(vaec_vae *m, const vaec_layer *L, vaec_act act, float
     const int accumulate = !(m->grad_fresh & bit);
     m->grad_fresh &= ~bit;
     vaec_dense_backward_act_strided_ex(m->pool, din, ldin, m->arena.grads + L->W, m->arena.grads + L->b, dout, ldd,
-                                       in, ldi, m->arena.params + L->W, act, R, L->in, L->out, accumulate,
+                                       in, ldi, m->arena.params + L->W, L->wt, act, R, L->in, L->out, accumulate,
                                        &m->grad_nonfinite);
 }
 
@@ -615,10 +612,8 @@ static int sparse_first_forward(vaec_vae *m, const float *xin, int64_t ldx, int6
     m->sp_for = NULL;
     const vaec_layer *L = &m->enc[0];
     if (!m->cfg.n_hidden || !m->spx.cap_rows || !vaec_spx_build(m->pool, xin, ldx, R, L->in, &m->spx)) return 0;
-    const int64_t ldw = align16(L->out);
-    vaec_sparse_forward(m->pool, &m->spx, m->sp_wt_ok ? NULL : m->arena.params + L->W, m->sp_wt, ldw,
-                        m->arena.params + L->b, m->cfg.activation, m->w_enc[0], ldw, L->out);
-    m->sp_wt_ok = 1;
+    vaec_sparse_forward(m->pool, &m->spx, m->arena.params + L->W, L->out, m->arena.params + L->b, m->cfg.activation,
+                        m->w_enc[0], align16(L->out), L->out);
     m->sp_for = xin;
     m->sp_rows = R;
     return 1;
@@ -629,11 +624,11 @@ static void sparse_first_backward(vaec_vae *m, int64_t R) {
     const vaec_layer *L = &m->enc[0];
     const uint32_t bit = layer_bit(m, L);
     const int accumulate = !(m->grad_fresh & bit);
-    const int64_t ldw = align16(L->out);
+    const int64_t ldd = align16(L->out);
     m->grad_fresh &= ~bit;
-    vaec_sparse_weight_grad(m->pool, &m->spx, m->d_enc[0], ldw, L->out, m->arena.grads + L->W, accumulate,
+    vaec_sparse_weight_grad(m->pool, &m->spx, m->d_enc[0], ldd, L->out, m->arena.grads + L->W, accumulate,
                             &m->grad_nonfinite);
-    vaec_dense_bias_grad(m->pool, m->arena.grads + L->b, m->d_enc[0], ldw, R, L->out, accumulate,
+    vaec_dense_bias_grad(m->pool, m->arena.grads + L->b, m->d_enc[0], ldd, R, L->out, accumulate,
                          &m->grad_nonfinite);
 }
 
@@ -795,7 +790,6 @@ static vaec_status forward_all(vaec_vae *m, const vaec_input *x, const vaec_nois
                                double *out, double *loss) {
     vaec_status st = check_input(m, x);
     if (st) return st;
-    m->sp_wt_ok = 0;  /* the parameters may have changed since the last call */
     noise_plan np = {0};
     if ((st = plan_noise(m, noise, &np))) return st;
     int64_t chunk = x->n < VAE_CHUNK ? x->n : VAE_CHUNK;
@@ -992,7 +986,6 @@ vaec_status vaec_vae_wake_sleep_grad(vaec_vae *m, const vaec_input *x, const vae
 vaec_status vaec_vae_encode(vaec_vae *m, const vaec_input *x, float *mu, float *logvar) {
     vaec_status st = check_input(m, x);
     if (st) return st;
-    m->sp_wt_ok = 0;  /* the parameters may have changed since the last call */
     const int64_t Z = m->cfg.latent_dim, lh = align16(2 * Z);
     int64_t chunk = x->n < VAE_CHUNK ? x->n : VAE_CHUNK;
     if (chunk > 0 && (st = ensure_workspace(m, chunk))) return st;

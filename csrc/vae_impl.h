@@ -36,9 +36,8 @@ struct vaec_vae {
     atomic_int grad_nonfinite;      /* a dense layer's gradient of this call holds Inf or NaN
                                        (checked as it is written, for Adam) */
     /* the first encoder layer on sparse inputs (sparse.c; not with n_hidden = 0) */
-    vaec_spx spx;                   /* the sparse copy of the current chunk's input */
-    float *sp_wt;                   /* enc[0]'s W^T, (input_dim, align16(out)) */
-    int sp_wt_ok;                   /* sp_wt holds this call's W^T (params change between calls) */
+    vaec_spx spx;                   /* the sparse copy of the current chunk's input (enc[0]
+                                       keeps W^T in the arena for it: vaec_arena_add_linear_wt) */
     const float *sp_for;            /* the input rows spx holds and the forward used (NULL: dense) */
     int64_t sp_rows;
 };

@@ -11,7 +11,9 @@
  *         with gradients and the two Adam moments in buffers of the same layout, so
  *         the optimizer is one flat loop and a client can expose zero-copy views;
  *       * a table of named tensors (torch.nn.Linear naming: "encoder.0.weight" is
- *         (out, in), row-major) pointing into the arena;
+ *         (out, in)) pointing into the arena, row-major except where a tensor says
+ *         `transposed` (the VAE's first layer keeps W^T; model files hold every
+ *         tensor row-major);
  *       * a workspace sized for the largest chunk seen, so a training step does not
  *         allocate once warm;
  *       * optionally a normalizing flow on its posterior (csrc/flows.h);
@@ -168,6 +170,8 @@ typedef struct {
     int ndim;          /* 1 or 2 */
     int64_t shape[2];
     float init_bound;  /* initialized ~ U(-bound, bound); 0 gives zeros */
+    int transposed;    /* 2-D kept transposed: element (i, j) at offset + j * shape[0] + i,
+                          the (shape[1], shape[0]) array row-major (a column-major view) */
 } vaec_tensor_info;
 
 typedef struct {
@@ -183,10 +187,12 @@ typedef struct {
     int64_t step;                       /* Adam steps taken */
 } vaec_arena;
 
-/* A dense layer's place in the arena: W (out, in) at offset W, b (out) at offset b. */
+/* A dense layer's place in the arena: W (out, in) at offset W, b (out) at offset b; with
+ * wt, W is kept transposed, as W^T (in, out) row-major (its tensor says `transposed`). */
 typedef struct {
     int64_t W, b;
     int64_t in, out;
+    int wt;
 } vaec_linear;
 
 /* Plan a dense layer with `heads` output heads of `out` rows each (named names[h]): the
@@ -194,6 +200,11 @@ typedef struct {
  * heads*out rows. Initialized like torch.nn.Linear: U(+-1/sqrt(in)). */
 vaec_status vaec_arena_add_linear(vaec_arena *a, vaec_linear *out, const char *const *names, int heads,
                                   int64_t in, int64_t out_rows);
+/* The same for one head kept as W^T (in, out): the layout a layer reading sparse inputs
+ * wants (its forward sums rows of W^T, its weight gradient writes them); the tensor's
+ * shape is still (out, in), as a client sees it through a column-major view. */
+vaec_status vaec_arena_add_linear_wt(vaec_arena *a, vaec_linear *out, const char *name, int64_t in,
+                                     int64_t out_rows);
 /* Plan one free tensor (1-D: d1 = 0); returns its offset through *offset. */
 vaec_status vaec_arena_add_tensor(vaec_arena *a, int64_t *offset, const char *name, int ndim,
                                   int64_t d0, int64_t d1, float init_bound);
@@ -207,6 +218,11 @@ vaec_status vaec_arena_adam_set(vaec_arena *a, vaec_adam_config cfg);
 void vaec_arena_adam_reset(vaec_arena *a);
 /* Index of the tensor called name, or -1. */
 int vaec_arena_find(const vaec_arena *a, const char *name);
+/* Whether any tensor is kept transposed; and every such tensor copied from src to dst
+ * (arena-sized buffers, src != dst) into row-major order, or back from it. */
+int vaec_arena_has_transposed(const vaec_arena *a);
+void vaec_arena_to_rowmajor(const vaec_arena *a, const float *src, float *dst);
+void vaec_arena_from_rowmajor(const vaec_arena *a, const float *src, float *dst);
 
 /* --------------------------------------------------------------- model files */
 /* One format for every model: magic "\x89VAEC\r\n\x1a", format version, endian marker,

@@ -228,8 +228,23 @@ def test_hidden_none_means_no_hidden_layer_and_int_means_one():
 
 def test_params_are_zero_copy_views(model):
     w = model.params["encoder.0.weight"]
-    assert w.shape == (8, 16) and w.dtype == np.float32 and w.flags.c_contiguous
+    # the first layer's weight is kept as W^T (its sparse path's layout): the view is
+    # column-major, in torch's (out, in) shape; every other tensor is row-major
+    assert w.shape == (8, 16) and w.dtype == np.float32 and w.flags.f_contiguous and not w.flags.c_contiguous
+    assert all(v.flags.c_contiguous for k, v in model.params.items() if k != "encoder.0.weight")
+    assert model.grads["encoder.0.weight"].flags.f_contiguous
     x = np.full((3, 16), 0.5, np.float32)
+    # a write through the transposed view is what C multiplies by: one input pixel on
+    # moves the first hidden layer by that weight's column
+    one = np.zeros((1, 16), np.float32)
+    one[0, 5] = 1.0
+    keep = w.copy()
+    w[...] = 0.0
+    w[:, 5] = np.arange(8, dtype=np.float32) / 8
+    h = np.tanh(w[:, 5] + model.params["encoder.0.bias"])
+    mu = h @ model.params["encoder.mu.weight"].T + model.params["encoder.mu.bias"]
+    assert np.allclose(model.encode(one)[0][0], mu, atol=1e-5)
+    w[...] = keep
     before = model.encode(x)[0].copy()
     old = model.params["encoder.mu.bias"].copy()
     model.params["encoder.mu.bias"][...] += 1.0
@@ -242,7 +257,7 @@ def test_params_are_zero_copy_views(model):
     assert np.any(g != 0)
     # one contiguous arena: each view starts at its table offset from the first one
     addr = {k: v.__array_interface__["data"][0] for k, v in model.params.items()}
-    offsets = {name: off for name, off, _ in model._core.tensors()}
+    offsets = {name: off for name, off, _, _ in model._core.tensors()}
     base = addr["encoder.0.weight"] - 4 * offsets["encoder.0.weight"]
     assert all(addr[k] == base + 4 * offsets[k] for k in addr)
     gaddr = {k: v.__array_interface__["data"][0] for k, v in model.grads.items()}

@@ -151,3 +151,36 @@ def test_a_crafted_file_with_a_valid_checksum_cannot_overrun(tmp_path):
         p.write_bytes(data)
         with pytest.raises(ValueError, match="inconsistent|too short"):
             vaec.load(p)
+
+
+def test_the_file_holds_every_tensor_row_major(trained, tmp_path):
+    """The first layer's weight is kept as W^T in memory; the file has it (and its Adam
+    moments) in its (out, in) order, like every other tensor."""
+    m, _ = trained
+    assert [t[0] for t in m._core.tensors() if t[3]] == ["encoder.0.weight"]
+    path = tmp_path / "m.vaec"
+    m.save(path)
+    data = path.read_bytes()
+    n = m._arenas["params"].size
+    start = 24 + 152 + 48
+    stored = {k: np.frombuffer(data, "<f4", count=n, offset=start + 4 * n * i)
+              for i, k in enumerate(("params", "adam_m", "adam_v"))}
+    for which in ("params", "adam_m", "adam_v"):
+        views = m._views(which)
+        for name, offset, shape, _ in m._core.tensors():
+            size = int(np.prod(shape))
+            assert np.array_equal(stored[which][offset:offset + size], views[name].ravel(order="C")), (which, name)
+    assert np.any(stored["adam_m"] != 0)
+
+
+def test_a_file_from_before_the_transposed_layout_loads_the_same():
+    """tests/data/vae_536a70d.vaec was written by vaec at commit 536a70d, when every tensor
+    was row-major in memory too: it loads to the same parameters, and its next training
+    steps give the losses that build gave."""
+    here = os.path.join(os.path.dirname(__file__), "data")
+    m = vaec.load(os.path.join(here, "vae_536a70d.vaec"))
+    want = np.load(os.path.join(here, "vae_536a70d.npz"))
+    for k in m.params:
+        assert np.array_equal(m.params[k], want[k]), k
+    losses = [m.train_step(want["x"], lr=1e-2) for _ in range(2)]
+    assert np.allclose(losses, want["next_losses"], rtol=1e-6, atol=0)

@@ -287,7 +287,8 @@ PyObject *vaec_py_arena_tensors(const vaec_arena *a) {
         const vaec_tensor_info *t = &a->tensors[i];
         PyObject *shape = t->ndim == 2 ? Py_BuildValue("(LL)", (long long)t->shape[0], (long long)t->shape[1])
                                        : Py_BuildValue("(L)", (long long)t->shape[0]);
-        PyObject *item = shape ? Py_BuildValue("(sLN)", t->name, (long long)t->offset, shape) : NULL;
+        PyObject *item = shape ? Py_BuildValue("(sLNO)", t->name, (long long)t->offset, shape,
+                                               t->transposed ? Py_True : Py_False) : NULL;
         if (!item) { Py_DECREF(list); return NULL; }
         PyList_SET_ITEM(list, i, item);
     }

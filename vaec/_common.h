@@ -50,7 +50,7 @@ int vaec_py_parse_widths(PyObject *obj, const char *name, int *n, int64_t *out);
 /* Zero-copy 1-D float32 view of one arena buffer ("params", "grads", "adam_m", "adam_v");
  * the array holds a reference to owner. */
 PyObject *vaec_py_arena_view(PyObject *owner, vaec_arena *a, const char *which);
-/* [(name, offset, shape)]. */
+/* [(name, offset, shape, transposed)]: transposed tensors are stored (shape[1], shape[0]). */
 PyObject *vaec_py_arena_tensors(const vaec_arena *a);
 /* The optimizer and RNG state as a dict: step, beta1, beta2, adam_eps, rng_seed,
  * rng_counter, threads. */
@@ -153,7 +153,7 @@ PyObject *vaec_py_model_save_extra(PyObject *self, PyObject *args);
 #define VAEC_PY_MODEL_METHODS                                                                              \
     {"adam_step", vaec_py_model_adam_step, METH_VARARGS, "adam_step(lr): Adam on the current grads."},     \
     {"arena", vaec_py_model_arena, METH_VARARGS, "arena(which) -> zero-copy float32 view"},                \
-    {"tensors", vaec_py_model_tensors, METH_NOARGS, "[(name, offset, shape)]"},                            \
+    {"tensors", vaec_py_model_tensors, METH_NOARGS, "[(name, offset, shape, transposed)]"},                         \
     {"state", vaec_py_model_state, METH_NOARGS, "optimizer and RNG state"},                                \
     {"set_adam", (PyCFunction)(void (*)(void))vaec_py_model_set_adam, METH_VARARGS | METH_KEYWORDS,        \
      "set_adam(beta1, beta2, eps)"},                                                                       \

@@ -461,8 +461,8 @@ static PyObject *mod_dense(PyObject *module, PyObject *args) {
         if (!(o1 = PyArray_ZEROS(2, dims, NPY_FLOAT32, 0))) goto done;
         float *out = PyArray_DATA((PyArrayObject *)o1);
         Py_BEGIN_ALLOW_THREADS
-        if (fused) vaec_dense_forward_act_strided(pool, out, OUT, x, IN, W, b, act, B, IN, OUT);
-        else vaec_dense_forward_act_strided_naive(pool, out, OUT, x, IN, W, b, act, B, IN, OUT);
+        if (fused) vaec_dense_forward_act_strided(pool, out, OUT, x, IN, W, 0, b, act, B, IN, OUT);
+        else vaec_dense_forward_act_strided_naive(pool, out, OUT, x, IN, W, 0, b, act, B, IN, OUT);
         Py_END_ALLOW_THREADS
         res = o1;
         o1 = NULL;
@@ -476,7 +476,7 @@ static PyObject *mod_dense(PyObject *module, PyObject *args) {
         const float *dout = PyArray_DATA(a[3]);
         Py_BEGIN_ALLOW_THREADS
         if (fused) vaec_dense_backward_act_strided(pool, din, IN, dW, db, dout, OUT, x, IN, W, act, B, IN, OUT);
-        else vaec_dense_backward_act_strided_naive(pool, din, IN, dW, db, dout, OUT, x, IN, W, act, B, IN, OUT);
+        else vaec_dense_backward_act_strided_naive(pool, din, IN, dW, db, dout, OUT, x, IN, W, 0, act, B, IN, OUT);
         Py_END_ALLOW_THREADS
         res = PyTuple_Pack(3, o1, o2, o3);
     }

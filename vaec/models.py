@@ -137,12 +137,36 @@ class ArenaModel:
         self.params = self._views("params")
         self.grads = self._views("grads")
 
-    def _views(self, which):
-        flat = self._arenas[which]
+    def _views(self, which, flat=None):
+        """Name -> view of one arena buffer (or of ``flat``, an array laid out like it). A
+        tensor the core keeps transposed (the VAE's first weight, as W^T for its sparse
+        path) is shown in its own shape as a column-major view: still zero-copy."""
+        flat = self._arenas[which] if flat is None else flat
         out = {}
-        for name, offset, shape in self._tensors:
+        for name, offset, shape, transposed in self._tensors:
             size = int(np.prod(shape))
-            out[name] = flat[offset:offset + size].reshape(shape)
+            block = flat[offset:offset + size]
+            out[name] = block.reshape(shape[::-1]).T if transposed else block.reshape(shape)
+        return out
+
+    def _rowmajor(self, flat):
+        """A copy of an arena-shaped array with every tensor row-major (the layout of the
+        model file, and of anything kept across versions)."""
+        out = np.array(flat, dtype=np.float32, copy=True)
+        views = self._views(None, flat)
+        for name, offset, shape, transposed in self._tensors:
+            if transposed:
+                out[offset:offset + views[name].size] = views[name].ravel()
+        return out
+
+    def _from_rowmajor(self, flat):
+        """The inverse of ``_rowmajor``: a row-major arena-shaped array in the core's layout."""
+        flat = np.asarray(flat, dtype=np.float32)
+        out = flat.copy()
+        views = self._views(None, out)
+        for name, offset, shape, transposed in self._tensors:
+            if transposed:
+                views[name][...] = flat[offset:offset + int(np.prod(shape))].reshape(shape)
         return out
 
     @property
@@ -526,7 +550,7 @@ class _Coder(ArenaModel):
         extra record: one atomic file."""
         blob = json.dumps(state).encode() + b"\0"
         if best_params is not None:
-            blob += best_params.astype("<f4").tobytes()
+            blob += self._rowmajor(best_params).astype("<f4").tobytes()
         self._core.save(path, blob)
 
     def _resume(self, path):
@@ -555,6 +579,7 @@ class _Coder(ArenaModel):
             best = np.frombuffer(tail, "<f4").astype(np.float32)
             if best.size != self._arenas["params"].size:
                 raise ValueError(f"resume: {os.fspath(path)} has best parameters of the wrong size")
+            best = self._from_rowmajor(best)
         return state, best
 
     def _check_data(self, X, name):
@@ -568,7 +593,7 @@ class _Coder(ArenaModel):
 
     def __getstate__(self):
         state = self._core.state()
-        return {"config": self._core.config(), "arenas": {k: v.copy() for k, v in self._arenas.items()},
+        return {"config": self._core.config(), "arenas": {k: self._rowmajor(v) for k, v in self._arenas.items()},
                 "state": state, "history": self.history, "baseline": self._baseline}
 
     def __setstate__(self, d):
@@ -578,7 +603,7 @@ class _Coder(ArenaModel):
         self._attach(core)
         self._baseline = d.get("baseline")
         for k, v in d["arenas"].items():
-            self._arenas[k][...] = v
+            self._arenas[k][...] = self._from_rowmajor(v)
         s = d["state"]
         core.set_adam(s["beta1"], s["beta2"], s["adam_eps"])
         core.set_rng(s["rng_seed"], s["rng_counter"], s["step"])

@@ -17,7 +17,7 @@ static float frand(unsigned *s) { *s = *s * 1664525u + 1013904223u; return (floa
  * makes it infinite (and stays so). A result passes at 4 units or less. */
 static double sum_err(const float *got, int64_t ldg, const float *want, int64_t ldw, int64_t rows, int64_t cols,
                       int64_t K) {
-    const double unit = 1e-6 * sqrt((double)K) * (K * 0.25 + 1);
+    const double unit = 1e-6 * sqrt((double)(K > 0 ? K : 1)) * (K * 0.25 + 1);   /* K = 0: exact */
     double worst = 0;
     for (int64_t i = 0; i < rows; i++)
         for (int64_t j = 0; j < cols; j++) {
@@ -59,10 +59,13 @@ int main(void) {
                     free(A); free(B); free(C); free(R);
                 }
     }
-    /* few rows of op(A) with runs of zeros (+0 and -0), which the small-M kernel skips a
-     * vector at a time: short rows (listed) and long ones (every vector), against the naive */
-    static const int zshapes[][3] = {{1, 400, 784}, {3, 37, 100}, {4, 20, 8200}, {2, 50, 513}, {1, 5, 16}};
+    /* few rows of op(A) with runs of zeros (+0 and -0), which the small-M kernel skips (a
+     * vector at a time against op(B) = B^T: short rows listed, long ones every vector;
+     * an element at a time against B, SM_NZ = 1024 at a time), against the naive */
+    static const int zshapes[][3] = {{1, 400, 784}, {3, 37, 100}, {4, 20, 8200}, {2, 50, 513}, {1, 5, 16},
+                                     {3, 20, 0}, {1, 300, 1025}};
     for (size_t s = 0; s < sizeof zshapes / sizeof zshapes[0]; s++)
+        for (int tb = 0; tb < 2; tb++)
         for (int beta = 0; beta < 2; beta++) {
             int M = zshapes[s][0], N = zshapes[s][1], K = zshapes[s][2];
             float *A = malloc(sizeof(float) * M * K), *B = malloc(sizeof(float) * K * N);
@@ -73,11 +76,11 @@ int main(void) {
             }
             for (int i = 0; i < K * N; i++) B[i] = frand(&seed);
             for (int i = 0; i < M * N; i++) C[i] = R[i] = frand(&seed);
-            vaec_sgemm(pool, 0, 1, M, N, K, A, K, B, K, (float)beta, C, N);
-            vaec_sgemm_naive(0, 1, M, N, K, A, K, B, K, (float)beta, R, N);
+            vaec_sgemm(pool, 0, tb, M, N, K, A, K, B, tb ? K : N, (float)beta, C, N);
+            vaec_sgemm_naive(0, tb, M, N, K, A, K, B, tb ? K : N, (float)beta, R, N);
             double worst = sum_err(C, N, R, N, M, N, K);
             if (worst <= 4.0) passed++;
-            else { failed++; printf("FAIL zero runs M=%d N=%d K=%d beta=%d: %.2f\n", M, N, K, beta, worst); }
+            else { failed++; printf("FAIL zero runs M=%d N=%d K=%d tb=%d beta=%d: %.2f\n", M, N, K, tb, beta, worst); }
             free(A); free(B); free(C); free(R);
         }
     /* the epilogue's Inf/NaN flag: clear on finite results (the largest finite floats
@@ -126,26 +129,58 @@ int main(void) {
             for (int use_pool = 0; use_pool < 2; use_pool++) {
                 vaec_pool *p = use_pool ? pool : NULL;
                 const float *bias = act % 2 ? b : NULL;
-                vaec_dense_forward_act_strided(p, o1, OUT, x, IN, W, bias, (vaec_act)act, B, IN, OUT);
-                vaec_dense_forward_act_strided_naive(p, o2, OUT, x, IN, W, bias, (vaec_act)act, B, IN, OUT);
+                vaec_dense_forward_act_strided(p, o1, OUT, x, IN, W, 0, bias, (vaec_act)act, B, IN, OUT);
+                vaec_dense_forward_act_strided_naive(p, o2, OUT, x, IN, W, 0, bias, (vaec_act)act, B, IN, OUT);
                 int ok = memcmp(o1, o2, sizeof(float) * B * OUT) == 0;
                 /* backward: the layer's input is the activation's output */
                 vaec_act_forward((vaec_act)act, i2, x, (int64_t)B * IN);
                 vaec_dense_backward_act_strided(p, i1, IN, w1, b1, d, OUT, i2, IN, W, (vaec_act)act, B, IN, OUT);
                 float *ref_in = malloc(sizeof(float) * B * IN);
-                vaec_dense_backward_act_strided_naive(p, ref_in, IN, w2, b2, d, OUT, i2, IN, W, (vaec_act)act, B, IN, OUT);
+                vaec_dense_backward_act_strided_naive(p, ref_in, IN, w2, b2, d, OUT, i2, IN, W, 0, (vaec_act)act, B, IN, OUT);
                 ok = ok && memcmp(i1, ref_in, sizeof(float) * B * IN) == 0 &&
                      memcmp(w1, w2, sizeof(float) * OUT * IN) == 0 && memcmp(b1, b2, sizeof(float) * OUT) == 0;
                 free(ref_in);
                 if (ok) passed++;
                 else { failed++; printf("FAIL fused dense B=%d IN=%d OUT=%d act=%s pool=%d\n", B, IN, OUT,
                                         vaec_act_name((vaec_act)act), use_pool); }
+                /* W kept transposed (wt): the bits of the unfused passes on the same layout,
+                 * and the values of the row-major layer (o2, ref_in, w1 and b1 above) */
+                float *Wt = malloc(sizeof(float) * OUT * IN), *o3 = malloc(sizeof(float) * B * OUT);
+                float *o4 = malloc(sizeof(float) * B * OUT), *i3 = malloc(sizeof(float) * B * IN);
+                float *i4 = malloc(sizeof(float) * B * IN), *w3 = calloc((size_t)OUT * IN, sizeof(float));
+                float *w4 = calloc((size_t)OUT * IN, sizeof(float)), *b3 = calloc((size_t)OUT, sizeof(float));
+                float *b4 = calloc((size_t)OUT, sizeof(float)), *w5 = calloc((size_t)OUT * IN, sizeof(float));
+                float *b5 = calloc((size_t)OUT, sizeof(float));
+                for (int o = 0; o < OUT; o++) for (int k = 0; k < IN; k++) Wt[k * OUT + o] = W[o * IN + k];
+                vaec_dense_backward_act_strided(p, i1, IN, w5, b5, d, OUT, i2, IN, W, (vaec_act)act, B, IN, OUT);
+                vaec_dense_forward_act_strided(p, o3, OUT, x, IN, Wt, 1, bias, (vaec_act)act, B, IN, OUT);
+                vaec_dense_forward_act_strided_naive(p, o4, OUT, x, IN, Wt, 1, bias, (vaec_act)act, B, IN, OUT);
+                vaec_dense_backward_act_strided_ex(p, i3, IN, w3, b3, d, OUT, i2, IN, Wt, 1, (vaec_act)act, B, IN,
+                                                   OUT, 0, NULL);
+                vaec_dense_backward_act_strided_naive(p, i4, IN, w4, b4, d, OUT, i2, IN, Wt, 1, (vaec_act)act, B, IN,
+                                                      OUT);
+                ok = memcmp(o3, o4, sizeof(float) * B * OUT) == 0 && memcmp(i3, i4, sizeof(float) * B * IN) == 0 &&
+                     memcmp(w3, w4, sizeof(float) * OUT * IN) == 0 && memcmp(b3, b4, sizeof(float) * OUT) == 0;
+                double worst = sum_err(o3, OUT, o2, OUT, B, OUT, IN);
+                double wi = sum_err(i3, IN, i1, IN, B, IN, OUT), wb = sum_err(b3, OUT, b5, OUT, 1, OUT, B);
+                for (int o = 0; o < OUT; o++)   /* dW^T against dW */
+                    for (int k = 0; k < IN; k++) {
+                        double e = fabs((double)w3[k * OUT + o] - w5[o * IN + k]) / (1e-6 * sqrt((double)B) * (B * 0.25 + 1));
+                        if (!(e <= wb)) wb = e == e ? e : INFINITY;
+                    }
+                if (wi > worst) worst = wi;
+                if (wb > worst) worst = wb;
+                if (ok && worst <= 4.0) passed++;
+                else { failed++; printf("FAIL dense with W^T B=%d IN=%d OUT=%d act=%s pool=%d: bits %d, %.2f\n", B, IN,
+                                        OUT, vaec_act_name((vaec_act)act), use_pool, ok, worst); }
+                free(Wt); free(o3); free(o4); free(i3); free(i4); free(w3); free(w4); free(b3); free(b4); free(w5); free(b5);
             }
         free(x); free(W); free(b); free(d); free(o1); free(o2); free(i1); free(i2); free(w1); free(w2); free(b1); free(b2);
     }
     /* the sparse first layer (sparse.c): the copy holds every nonzero once, in order; the
-     * forward (with its transpose) and the weight gradient match the float64 loops; the
-     * pool changes no bit; an Inf in dH sets the flag. The naive path has no kernels. */
+     * forward (on W^T, unpadded rows as the VAE keeps it) and the weight gradient (dW^T)
+     * match the float64 loops; the pool changes no bit; an Inf in dH sets the flag. The
+     * naive path has no kernels. */
     static const int sshapes[][3] = {{1, 1, 1}, {3, 17, 5}, {33, 784, 400}, {40, 31, 130}, {257, 100, 17}, {64, 513, 48}};
     static const float dens[] = {0.0f, 0.13f, 0.5f, 1.0f};
     vaec_sparse before = vaec_sparse_mode_set(VAEC_SPARSE_ALWAYS);
@@ -153,7 +188,7 @@ int main(void) {
         for (size_t dd = 0; dd < sizeof dens / sizeof dens[0]; dd++) {
             int R = sshapes[s][0], K = sshapes[s][1], N = sshapes[s][2], ldw = (N + 15) / 16 * 16;
             float *X = malloc(sizeof(float) * R * K), *W = malloc(sizeof(float) * N * K), *b = malloc(sizeof(float) * N);
-            float *Wt = malloc(sizeof(float) * K * ldw), *H = malloc(sizeof(float) * R * ldw);
+            float *Wt = malloc(sizeof(float) * K * N), *H = malloc(sizeof(float) * R * ldw);
             float *H1 = malloc(sizeof(float) * R * ldw), *Hr = malloc(sizeof(float) * R * N);
             float *dH = malloc(sizeof(float) * R * ldw), *G = malloc(sizeof(float) * N * K), *G1 = malloc(sizeof(float) * N * K);
             float *Gr = malloc(sizeof(float) * N * K);
@@ -199,17 +234,15 @@ int main(void) {
             ok = ok && nnz == sp.nnz;
             if (!ok) { failed++; printf("FAIL sparse copy R=%d K=%d density %.2f\n", R, K, dens[dd]); }
             else passed++;
-            /* forward: Wt from W inside, tanh epilogue; on the pool and alone */
-            for (int k = 0; k < K; k++) for (int j = 0; j < N; j++) Wt[k * ldw + j] = W[j * K + k];
-            vaec_spmm_rows_naive(&sp, Wt, ldw, b, Hr, N, N);
+            /* forward: tanh epilogue; on the pool and alone */
+            for (int k = 0; k < K; k++) for (int j = 0; j < N; j++) Wt[k * N + j] = W[j * K + k];
+            vaec_spmm_rows_naive(&sp, Wt, N, b, Hr, N, N);
             vaec_act_forward(VAEC_ACT_TANH, Hr, Hr, (int64_t)R * N);
-            memset(Wt, 0, sizeof(float) * K * ldw);
-            vaec_sparse_forward(pool, &sp, W, Wt, ldw, b, VAEC_ACT_TANH, H, ldw, N);
-            vaec_sparse_forward(NULL, &sp, NULL, Wt, ldw, b, VAEC_ACT_TANH, H1, ldw, N);
+            vaec_sparse_forward(pool, &sp, Wt, N, b, VAEC_ACT_TANH, H, ldw, N);
+            vaec_sparse_forward(NULL, &sp, Wt, N, b, VAEC_ACT_TANH, H1, ldw, N);
             double worst = sum_err(H, ldw, Hr, N, R, N, K);
             for (int i = 0; i < R; i++)   /* the pool changes no bit */
                 if (memcmp(H + i * ldw, H1 + i * ldw, sizeof(float) * N) != 0) worst = INFINITY;
-            for (int k = 0; k < K; k++) for (int j = 0; j < N; j++) if (Wt[k * ldw + j] != W[j * K + k]) worst = INFINITY;
             if (worst <= 4.0) passed++;
             else { failed++; printf("FAIL sparse forward R=%d K=%d N=%d density %.2f: %.2f\n", R, K, N, dens[dd], worst); }
             /* weight gradient, written then added, and its Inf/NaN flag */
@@ -218,8 +251,8 @@ int main(void) {
                 atomic_int flag = 0, flag1 = 0;
                 vaec_sparse_weight_grad(pool, &sp, dH, ldw, N, G, acc, &flag);
                 vaec_sparse_weight_grad(NULL, &sp, dH, ldw, N, G1, acc, &flag1);
-                vaec_spmm_cols_naive(&sp, dH, ldw, Gr, K, N, acc);
-                worst = sum_err(G, K, Gr, K, N, K, R);
+                vaec_spmm_cols_naive(&sp, dH, ldw, Gr, N, N, acc);
+                worst = sum_err(G, N, Gr, N, K, N, R);
                 ok = worst <= 4.0 && memcmp(G, G1, sizeof(float) * N * K) == 0 && !flag && !flag1;
                 /* an Inf in a row of dH that has a nonzero input reaches dW */
                 int row = -1;
