@@ -195,14 +195,13 @@ static void forward_task(void *ctx, int64_t t, int tid) {
     j->kern->spmm_rows(j->x, j->B, j->ldb, &j->e, j->C, j->ldc, 0, j->x->R, j0, j1);
 }
 
-/* SP_STRIP input columns by one range of output columns */
+/* SP_STRIP input columns: whole rows of dW^T (splitting them by columns as well was
+ * 2 % slower) */
 static void wgrad_task(void *ctx, int64_t t, int tid) {
     (void)tid;
     sp_job *j = ctx;
-    int64_t bi = t / j->njs, bj = t % j->njs;
-    int64_t k0 = bi * SP_STRIP, k1 = k0 + SP_STRIP < j->x->K ? k0 + SP_STRIP : j->x->K;
-    int64_t j0 = bj * j->jgrain, j1 = j0 + j->jgrain < j->N ? j0 + j->jgrain : j->N;
-    j->kern->spmm_cols(j->x, j->B, j->ldb, j->C, j->ldc, k0, k1, j0, j1, j->accumulate, j->nonfinite);
+    int64_t k0 = t * SP_STRIP, k1 = k0 + SP_STRIP < j->x->K ? k0 + SP_STRIP : j->x->K;
+    j->kern->spmm_cols(j->x, j->B, j->ldb, j->C, j->ldc, k0, k1, 0, j->N, j->accumulate, j->nonfinite);
 }
 
 void vaec_sparse_forward(vaec_pool *pool, const vaec_spx *x, const float *Wt, int64_t ldw, const float *b,
@@ -216,8 +215,7 @@ void vaec_sparse_weight_grad(vaec_pool *pool, const vaec_spx *x, const float *dH
                              float *dWt, int accumulate, atomic_int *nonfinite) {
     sp_job j = {vaec_gemm_active_kernel(), x, dH, ldd, {NULL, VAEC_ACT_IDENTITY, NULL, 0, NULL}, dWt, N, N, 0, 0,
                 accumulate, nonfinite};
-    j.njs = col_ranges(N, vaec_pool_size(pool) > 1 && N >= 2 * SP_J_GRAIN ? 2 : 1, &j.jgrain);
-    vaec_pool_run(pool, wgrad_task, &j, vaec_ntasks(x->K, SP_STRIP) * j.njs);
+    vaec_pool_run(pool, wgrad_task, &j, vaec_ntasks(x->K, SP_STRIP));
 }
 
 /* ------------------------------------------------------------- references */
