@@ -367,7 +367,23 @@ static void free_bits_mask(vaec_vae *m, int64_t R, float floor_nats, double *kl_
 
 /* z = mu + exp(logvar/2) * eps, and per row log p(z) - log q(z|x) = 0.5 sum(eps^2 + logvar - z^2)
  * (the log 2 pi terms cancel) into w_lpq. */
-typedef struct { vaec_vae *m; int64_t R; const float *rs; float w; int prior; int score; float baseline; } reparam_job;
+/* The noise of a call: explicit eps, or the RNG key and counter to draw from. */
+typedef struct { const float *eps; int L; uint64_t seed, counter; } noise_plan;
+typedef struct {
+    vaec_vae *m;
+    int64_t R;
+    const float *rs;
+    float w;
+    int prior;
+    int score;
+    float baseline;
+    int64_t src;   /* row r's mu and logvar are the heads' row r % src (samples stacked) */
+    /* forward: the noise to fill w_eps from first (NULL: w_eps is ready): row r is sample
+     * l + r / src of the call's row r0 + r % src of n */
+    const noise_plan *np;
+    int64_t n, r0;
+    int l;
+} reparam_job;
 static void reparam_task(void *ctx, int64_t t, int tid) {
     (void)tid;
     reparam_job *j = ctx;
@@ -376,14 +392,20 @@ static void reparam_task(void *ctx, int64_t t, int tid) {
     int64_t a = t * ROW_GRAIN, b = a + ROW_GRAIN < j->R ? a + ROW_GRAIN : j->R;
     if (m->cfg.deterministic) {   /* an autoencoder's code: z = mu */
         for (int64_t r = a; r < b; r++) {
-            memcpy(m->w_z + r * lz, m->w_heads + r * ld, (size_t)Z * sizeof(float));
+            memcpy(m->w_z + r * lz, m->w_heads + (r % j->src) * ld, (size_t)Z * sizeof(float));
             m->w_lpq[r] = 0.0;
         }
         return;
     }
     for (int64_t r = a; r < b; r++) {
-        const float *mu = m->w_heads + r * ld, *lv = mu + Z, *eps = m->w_eps + r * lz;
+        const float *mu = m->w_heads + (r % j->src) * ld, *lv = mu + Z;
+        float *eps = m->w_eps + r * lz;
         float *z = m->w_z + r * lz;
+        if (j->np) {   /* eps index ((l + s) * n + r0 + row) * Z, whatever the stacking */
+            const int64_t at = ((j->l + r / j->src) * j->n + j->r0 + r % j->src) * Z;
+            if (j->np->eps) memcpy(eps, j->np->eps + at, (size_t)Z * sizeof(float));
+            else vaec_rng_normal(eps, Z, j->np->seed, stream_id(j->np->counter, STREAM_EPS), (uint64_t)at);
+        }
         double lpq = 0.0;
         for (int64_t k = 0; k < Z; k++) {
             z[k] = mu[k] + expf(0.5f * lv[k]) * eps[k];
@@ -468,7 +490,15 @@ static void reparam_back_task(void *ctx, int64_t t, int tid) {
 /* log p(x|z) per row into w_lp, and d_out = scale_r * d(-log p)/d(out) with scale_r the
  * row's weight (rs[r]) or the uniform `scale`; the vectorized kernels of elem.c, stable
  * forms (softplus, log-sigmoid), float64 row sums. */
-typedef struct { vaec_vae *m; const float *x; int64_t ldx, R; float scale; const float *rs; int grad; } lik_job;
+typedef struct {
+    vaec_vae *m;
+    const float *x;
+    int64_t ldx, R;
+    float scale;
+    const float *rs;
+    int grad;
+    int64_t xrows;   /* row r's data are x's row r % xrows (samples stacked) */
+} lik_job;
 static void lik_task(void *ctx, int64_t t, int tid) {
     (void)tid;
     lik_job *j = ctx;
@@ -477,15 +507,18 @@ static void lik_task(void *ctx, int64_t t, int tid) {
     int64_t a = t * ROW_GRAIN, b = a + ROW_GRAIN < j->R ? a + ROW_GRAIN : j->R;
     int bern = m->cfg.likelihood == VAEC_LIK_BERNOULLI;
     for (int64_t r = a; r < b; r++) m->w_lp[r] = 0.0;
-    /* with per-row weights one row per call; otherwise the whole slice at once */
-    int64_t step = j->rs ? 1 : b - a;
-    for (int64_t r = a; r < b; r += step) {
+    /* with per-row weights one row per call; otherwise runs of rows whose data rows follow
+     * each other (the whole slice, unless samples are stacked) */
+    for (int64_t r = a, step; r < b; r += step) {
+        const int64_t xr0 = r % j->xrows;
+        step = j->rs ? 1 : b - r < j->xrows - xr0 ? b - r : j->xrows - xr0;
+        const float *x = j->x + xr0 * j->ldx;
         float sc = j->rs ? j->rs[r] : j->scale;
         float *d = j->grad ? m->d_out + r * ld : NULL;
         if (!bern && m->cfg.deterministic) {
             /* an autoencoder's squared error: "log p" = -sum (x - o)^2, d = sc * 2 (o - x) */
             for (int64_t i = 0; i < step; i++) {
-                const float *o = m->w_out + (r + i) * ld, *xr = j->x + (r + i) * j->ldx;
+                const float *o = m->w_out + (r + i) * ld, *xr = x + i * j->ldx;
                 double se = 0.0;
                 for (int64_t k = 0; k < D; k++) {
                     float e = o[k] - xr[k];
@@ -495,14 +528,12 @@ static void lik_task(void *ctx, int64_t t, int tid) {
                 m->w_lp[r + i] = -se;
             }
         } else if (bern)
-            vaec_elem_bernoulli_rows(step, D, m->w_out + r * ld, ld, j->x + r * j->ldx, j->ldx, sc, d, ld, m->w_lp + r);
+            vaec_elem_bernoulli_rows(step, D, m->w_out + r * ld, ld, x, j->ldx, sc, d, ld, m->w_lp + r);
         else
-            vaec_elem_gaussian_rows(step, D, m->w_out + r * ld, ld, j->x + r * j->ldx, j->ldx, sc, d, ld, m->w_lp + r);
+            vaec_elem_gaussian_rows(step, D, m->w_out + r * ld, ld, x, j->ldx, sc, d, ld, m->w_lp + r);
     }
 }
 
-/* The noise of a call: explicit eps, or the RNG key and counter to draw from. */
-typedef struct { const float *eps; int L; uint64_t seed, counter; } noise_plan;
 
 static vaec_status plan_noise(vaec_vae *m, const vaec_noise *noise, noise_plan *np) {
     int L = noise ? noise->samples : 1;
@@ -542,23 +573,16 @@ static const float *decoder_forward(vaec_vae *m, const float *g, int64_t ldg, in
     return g;
 }
 
-/* Sample l's eps rows (index (l * n + row) * Z of the call's noise), z (through the flow,
- * when there is one, with its terms added to w_lpq), and the decoder. */
-static vaec_status decode_sample(vaec_vae *m, const noise_plan *np, int64_t n, int64_t r0, int64_t R, int l,
-                                 const float **g_out, int64_t *ldg_out) {
-    const vaec_vae_config *c = &m->cfg;
-    const int64_t Z = c->latent_dim, lz = align16(Z);
-    if (c->deterministic) {
-        /* no noise */
-    } else if (np->eps) {
-        for (int64_t r = 0; r < R; r++)
-            memcpy(m->w_eps + r * lz, np->eps + ((int64_t)l * n + r0 + r) * Z, (size_t)Z * sizeof(float));
-    } else {
-        for (int64_t r = 0; r < R; r++)
-            vaec_rng_normal(m->w_eps + r * lz, Z, np->seed, stream_id(np->counter, STREAM_EPS),
-                            (uint64_t)(((int64_t)l * n + r0 + r) * Z));
-    }
-    reparam_job rj = {m, R, NULL, 0.0f, 0, 0, 0.0f};
+/* Samples l .. l+S-1 of the chunk's R rows, stacked: row s*R + r is sample l+s of row r.
+ * Their eps rows (index ((l+s) * n + r0 + r) * Z of the call's noise, so the noise does
+ * not depend on S), z (through the flow, when there is one, with its terms added to
+ * w_lpq), and the decoder on the S*R rows. */
+static vaec_status decode_samples(vaec_vae *m, const noise_plan *np, int64_t n, int64_t r0, int64_t R, int l, int S,
+                                  const float **g_out, int64_t *ldg_out) {
+    const int64_t lz = align16(m->cfg.latent_dim);
+    /* the tasks draw (or copy) each row's eps, then z */
+    reparam_job rj = {m, R * S, NULL, 0.0f, 0, 0, 0.0f, R, np, n, r0, l};
+    R *= S;
     vaec_pool_run(m->pool, reparam_task, &rj, vaec_ntasks(R, ROW_GRAIN));
     const float *g = m->w_z;
     int64_t ldg = lz;
@@ -596,7 +620,7 @@ static vaec_status backward_sample(vaec_vae *m, int64_t R, const float *g, int64
         layer_backward(m, &m->dec[i], i ? c->activation : VAEC_ACT_IDENTITY, din, ldin, m->d_dec[i], ldi, gin, ldin, R);
     }
     /* with score, w is the per-sample weight 1/(nL) (no flow, analytic KL) */
-    reparam_job rj = {m, R, rs, w, !m->has_flow, score, baseline};
+    reparam_job rj = {m, R, rs, w, !m->has_flow, score, baseline, R, NULL, 0, 0, 0};
     if (m->has_flow) {
         vaec_pool_run(m->pool, flow_prior_task, &rj, vaec_ntasks(R, ROW_GRAIN));
         vaec_status st = vaec_flow_backward(&m->flow, m->pool, &m->arena, m->d_zk, lz, m->w_dld, 0.0, m->d_z, lz, R,
@@ -666,6 +690,15 @@ static void encoder_backward(vaec_vae *m, const float *xin, int64_t ldx, const f
     }
 }
 
+/* How many samples of R rows go through the decoder at once: 1 with a backward pass per
+ * sample (its activations must be the sample's alone), else as many as the workspace
+ * holds (forward_all sizes it for min(VAE_CHUNK, chunk * L) rows). */
+static int stack_samples(const vaec_vae *m, int64_t R, int L, int stackable) {
+    if (!stackable || R <= 0) return 1;
+    int64_t S = m->ws_rows / R;
+    return S < 1 ? 1 : S > L ? L : (int)S;
+}
+
 /* One chunk of rows [r0, r0+R) of an n-row batch.
  * RUN_ELBO: per-row ELBO = (1/L) sum_l log p(x|z_l) - KL into out; the objective
  *   -(1/L) sum log p(x|z_l) + beta * KL (KL per dimension floored at free_bits, chunk-
@@ -692,19 +725,24 @@ static vaec_status run_chunk(vaec_vae *m, const vaec_input *x, int64_t r0, int64
     int64_t ldg;
     double s = 0.0;
     vaec_status st;
+    /* Without a backward pass per sample, S samples at a time go through the decoder as
+     * S*R stacked rows (as many as the workspace holds): few rows (an example's likelihood
+     * with many samples) then make large products. Each row's sums stay in sample order. */
+    const int S = stack_samples(m, R, L, rp->kind == RUN_IWAE || !grad);
     if (rp->kind == RUN_ELBO && m->has_flow) {
         /* no analytic KL through a flow: the Monte Carlo estimate of
          * log q0(z_0|x) - log p(z_K) - log|det| per sample, weighted by beta */
         const float scale = (float)(1.0 / ((double)n * L));
         double *klmc = m->w_lse;
         for (int64_t r = 0; r < R; r++) klmc[r] = 0.0;
-        for (int l = 0; l < L; l++) {
-            if ((st = decode_sample(m, np, n, r0, R, l, &g, &ldg))) return st;
-            lik_job lj = {m, xin, ldx, R, scale, NULL, grad};
-            vaec_pool_run(pool, lik_task, &lj, vaec_ntasks(R, ROW_GRAIN));
-            for (int64_t r = 0; r < R; r++) {
-                m->w_rec[r] += m->w_lp[r];
-                klmc[r] -= m->w_lpq[r];
+        for (int l = 0; l < L; l += S) {
+            const int sn = L - l < S ? L - l : S;
+            if ((st = decode_samples(m, np, n, r0, R, l, sn, &g, &ldg))) return st;
+            lik_job lj = {m, xin, ldx, R * sn, scale, NULL, grad, R};
+            vaec_pool_run(pool, lik_task, &lj, vaec_ntasks(R * sn, ROW_GRAIN));
+            for (int64_t q = 0; q < R * sn; q++) {
+                m->w_rec[q % R] += m->w_lp[q];
+                klmc[q % R] -= m->w_lpq[q];
             }
             if (grad && (st = backward_sample(m, R, g, ldg, NULL, rp->beta * scale, 0, 0.0f))) return st;
         }
@@ -724,11 +762,12 @@ static vaec_status run_chunk(vaec_vae *m, const vaec_input *x, int64_t r0, int64
             for (int64_t r = 0; r < R; r++) kl_obj += m->w_kl[r];
         }
         const float scale = (float)(1.0 / ((double)n * L));
-        for (int l = 0; l < L; l++) {
-            if ((st = decode_sample(m, np, n, r0, R, l, &g, &ldg))) return st;
-            lik_job lj = {m, xin, ldx, R, scale, NULL, grad};
-            vaec_pool_run(pool, lik_task, &lj, vaec_ntasks(R, ROW_GRAIN));
-            for (int64_t r = 0; r < R; r++) m->w_rec[r] += m->w_lp[r];
+        for (int l = 0; l < L; l += S) {
+            const int sn = L - l < S ? L - l : S;
+            if ((st = decode_samples(m, np, n, r0, R, l, sn, &g, &ldg))) return st;
+            lik_job lj = {m, xin, ldx, R * sn, scale, NULL, grad, R};
+            vaec_pool_run(pool, lik_task, &lj, vaec_ntasks(R * sn, ROW_GRAIN));
+            for (int64_t q = 0; q < R * sn; q++) m->w_rec[q % R] += m->w_lp[q];
             if (grad && (st = backward_sample(m, R, g, ldg, NULL, rp->score ? scale : 0.0f, rp->score, rp->baseline)))
                 return st;
         }
@@ -743,13 +782,15 @@ static vaec_status run_chunk(vaec_vae *m, const vaec_input *x, int64_t r0, int64
         /* pass 1: log weights, streamed through a per-row log-sum-exp */
         double *mx = m->w_lse, *sm = m->w_lse + m->ws_rows;
         for (int64_t r = 0; r < R; r++) { mx[r] = -INFINITY; sm[r] = 0.0; }
-        for (int l = 0; l < L; l++) {
-            if ((st = decode_sample(m, np, n, r0, R, l, &g, &ldg))) return st;
-            lik_job lj = {m, xin, ldx, R, 0.0f, NULL, 0};
-            vaec_pool_run(pool, lik_task, &lj, vaec_ntasks(R, ROW_GRAIN));
-            for (int64_t r = 0; r < R; r++) {
-                double lw = m->w_lp[r] + m->w_lpq[r];
-                if (grad) m->w_lw[r * m->lw_cap + l] = lw;
+        for (int l = 0; l < L; l += S) {
+            const int sn = L - l < S ? L - l : S;
+            if ((st = decode_samples(m, np, n, r0, R, l, sn, &g, &ldg))) return st;
+            lik_job lj = {m, xin, ldx, R * sn, 0.0f, NULL, 0, R};
+            vaec_pool_run(pool, lik_task, &lj, vaec_ntasks(R * sn, ROW_GRAIN));
+            for (int64_t q = 0; q < R * sn; q++) {
+                const int64_t r = q % R;
+                double lw = m->w_lp[q] + m->w_lpq[q];
+                if (grad) m->w_lw[r * m->lw_cap + l + q / R] = lw;
                 if (lw > mx[r]) { sm[r] = sm[r] * exp(mx[r] - lw) + 1.0; mx[r] = lw; }
                 else sm[r] += exp(lw - mx[r]);
             }
@@ -764,8 +805,8 @@ static vaec_status run_chunk(vaec_vae *m, const vaec_input *x, int64_t r0, int64
             for (int l = 0; l < L; l++) {
                 for (int64_t r = 0; r < R; r++)
                     m->w_rs[r] = (float)(exp(m->w_lw[r * m->lw_cap + l] - mx[r]) / sm[r] / (double)n);
-                if ((st = decode_sample(m, np, n, r0, R, l, &g, &ldg))) return st;
-                lik_job lj = {m, xin, ldx, R, 0.0f, m->w_rs, 1};
+                if ((st = decode_samples(m, np, n, r0, R, l, 1, &g, &ldg))) return st;
+                lik_job lj = {m, xin, ldx, R, 0.0f, m->w_rs, 1, R};
                 vaec_pool_run(pool, lik_task, &lj, vaec_ntasks(R, ROW_GRAIN));
                 if ((st = backward_sample(m, R, g, ldg, m->w_rs, 0.0f, 0, 0.0f))) return st;
             }
@@ -793,6 +834,10 @@ static vaec_status forward_all(vaec_vae *m, const vaec_input *x, const vaec_nois
     noise_plan np = {0};
     if ((st = plan_noise(m, noise, &np))) return st;
     int64_t chunk = x->n < VAE_CHUNK ? x->n : VAE_CHUNK;
+    if (rp->kind == RUN_IWAE || !rp->grad) {   /* room to stack samples (stack_samples) */
+        int64_t stacked = chunk * np.L;
+        chunk = stacked > VAE_CHUNK ? VAE_CHUNK : stacked;
+    }
     if (chunk > 0 && (st = ensure_workspace(m, chunk))) return st;
     if (m->has_flow && rp->free_bits > 0.0f)
         return vaec_fail(VAEC_ERR_ARG, "free_bits needs the analytic KL, which a flow posterior does not have");

@@ -94,6 +94,31 @@ def test_iwae_with_explicit_eps_matches_a_numpy_computation():
     assert abs(loss + want.mean()) < 1e-4 * abs(want.mean())
 
 
+@pytest.mark.parametrize("likelihood,flow", [("bernoulli", ""), ("gaussian", ""), ("bernoulli", "planar:2")])
+def test_stacked_samples_leave_each_rows_bound_as_it_was(likelihood, flow):
+    """Without a backward pass, the bounds decode many samples of a chunk's rows at once
+    (as many as fill the workspace: here 24 of 21 rows, then the last 13). A row's bound
+    must not depend on that: five rows at a time (37 samples each in one go) and 1100 rows
+    (3 chunks) give the full batch's bits, and the 37-sample ELBO is the mean of 37
+    one-sample ELBOs."""
+    m = vaec.VAE(30, 3, hidden=(16,), likelihood=likelihood, flow=flow or None, seed=0, threads=2)
+    rng = np.random.default_rng(1)
+    X = rng.random((21, 30)).astype(np.float32)
+    L = 37
+    eps = rng.standard_normal((L, 21, 3)).astype(np.float32)
+    for bound in (m._core.iwae, m._core.elbo):
+        full = bound(X, eps)
+        parts = np.concatenate([bound(X[i:i + 5], np.ascontiguousarray(eps[:, i:i + 5])) for i in (0, 5, 10, 15)]
+                               + [bound(X[16:], np.ascontiguousarray(eps[:, 16:]))])
+        assert np.array_equal(full[:20], parts[:20]) and np.array_equal(full[16:], parts[20:])
+    one = np.mean([m._core.elbo(X, np.ascontiguousarray(eps[l:l + 1])) for l in range(L)], axis=0)
+    assert np.allclose(m._core.elbo(X, eps), one, rtol=1e-12, atol=1e-9)
+    big = rng.random((1100, 30)).astype(np.float32)
+    e3 = rng.standard_normal((3, 1100, 3)).astype(np.float32)
+    whole = m._core.iwae(big, e3)
+    assert np.array_equal(whole[600:605], m._core.iwae(big[600:605], np.ascontiguousarray(e3[:, 600:605])))
+
+
 @pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian"])
 def test_iwae_gradients_match_finite_differences(likelihood):
     rng = np.random.default_rng(3)
