@@ -135,6 +135,7 @@ def run(threads=None, vs_torch=True, quick=False, batches=(1, 20, 100, 1000), ou
             out("(PyTorch is not installed: vaec alone)")
     peak1 = _core.peak_gflops(1, 0.3 if quick else 1.0)
     peak = _core.peak_gflops(threads, 0.3 if quick else 1.0)
+    probe_s = 0.1 if quick else 0.2
     feats = vaec.cpu_features()
     rows = []
     m = vaec.VAE(D, Z, hidden=(H,), activation="tanh", seed=0, threads=threads)
@@ -163,21 +164,26 @@ def run(threads=None, vs_torch=True, quick=False, batches=(1, 20, 100, 1000), ou
             torch_model.step(tx[it["t"] % len(tx)])
             it["t"] += 1
 
-        v, t = [], []
+        v, t, peaks, dense = [], [], [], []
         before = vaec.set_sparse_input(sparse) if sparse else None
-        _core.gemm_timing(sparse == "off")   # the dense path's GEMMs timed inside vaec
         try:
-            for _ in range(repeats):  # interleaved
+            for _ in range(repeats):  # interleaved, each repeat after a short peak probe: the
+                # machine's speed drifts (a VM), so each row is set against the peak of its time
+                peaks.append(_core.peak_gflops(threads, probe_s))
+                _core.gemm_timing(sparse == "off")   # the dense path's GEMMs timed inside vaec
                 v.append(rate(v_step, B))
+                gemm_s, gemm_flops = _core.gemm_timing(False)
+                if gemm_s > 0:
+                    dense.append((gemm_flops / gemm_s / 1e9, peaks[-1]))
                 if torch_model:
                     t.append(rate(t_step, B))
         finally:
-            gemm_s, gemm_flops = _core.gemm_timing(False)
+            _core.gemm_timing(False)
             if before:
                 vaec.set_sparse_input(before)
-        rows.append(("train", B, v, t, _train_macs(1), sparse))
-        if sparse == "off" and gemm_s > 0:
-            dense_row = (B, gemm_flops / gemm_s / 1e9)
+        rows.append(("train", B, v, t, _train_macs(1), sparse, peaks))
+        if sparse == "off" and dense:
+            dense_row = (B, dense)
 
     # single-example encode latency (microseconds; lower is better)
     x1 = X[:1]
@@ -194,6 +200,10 @@ def run(threads=None, vs_torch=True, quick=False, batches=(1, 20, 100, 1000), ou
     k, n_ll = 1000, (8 if quick else 32)
     xl = X[:n_ll]
     ll_v, ll_t = [], []
+    # one untimed call each first: vaec's first one sizes its workspace for k-row chunks
+    m.log_likelihood(xl[:1], samples=k, seed=0)
+    if torch_model:
+        torch_model.log_likelihood(torch_model.torch.from_numpy(xl[:1]), k)
     for _ in range(max(2, repeats - 2)):
         t0 = time.perf_counter()
         m.log_likelihood(xl, samples=k, seed=0)
@@ -213,19 +223,26 @@ def run(threads=None, vs_torch=True, quick=False, batches=(1, 20, 100, 1000), ou
     lines.append(f"vaec {vaec.__version__} on {platform.machine()} ({feats['isa']} kernels; CPU features "
                  f"{feats['features']}), {threads} thread(s); "
                  + (f"PyTorch {torch_model.torch.__version__}" if torch_model else "no PyTorch"))
-    lines.append(f"measured FP32 FMA peak: {peak1:.0f} GFLOP/s on 1 thread, {peak:.0f} GFLOP/s on {threads}")
+    during = [p for row in rows for p in row[6]]
+    lines.append(f"measured FP32 FMA peak: {peak1:.0f} GFLOP/s on 1 thread, {peak:.0f} GFLOP/s on {threads}"
+                 + (f"; {min(during):.0f}–{max(during):.0f} GFLOP/s on {threads} in the probes between the "
+                    "training repeats" if during else ""))
     lines.append("")
     lines.append("| measure | vaec | PyTorch | vaec / PyTorch | vaec GFLOP/s | % of peak |")
     lines.append("|---|---|---|---|---|---|")
-    for kind, B, v, t, macs, sparse in rows:
+    for kind, B, v, t, macs, sparse, peaks in rows:
         gf = statistics.median(v) * macs * 2 / 1e9
+        pct = statistics.median(r * macs * 2 / 1e9 / p for r, p in zip(v, peaks))
         ratio = _paired_ratio(v, t)
         what = f"batch {B}, zeros not skipped" if sparse == "off" else f"batch {B}"
-        lines.append(f"| training ex/s, {what} | {fmt(v)} | {fmt(t)} | {ratio} | {gf:.1f} | {100 * gf / peak:.0f} % |")
+        lines.append(f"| training ex/s, {what} | {fmt(v)} | {fmt(t)} | {ratio} | {gf:.1f} | {100 * pct:.0f} % |")
     if dense_row:
-        B, gf = dense_row
+        B, dense = dense_row
+        gf = statistics.median(g for g, _ in dense)
+        pcts = [g / p for g, p in dense]
         lines.append(f"| dense layers alone (their GEMMs' time in vaec), batch {B}, zeros not skipped | | | | "
-                     f"{gf:.1f} | {100 * gf / peak:.0f} % |")
+                     f"{gf:.1f} | {100 * statistics.median(pcts):.0f} % ({100 * min(pcts):.0f}–"
+                     f"{100 * max(pcts):.0f}) |")
     ratio = _paired_ratio(lat_t, lat_v)
     lines.append(f"| encode one example, µs (lower is better) | {fmt(lat_v).replace(',', '')} | "
                  f"{fmt(lat_t).replace(',', '')} | {ratio} | | |")
@@ -234,7 +251,9 @@ def run(threads=None, vs_torch=True, quick=False, batches=(1, 20, 100, 1000), ou
     lines.append("")
     lines.append(f"Medians of {repeats} interleaved repeats of about {seconds:g} s each (min–max in brackets); "
                  f"vaec / PyTorch is the median of the {repeats} ratios of back-to-back pairs; "
-                 "GFLOP/s counts the multiply-adds of the dense layers' forward and backward passes. "
+                 "GFLOP/s counts the multiply-adds of the dense layers' forward and backward passes; "
+                 "% of peak is the median over the repeats of that throughput over the peak probe run just "
+                 "before the repeat (min–max in brackets on the dense-layer row). "
                  "vaec's first layer skips the zeros of its input (these digits are about 13 % ones; "
                  "`vaec.set_sparse_input`), so it does fewer multiply-adds than counted: its GFLOP/s and % of "
                  "peak are dense-equivalent, except on the row whose zeros are not skipped, where all "
