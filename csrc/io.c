@@ -57,8 +57,9 @@ vaec_status vaec_file_write_ex(const char *path, uint32_t kind, const void *conf
                                const void *extra, uint32_t extra_len) {
     size_t total = FIXED_HEAD + config_len + ARENA_HEAD + (size_t)a->n * 12 + 4 + extra_len + 4;
     bytes b = {vaec_alloc(total, 1), 0};
-    float *rm = vaec_arena_has_transposed(a) ? vaec_alloc((size_t)(a->n > 0 ? a->n : 1), sizeof(float)) : NULL;
-    if (!b.buf || (!rm && vaec_arena_has_transposed(a))) {
+    const int transposed = vaec_arena_has_transposed(a);   /* then a row-major copy of each buffer */
+    float *rm = transposed ? vaec_alloc((size_t)(a->n > 0 ? a->n : 1), sizeof(float)) : NULL;
+    if (!b.buf || (transposed && !rm)) {
         vaec_free(b.buf);
         return vaec_fail(VAEC_ERR_NOMEM, "out of memory serializing the model");
     }
@@ -219,8 +220,9 @@ vaec_status vaec_file_apply(const vaec_file *f, vaec_arena *a) {
     if (f->nparams != a->n)
         return vaec_fail(VAEC_ERR_FORMAT, "'%s' is inconsistent: %lld parameters stored, its configuration has %lld",
                          f->path, (long long)f->nparams, (long long)a->n);
-    float *rm = vaec_arena_has_transposed(a) ? vaec_alloc((size_t)(a->n > 0 ? a->n : 1), sizeof(float)) : NULL;
-    if (!rm && vaec_arena_has_transposed(a)) return vaec_fail(VAEC_ERR_NOMEM, "out of memory loading '%s'", f->path);
+    const int transposed = vaec_arena_has_transposed(a);
+    float *rm = transposed ? vaec_alloc((size_t)(a->n > 0 ? a->n : 1), sizeof(float)) : NULL;
+    if (transposed && !rm) return vaec_fail(VAEC_ERR_NOMEM, "out of memory loading '%s'", f->path);
     vaec_status st = vaec_arena_adam_set(a, f->adam);
     if (st) {
         vaec_free(rm);

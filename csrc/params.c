@@ -89,6 +89,7 @@ vaec_status vaec_arena_alloc(vaec_arena *a, uint64_t seed) {
         for (int64_t i = 0; i < count; i++) p[i] = (2.0f * p[i] - 1.0f) * ti->init_bound;
     }
     vaec_arena_from_rowmajor(a, a->grads, a->params);
+    memset(a->grads, 0, (size_t)a->n * sizeof(float));   /* no gradient yet */
     return VAEC_OK;
 }
 

@@ -233,6 +233,8 @@ def test_params_are_zero_copy_views(model):
     assert w.shape == (8, 16) and w.dtype == np.float32 and w.flags.f_contiguous and not w.flags.c_contiguous
     assert all(v.flags.c_contiguous for k, v in model.params.items() if k != "encoder.0.weight")
     assert model.grads["encoder.0.weight"].flags.f_contiguous
+    fresh = vaec.VAE(16, 3, hidden=(8,), seed=1, threads=1)   # no gradient before a call
+    assert not np.any(fresh._core.arena("grads"))
     x = np.full((3, 16), 0.5, np.float32)
     # a write through the transposed view is what C multiplies by: one input pixel on
     # moves the first hidden layer by that weight's column
