@@ -365,10 +365,11 @@ static void free_bits_mask(vaec_vae *m, int64_t R, float floor_nats, double *kl_
     *kl_floor_sum = total;
 }
 
-/* z = mu + exp(logvar/2) * eps, and per row log p(z) - log q(z|x) = 0.5 sum(eps^2 + logvar - z^2)
- * (the log 2 pi terms cancel) into w_lpq. */
 /* The noise of a call: explicit eps, or the RNG key and counter to draw from. */
 typedef struct { const float *eps; int L; uint64_t seed, counter; } noise_plan;
+
+/* z = mu + exp(logvar/2) * eps, and per row log p(z) - log q(z|x) = 0.5 sum(eps^2 + logvar - z^2)
+ * (the log 2 pi terms cancel) into w_lpq. */
 typedef struct {
     vaec_vae *m;
     int64_t R;
@@ -533,7 +534,6 @@ static void lik_task(void *ctx, int64_t t, int tid) {
             vaec_elem_gaussian_rows(step, D, m->w_out + r * ld, ld, x, j->ldx, sc, d, ld, m->w_lp + r);
     }
 }
-
 
 static vaec_status plan_noise(vaec_vae *m, const vaec_noise *noise, noise_plan *np) {
     int L = noise ? noise->samples : 1;
