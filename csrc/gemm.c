@@ -170,7 +170,7 @@ static void sgemm_fused(vaec_pool *pool, int transA, int transB, int64_t M, int6
                         float beta, float *C, int64_t ldc, const vaec_gemm_epilogue *epi) {
     if (M <= 0 || N <= 0) return;
     vaec_gemm_args g = {transA, transB, M, N, K, A, lda, B, ldb, beta, C, ldc, epi};
-    const vaec_gemm_kernel *kern = kernel_for(vaec_cpu_active_isa());
+    const vaec_gemm_kernel *kern = vaec_gemm_active_kernel();
     int64_t macs = M * N * (K > 0 ? K : 1);
     if (!kern) {
         naive_job nj = {&g};
