@@ -9,9 +9,10 @@ from vaec import _core
 
 def run(threads, seed=0):
     rng = np.random.default_rng(4)
-    X = rng.integers(0, 256, (700, 64), dtype=np.uint8)   # more than one 512-row chunk
+    X = rng.integers(0, 256, (1300, 64), dtype=np.uint8)
     m = vaec.VAE(64, 5, hidden=(48, 24), seed=seed, threads=threads)
-    losses = [m.train_step(X[i:i + 300], lr=1e-3, samples=2, binarize="dynamic") for i in (0, 300, 400)]
+    # 600-row steps: two chunks of at most 512 rows, gradients summed across them
+    losses = [m.train_step(X[i:i + 600], lr=1e-3, samples=2, binarize="dynamic") for i in (0, 600, 700)]
     hist = m.fit(X, epochs=2, batch_size=128, progress=False, seed=9)
     return losses, hist["loss"], m.elbo(X, samples=3), m.state_dict(), m.sample(5, seed=1)
 
