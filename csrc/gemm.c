@@ -1,8 +1,9 @@
 /* gemm.c -- GEMM dispatch: picks the kernels of the active ISA, splits C into blocks
- * sized for the shape and the thread count and spreads them over the thread pool; and
- * the peak-FMA probe. */
+ * sized for the shape and the thread count and spreads them over the thread pool, each
+ * thread packing into a buffer of its own; and the peak-FMA probe. */
 #define _POSIX_C_SOURCE 200809L
 #include "internal.h"
+#include <pthread.h>
 #include <string.h>
 #include <time.h>
 
@@ -73,22 +74,59 @@ static gemm_plan plan_split(int64_t M, int64_t N, int64_t K, int threads, int mr
     return best;
 }
 
+/* The packing buffers: one of GEMM_SCRATCH_FLOATS per thread that computes blocks, made on
+ * its first block and freed when the thread ends (a thread-specific key's destructor), so
+ * neither the pool nor a model owns them and a warm step allocates nothing. */
+static pthread_key_t scratch_key;
+static pthread_once_t scratch_once = PTHREAD_ONCE_INIT;
+static int scratch_key_ok;
+static void scratch_free(void *p) { vaec_free(p); }
+static void scratch_key_make(void) { scratch_key_ok = pthread_key_create(&scratch_key, scratch_free) == 0; }
+static float *thread_scratch(void) {
+    pthread_once(&scratch_once, scratch_key_make);
+    if (!scratch_key_ok) return NULL;
+    float *s = pthread_getspecific(scratch_key);
+    if (!s && (s = vaec_alloc(GEMM_SCRATCH_FLOATS, sizeof(float))) && pthread_setspecific(scratch_key, s) != 0) {
+        vaec_free(s);
+        s = NULL;
+    }
+    return s;
+}
+
 typedef struct {
     vaec_gemm_args g;
     const vaec_gemm_kernel *kern;
     gemm_plan plan;
-    vaec_pool *pool;
-    float *scratch;  /* when not the pool's */
 } gemm_job;
 
+static void naive_rows(const vaec_gemm_args *g, int64_t i0, int64_t i1);
+
 static void gemm_task(void *ctx, int64_t t, int tid) {
+    (void)tid;
     gemm_job *job = ctx;
-    float *scratch = job->scratch ? job->scratch : vaec_pool_scratch(job->pool, tid);
     int64_t bi = t / job->plan.nbj, bj = t % job->plan.nbj;
     int64_t i0 = bi * job->plan.mb, j0 = bj * job->plan.nb;
     int64_t mb = job->g.M - i0 < job->plan.mb ? job->g.M - i0 : job->plan.mb;
     int64_t nb = job->g.N - j0 < job->plan.nb ? job->g.N - j0 : job->plan.nb;
-    job->kern->block(&job->g, i0, mb, j0, nb, scratch);
+    float *scratch = thread_scratch();
+    if (scratch) {
+        job->kern->block(&job->g, i0, mb, j0, nb, scratch);
+        return;
+    }
+    /* no memory to pack in: the block by the reference loop (the caller checked its own
+     * buffer first, so this is a worker out of memory) */
+    vaec_gemm_args b = job->g;
+    b.N = nb;
+    b.B = b.transB ? b.B + j0 * b.ldb : b.B + j0;
+    b.C = b.C + j0;
+    vaec_gemm_epilogue e;
+    if (b.epi) {
+        e = *b.epi;
+        if (e.bias) e.bias += j0;
+        if (e.y) e.y += j0;
+        b.epi = &e;
+    }
+    naive_rows(&b, i0, i0 + mb);
 }
 
 /* Column ranges of the small-M path: one per thread, so every thread streams the same
@@ -110,9 +148,7 @@ static void small_task(void *ctx, int64_t t, int tid) {
 /* The naive path, one row of C per task: the triple loop, then the epilogue by the
  * elementwise kernels (bias first, as C = bias with beta = 1). */
 typedef struct { const vaec_gemm_args *g; } naive_job;
-static void naive_task(void *ctx, int64_t row, int tid) {
-    (void)tid;
-    const vaec_gemm_args *g = ((naive_job *)ctx)->g;
+static void naive_row(const vaec_gemm_args *g, int64_t row) {
     const float *A = g->transA ? g->A + row : g->A + row * g->lda;
     float *c = g->C + row * g->ldc;
     const vaec_gemm_epilogue *e = g->epi;
@@ -128,6 +164,13 @@ static void naive_task(void *ctx, int64_t row, int tid) {
     }
     if (e && e->nonfinite && vaec_check_range(c, g->N, 0.0f, 0.0f, 0) >= 0)
         atomic_store_explicit(e->nonfinite, 1, memory_order_relaxed);
+}
+static void naive_task(void *ctx, int64_t row, int tid) {
+    (void)tid;
+    naive_row(((naive_job *)ctx)->g, row);
+}
+static void naive_rows(const vaec_gemm_args *g, int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; i++) naive_row(g, i);
 }
 
 static void run_tasks(vaec_pool *pool, vaec_task_fn fn, void *ctx, int64_t ntasks, int64_t macs) {
@@ -184,22 +227,14 @@ static void sgemm_fused(vaec_pool *pool, int transA, int transB, int64_t M, int6
         run_tasks(pool, small_task, &sj, cdiv(N, sj.grain), macs);
         return;
     }
-    int threads = macs < GEMM_SERIAL_MACS ? 1 : vaec_pool_size(pool);
-    gemm_job job = {g, kern, plan_split(M, N, K, threads, kern->mr, kern->nr), pool, NULL};
-    if (threads == 1 || !pool) {
-        /* on the caller: its own scratch (the pool's first), or one allocated here */
-        float *own = pool ? vaec_pool_scratch(pool, 0) : vaec_alloc(GEMM_SCRATCH_FLOATS, sizeof(float));
-        if (!own) {  /* cannot pack: fall back to the reference loop */
-            naive_job nj = {&g};
-            vaec_pool_run(NULL, naive_task, &nj, M);
-            return;
-        }
-        job.scratch = own;
-        vaec_pool_run(NULL, gemm_task, &job, job.plan.nbi * job.plan.nbj);
-        if (!pool) vaec_free(own);
+    if (!thread_scratch()) {  /* no memory to pack in: the reference loop */
+        naive_job nj = {&g};
+        vaec_pool_run(NULL, naive_task, &nj, M);
         return;
     }
-    vaec_pool_run(pool, gemm_task, &job, job.plan.nbi * job.plan.nbj);
+    int threads = macs < GEMM_SERIAL_MACS ? 1 : vaec_pool_size(pool);
+    gemm_job job = {g, kern, plan_split(M, N, K, threads, kern->mr, kern->nr)};
+    vaec_pool_run(threads == 1 ? NULL : pool, gemm_task, &job, job.plan.nbi * job.plan.nbj);
 }
 
 void vaec_sgemm(vaec_pool *pool, int transA, int transB, int64_t M, int64_t N, int64_t K,

@@ -31,8 +31,6 @@ void vaec_free(void *p);
 #define GEMM_PAD 16   /* floats after each packed area: the AVX2 packs store 8 lanes at a time */
 #define GEMM_SCRATCH_FLOATS ((size_t)GEMM_MB * GEMM_KC + (size_t)GEMM_KC * GEMM_NG + 2 * GEMM_PAD)
 
-/* Per-thread scratch of GEMM_SCRATCH_FLOATS floats, allocated with the pool. */
-float *vaec_pool_scratch(vaec_pool *pool, int tid);
 
 /* What happens to C once the product is complete: the fused epilogue of the dense layers.
  *   bias != NULL: C = op(A) op(B) + bias[j] (beta must be 0); the same bits as C = bias
@@ -87,6 +85,7 @@ typedef struct {
     int32_t *rcnt, *ccnt, *rsplit;  /* R; K; per row, where its entries of each 64 columns begin */
     int32_t *ridx, *cidx;           /* cap_rows * ldr; K * cap_rows */
     float *rval, *cval;
+    float *owned;                   /* the memory of a copy made by vaec_spx_alloc (else the caller's) */
 } vaec_spx;
 /* One ISA's sparse-times-dense kernels (the first layer on sparse inputs; sparse.c).
  * rows: C[i, j0:j1) = act(bias[j] + sum_e rval[e] * Bt[ridx[e], j]) for rows [i0, i1)
@@ -122,7 +121,9 @@ const vaec_gemm_kernel *vaec_gemm_active_kernel(void);
  * them nonzero (vaec.h states these numbers). */
 #define SPARSE_MIN_ROWS 32
 #define SPARSE_MAX_DENSITY 0.3
-/* Room for R rows of K columns; vaec_spx_free releases it (and zeroes *s). */
+/* Room for R rows of K columns: counted (buf NULL) or laid out in buf (floats; 64-byte
+ * aligned); or allocated, which vaec_spx_free releases (and zeroes *s). */
+int64_t vaec_spx_layout(vaec_spx *s, float *buf, int64_t R, int64_t K);
 vaec_status vaec_spx_alloc(vaec_spx *s, int64_t R, int64_t K);
 void vaec_spx_free(vaec_spx *s);
 /* Builds the sparse copy of X (R, K) (R <= the rows allocated) and returns 1 when the

@@ -8,7 +8,8 @@
  * never for a worker that has not woken up yet (it then simply runs more tasks itself).
  * Idle workers spin on the ticket for a short while (VAEC_SPIN_US, default 100 us) so
  * the back-to-back jobs of a training step do not pay a sleep/wake-up each, then sleep
- * on a condition variable. Each thread owns a GEMM scratch buffer.
+ * on a condition variable. The pool owns nothing but its threads: the GEMM keeps its
+ * packing buffers per thread itself (gemm.c).
  *
  * Subnormal floats (|x| < 2^-126) are flushed to zero while vaec computes: every task runs
  * with FTZ and DAZ set (x86 MXCSR; FZ in aarch64's FPCR). A subnormal costs a microcode
@@ -87,7 +88,6 @@ struct vaec_pool {
     _Atomic(void *) ctx;
     _Atomic int64_t ntasks;
     int64_t spin_ns;
-    float **scratch;                /* n buffers of GEMM_SCRATCH_FLOATS */
 };
 
 typedef struct { vaec_pool *pool; int tid; } worker_arg;
@@ -173,11 +173,8 @@ vaec_status vaec_pool_create(vaec_pool **out, int nthreads) {
     const char *spin = getenv("VAEC_SPIN_US");
     long us = spin && *spin ? strtol(spin, NULL, 10) : SPIN_US_DEFAULT;
     p->spin_ns = us > 0 ? (int64_t)(us < 1000000 ? us : 1000000) * 1000 : 0;
-    p->scratch = vaec_alloc((size_t)nthreads, sizeof(float *));
     p->threads = vaec_alloc((size_t)nthreads, sizeof(pthread_t));
-    if (!p->scratch || !p->threads) goto nomem;
-    for (int i = 0; i < nthreads; i++)
-        if (!(p->scratch[i] = vaec_alloc(GEMM_SCRATCH_FLOATS, sizeof(float)))) goto nomem;
+    if (!p->threads) goto nomem;
     for (int i = 1; i < nthreads; i++) {
         worker_arg *wa = vaec_alloc(1, sizeof *wa);
         if (wa) {
@@ -194,10 +191,6 @@ vaec_status vaec_pool_create(vaec_pool **out, int nthreads) {
     return VAEC_OK;
 nomem:
     /* no worker has been started when we get here */
-    if (p->scratch)
-        for (int i = 0; i < nthreads; i++) vaec_free(p->scratch[i]);
-    vaec_free(p->scratch);
-    vaec_free(p->threads);
     pthread_mutex_destroy(&p->mu);
     pthread_cond_destroy(&p->cv_start);
     vaec_free(p);
@@ -211,17 +204,13 @@ void vaec_pool_destroy(vaec_pool *p) {
     pthread_cond_broadcast(&p->cv_start);
     pthread_mutex_unlock(&p->mu);
     for (int i = 1; i < p->n; i++) pthread_join(p->threads[i], NULL);
-    for (int i = 0; i < p->n; i++) vaec_free(p->scratch[i]);
     pthread_mutex_destroy(&p->mu);
     pthread_cond_destroy(&p->cv_start);
-    vaec_free(p->scratch);
     vaec_free(p->threads);
     vaec_free(p);
 }
 
 int vaec_pool_size(const vaec_pool *p) { return p ? p->n : 1; }
-
-float *vaec_pool_scratch(vaec_pool *p, int tid) { return p ? p->scratch[tid] : NULL; }
 
 static void pool_run_job(vaec_pool *p, vaec_task_fn fn, void *ctx, int64_t ntasks);
 

@@ -42,35 +42,42 @@ vaec_sparse vaec_sparse_mode_set(vaec_sparse mode) {
 /* rows per build task, columns per zero test, columns per task of the by-columns build,
  * the column grain of the products' split, rows the AUTO mode looks at before building */
 enum { SP_ROW_GRAIN = 16, SP_STRIP = 16, SP_COL_GRAIN = 64, SP_J_GRAIN = 16, SP_SAMPLE_ROWS = 8 };
+int64_t vaec_spx_layout(vaec_spx *s, float *buf, int64_t R, int64_t K) {
+    /* every array of 4-byte elements, each on a 16-float boundary of buf */
+    const int64_t ldr = K + 16;
+    int64_t off = 0;
+#define TAKE(ptr, type, n) do { \
+        if (buf) (ptr) = (type *)(buf + off); \
+        off += ((n) + 15) & ~(int64_t)15; } while (0)
+    TAKE(s->rcnt, int32_t, R);
+    TAKE(s->ccnt, int32_t, K);
+    TAKE(s->ridx, int32_t, R * ldr);
+    TAKE(s->rval, float, R * ldr);
+    TAKE(s->cidx, int32_t, R * K);
+    TAKE(s->cval, float, R * K);
+    TAKE(s->rsplit, int32_t, R * (vaec_ntasks(K, SP_COL_GRAIN) + 1));
+#undef TAKE
+    if (buf) {
+        s->cap_rows = R;
+        s->K = K;
+        s->ldr = ldr;
+    }
+    return off;
+}
+
 vaec_status vaec_spx_alloc(vaec_spx *s, int64_t R, int64_t K) {
     vaec_spx_free(s);
-    const int64_t ldr = K + 16;
-    s->rcnt = vaec_alloc((size_t)R, sizeof(int32_t));
-    s->ccnt = vaec_alloc((size_t)K, sizeof(int32_t));
-    s->ridx = vaec_alloc((size_t)(R * ldr), sizeof(int32_t));
-    s->rval = vaec_alloc((size_t)(R * ldr), sizeof(float));
-    s->cidx = vaec_alloc((size_t)(R * K), sizeof(int32_t));
-    s->cval = vaec_alloc((size_t)(R * K), sizeof(float));
-    s->rsplit = vaec_alloc((size_t)(R * (vaec_ntasks(K, SP_COL_GRAIN) + 1)), sizeof(int32_t));
-    if (!s->rcnt || !s->ccnt || !s->ridx || !s->rval || !s->cidx || !s->cval || !s->rsplit) {
-        vaec_spx_free(s);
+    float *buf = vaec_alloc((size_t)vaec_spx_layout(s, NULL, R, K), sizeof(float));
+    if (!buf)
         return vaec_fail(VAEC_ERR_NOMEM, "out of memory for a sparse copy of %lld x %lld inputs", (long long)R,
                          (long long)K);
-    }
-    s->cap_rows = R;
-    s->K = K;
-    s->ldr = ldr;
+    vaec_spx_layout(s, buf, R, K);
+    s->owned = buf;
     return VAEC_OK;
 }
 
 void vaec_spx_free(vaec_spx *s) {
-    vaec_free(s->rcnt);
-    vaec_free(s->ccnt);
-    vaec_free(s->ridx);
-    vaec_free(s->rval);
-    vaec_free(s->cidx);
-    vaec_free(s->cval);
-    vaec_free(s->rsplit);
+    vaec_free(s->owned);
     memset(s, 0, sizeof *s);
 }
 

@@ -1091,36 +1091,6 @@ vaec_status vaec_vae_decode(vaec_vae *m, const float *z, int64_t n, float *out) 
     return VAEC_OK;
 }
 
-/* Blocks of CHECK_BLOCK values are tested by a branch-free OR reduction, which the
- * baseline build vectorizes (a loop that exits at the first bad value does not); only a
- * block that holds a bad value is scanned again for its first one. NaN fails every
- * comparison, so it fails both `v >= lo` and `v <= hi` (lo, hi = -+FLT_MAX without a range:
- * the test for Inf too); `|` rather than `&&` keeps the loop free of branches. */
-#define CHECK_BLOCK 1024
-static int64_t check_first_bad(const float *x, int64_t n, float lo, float hi, int check_range) {
-    for (int64_t i = 0; i < n; i++) {
-        float v = x[i];
-        if (!isfinite(v)) return i;
-        if (check_range && (v < lo || v > hi)) return i;
-    }
-    return -1;
-}
-
-int64_t vaec_check_range(const float *x, int64_t n, float lo, float hi, int check_range) {
-    if (!check_range) {
-        lo = -FLT_MAX;
-        hi = FLT_MAX;
-    }
-    for (int64_t i0 = 0; i0 < n; i0 += CHECK_BLOCK) {
-        int64_t m = n - i0 < CHECK_BLOCK ? n - i0 : CHECK_BLOCK;
-        const float *b = x + i0;
-        int bad = 0;
-        for (int64_t i = 0; i < m; i++) bad |= !(b[i] >= lo) | !(b[i] <= hi);
-        if (bad) return i0 + check_first_bad(b, m, lo, hi, check_range);
-    }
-    return -1;
-}
-
 /* ------------------------------------------------------------------ files */
 /* The VAE's config record: i64 input_dim, i64 latent_dim, i32 n_hidden, i32 activation,
  * i32 likelihood, i32 deterministic (0 in files from before autoencoders), i64 hidden[8], u64 seed, char flow[48] (152 bytes, little-endian). */
