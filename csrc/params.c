@@ -8,7 +8,8 @@
 #include <string.h>
 
 #define ADAM_GRAIN 16384
-#define INIT_STREAM(t) ((uint64_t)(t) * 4 + 2)   /* RNG stream of tensor t's initial values */
+#include "streams.h"
+#define INIT_STREAM(t) vaec_stream_init(t)   /* RNG stream of tensor t's initial values (streams.h) */
 
 static int64_t align16(int64_t n) { return (n + 15) & ~(int64_t)15; }
 

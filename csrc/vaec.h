@@ -259,6 +259,34 @@ vaec_status vaec_file_kind(const char *path, uint32_t *kind);
 vaec_status vaec_file_apply(const vaec_file *f, vaec_arena *a);
 void vaec_file_close(vaec_file *f);
 
+/* -------------------------------------------------------------------- layers */
+/* A network is an ordered list of layers (csrc/net.h). A layer spec is what a user writes
+ * (Python: vaec.layers); the shapes follow from the input's. Tensors are NCHW; a Linear
+ * layer sees a (C, H, W) input as its C*H*W features, in that order (as torch's Flatten). */
+typedef enum {
+    VAEC_LAYER_LINEAR = 1,      /* out features; act: an activation fused into it */
+    VAEC_LAYER_ACT = 2,         /* act */
+    VAEC_LAYER_CONV2D = 3,      /* the spatial kinds: the convolutional issue adds them */
+    VAEC_LAYER_CONVT2D = 4,
+    VAEC_LAYER_MAXPOOL2D = 5,
+    VAEC_LAYER_AVGPOOL2D = 6,
+    VAEC_LAYER_UPSAMPLE = 7,
+    VAEC_LAYER_FLATTEN = 8,
+    VAEC_LAYER_UNFLATTEN = 9,
+    VAEC_LAYER_LABEL_LINEAR = 64  /* internal: M2's Linear on [x, onehot(y)] (out, classes) */
+} vaec_layer_kind;
+#define VAEC_MAX_LAYERS 32          /* layers in a network given as a list */
+typedef struct {
+    int32_t kind;               /* vaec_layer_kind */
+    int32_t act;                /* ACT: the activation; LINEAR: one applied to its output */
+    int64_t out;                /* LINEAR: output features; CONV2D, CONVT2D: output channels */
+    int32_t kernel[2], stride[2], padding[2], output_padding[2];   /* (h, w) */
+    int32_t scale;              /* UPSAMPLE: the factor; MAXPOOL2D, AVGPOOL2D use kernel/stride */
+    int32_t reserved;
+    int64_t shape[3];           /* UNFLATTEN: (C, H, W) */
+    int64_t classes;            /* LABEL_LINEAR: the label columns after the input's */
+} vaec_layer_spec;
+
 /* ---------------------------------------------------------------------- VAE */
 typedef enum { VAEC_LIK_BERNOULLI = 0, VAEC_LIK_GAUSSIAN = 1 } vaec_likelihood;
 
@@ -279,6 +307,19 @@ typedef struct {
                                           loss -log p(x|z) for Bernoulli, the squared error
                                           sum_d (x_d - mean_d)^2 for Gaussian (one decoder
                                           head); saved as VAEC_KIND_AE */
+    /* The networks as layer lists instead of hidden/activation (layers = 1): the encoder maps
+     * an example of input_shape to features, to which the model adds the Linear heads
+     * encoder.mu and encoder.logvar (encoder.code for an autoencoder); the decoder maps z to
+     * the likelihood's parameters in the example's shape (Bernoulli: logits; Gaussian: 2C
+     * channels, the means, then the log-variances). With layers = 0 (an MLP), create()
+     * fills these from hidden/activation: encoder.i = Linear(hidden[i]) + activation, the
+     * heads, decoder.i = Linear(hidden[nh-1-i]) + activation, then the output heads
+     * decoder.out (and decoder.logvar). New fields go last: a struct from an older build
+     * keeps its offsets. */
+    int layers;
+    int n_enc, n_dec;
+    vaec_layer_spec enc[VAEC_MAX_LAYERS], dec[VAEC_MAX_LAYERS];
+    int64_t input_shape[3];            /* (C, H, W); (input_dim, 1, 1) for flat rows */
 } vaec_vae_config;
 
 typedef struct vaec_vae vaec_vae;
