@@ -58,7 +58,12 @@ def test_file_layout_ends_with_a_crc32(trained, tmp_path):
     data = path.read_bytes()
     assert data[:8] == b"\x89VAEC\r\n\x1a"
     assert struct.unpack("<I", data[-4:])[0] == zlib.crc32(data[:-4])
-    assert len(data) == 24 + 152 + 48 + 3 * 4 * m._arenas["params"].size + 4 + 4  # head, VAE config, arena head, data, extra length, crc
+    config_len = struct.unpack("<I", data[20:24])[0]
+    # the VAE's config record, version 2: tag, version, 0.1.0's 152 bytes, the layer lists'
+    # head (40 bytes), an 88-byte record per layer of the encoder and of the decoder
+    assert data[24:28] == b"VAE\0" and struct.unpack("<I", data[28:32])[0] == 2
+    assert config_len == 8 + 152 + 40 + 88 * 2 * len(m.hidden)
+    assert len(data) == 24 + config_len + 48 + 3 * 4 * m._arenas["params"].size + 4 + 4  # head, config, arena head, data, extra length, crc
 
 
 def test_missing_file(tmp_path):
@@ -110,13 +115,14 @@ def test_consistent_checksum_but_inconsistent_sizes_are_refused(trained, tmp_pat
     path = tmp_path / "m.vaec"
     m.save(path)
     data = bytearray(path.read_bytes())
-    # latent_dim (bytes 32..40: the VAE config record starts at 24) changed: the parameter count no longer fits the config
-    data[32:40] = struct.pack("<q", 5)
+    # latent_dim (bytes 40..48: the VAE config record starts at 24, 0.1.0's fields 8 bytes
+    # into it) changed: the parameter count no longer fits the config
+    data[40:48] = struct.pack("<q", 5)
     data[-4:] = struct.pack("<I", zlib.crc32(bytes(data[:-4])))
     path.write_bytes(bytes(data))
     with pytest.raises(ValueError, match="inconsistent"):
         vaec.load(path)
-    data[32:40] = struct.pack("<q", -1)
+    data[40:48] = struct.pack("<q", -1)
     data[-4:] = struct.pack("<I", zlib.crc32(bytes(data[:-4])))
     path.write_bytes(bytes(data))
     with pytest.raises(ValueError, match="invalid model configuration"):
@@ -162,7 +168,7 @@ def test_the_file_holds_every_tensor_row_major(trained, tmp_path):
     m.save(path)
     data = path.read_bytes()
     n = m._arenas["params"].size
-    start = 24 + 152 + 48
+    start = 24 + struct.unpack("<I", data[20:24])[0] + 48
     stored = {k: np.frombuffer(data, "<f4", count=n, offset=start + 4 * n * i)
               for i, k in enumerate(("params", "adam_m", "adam_v"))}
     for which in ("params", "adam_m", "adam_v"):
@@ -184,3 +190,24 @@ def test_a_file_from_before_the_transposed_layout_loads_the_same():
         assert np.array_equal(m.params[k], want[k]), k
     losses = [m.train_step(want["x"], lr=1e-2) for _ in range(2)]
     assert np.allclose(losses, want["next_losses"], rtol=1e-6, atol=0)
+
+
+def test_the_config_record_holds_the_layer_lists(trained, tmp_path):
+    """The VAE's config record (version 2) lists its networks' layers; a list that is not
+    the one its hidden layers give is refused as inconsistent, and a 0.1.0 record (version
+    1, 152 bytes; tests/data/redesign holds such files) still loads."""
+    m, _ = trained
+    path = tmp_path / "m.vaec"
+    m.save(path)
+    data = bytearray(path.read_bytes())
+    first = 24 + 8 + 152 + 40                      # the encoder's first layer record
+    kind, act, out = struct.unpack("<iiq", data[first:first + 16])
+    acts = ("identity", "tanh", "relu", "softplus", "sigmoid", "elu", "leaky_relu")
+    assert (kind, out, acts[act]) == (1, m.hidden[0], m.activation)   # Linear(hidden[0]) + its activation
+    data[first + 8:first + 16] = struct.pack("<q", out + 1)
+    data[-4:] = struct.pack("<I", zlib.crc32(bytes(data[:-4])))
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="inconsistent: its layer lists"):
+        vaec.load(path)
+    old = vaec.load(os.path.join(os.path.dirname(__file__), "data", "redesign", "vae_planar.vaec"))
+    assert old.flow == "planar:3" and old.hidden == (24,)
