@@ -96,7 +96,7 @@ vaec_status vaec_m2_encode(vaec_m2 *m, const vaec_input *x, const int32_t *y, fl
 /* The decoder's mean for labels y (n,) and codes z (n, Z): out (n, input_dim). */
 vaec_status vaec_m2_decode(vaec_m2 *m, const int32_t *y, const float *z, int64_t n, float *out);
 
-/* Files: vaec_file_* with kind VAEC_KIND_M2 and a 184-byte config record. */
+/* Files: vaec_file_* with kind VAEC_KIND_M2 and its config record (m2.c: version 1 of 0.1.0, version 2 with the layer lists). */
 vaec_status vaec_m2_save(const vaec_m2 *m, const char *path);
 vaec_status vaec_m2_load(vaec_m2 **out, const char *path, int threads);
 
