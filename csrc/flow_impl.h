@@ -23,18 +23,59 @@ typedef struct {
     double *lsc;          /* per layer: FLOW_LSC scalars */
     int64_t P;            /* partial sums per layer and task */
     double *partial;      /* ntasks x K x P */
-    /* realnvp */
-    int64_t ldh, ldt;
-    float *hid;           /* K blocks of rows x ldh: hidden activations (s | t) */
+    /* realnvp (the s and t networks keep their activations in their own plans) */
+    int64_t ldt;
     float *th;            /* K blocks of rows x ldt: tanh of the raw scale */
-    float *dhid;          /* rows x ldh */
-    float *st;            /* rows x 2 ldt: raw s | t (forward), their gradients (backward) */
     float *dsc;           /* rows x ldt: dL/ds ⊙ tanh, for the scale's gradient */
     int32_t *header;      /* what the workspace holds: direction, rows */
 } flow_ws;
 
+/* One flow type: its own file (flow_planar.c, ...) and one line in flows.c's table.
+ *   parse     the spec's fields after "name:K" (nf of them; NULL: the type takes none)
+ *   check     a spec's type-specific ranges (NULL: none)
+ *   format    the canonical text of those fields, appended after "name:K" (NULL: none)
+ *   tensors   arena tensors per layer
+ *   plan      layer k's tensors into the arena, "{prefix}.{k}.{name}"
+ *   params    parameters (floats) of the stack, padding excluded
+ *   layout    the type's part of the workspace (see TAKE in flows.c): floats, from `off`
+ *   forward   states[0] (or states[K], inverse) hold the input; fills the other states
+ *             and w->ldrow
+ *   backward  from w->g = dL/d(output): adds the parameter gradients, leaves dL/d(input)
+ *             in w->g; c: per-row weights of the log-det, or NULL -> c_all
+ * inverse: 1 when the type has a closed-form inverse (forward and backward take it). */
+typedef struct vaec_flow_ops {
+    vaec_flow_kind kind;
+    const char *name;
+    int inverse;
+    vaec_status (*parse)(vaec_flow_spec *s, char *const *fields, int nf, const char *text);
+    vaec_status (*check)(const vaec_flow_spec *s);
+    void (*format)(const vaec_flow_spec *s, char *buf, size_t n);
+    int (*tensors)(const vaec_flow_spec *s);
+    vaec_status (*plan)(vaec_flow *f, int k, vaec_arena *a);
+    int64_t (*params)(const vaec_flow *f);
+    int64_t (*layout)(vaec_flow *f, float *base, int64_t off, int64_t rows, flow_ws *w);
+    vaec_status (*forward)(vaec_flow *f, vaec_pool *pool, vaec_arena *a, int64_t R, flow_ws *w, int inverse);
+    vaec_status (*backward)(vaec_flow *f, vaec_pool *pool, vaec_arena *a, const double *c, double c_all, int64_t R,
+                            flow_ws *w, int inverse);
+} vaec_flow_ops;
+
+extern const vaec_flow_ops vaec_flow_planar_ops, vaec_flow_radial_ops, vaec_flow_realnvp_ops;
+
+/* "The accepted forms" for messages, and a helper for the types' layouts: a block of n
+ * floats (n rounded up to 16) at *off, NULL when only counting. */
+extern const char VAEC_FLOW_ACCEPTED[];
+/* a non-negative decimal integer, digits only, <= max; -1 if not (max + 1 above it) */
+long long vaec_flow_parse_uint(const char *s, long long max);
+static inline void *flow_take(float *base, int64_t *off, int64_t n) {
+    void *p = base ? (void *)(base + *off) : NULL;
+    *off += (n + 15) & ~(int64_t)15;
+    return p;
+}
+/* row stride of a buffer of n columns: n itself when small (2-D flows), else padded */
+static inline int64_t flow_ld(int64_t n) { return n < 16 ? n : (n + 15) & ~(int64_t)15; }
+
 /* Lay the workspace out over ws (NULL: just count); returns the floats needed. */
-int64_t vaec_flow_layout(const vaec_flow *f, float *ws, int64_t rows, flow_ws *out);
+int64_t vaec_flow_layout(vaec_flow *f, float *ws, int64_t rows, flow_ws *out);
 
 static inline float *flow_state(const flow_ws *w, int k) { return w->states + (int64_t)k * w->rows * w->ldz; }
 static inline int64_t flow_task_end(int64_t t, int64_t R) {
@@ -66,19 +107,5 @@ static inline double flow_sigmoid(double x) {
     double e = exp(x);
     return e / (1.0 + e);
 }
-
-/* The per-type passes: states[0] (forward) or states[K] (inverse) hold the input; the
- * pass fills the other states and w->ldrow. Backward passes start from w->g = dL/d(output)
- * and leave dL/d(input) in w->g. c: per-row weights of the log-det, or NULL -> c_all. */
-vaec_status vaec_flow_planar_forward(const vaec_flow *f, vaec_pool *pool, const float *params, int64_t R, flow_ws *w);
-vaec_status vaec_flow_planar_backward(const vaec_flow *f, vaec_pool *pool, const float *params, float *grads,
-                                      const double *c, double c_all, int64_t R, flow_ws *w);
-vaec_status vaec_flow_radial_forward(const vaec_flow *f, vaec_pool *pool, const float *params, int64_t R, flow_ws *w);
-vaec_status vaec_flow_radial_backward(const vaec_flow *f, vaec_pool *pool, const float *params, float *grads,
-                                      const double *c, double c_all, int64_t R, flow_ws *w);
-vaec_status vaec_flow_realnvp_forward(const vaec_flow *f, vaec_pool *pool, const float *params, int64_t R,
-                                      flow_ws *w, int inverse);
-vaec_status vaec_flow_realnvp_backward(const vaec_flow *f, vaec_pool *pool, const float *params, float *grads,
-                                       const double *c, double c_all, int64_t R, flow_ws *w, int inverse);
 
 #endif

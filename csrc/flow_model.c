@@ -20,7 +20,7 @@
 
 #define FLOW_CHUNK 1024
 #define LOG_2PI 1.8378770664093453
-enum { STREAM_NOISE = 0 };
+#include "streams.h"
 
 struct vaec_flowmodel {
     vaec_flowmodel_config cfg;
@@ -199,7 +199,7 @@ static noise_plan plan_noise(vaec_flowmodel *m, const vaec_noise *noise) {
 static void draw(const vaec_flowmodel *m, const noise_plan *p, int64_t r0, int64_t R, float *dst) {
     const int64_t D = m->cfg.dim;
     if (p->eps) memcpy(dst, p->eps + r0 * D, (size_t)(R * D) * sizeof(float));
-    else vaec_rng_normal(dst, R * D, p->seed, p->counter * 4 + STREAM_NOISE, (uint64_t)(r0 * D));
+    else vaec_rng_normal(dst, R * D, p->seed, vaec_stream_flow(p->counter), (uint64_t)(r0 * D));
 }
 
 vaec_status vaec_flowmodel_sample(vaec_flowmodel *m, int64_t n, const vaec_noise *noise, float *x, double *log_prob) {

@@ -15,6 +15,7 @@
  *   dL/dw = Gw + γ Gû + s ((σ(p) − 1)/q u − 2γ/q w) + Gp u */
 #include "flow_impl.h"
 #include <math.h>
+#include <stdio.h>
 #include <string.h>
 
 enum { S_M, S_SP, S_SIG, S_GAMMA, S_Q };
@@ -95,7 +96,9 @@ static void forward_task(void *ctx, int64_t t, int tid) {
     for (int64_t i = 0; i < n; i++) w->ldrow[r0 + i] = ldet[i];
 }
 
-vaec_status vaec_flow_planar_forward(const vaec_flow *f, vaec_pool *pool, const float *params, int64_t R, flow_ws *w) {
+static vaec_status planar_forward(vaec_flow *f, vaec_pool *pool, vaec_arena *a, int64_t R, flow_ws *w, int inverse) {
+    (void)inverse;
+    const float *params = a->params;
     precompute(f, params, w);
     planar_job j = {f, params, w, R, NULL, 0.0, f->spec.K};
     vaec_pool_run(pool, forward_task, &j, vaec_ntasks(R, FLOW_GRAIN));
@@ -143,8 +146,11 @@ static void backward_task(void *ctx, int64_t t, int tid) {
     }
 }
 
-vaec_status vaec_flow_planar_backward(const vaec_flow *f, vaec_pool *pool, const float *params, float *grads,
-                                      const double *c, double c_all, int64_t R, flow_ws *w) {
+static vaec_status planar_backward(vaec_flow *f, vaec_pool *pool, vaec_arena *a, const double *c, double c_all,
+                                   int64_t R, flow_ws *w, int inverse) {
+    (void)inverse;
+    const float *params = a->params;
+    float *grads = a->grads;
     precompute(f, params, w);
     const int K = f->spec.K;
     const int64_t D = f->dim, P = w->P, ntasks = vaec_ntasks(R, FLOW_GRAIN);
@@ -171,3 +177,38 @@ vaec_status vaec_flow_planar_backward(const vaec_flow *f, vaec_pool *pool, const
     }
     return VAEC_OK;
 }
+
+/* ------------------------------------------------------------ the type */
+/* tensors "{prefix}.{k}.u" (D), ".w" (D), ".b" (1), initialized U(+-1/sqrt(D)) */
+static vaec_status planar_plan(vaec_flow *f, int k, vaec_arena *a) {
+    vaec_flow_layer *L = &f->layer[k];
+    const float bound = 1.0f / sqrtf((float)f->dim);
+    char name[VAEC_NAME_LEN];
+    vaec_status st;
+    L->scale = -1;
+    snprintf(name, sizeof name, "%s.%d.u", f->prefix, k);
+    if ((st = vaec_arena_add_tensor(a, &L->u, name, 1, f->dim, 0, bound))) return st;
+    snprintf(name, sizeof name, "%s.%d.w", f->prefix, k);
+    if ((st = vaec_arena_add_tensor(a, &L->w, name, 1, f->dim, 0, bound))) return st;
+    snprintf(name, sizeof name, "%s.%d.b", f->prefix, k);
+    return vaec_arena_add_tensor(a, &L->b, name, 1, 1, 0, bound);
+}
+
+static int planar_tensors(const vaec_flow_spec *s) { (void)s; return 3; }
+static int64_t planar_params(const vaec_flow *f) { return (int64_t)f->spec.K * (2 * f->dim + 1); }
+
+/* û per layer, tanh per layer and row, the per-layer scalars, the per-task partial sums */
+static int64_t planar_layout(vaec_flow *f, float *base, int64_t off, int64_t rows, flow_ws *w) {
+    const int64_t K = f->spec.K, D = f->dim;
+    w->P = 2 * D + 2;
+    w->vec = flow_take(base, &off, K * w->ldz);
+    w->hcache = flow_take(base, &off, K * rows);
+    w->lsc = flow_take(base, &off, 2 * K * FLOW_LSC);
+    w->partial = flow_take(base, &off, 2 * w->ntasks * K * w->P);
+    return off;
+}
+
+const vaec_flow_ops vaec_flow_planar_ops = {
+    VAEC_FLOW_PLANAR, "planar", 0, NULL, NULL, NULL, planar_tensors, planar_plan, planar_params, planar_layout,
+    planar_forward, planar_backward,
+};

@@ -15,6 +15,7 @@
  * Tasks, per-task sums and float64 as in flow_planar.c. */
 #include "flow_impl.h"
 #include <math.h>
+#include <stdio.h>
 #include <string.h>
 
 enum { S_ALPHA, S_BETA, S_SB, S_SIGA, S_SIGB };
@@ -80,7 +81,9 @@ static void forward_task(void *ctx, int64_t t, int tid) {
     }
 }
 
-vaec_status vaec_flow_radial_forward(const vaec_flow *f, vaec_pool *pool, const float *params, int64_t R, flow_ws *w) {
+static vaec_status radial_forward(vaec_flow *f, vaec_pool *pool, vaec_arena *a, int64_t R, flow_ws *w, int inverse) {
+    (void)inverse;
+    const float *params = a->params;
     precompute(f, params, w);
     radial_job j = {f, params, w, R, NULL, 0.0, f->spec.K};
     vaec_pool_run(pool, forward_task, &j, vaec_ntasks(R, FLOW_GRAIN));
@@ -137,8 +140,11 @@ static void backward_task(void *ctx, int64_t t, int tid) {
     }
 }
 
-vaec_status vaec_flow_radial_backward(const vaec_flow *f, vaec_pool *pool, const float *params, float *grads,
-                                      const double *c, double c_all, int64_t R, flow_ws *w) {
+static vaec_status radial_backward(vaec_flow *f, vaec_pool *pool, vaec_arena *a, const double *c, double c_all,
+                                   int64_t R, flow_ws *w, int inverse) {
+    (void)inverse;
+    const float *params = a->params;
+    float *grads = a->grads;
     precompute(f, params, w);
     const int K = f->spec.K;
     const int64_t D = f->dim, P = w->P, ntasks = vaec_ntasks(R, FLOW_GRAIN);
@@ -156,3 +162,39 @@ vaec_status vaec_flow_radial_backward(const vaec_flow *f, vaec_pool *pool, const
     }
     return VAEC_OK;
 }
+
+/* ------------------------------------------------------------ the type */
+/* tensors "{prefix}.{k}.z0" (D), ".alpha" (1, holds α'), ".beta" (1, holds β'),
+ * initialized U(+-1/sqrt(D)) */
+static vaec_status radial_plan(vaec_flow *f, int k, vaec_arena *a) {
+    vaec_flow_layer *L = &f->layer[k];
+    const float bound = 1.0f / sqrtf((float)f->dim);
+    char name[VAEC_NAME_LEN];
+    vaec_status st;
+    L->scale = -1;
+    snprintf(name, sizeof name, "%s.%d.z0", f->prefix, k);
+    if ((st = vaec_arena_add_tensor(a, &L->z0, name, 1, f->dim, 0, bound))) return st;
+    snprintf(name, sizeof name, "%s.%d.alpha", f->prefix, k);
+    if ((st = vaec_arena_add_tensor(a, &L->alpha, name, 1, 1, 0, bound))) return st;
+    snprintf(name, sizeof name, "%s.%d.beta", f->prefix, k);
+    return vaec_arena_add_tensor(a, &L->beta, name, 1, 1, 0, bound);
+}
+
+static int radial_tensors(const vaec_flow_spec *s) { (void)s; return 3; }
+static int64_t radial_params(const vaec_flow *f) { return (int64_t)f->spec.K * (f->dim + 2); }
+
+/* z0 per layer, the per-layer scalars, the per-task partial sums */
+static int64_t radial_layout(vaec_flow *f, float *base, int64_t off, int64_t rows, flow_ws *w) {
+    (void)rows;
+    const int64_t K = f->spec.K, D = f->dim;
+    w->P = D + 2;
+    w->vec = flow_take(base, &off, K * w->ldz);
+    w->lsc = flow_take(base, &off, 2 * K * FLOW_LSC);
+    w->partial = flow_take(base, &off, 2 * w->ntasks * K * w->P);
+    return off;
+}
+
+const vaec_flow_ops vaec_flow_radial_ops = {
+    VAEC_FLOW_RADIAL, "radial", 0, NULL, NULL, NULL, radial_tensors, radial_plan, radial_params, radial_layout,
+    radial_forward, radial_backward,
+};

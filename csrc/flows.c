@@ -1,36 +1,43 @@
-/* flows.c -- what every flow type shares: spec parsing, planning the layers' tensors
- * into a model's arena, the workspace layout, and the forward / backward / inverse
- * entry points that copy rows in and out and dispatch to flow_planar.c,
- * flow_radial.c and flow_realnvp.c. See flows.h for the mathematics and the contract. */
+/* flows.c -- what every flow type shares: the table of types, spec parsing, planning the
+ * layers' tensors into a model's arena, the workspace layout, and the forward / backward /
+ * inverse entry points that copy rows in and out and call the type's passes (flow_planar.c,
+ * flow_radial.c, flow_realnvp.c). A new type is a file with its vaec_flow_ops (flow_impl.h)
+ * and one line in TYPES. See flows.h for the mathematics and the contract. */
 #include "flow_impl.h"
 #include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
 
-static const char ACCEPTED[] =
+/* The flow types: one line each (flow_impl.h says what a type provides). */
+static const vaec_flow_ops *const TYPES[] = {
+    &vaec_flow_planar_ops,
+    &vaec_flow_radial_ops,
+    &vaec_flow_realnvp_ops,
+};
+#define NTYPES ((int)(sizeof TYPES / sizeof TYPES[0]))
+
+static const vaec_flow_ops *ops_of(vaec_flow_kind kind) {
+    for (int i = 0; i < NTYPES; i++)
+        if (TYPES[i]->kind == kind) return TYPES[i];
+    return NULL;
+}
+
+const char VAEC_FLOW_ACCEPTED[] =
     "accepted: 'planar:K', 'radial:K' or 'realnvp:K[:WIDTH[:tanh|relu[:learned|SCALE]]]' with K an integer "
     "between 1 and 128 (e.g. 'planar:8', 'radial:4', 'realnvp:4', 'realnvp:4:64')";
+#define ACCEPTED VAEC_FLOW_ACCEPTED
 
 #define WS_MAGIC 0x464c4f57  /* "FLOW" */
 enum { WS_FORWARD = 1, WS_INVERSE = 2 };
 
-static int64_t align16(int64_t n) { return (n + 15) & ~(int64_t)15; }
-/* row stride of a buffer of n columns: n itself when small (2-D flows), else padded */
-static int64_t flow_ld(int64_t n) { return n < 16 ? n : align16(n); }
-
 const char *vaec_flow_kind_name(vaec_flow_kind kind) {
-    switch (kind) {
-    case VAEC_FLOW_PLANAR: return "planar";
-    case VAEC_FLOW_RADIAL: return "radial";
-    case VAEC_FLOW_REALNVP: return "realnvp";
-    }
-    return "?";
+    const vaec_flow_ops *o = ops_of(kind);
+    return o ? o->name : "?";
 }
 
 /* ------------------------------------------------------------------ specs */
-/* a non-negative decimal integer, digits only, <= max; -1 if not */
-static long long parse_uint(const char *s, long long max) {
+long long vaec_flow_parse_uint(const char *s, long long max) {
     if (!*s) return -1;
     long long v = 0;
     for (const char *p = s; *p; p++) {
@@ -42,22 +49,12 @@ static long long parse_uint(const char *s, long long max) {
 }
 
 vaec_status vaec_flow_spec_check(const vaec_flow_spec *s) {
-    if (s->kind != VAEC_FLOW_PLANAR && s->kind != VAEC_FLOW_RADIAL && s->kind != VAEC_FLOW_REALNVP)
-        return vaec_fail(VAEC_ERR_ARG, "flow: unknown flow type code %d; %s", (int)s->kind, ACCEPTED);
+    const vaec_flow_ops *o = ops_of(s->kind);
+    if (!o) return vaec_fail(VAEC_ERR_ARG, "flow: unknown flow type code %d; %s", (int)s->kind, ACCEPTED);
     if (s->K < 1 || s->K > VAEC_FLOW_MAX_K)
         return vaec_fail(VAEC_ERR_ARG, "flow: K must be an integer between 1 and %d, got %d; %s", VAEC_FLOW_MAX_K, s->K,
                          ACCEPTED);
-    if (s->kind == VAEC_FLOW_REALNVP) {
-        if (s->hidden < 1 || s->hidden > VAEC_FLOW_MAX_WIDTH)
-            return vaec_fail(VAEC_ERR_ARG, "flow: the Real NVP width must be between 1 and %d, got %lld; %s",
-                             VAEC_FLOW_MAX_WIDTH, (long long)s->hidden, ACCEPTED);
-        if (s->act != VAEC_ACT_TANH && s->act != VAEC_ACT_RELU)
-            return vaec_fail(VAEC_ERR_ARG, "flow: the Real NVP activation must be tanh or relu; %s", ACCEPTED);
-        if (!(s->fixed_scale >= 0.0f && s->fixed_scale <= 100.0f))
-            return vaec_fail(VAEC_ERR_ARG, "flow: the Real NVP scale must be 'learned' or a number in (0, 100]; %s",
-                             ACCEPTED);
-    }
-    return VAEC_OK;
+    return o->check ? o->check(s) : VAEC_OK;
 }
 
 vaec_status vaec_flow_spec_parse(vaec_flow_spec *out, const char *text) {
@@ -79,74 +76,37 @@ vaec_status vaec_flow_spec_parse(vaec_flow_spec *out, const char *text) {
         *c = '\0';
         p = c + 1;
     }
-    if (strcmp(field[0], "planar") == 0) out->kind = VAEC_FLOW_PLANAR;
-    else if (strcmp(field[0], "radial") == 0) out->kind = VAEC_FLOW_RADIAL;
-    else if (strcmp(field[0], "realnvp") == 0) out->kind = VAEC_FLOW_REALNVP;
-    else return vaec_fail(VAEC_ERR_ARG, "flow: unknown flow type '%s' in '%s'; %s", field[0], text, ACCEPTED);
+    const vaec_flow_ops *o = NULL;
+    for (int i = 0; i < NTYPES && !o; i++)
+        if (strcmp(field[0], TYPES[i]->name) == 0) o = TYPES[i];
+    if (!o) return vaec_fail(VAEC_ERR_ARG, "flow: unknown flow type '%s' in '%s'; %s", field[0], text, ACCEPTED);
+    out->kind = o->kind;
     if (nf < 2) return vaec_fail(VAEC_ERR_ARG, "flow: '%s' has no number of layers K; %s", text, ACCEPTED);
-    long long K = parse_uint(field[1], VAEC_FLOW_MAX_K);
+    long long K = vaec_flow_parse_uint(field[1], VAEC_FLOW_MAX_K);
     if (K < 1 || K > VAEC_FLOW_MAX_K)
         return vaec_fail(VAEC_ERR_ARG, "flow: in '%s', K must be an integer between 1 and %d, got '%s'; %s", text,
                          VAEC_FLOW_MAX_K, field[1], ACCEPTED);
     out->K = (int)K;
-    if (out->kind != VAEC_FLOW_REALNVP) {
+    if (!o->parse) {
         if (nf > 2) return vaec_fail(VAEC_ERR_ARG, "flow: '%s': a %s flow takes only K; %s", text, field[0], ACCEPTED);
         return VAEC_OK;
     }
-    if (nf > 2) {
-        long long W = parse_uint(field[2], VAEC_FLOW_MAX_WIDTH);
-        if (W < 1 || W > VAEC_FLOW_MAX_WIDTH)
-            return vaec_fail(VAEC_ERR_ARG, "flow: in '%s', the width must be an integer between 1 and %d, got '%s'; %s",
-                             text, VAEC_FLOW_MAX_WIDTH, field[2], ACCEPTED);
-        out->hidden = W;
-    }
-    if (nf > 3) {
-        if (strcmp(field[3], "tanh") == 0) out->act = VAEC_ACT_TANH;
-        else if (strcmp(field[3], "relu") == 0) out->act = VAEC_ACT_RELU;
-        else return vaec_fail(VAEC_ERR_ARG, "flow: in '%s', the activation must be 'tanh' or 'relu', got '%s'; %s", text,
-                              field[3], ACCEPTED);
-    }
-    if (nf > 4) {
-        if (strcmp(field[4], "learned") != 0) {
-            char *end = NULL;
-            errno = 0;
-            double v = strtod(field[4], &end);
-            if (!*field[4] || *end || errno || !(v > 0.0 && v <= 100.0))
-                return vaec_fail(VAEC_ERR_ARG, "flow: in '%s', the scale must be 'learned' or a number in (0, 100], "
-                                 "got '%s'; %s", text, field[4], ACCEPTED);
-            out->fixed_scale = (float)v;
-        }
-    }
-    if (nf > 5) return vaec_fail(VAEC_ERR_ARG, "flow: malformed spec '%s'; %s", text, ACCEPTED);
-    return VAEC_OK;
+    return o->parse(out, field + 2, nf - 2, text);
 }
 
 char *vaec_flow_spec_format(const vaec_flow_spec *s, char *buf, size_t n) {
-    if (s->kind == VAEC_FLOW_REALNVP) {
-        char sc[32];
-        if (s->fixed_scale > 0.0f) snprintf(sc, sizeof sc, "%g", (double)s->fixed_scale);
-        else snprintf(sc, sizeof sc, "learned");
-        snprintf(buf, n, "realnvp:%d:%lld:%s:%s", s->K, (long long)s->hidden, vaec_act_name(s->act), sc);
-    } else {
-        snprintf(buf, n, "%s:%d", vaec_flow_kind_name(s->kind), s->K);
-    }
+    const vaec_flow_ops *o = ops_of(s->kind);
+    int w = snprintf(buf, n, "%s:%d", vaec_flow_kind_name(s->kind), s->K);
+    if (o && o->format && w >= 0 && (size_t)w < n) o->format(s, buf + w, n - (size_t)w);
     return buf;
 }
 
 /* --------------------------------------------------------------- planning */
-static int tensors_per_layer(const vaec_flow_spec *s) {
-    switch (s->kind) {
-    case VAEC_FLOW_PLANAR:
-    case VAEC_FLOW_RADIAL: return 3;
-    case VAEC_FLOW_REALNVP: return 8 + (s->fixed_scale > 0.0f ? 0 : 1);
-    }
-    return 0;
-}
-
 vaec_status vaec_flow_plan(vaec_flow *f, vaec_arena *a, const vaec_flow_spec *spec, int64_t dim, const char *prefix) {
     memset(f, 0, sizeof *f);
     vaec_status st = vaec_flow_spec_check(spec);
     if (st) return st;
+    const vaec_flow_ops *o = ops_of(spec->kind);
     char sbuf[96];
     vaec_flow_spec_format(spec, sbuf, sizeof sbuf);
     if (dim < 1 || dim > (1 << 20))
@@ -157,70 +117,24 @@ vaec_status vaec_flow_plan(vaec_flow *f, vaec_arena *a, const vaec_flow_spec *sp
                          sbuf, (long long)dim);
     if (!prefix || strlen(prefix) == 0 || strlen(prefix) >= VAEC_FLOW_PREFIX_LEN - 8)
         return vaec_fail(VAEC_ERR_ARG, "flow: the tensor name prefix must have 1 to %d characters", VAEC_FLOW_PREFIX_LEN - 9);
-    int need = spec->K * tensors_per_layer(spec), left = VAEC_MAX_TENSORS - a->ntensors;
+    int need = spec->K * o->tensors(spec), left = VAEC_MAX_TENSORS - a->ntensors;
     if (need > left)
         return vaec_fail(VAEC_ERR_ARG, "flow '%s' needs %d parameter tensors but the model's arena has %d of its %d left; "
                          "use fewer layers (K)", sbuf, need, left, VAEC_MAX_TENSORS);
     f->spec = *spec;
+    f->ops = o;
     f->dim = dim;
     snprintf(f->prefix, sizeof f->prefix, "%s", prefix);
-    const float bound = 1.0f / sqrtf((float)dim);
-    char name[VAEC_NAME_LEN];
-    for (int k = 0; k < spec->K && !st; k++) {
-        vaec_flow_layer *L = &f->layer[k];
-        L->scale = -1;
-#define ADD(off, nm, n, bnd) do { \
-            snprintf(name, sizeof name, "%s.%d." nm, prefix, k); \
-            if (!st) st = vaec_arena_add_tensor(a, &(off), name, 1, (n), 0, (bnd)); } while (0)
-        switch (spec->kind) {
-        case VAEC_FLOW_PLANAR:
-            ADD(L->u, "u", dim, bound);
-            ADD(L->w, "w", dim, bound);
-            ADD(L->b, "b", 1, bound);
-            break;
-        case VAEC_FLOW_RADIAL:
-            ADD(L->z0, "z0", dim, bound);
-            ADD(L->alpha, "alpha", 1, bound);
-            ADD(L->beta, "beta", 1, bound);
-            break;
-        case VAEC_FLOW_REALNVP: {
-            int64_t half = dim / 2;
-            if (k % 2 == 0) { L->c0 = 0; L->dc = half; L->x0 = half; L->dt = dim - half; }
-            else { L->c0 = half; L->dc = dim - half; L->x0 = 0; L->dt = half; }
-            char n0[VAEC_NAME_LEN], n1[VAEC_NAME_LEN];
-            const char *heads[2] = {n0, n1};
-            snprintf(n0, sizeof n0, "%s.%d.s.0", prefix, k);
-            snprintf(n1, sizeof n1, "%s.%d.t.0", prefix, k);
-            if (!st) st = vaec_arena_add_linear(a, &L->hidden, heads, 2, L->dc, spec->hidden);
-            snprintf(n0, sizeof n0, "%s.%d.s.2", prefix, k);
-            if (!st) st = vaec_arena_add_linear(a, &L->s_out, heads, 1, spec->hidden, L->dt);
-            snprintf(n0, sizeof n0, "%s.%d.t.2", prefix, k);
-            if (!st) st = vaec_arena_add_linear(a, &L->t_out, heads, 1, spec->hidden, L->dt);
-            if (spec->fixed_scale <= 0.0f) ADD(L->scale, "scale", L->dt, 0.0f);
-            break;
-        }
-        }
-#undef ADD
-    }
+    for (int k = 0; k < spec->K && !st; k++) st = o->plan(f, k, a);
     return st;
 }
 
-int64_t vaec_flow_num_params(const vaec_flow *f) {
-    const int64_t D = f->dim, K = f->spec.K, H = f->spec.hidden;
-    if (f->spec.kind == VAEC_FLOW_PLANAR) return K * (2 * D + 1);
-    if (f->spec.kind == VAEC_FLOW_RADIAL) return K * (D + 2);
-    int64_t n = 0;
-    for (int k = 0; k < f->spec.K; k++) {
-        const vaec_flow_layer *L = &f->layer[k];
-        n += 2 * H * (L->dc + 1) + 2 * L->dt * (H + 1) + (L->scale >= 0 ? L->dt : 0);
-    }
-    return n;
-}
+int64_t vaec_flow_num_params(const vaec_flow *f) { return f->ops->params(f); }
 
-int vaec_flow_has_inverse(const vaec_flow *f) { return f->spec.kind == VAEC_FLOW_REALNVP; }
+int vaec_flow_has_inverse(const vaec_flow *f) { return f->ops && f->ops->inverse; }
 
 /* -------------------------------------------------------------- workspace */
-int64_t vaec_flow_layout(const vaec_flow *f, float *ws, int64_t rows, flow_ws *w) {
+int64_t vaec_flow_layout(vaec_flow *f, float *ws, int64_t rows, flow_ws *w) {
     flow_ws tmp;
     if (!w) w = &tmp;
     memset(w, 0, sizeof *w);
@@ -231,34 +145,16 @@ int64_t vaec_flow_layout(const vaec_flow *f, float *ws, int64_t rows, flow_ws *w
     /* the base is aligned to 64 bytes inside; every block starts on a 16-float boundary */
     float *base = ws ? (float *)(((uintptr_t)ws + 63) & ~(uintptr_t)63) : NULL;
     int64_t off = 0;
-#define TAKE(ptr, type, nfloats) do { \
-        (ptr) = ws ? (type *)(base + off) : NULL; off += align16(nfloats); } while (0)
-    TAKE(w->header, int32_t, 16);
-    TAKE(w->states, float, (K + 1) * rows * w->ldz);
-    TAKE(w->g, float, rows * w->ldz);
-    TAKE(w->g2, float, rows * w->ldz);
-    TAKE(w->ldrow, double, 2 * rows);
-    if (f->spec.kind == VAEC_FLOW_REALNVP) {
-        int64_t H = f->spec.hidden, dtmax = D - D / 2;
-        w->ldh = flow_ld(2 * H);
-        w->ldt = flow_ld(dtmax);
-        TAKE(w->hid, float, K * rows * w->ldh);
-        TAKE(w->th, float, K * rows * w->ldt);
-        TAKE(w->dhid, float, rows * w->ldh);
-        TAKE(w->st, float, rows * 2 * w->ldt);
-        TAKE(w->dsc, float, rows * w->ldt);
-    } else {
-        w->P = f->spec.kind == VAEC_FLOW_PLANAR ? 2 * D + 2 : D + 2;
-        TAKE(w->vec, float, K * w->ldz);
-        if (f->spec.kind == VAEC_FLOW_PLANAR) TAKE(w->hcache, float, K * rows);
-        TAKE(w->lsc, double, 2 * K * FLOW_LSC);
-        TAKE(w->partial, double, 2 * w->ntasks * K * w->P);
-    }
-#undef TAKE
+    w->header = flow_take(base, &off, 16);
+    w->states = flow_take(base, &off, (K + 1) * rows * w->ldz);
+    w->g = flow_take(base, &off, rows * w->ldz);
+    w->g2 = flow_take(base, &off, rows * w->ldz);
+    w->ldrow = flow_take(base, &off, 2 * rows);
+    off = f->ops->layout(f, base, off, rows, w);
     return off + 16;  /* + the alignment slack */
 }
 
-int64_t vaec_flow_ws_floats(const vaec_flow *f, int64_t rows) {
+int64_t vaec_flow_ws_floats(vaec_flow *f, int64_t rows) {
     if (rows < 1) rows = 1;
     return vaec_flow_layout(f, NULL, rows, NULL);
 }
@@ -301,7 +197,7 @@ static vaec_status check_mark(const flow_ws *w, int direction, int64_t R, const 
     return VAEC_OK;
 }
 
-static vaec_status run(const vaec_flow *f, vaec_pool *pool, const vaec_arena *a, const float *in, int64_t ldi,
+static vaec_status run(vaec_flow *f, vaec_pool *pool, vaec_arena *a, const float *in, int64_t ldi,
                        float *out, int64_t ldo, double *logdet, int64_t R, float *ws, int64_t ws_rows, int inverse) {
     const char *fn = inverse ? "vaec_flow_inverse" : "vaec_flow_forward";
     vaec_status st = check_call(f, fn, R, ws_rows, ws, ldi, ldo);
@@ -316,13 +212,7 @@ static vaec_status run(const vaec_flow *f, vaec_pool *pool, const vaec_arena *a,
     w.header[0] = 0;
     const int K = f->spec.K;
     copy_rows(flow_state(&w, inverse ? K : 0), w.ldz, in, ldi, R, f->dim);
-    if (R > 0) {
-        switch (f->spec.kind) {
-        case VAEC_FLOW_PLANAR: st = vaec_flow_planar_forward(f, pool, a->params, R, &w); break;
-        case VAEC_FLOW_RADIAL: st = vaec_flow_radial_forward(f, pool, a->params, R, &w); break;
-        case VAEC_FLOW_REALNVP: st = vaec_flow_realnvp_forward(f, pool, a->params, R, &w, inverse); break;
-        }
-    }
+    if (R > 0) st = f->ops->forward(f, pool, a, R, &w, inverse);
     if (st) return st;
     copy_rows(out, ldo, flow_state(&w, inverse ? 0 : K), w.ldz, R, f->dim);
     if (logdet) memcpy(logdet, w.ldrow, (size_t)R * sizeof(double));
@@ -330,7 +220,7 @@ static vaec_status run(const vaec_flow *f, vaec_pool *pool, const vaec_arena *a,
     return VAEC_OK;
 }
 
-static vaec_status run_back(const vaec_flow *f, vaec_pool *pool, vaec_arena *a, const float *gin, int64_t ldg,
+static vaec_status run_back(vaec_flow *f, vaec_pool *pool, vaec_arena *a, const float *gin, int64_t ldg,
                             const double *c, double c_all, float *gout, int64_t ldo, int64_t R, float *ws,
                             int64_t ws_rows, int inverse) {
     const char *fn = inverse ? "vaec_flow_inverse_backward" : "vaec_flow_backward";
@@ -341,33 +231,28 @@ static vaec_status run_back(const vaec_flow *f, vaec_pool *pool, vaec_arena *a, 
     if ((st = check_mark(&w, inverse ? WS_INVERSE : WS_FORWARD, R, fn))) return st;
     if (R == 0) return VAEC_OK;
     copy_rows(w.g, w.ldz, gin, ldg, R, f->dim);
-    switch (f->spec.kind) {
-    case VAEC_FLOW_PLANAR: st = vaec_flow_planar_backward(f, pool, a->params, a->grads, c, c_all, R, &w); break;
-    case VAEC_FLOW_RADIAL: st = vaec_flow_radial_backward(f, pool, a->params, a->grads, c, c_all, R, &w); break;
-    case VAEC_FLOW_REALNVP: st = vaec_flow_realnvp_backward(f, pool, a->params, a->grads, c, c_all, R, &w, inverse); break;
-    }
-    if (st) return st;
+    if ((st = f->ops->backward(f, pool, a, c, c_all, R, &w, inverse))) return st;
     if (gout) copy_rows(gout, ldo, w.g, w.ldz, R, f->dim);
     return VAEC_OK;
 }
 
-vaec_status vaec_flow_forward(const vaec_flow *f, vaec_pool *pool, const vaec_arena *a, const float *z0, int64_t ldz0,
+vaec_status vaec_flow_forward(vaec_flow *f, vaec_pool *pool, vaec_arena *a, const float *z0, int64_t ldz0,
                               float *zK, int64_t ldzK, double *logdet, int64_t R, float *ws, int64_t ws_rows) {
     return run(f, pool, a, z0, ldz0, zK, ldzK, logdet, R, ws, ws_rows, 0);
 }
 
-vaec_status vaec_flow_inverse(const vaec_flow *f, vaec_pool *pool, const vaec_arena *a, const float *x, int64_t ldx,
+vaec_status vaec_flow_inverse(vaec_flow *f, vaec_pool *pool, vaec_arena *a, const float *x, int64_t ldx,
                               float *z0, int64_t ldz0, double *logdet_inv, int64_t R, float *ws, int64_t ws_rows) {
     return run(f, pool, a, x, ldx, z0, ldz0, logdet_inv, R, ws, ws_rows, 1);
 }
 
-vaec_status vaec_flow_backward(const vaec_flow *f, vaec_pool *pool, vaec_arena *a, const float *dzK, int64_t lddzK,
+vaec_status vaec_flow_backward(vaec_flow *f, vaec_pool *pool, vaec_arena *a, const float *dzK, int64_t lddzK,
                                const double *dlogdet, double dlogdet_all, float *dz0, int64_t lddz0, int64_t R,
                                float *ws, int64_t ws_rows) {
     return run_back(f, pool, a, dzK, lddzK, dlogdet, dlogdet_all, dz0, lddz0, R, ws, ws_rows, 0);
 }
 
-vaec_status vaec_flow_inverse_backward(const vaec_flow *f, vaec_pool *pool, vaec_arena *a, const float *dz0,
+vaec_status vaec_flow_inverse_backward(vaec_flow *f, vaec_pool *pool, vaec_arena *a, const float *dz0,
                                        int64_t lddz0, const double *dlogdet_inv, double dlogdet_inv_all, float *dx,
                                        int64_t lddx, int64_t R, float *ws, int64_t ws_rows) {
     return run_back(f, pool, a, dz0, lddz0, dlogdet_inv, dlogdet_inv_all, dx, lddx, R, ws, ws_rows, 1);

@@ -71,6 +71,7 @@
 #define VAEC_FLOWS_H
 
 #include "internal.h"
+#include "net.h"
 
 #define VAEC_FLOW_MAX_K 128        /* layers in one stack */
 #define VAEC_FLOW_MAX_WIDTH 65536  /* Real NVP hidden width */
@@ -100,15 +101,20 @@ char *vaec_flow_spec_format(const vaec_flow_spec *s, char *buf, size_t n);
 typedef struct {
     int64_t u, w, b;                 /* planar */
     int64_t z0, alpha, beta;         /* radial (alpha, beta hold the raw α', β') */
-    vaec_linear hidden;              /* realnvp: stacked s.0 / t.0 (2H, dc) */
-    vaec_linear s_out, t_out;        /* realnvp: s.2, t.2 (dt, H) */
+    /* realnvp: the s and t networks (net.h): `first` is their first layers stacked into one
+     * product, act([s.0; t.0] c + b): (R, 2H); then s.2 on its first H columns, t.2 on the
+     * others */
+    vaec_net first, s_net, t_net;
+    vaec_layer nets_layers[3];
     int64_t scale;                   /* realnvp: learned scale (dt), or -1 when fixed */
     int64_t c0, dc, x0, dt;          /* realnvp: conditioning cols [c0, c0+dc), transformed [x0, x0+dt) */
 } vaec_flow_layer;
 
-/* A planned stack of K layers of one type. Plain data: a model embeds it. */
+/* A planned stack of K layers of one type. Plain data that a model embeds and does not
+ * copy (the networks of a Real NVP layer point into it). */
 typedef struct {
     vaec_flow_spec spec;
+    const struct vaec_flow_ops *ops;  /* the type's operations (flow_impl.h) */
     int64_t dim;
     char prefix[VAEC_FLOW_PREFIX_LEN];
     vaec_flow_layer layer[VAEC_FLOW_MAX_K];
@@ -130,7 +136,7 @@ int vaec_flow_has_inverse(const vaec_flow *f);
  * aligned inside). It holds every layer's input (K+1 states of rows x dim), the
  * Real NVP hidden activations and scales, per-task partial sums of the parameter
  * gradients, and gradient scratch. One workspace serves one pass at a time. */
-int64_t vaec_flow_ws_floats(const vaec_flow *f, int64_t rows);
+int64_t vaec_flow_ws_floats(vaec_flow *f, int64_t rows);
 
 /* Forward: zK = f_K ∘ … ∘ f_1(z0) for R rows (R <= ws_rows).
  *   z0 (R, dim) stride ldz0, read; zK (R, dim) stride ldzK, WRITTEN (zK may equal z0
@@ -139,7 +145,7 @@ int64_t vaec_flow_ws_floats(const vaec_flow *f, int64_t rows);
  * The workspace then holds what vaec_flow_backward needs for these R rows: keep it
  * untouched (no other flow call on it) until the backward. Parameters are read from
  * a->params. VAEC_ERR_NONFINITE names the first layer that produced a NaN/Inf. */
-vaec_status vaec_flow_forward(const vaec_flow *f, vaec_pool *pool, const vaec_arena *a,
+vaec_status vaec_flow_forward(vaec_flow *f, vaec_pool *pool, vaec_arena *a,
                               const float *z0, int64_t ldz0, float *zK, int64_t ldzK, double *logdet,
                               int64_t R, float *ws, int64_t ws_rows);
 
@@ -152,7 +158,7 @@ vaec_status vaec_flow_forward(const vaec_flow *f, vaec_pool *pool, const vaec_ar
  * passes dzK = dL/dzK from the decoder and prior, and dlogdet_all = −1/(nL).
  * VAEC_ERR_NONFINITE names the layer whose gradient became NaN/Inf (grads may then
  * hold partial sums). */
-vaec_status vaec_flow_backward(const vaec_flow *f, vaec_pool *pool, vaec_arena *a,
+vaec_status vaec_flow_backward(vaec_flow *f, vaec_pool *pool, vaec_arena *a,
                                const float *dzK, int64_t lddzK, const double *dlogdet, double dlogdet_all,
                                float *dz0, int64_t lddz0, int64_t R, float *ws, int64_t ws_rows);
 
@@ -160,13 +166,13 @@ vaec_status vaec_flow_backward(const vaec_flow *f, vaec_pool *pool, vaec_arena *
  *   x (R, dim) stride ldx, read; z0 WRITTEN (may equal x); logdet_inv (R,) WRITTEN:
  *   log|det ∂z0/∂x| = −Σ_k Σ s_k (may be NULL). So log p(x) = log N(z0; 0, I) + logdet_inv.
  * The workspace then holds what vaec_flow_inverse_backward needs. */
-vaec_status vaec_flow_inverse(const vaec_flow *f, vaec_pool *pool, const vaec_arena *a,
+vaec_status vaec_flow_inverse(vaec_flow *f, vaec_pool *pool, vaec_arena *a,
                               const float *x, int64_t ldx, float *z0, int64_t ldz0, double *logdet_inv,
                               int64_t R, float *ws, int64_t ws_rows);
 
 /* Backward of the last vaec_flow_inverse: dL/dz0 = dz0 and dL/dlogdet_inv (per row or
  * one weight for all) -> ADDS parameter gradients, WRITES dx = dL/dx when dx != NULL. */
-vaec_status vaec_flow_inverse_backward(const vaec_flow *f, vaec_pool *pool, vaec_arena *a,
+vaec_status vaec_flow_inverse_backward(vaec_flow *f, vaec_pool *pool, vaec_arena *a,
                                        const float *dz0, int64_t lddz0, const double *dlogdet_inv,
                                        double dlogdet_inv_all, float *dx, int64_t lddx, int64_t R,
                                        float *ws, int64_t ws_rows);
