@@ -74,9 +74,10 @@ static gemm_plan plan_split(int64_t M, int64_t N, int64_t K, int threads, int mr
     return best;
 }
 
-/* The packing buffers: one of GEMM_SCRATCH_FLOATS per thread that computes blocks, made on
- * its first block and freed when the thread ends (a thread-specific key's destructor), so
- * neither the pool nor a model owns them and a warm step allocates nothing. */
+/* The packing buffers: one of GEMM_SCRATCH_FLOATS per thread that computes blocks, made when
+ * a pool's worker starts (vaec_gemm_thread_init) or on a thread's first product, and freed
+ * when the thread ends (a thread-specific key's destructor), so neither the pool nor a
+ * model owns them and a warm step allocates nothing. */
 static pthread_key_t scratch_key;
 static pthread_once_t scratch_once = PTHREAD_ONCE_INIT;
 static int scratch_key_ok;
@@ -92,6 +93,8 @@ static float *thread_scratch(void) {
     }
     return s;
 }
+
+void vaec_gemm_thread_init(void) { (void)thread_scratch(); }
 
 typedef struct {
     vaec_gemm_args g;

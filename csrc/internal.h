@@ -32,6 +32,10 @@ void vaec_free(void *p);
 #define GEMM_SCRATCH_FLOATS ((size_t)GEMM_MB * GEMM_KC + (size_t)GEMM_KC * GEMM_NG + 2 * GEMM_PAD)
 
 
+/* Makes the calling thread's GEMM packing buffer now (gemm.c keeps one per thread, freed
+ * when the thread ends); a pool's worker calls it when it starts. */
+void vaec_gemm_thread_init(void);
+
 /* What happens to C once the product is complete: the fused epilogue of the dense layers.
  *   bias != NULL: C = op(A) op(B) + bias[j] (beta must be 0); the same bits as C = bias
  *                 followed by the product with beta = 1.

@@ -9,7 +9,8 @@
  * Idle workers spin on the ticket for a short while (VAEC_SPIN_US, default 100 us) so
  * the back-to-back jobs of a training step do not pay a sleep/wake-up each, then sleep
  * on a condition variable. The pool owns nothing but its threads: the GEMM keeps its
- * packing buffers per thread itself (gemm.c).
+ * packing buffers per thread itself (gemm.c), and a worker asks for its buffer when it
+ * starts, so that no later step makes one.
  *
  * Subnormal floats (|x| < 2^-126) are flushed to zero while vaec computes: every task runs
  * with FTZ and DAZ set (x86 MXCSR; FZ in aarch64's FPCR). A subnormal costs a microcode
@@ -82,6 +83,7 @@ struct vaec_pool {
     _Atomic uint64_t ticket;        /* job << 32 | next task index */
     _Atomic int64_t done;           /* tasks of the current job finished */
     _Atomic int sleepers;           /* workers blocked (or about to block) on cv_start */
+    _Atomic int started;            /* workers that have made their per-thread state */
     _Atomic int stop;
     /* the current job; written only while no task of the previous job is outstanding */
     _Atomic(vaec_task_fn) fn;
@@ -124,6 +126,8 @@ static void *worker_main(void *arg) {
     vaec_free(arg);
     vaec_pool *p = wa.pool;
     (void)fp_enter();  /* a worker only ever runs vaec's tasks */
+    vaec_gemm_thread_init();   /* its GEMM packing buffer (gemm.c's), made now: not in a warm step */
+    atomic_fetch_add(&p->started, 1);
     uint32_t seen = job_of(atomic_load(&p->ticket));
     for (;;) {
         /* spin for a while on the ticket, then sleep until a new job or stop */
@@ -166,6 +170,7 @@ vaec_status vaec_pool_create(vaec_pool **out, int nthreads) {
     atomic_init(&p->ticket, TICKET_CLOSED);
     atomic_init(&p->done, 0);
     atomic_init(&p->sleepers, 0);
+    atomic_init(&p->started, 0);
     atomic_init(&p->stop, 0);
     atomic_init(&p->fn, NULL);
     atomic_init(&p->ctx, NULL);
@@ -187,6 +192,8 @@ vaec_status vaec_pool_create(vaec_pool **out, int nthreads) {
             break;
         }
     }
+    /* ready when every worker is: what they allocate for themselves is done before any step */
+    while (atomic_load(&p->started) < p->n - 1) sched_yield();
     *out = p;
     return VAEC_OK;
 nomem:

@@ -1,10 +1,15 @@
 /* alloc_check.c -- "no allocation inside a training step": the C library's allocators are
  * wrapped (link with -Wl,--wrap=malloc,--wrap=calloc,--wrap=realloc,--wrap=posix_memalign,
  * --wrap=aligned_alloc) and counted while a warm VAE (784-400-20, 2 threads) takes training
- * steps at batch 1, 20, 100 and 1000 and encodes one example. The first step of a cold model
- * must allocate (its workspace), which shows the counter sees vaec's allocations.
+ * steps at batch 1, 20, 100 and 1000 and encodes one example, and while every other model
+ * kind takes warm steps: the autoencoder, VAEs with planar and Real NVP posteriors, the IWAE
+ * objective, wake-sleep, a VAE given as layer lists, M2, and the stand-alone flow (maximum
+ * likelihood and energy). The first step of a cold model must allocate (its workspace),
+ * which shows the counter sees vaec's allocations.
  * Prints "alloc_check: N passed, M failed" and exits non-zero on failure. */
 #include "vaec.h"
+#include "m2.h"
+#include "flows.h"
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -26,6 +31,104 @@ static int passed, failed;
 static void check(int ok, const char *what, long count) {
     printf("  %-52s %s (%ld allocations)\n", what, ok ? "ok" : "FAILED", count);
     if (ok) passed++; else failed++;
+}
+
+/* warm steps of another model kind: `step` once cold, then 10 times counted */
+typedef int (*step_fn)(void *ctx);
+static void warm(const char *what, step_fn step, void *ctx) {
+    int st = step(ctx);
+    long before = atomic_load(&allocations);
+    for (int i = 0; i < 10; i++) st |= step(ctx);
+    check(st == 0 && atomic_load(&allocations) == before, what, atomic_load(&allocations) - before);
+}
+
+typedef struct { vaec_vae *m; vaec_input in; vaec_noise noise; vaec_objective obj; int ws; } vae_ctx;
+static int vae_step(void *p) {
+    vae_ctx *c = p;
+    double loss, sleep;
+    if (c->ws) return vaec_vae_wake_sleep_grad(c->m, &c->in, &c->noise, 50, &loss, &sleep);
+    return vaec_vae_train_step(c->m, &c->in, &c->noise, &c->obj, 1e-3f, &loss);
+}
+
+static void vae_kind(const char *what, vaec_vae_config cfg, const float *x, int iw, int samples, int ws) {
+    vae_ctx c = {0};
+    if (vaec_vae_create(&c.m, &cfg)) { check(0, vaec_last_error(), 0); return; }
+    c.in = (vaec_input){x, VAEC_F32, 200, cfg.input_dim, 1};
+    c.noise = (vaec_noise){NULL, samples, 0, 0};
+    c.obj = (vaec_objective){iw, 1.0f, 0.0f, VAEC_EST_REPARAM, 0.0f};
+    c.ws = ws;
+    warm(what, vae_step, &c);
+    vaec_vae_destroy(c.m);
+}
+
+typedef struct { vaec_m2 *m; vaec_m2_batch b; } m2_ctx;
+static int m2_step(void *p) {
+    m2_ctx *c = p;
+    double loss, parts[3];
+    return vaec_m2_train_step(c->m, &c->b, 1e-3f, &loss, parts);
+}
+
+typedef struct { vaec_flowmodel *m; const float *x; int energy; } flow_ctx;
+static int flow_step(void *p) {
+    flow_ctx *c = p;
+    double loss;
+    if (c->energy) return vaec_flowmodel_energy_step(c->m, VAEC_POTENTIAL_U1, 0.0, 128, NULL, 1.0, 1e-3f, &loss);
+    return vaec_flowmodel_nll_step(c->m, c->x, 256, 1e-3f, &loss);
+}
+
+static void other_kinds(const float *x) {
+    vaec_vae_config cfg = {0};
+    cfg.input_dim = 784; cfg.latent_dim = 8; cfg.n_hidden = 1; cfg.hidden[0] = 64;
+    cfg.activation = VAEC_ACT_TANH; cfg.likelihood = VAEC_LIK_BERNOULLI; cfg.threads = 2;
+    vaec_vae_config ae = cfg;
+    ae.deterministic = 1;
+    vae_kind("10 warm steps: autoencoder", ae, x, 0, 1, 0);
+    vaec_vae_config planar = cfg;
+    snprintf(planar.flow, sizeof planar.flow, "planar:4");
+    vae_kind("10 warm steps: VAE with planar:4, 2 samples", planar, x, 0, 2, 0);
+    vaec_vae_config nvp = cfg;
+    snprintf(nvp.flow, sizeof nvp.flow, "realnvp:2");
+    vae_kind("10 warm steps: VAE with realnvp:2", nvp, x, 0, 1, 0);
+    vae_kind("10 warm steps: IWAE, k = 5", cfg, x, 1, 5, 0);
+    vae_kind("10 warm steps: wake-sleep", cfg, x, 0, 1, 1);
+    vaec_vae_config list = cfg;
+    list.layers = 1;
+    list.input_shape[0] = 784; list.input_shape[1] = list.input_shape[2] = 1;
+    list.n_enc = 3;
+    list.enc[0].kind = VAEC_LAYER_ACT; list.enc[0].act = VAEC_ACT_SIGMOID;   /* runs alone */
+    list.enc[1].kind = VAEC_LAYER_LINEAR; list.enc[1].out = 64;
+    list.enc[2].kind = VAEC_LAYER_ACT; list.enc[2].act = VAEC_ACT_RELU;      /* fused */
+    list.n_dec = 2;
+    list.dec[0].kind = VAEC_LAYER_LINEAR; list.dec[0].out = 64; list.dec[0].act = VAEC_ACT_ELU;
+    list.dec[1].kind = VAEC_LAYER_LINEAR; list.dec[1].out = 784;
+    vae_kind("10 warm steps: VAE given as layer lists", list, x, 0, 1, 0);
+
+    m2_ctx mc = {0};
+    vaec_m2_config m2 = {0};
+    m2.input_dim = 784; m2.latent_dim = 8; m2.n_classes = 10; m2.n_hidden = 1; m2.hidden[0] = 64;
+    m2.n_cls_hidden = 1; m2.cls_hidden[0] = 32; m2.activation = VAEC_ACT_SOFTPLUS;
+    m2.likelihood = VAEC_LIK_BERNOULLI; m2.threads = 2;
+    static int32_t y[100];
+    for (int i = 0; i < 100; i++) y[i] = i % 10;
+    vaec_input xl = {x, VAEC_F32, 100, 784, 1}, xu = {x + 100 * 784, VAEC_F32, 100, 784, 1};
+    mc.b = (vaec_m2_batch){&xl, y, &xu, 1.0, 0.005, 0.005, NULL, NULL, 0, 0};
+    if (vaec_m2_create(&mc.m, &m2)) check(0, vaec_last_error(), 0);
+    else { warm("10 warm steps: M2, 100 labelled + 100 unlabelled", m2_step, &mc); vaec_m2_destroy(mc.m); }
+
+    flow_ctx fc = {0};
+    vaec_flowmodel_config fcfg = {0};
+    fcfg.dim = 2; fcfg.threads = 2;
+    vaec_flow_spec_parse(&fcfg.flow, "realnvp:4:32");
+    float *pts = malloc(sizeof(float) * 512);
+    for (int i = 0; i < 512; i++) pts[i] = (float)((i * 37) % 101) / 50.0f - 1.0f;
+    fc.x = pts;
+    if (vaec_flowmodel_create(&fc.m, &fcfg)) check(0, vaec_last_error(), 0);
+    else { warm("10 warm steps: Real NVP flow, maximum likelihood", flow_step, &fc); vaec_flowmodel_destroy(fc.m); }
+    vaec_flow_spec_parse(&fcfg.flow, "planar:8");
+    fc.energy = 1;
+    if (vaec_flowmodel_create(&fc.m, &fcfg)) check(0, vaec_last_error(), 0);
+    else { warm("10 warm steps: planar flow, energy (U1)", flow_step, &fc); vaec_flowmodel_destroy(fc.m); }
+    free(pts);
 }
 
 int main(void) {
@@ -67,6 +170,7 @@ int main(void) {
     int st = vaec_vae_encode(m, &in, mu, lv);
     check(st == 0 && atomic_load(&allocations) == before, "encode one example", atomic_load(&allocations) - before);
     vaec_vae_destroy(m);
+    other_kinds(x);
     free(x);
     printf("alloc_check: %d passed, %d failed\n", passed, failed);
     return failed != 0;
