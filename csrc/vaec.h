@@ -5,28 +5,48 @@
  * no Python in it; the CPython binding (vaec/_core.c) is one client of this header.
  *
  * Overview
- *   - Models are opaque handles (vaec_vae here; the M2 and stand-alone flow models have
- *     internal headers of their own and use the same pieces). A model owns:
+ *   A model is networks of layers, a posterior, a likelihood and an objective:
+ *   - A network (csrc/net.h) is an ordered list of layers; each layer kind is one file
+ *     (layer_linear.c, layer_act.c, layer_label.c) with its output shape, its parameters,
+ *     its workspace and a forward/backward pair, registered by one line in layers.c.
+ *     Users describe networks by vaec_layer_spec lists (below); an MLP config (hidden +
+ *     activation) is turned into such lists.
+ *   - Models are opaque handles: vaec_vae here (also a plain autoencoder,
+ *     config.deterministic), the semi-supervised M2 (m2.h) and the stand-alone flow
+ *     (flows.h). A VAE is an encoder network (with the heads encoder.mu and
+ *     encoder.logvar), optionally a normalizing flow on its posterior (flows.h: one table
+ *     of operations per flow type), and a decoder network; its objectives are functions
+ *     over them (vae_objectives.c: the ELBO, reparameterized or by the score function, the
+ *     ELBO through a flow, the IWAE bound; vae_wake_sleep.c). M2 is three networks
+ *     (classifier, encoder and decoder on [x, onehot(y)] and [z, onehot(y)]); Real NVP's s
+ *     and t nets are networks too.
+ *   - A model owns:
  *       * one parameter arena: every weight and bias in ONE contiguous float32 buffer,
  *         with gradients and the two Adam moments in buffers of the same layout, so
- *         the optimizer is one flat loop and a client can expose zero-copy views;
- *       * a table of named tensors (torch.nn.Linear naming: "encoder.0.weight" is
- *         (out, in)) pointing into the arena, row-major except where a tensor says
- *         `transposed` (the VAE's first layer keeps W^T; model files hold every
- *         tensor row-major);
- *       * a workspace sized for the largest chunk seen, so a training step does not
- *         allocate once warm;
- *       * optionally a normalizing flow on its posterior (csrc/flows.h);
- *     The same vaec_vae is also a plain autoencoder (config.deterministic), and it
- *     trains by AEVB with either gradient estimator (vaec_objective.estimator) or by
- *     wake-sleep (vaec_vae_wake_sleep_grad).
- *       * a thread pool (vaec_pool) and a counter-based RNG key.
+ *         the optimizer is one flat loop and a client can expose zero-copy views. The
+ *         arena's tensor order (the rule, stated here once): tensors lie in the order the
+ *         model plans them -- its networks and flow in the order the model names (the VAE:
+ *         encoder layers, heads, flow, decoder layers; M2: classifier, encoder, decoder),
+ *         each layer's weight then its bias (a multi-head layer: every head's weight, then
+ *         every head's bias), each tensor starting on a 16-float boundary. The model file
+ *         stores the buffers in that order, so it is part of the file format;
+ *       * a table of named tensors (torch naming: "encoder.0.weight" is (out, in)) pointing
+ *         into the arena, row-major except where a tensor says `transposed` (a VAE's first
+ *         Linear on the data keeps W^T for the sparse path; model files hold every tensor
+ *         row-major);
+ *       * a workspace planned once per size (each network counts what it needs with no
+ *         buffer and lays it out with one), so a warm training step does not allocate;
+ *       * a thread pool (vaec_pool) and a counter-based RNG key (csrc/streams.h: which
+ *         stream draws which noise).
+ *   - Gradients: within a call, the first backward through a layer writes its gradients and
+ *     later ones add (net.h states the protocol).
  *   - Inputs are described by vaec_input: float32 (used in place) or uint8 images
  *     (scaled by 1/255 inside, chunk by chunk, so data sets never need a float copy).
- *   - The pieces: vaec_sgemm (packed, register-tiled, ISA chosen at run time from
- *     CPUID) under vaec_dense_*; vaec_act_* and the likelihoods on vectorized math
- *     (elem.h); vaec_rng_* (Philox); vaec_arena_* (parameters + Adam); vaec_file_*
- *     (one model-file format for every model kind).
+ *   - The pieces below any model (built and tested without one): vaec_sgemm (packed,
+ *     register-tiled, ISA chosen at run time from CPUID; its packing buffers are per
+ *     thread) under vaec_dense_*; vaec_act_* and the likelihoods on vectorized math
+ *     (elem.h); vaec_rng_* (Philox); vaec_arena_* (parameters + Adam); vaec_file_* (one
+ *     model-file format for every model kind, each kind with a versioned config record).
  *   - Every function returns a vaec_status; on failure vaec_last_error() gives a
  *     human-readable message (per thread).
  *   - Determinism: for a given seed, results are bitwise identical whatever the
