@@ -199,6 +199,32 @@ void vaec_dense_backward_act_strided_naive(vaec_pool *pool, float *din, int64_t 
  * gradients, as vaec_arena_adam_step does). */
 vaec_status vaec_arena_adam_step_ex(vaec_arena *a, vaec_pool *pool, float lr, int nonfinite);
 
+/* ------------------------------------------------------- convolutions (conv.c) */
+/* An example's input (C, H, W) under a kernel (kh, kw) at stride (sh, sw) with zero padding
+ * (ph, pw), and the output size (Ho, Wo) that gives. */
+typedef struct {
+    int64_t C, H, W, kh, kw, sh, sw, ph, pw, Ho, Wo;
+} vaec_conv_geom;
+/* (in + 2p - k) / s + 1 */
+int64_t vaec_conv_out_size(int64_t in, int k, int s, int p);
+/* col (G Ho Wo, C kh kw): one row per output pixel of examples x[0..G) (row stride ldx),
+ * the patch in (c, i, j) order, zeros off the image; and its adjoint, dx (written) = the sum
+ * of every patch entry over the pixel it came from. */
+void vaec_conv_im2col(vaec_pool *pool, const vaec_conv_geom *g, const float *x, int64_t ldx, int64_t G, float *col);
+void vaec_conv_col2im(vaec_pool *pool, const vaec_conv_geom *g, const float *col, int64_t G, float *dx, int64_t lddx);
+/* G examples between (P, Cn) channels last (row stride lds) and (Cn, P) channels first. */
+void vaec_conv_nhwc_to_nchw(vaec_pool *pool, const float *src, int64_t lds, float *dst, int64_t ldd, int64_t G,
+                            int64_t P, int64_t Cn);
+void vaec_conv_nchw_to_nhwc(vaec_pool *pool, const float *src, int64_t lds, float *dst, int64_t ldd, int64_t G,
+                            int64_t P, int64_t Cn);
+/* The reference: a direct convolution, float64 sums, W (Cout, C kh kw) as torch's Conv2d
+ * weight; its backward writes dx (may be NULL), dW and db over all R examples. */
+void vaec_conv2d_forward_naive(const vaec_conv_geom *g, int64_t Cout, float *y, int64_t ldy, const float *x,
+                               int64_t ldx, const float *W, const float *b, int64_t R);
+void vaec_conv2d_backward_naive(const vaec_conv_geom *g, int64_t Cout, float *dx, int64_t lddx, float *dW, float *db,
+                                const float *dy, int64_t lddy, const float *x, int64_t ldx, const float *W,
+                                int64_t R);
+
 /* 1 when p[0..n) are all +0 or -0 (the bits with the sign shifted out): the zero test of
  * the sparse copies and of the few-row GEMM's skipped vectors; the compiler vectorizes it. */
 static inline int vaec_all_zero(const float *p, int64_t n) {

@@ -148,5 +148,5 @@ static void label_backward(vaec_net *net, vaec_layer *L, float *din, int64_t ldd
 }
 
 const vaec_layer_ops vaec_layer_label = {
-    "label Linear", 0, label_shape, label_params, label_plan, label_forward, label_backward, 0,
+    "label Linear", 1, label_shape, label_params, label_plan, label_forward, label_backward, 0,
 };

@@ -38,9 +38,11 @@ vaec_status vaec_net_add(vaec_net *net, vaec_arena *a, const vaec_layer_spec *sp
         if (names) snprintf(L->names[h], VAEC_NAME_LEN, "%s", names[h]);
         else snprintf(L->names[h], VAEC_NAME_LEN, "%s.%d", net->prefix, index);
     }
-    if ((spec->kind == VAEC_LAYER_ACT || spec->kind == VAEC_LAYER_LINEAR) &&
-        ((unsigned)spec->act >= VAEC_ACT_COUNT || (spec->kind == VAEC_LAYER_ACT && spec->act == VAEC_ACT_IDENTITY)))
-        return vaec_fail(VAEC_ERR_ARG, "%s.%d: unknown activation code %d", net->prefix, index, (int)spec->act);
+    if ((unsigned)spec->act >= VAEC_ACT_COUNT || (spec->kind == VAEC_LAYER_ACT && spec->act == VAEC_ACT_IDENTITY))
+        return vaec_fail(VAEC_ERR_ARG, "%s: unknown activation code %d", L->names[0], (int)spec->act);
+    if (spec->kind != VAEC_LAYER_ACT && spec->act != VAEC_ACT_IDENTITY && !ops->can_fuse_act)
+        return vaec_fail(VAEC_ERR_ARG, "%s (%s): carries no activation; add an activation layer after it", L->names[0],
+                         ops->name);
     vaec_status st = ops->shape(L);
     if (st) return st;
     L->p0 = L->p1 = a->n;
@@ -54,10 +56,8 @@ vaec_status vaec_net_add(vaec_net *net, vaec_arena *a, const vaec_layer_spec *sp
         prev->act == VAEC_ACT_IDENTITY) {
         prev->act = (vaec_act)spec->act;
         L->fused = 1;
-    } else if (spec->kind == VAEC_LAYER_ACT) {
-        L->act = (vaec_act)spec->act;
-    } else if (spec->kind == VAEC_LAYER_LINEAR || spec->kind == VAEC_LAYER_LABEL_LINEAR) {
-        L->act = (vaec_act)spec->act;
+    } else {
+        L->act = (vaec_act)spec->act;   /* an activation layer's own, or one given with the layer */
     }
     net->out = L->out;
     net->n++;

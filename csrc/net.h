@@ -105,6 +105,11 @@ struct vaec_layer {
     float *y, *g;                /* output and dL/d(op output), rows x ld */
     int64_t ld;
     float *ws;                   /* the kind's workspace */
+    /* the spatial kinds: their geometry (conv.c) and how many examples a block of their
+     * workspace holds (the work is done block by block: memory bounded, sums in a fixed
+     * order whatever the thread count) */
+    vaec_conv_geom geom;
+    int64_t group;
     /* per-call state of a kind (the sparse path's copy of the input it used) */
     vaec_spx spx;
     const float *sp_for;         /* the input rows spx holds and the forward used (NULL: dense) */

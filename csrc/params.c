@@ -13,7 +13,7 @@
 
 static int64_t align16(int64_t n) { return (n + 15) & ~(int64_t)15; }
 
-static vaec_status add_info(vaec_arena *a, const char *name, int64_t offset, int ndim, int64_t d0, int64_t d1,
+static vaec_status add_info(vaec_arena *a, const char *name, int64_t offset, int ndim, const int64_t *shape,
                             float bound) {
     if (a->ntensors >= VAEC_MAX_TENSORS)
         return vaec_fail(VAEC_ERR_ARG, "too many parameter tensors (at most %d)", VAEC_MAX_TENSORS);
@@ -23,11 +23,16 @@ static vaec_status add_info(vaec_arena *a, const char *name, int64_t offset, int
     memcpy(t->name, name, len + 1);
     t->offset = offset;
     t->ndim = ndim;
-    t->shape[0] = d0;
-    t->shape[1] = ndim == 2 ? d1 : 0;
+    for (int k = 0; k < 4; k++) t->shape[k] = k < ndim ? shape[k] : 0;
     t->init_bound = bound;
     t->transposed = 0;
     return VAEC_OK;
+}
+
+static int64_t tensor_size(const vaec_tensor_info *t) {
+    int64_t n = 1;
+    for (int k = 0; k < t->ndim; k++) n *= t->shape[k];
+    return n;
 }
 
 vaec_status vaec_arena_add_linear(vaec_arena *a, vaec_linear *L, const char *const *names, int heads,
@@ -43,10 +48,11 @@ vaec_status vaec_arena_add_linear(vaec_arena *a, vaec_linear *L, const char *con
     char buf[VAEC_NAME_LEN + 8];
     vaec_status st;
     for (int h = 0; h < heads; h++) {
+        const int64_t wshape[2] = {out, in}, bshape[1] = {out};
         snprintf(buf, sizeof buf, "%s.weight", names[h]);
-        if ((st = add_info(a, buf, L->W + h * out * in, 2, out, in, bound))) return st;
+        if ((st = add_info(a, buf, L->W + h * out * in, 2, wshape, bound))) return st;
         snprintf(buf, sizeof buf, "%s.bias", names[h]);
-        if ((st = add_info(a, buf, L->b + h * out, 1, out, 0, bound))) return st;
+        if ((st = add_info(a, buf, L->b + h * out, 1, bshape, bound))) return st;
     }
     return VAEC_OK;
 }
@@ -59,12 +65,21 @@ vaec_status vaec_arena_add_linear_wt(vaec_arena *a, vaec_linear *L, const char *
     return VAEC_OK;
 }
 
+vaec_status vaec_arena_add_tensor_nd(vaec_arena *a, int64_t *offset, const char *name, int ndim,
+                                     const int64_t *shape, float init_bound) {
+    if (a->params) return vaec_fail(VAEC_ERR_ARG, "arena: tensors must be planned before allocation");
+    if (ndim < 1 || ndim > 4) return vaec_fail(VAEC_ERR_ARG, "arena: a tensor has 1 to 4 dimensions, got %d", ndim);
+    int64_t n = 1;
+    for (int k = 0; k < ndim; k++) n *= shape[k];
+    *offset = a->n;
+    a->n = align16(a->n + n);
+    return add_info(a, name, *offset, ndim, shape, init_bound);
+}
+
 vaec_status vaec_arena_add_tensor(vaec_arena *a, int64_t *offset, const char *name, int ndim, int64_t d0,
                                   int64_t d1, float init_bound) {
-    if (a->params) return vaec_fail(VAEC_ERR_ARG, "arena: tensors must be planned before allocation");
-    *offset = a->n;
-    a->n = align16(a->n + (ndim == 2 ? d0 * d1 : d0));
-    return add_info(a, name, *offset, ndim, d0, d1, init_bound);
+    const int64_t shape[2] = {d0, d1};
+    return vaec_arena_add_tensor_nd(a, offset, name, ndim, shape, init_bound);
 }
 
 vaec_status vaec_arena_alloc(vaec_arena *a, uint64_t seed) {
@@ -81,7 +96,7 @@ vaec_status vaec_arena_alloc(vaec_arena *a, uint64_t seed) {
     a->step = 0;
     for (int t = 0; t < a->ntensors; t++) {
         const vaec_tensor_info *ti = &a->tensors[t];
-        int64_t count = ti->ndim == 2 ? ti->shape[0] * ti->shape[1] : ti->shape[0];
+        int64_t count = tensor_size(ti);
         /* drawn in the tensor's row-major order (a transposed one into the gradient
          * buffer, then moved), so the values do not depend on the layout */
         float *p = (ti->transposed ? a->grads : a->params) + ti->offset;

@@ -187,8 +187,8 @@ int64_t vaec_check_range(const float *x, int64_t n, float lo, float hi, int chec
 typedef struct {
     char name[VAEC_NAME_LEN];
     int64_t offset;    /* in floats from the start of the arena */
-    int ndim;          /* 1 or 2 */
-    int64_t shape[2];
+    int ndim;          /* 1 to 4 (a convolution's weight is 4-D) */
+    int64_t shape[4];
     float init_bound;  /* initialized ~ U(-bound, bound); 0 gives zeros */
     int transposed;    /* 2-D kept transposed: element (i, j) at offset + j * shape[0] + i,
                           the (shape[1], shape[0]) array row-major (a column-major view) */
@@ -228,6 +228,9 @@ vaec_status vaec_arena_add_linear_wt(vaec_arena *a, vaec_linear *out, const char
 /* Plan one free tensor (1-D: d1 = 0); returns its offset through *offset. */
 vaec_status vaec_arena_add_tensor(vaec_arena *a, int64_t *offset, const char *name, int ndim,
                                   int64_t d0, int64_t d1, float init_bound);
+/* The same for a tensor of 1 to 4 dimensions (shape[0..ndim)). */
+vaec_status vaec_arena_add_tensor_nd(vaec_arena *a, int64_t *offset, const char *name, int ndim,
+                                     const int64_t *shape, float init_bound);
 /* Allocate the four buffers and initialize the parameters from `seed`. */
 vaec_status vaec_arena_alloc(vaec_arena *a, uint64_t seed);
 void vaec_arena_free(vaec_arena *a);

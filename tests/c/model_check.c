@@ -1,5 +1,6 @@
 /* model_check.c -- the models built from the C core alone (no Python):
- *   - a VAE trains (the loss after 30 Adam steps is well below the first);
+ *   - a VAE trains (the loss after 30 Adam steps is well below the first), and so does a
+ *     convolutional one (conv, conv, linear; linear, linear, transposed conv x 2);
  *   - a VAE whose networks are given as layer lists, Linear then an activation layer, is
  *     the MLP of the same widths bit for bit (the activations fuse into the Linear layers;
  *     only the tensors' names differ: they follow the list's positions);
@@ -132,8 +133,55 @@ static void standalone_activations(void) {
     vaec_vae_destroy(m);
 }
 
+static vaec_layer_spec conv(int transposed, int64_t out, int k, int s, int p) {
+    vaec_layer_spec l = {0};
+    l.kind = transposed ? VAEC_LAYER_CONVT2D : VAEC_LAYER_CONV2D;
+    l.out = out;
+    l.kernel[0] = l.kernel[1] = k;
+    l.stride[0] = l.stride[1] = s;
+    l.padding[0] = l.padding[1] = p;
+    return l;
+}
+
+/* the convolutional VAE of the conv issue trains on 28 x 28 images */
+static void conv_vae_trains(void) {
+    enum { N = 64, D = 784 };
+    vaec_vae_config c = {0};
+    c.input_dim = D; c.latent_dim = 8; c.likelihood = VAEC_LIK_BERNOULLI; c.seed = 2; c.threads = 2;
+    c.layers = 1;
+    c.input_shape[0] = 1; c.input_shape[1] = c.input_shape[2] = 28;
+    vaec_layer_spec flat = {0}, unflat = {0};
+    flat.kind = VAEC_LAYER_FLATTEN;
+    unflat.kind = VAEC_LAYER_UNFLATTEN;
+    unflat.shape[0] = 16; unflat.shape[1] = unflat.shape[2] = 7;
+    c.n_enc = 7;
+    c.enc[0] = conv(0, 8, 4, 2, 1); c.enc[1] = act(VAEC_ACT_RELU); c.enc[2] = conv(0, 16, 4, 2, 1);
+    c.enc[3] = act(VAEC_ACT_RELU); c.enc[4] = flat; c.enc[5] = linear(64); c.enc[6] = act(VAEC_ACT_RELU);
+    c.n_dec = 8;
+    c.dec[0] = linear(64); c.dec[1] = act(VAEC_ACT_RELU); c.dec[2] = linear(16 * 7 * 7); c.dec[3] = act(VAEC_ACT_RELU);
+    c.dec[4] = unflat; c.dec[5] = conv(1, 8, 4, 2, 1); c.dec[6] = act(VAEC_ACT_RELU); c.dec[7] = conv(1, 1, 4, 2, 1);
+    vaec_vae *m = NULL;
+    if (vaec_vae_create(&m, &c) != VAEC_OK) {
+        check(0, vaec_last_error());
+        return;
+    }
+    float *x = malloc(sizeof(float) * N * D);
+    for (int n = 0; n < N; n++)   /* a bar whose position depends on the example */
+        for (int i = 0; i < 28; i++)
+            for (int j = 0; j < 28; j++) x[n * D + i * 28 + j] = (j >= n % 20 && j < n % 20 + 6) ? 1.0f : 0.0f;
+    vaec_input in = {x, VAEC_F32, N, D, 0};
+    double first = 0, last = 0;
+    for (int step = 0; step < 40; step++) vaec_vae_train_step(m, &in, NULL, NULL, 3e-3f, step ? &last : &first);
+    char what[96];
+    snprintf(what, sizeof what, "a convolutional VAE trains (loss %.1f -> %.1f)", first, last);
+    check(last < 0.75 * first, what);
+    vaec_vae_destroy(m);
+    free(x);
+}
+
 int main(void) {
     vae_trains();
+    conv_vae_trains();
     list_is_mlp();
     standalone_activations();
     printf("model_check: %d passed, %d failed\n", passed, failed);

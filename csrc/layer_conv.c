@@ -1,0 +1,295 @@
+/* layer_conv.c -- Conv2d and ConvTranspose2d, as GEMMs on the packed SIMD kernel (conv.c).
+ *
+ * Conv2d(out, k, stride, padding): torch's weight (Cout, C, kh, kw), bias (Cout).
+ *   forward   per block of G examples: col = im2col(x) (G HoWo, C kh kw);
+ *             y_nhwc = act(col . W^T + b), bias and activation in the GEMM's epilogue;
+ *             y = y_nhwc with the channels first (NCHW, as torch).
+ *   backward  g_nhwc = g with the channels last; dW (+)= g_nhwc^T . col (col again from x),
+ *             db (+)= colsum(g_nhwc); dcol = g_nhwc . W, din = col2im(dcol) * in_act'(x).
+ * ConvTranspose2d(out, k, stride, padding, output_padding): torch's weight (Cin, Cout, kh,
+ *   kw), bias (Cout). It is the data gradient of the Conv2d from its output shape to its
+ *   input shape (`geom` is that convolution: C = Cout, (H, W) = the output's):
+ *   forward   x_nhwc = x with the channels last; col = x_nhwc . W (G H W, Cout kh kw);
+ *             y = act(col2im(col) + b) (bias and activation in a pass after col2im);
+ *   backward  colg = im2col(g); dW (+)= x_nhwc^T . colg; db (+)= the sums of g per channel;
+ *             din = (colg . W^T with the channels first) * in_act'(x).
+ * The blocks hold G examples, G fixed by the shapes (about 2^20 floats of columns), so the
+ * sums run in the same order whatever the number of threads; the first block's gradient
+ * products write or add by the gradient protocol, the later ones add. */
+#include "net.h"
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+#define COL_BUDGET ((int64_t)1 << 20)   /* floats of columns a block holds */
+
+static int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+
+/* "encoder.3 (Conv2d(64, (4, 4), stride (2, 2), padding (1, 1)))" */
+static const char *describe(const vaec_layer *L, char *buf, size_t n) {
+    const vaec_layer_spec *s = &L->spec;
+    snprintf(buf, n, "%s (%s(%lld, (%d, %d), stride (%d, %d), padding (%d, %d)))", L->names[0], L->ops->name,
+             (long long)s->out, s->kernel[0], s->kernel[1], s->stride[0], s->stride[1], s->padding[0], s->padding[1]);
+    return buf;
+}
+
+static vaec_status check_spec(vaec_layer *L, int transposed) {
+    const vaec_layer_spec *s = &L->spec;
+    char d[160], a[64];
+    describe(L, d, sizeof d);
+    if (L->in.flat)
+        return vaec_fail(VAEC_ERR_ARG, "%s: needs a (C, H, W) input, got %s; put an Unflatten(C, H, W) before it", d,
+                         vaec_dims_format(L->in, a, sizeof a));
+    if (s->out < 1 || s->out > (1 << 16))
+        return vaec_fail(VAEC_ERR_ARG, "%s: out_channels must be between 1 and 65536", d);
+    for (int k = 0; k < 2; k++) {
+        if (s->kernel[k] < 1 || s->kernel[k] > 1024 || s->stride[k] < 1 || s->stride[k] > 1024 || s->padding[k] < 0 ||
+            s->padding[k] > 1024)
+            return vaec_fail(VAEC_ERR_ARG, "%s: kernel_size and stride must be between 1 and 1024, padding between 0 "
+                             "and 1024", d);
+        if (!transposed && s->output_padding[k] != 0)
+            return vaec_fail(VAEC_ERR_ARG, "%s: output_padding is for ConvTranspose2d", d);
+        if (transposed && (s->output_padding[k] < 0 || s->output_padding[k] >= s->stride[k]))
+            return vaec_fail(VAEC_ERR_ARG, "%s: output_padding must be smaller than the stride, got (%d, %d)", d,
+                             s->output_padding[0], s->output_padding[1]);
+    }
+    return VAEC_OK;
+}
+
+/* the block size: about COL_BUDGET floats of columns, at least one example */
+static int64_t group_of(int64_t col_per_example) {
+    int64_t G = COL_BUDGET / (col_per_example > 0 ? col_per_example : 1);
+    return G < 1 ? 1 : G;
+}
+
+/* -------------------------------------------------------------------- Conv2d */
+static vaec_status conv_shape(vaec_layer *L) {
+    vaec_status st = check_spec(L, 0);
+    if (st) return st;
+    const vaec_layer_spec *s = &L->spec;
+    vaec_conv_geom *g = &L->geom;
+    *g = (vaec_conv_geom){L->in.c, L->in.h, L->in.w, s->kernel[0], s->kernel[1], s->stride[0], s->stride[1],
+                          s->padding[0], s->padding[1], 0, 0};
+    if (g->H + 2 * g->ph < g->kh || g->W + 2 * g->pw < g->kw) {
+        char d[160], a[64];
+        return vaec_fail(VAEC_ERR_ARG, "%s: the kernel (%lld, %lld) is larger than its padded input %s", describe(L, d, sizeof d),
+                         (long long)g->kh, (long long)g->kw, vaec_dims_format(L->in, a, sizeof a));
+    }
+    g->Ho = vaec_conv_out_size(g->H, (int)g->kh, (int)g->sh, (int)g->ph);
+    g->Wo = vaec_conv_out_size(g->W, (int)g->kw, (int)g->sw, (int)g->pw);
+    L->out = (vaec_dims){0, s->out, g->Ho, g->Wo};
+    L->group = group_of(g->Ho * g->Wo * g->C * g->kh * g->kw);
+    return VAEC_OK;
+}
+
+/* weight (Cout, C kh kw) and bias (Cout), initialized as torch does: U(+-1/sqrt(fan_in)) */
+static vaec_status conv_params(vaec_layer *L, vaec_arena *a) {
+    const vaec_conv_geom *g = &L->geom;
+    const int64_t K = g->C * g->kh * g->kw, Cout = L->spec.out;
+    const float bound = 1.0f / sqrtf((float)K);
+    char name[VAEC_NAME_LEN + 8];
+    vaec_status st;
+    snprintf(name, sizeof name, "%s.weight", L->names[0]);
+    const int64_t shape[4] = {Cout, g->C, g->kh, g->kw};
+    if ((st = vaec_arena_add_tensor_nd(a, &L->lin.W, name, 4, shape, bound))) return st;
+    snprintf(name, sizeof name, "%s.bias", L->names[0]);
+    if ((st = vaec_arena_add_tensor(a, &L->lin.b, name, 1, Cout, 0, bound))) return st;
+    L->lin.in = K;
+    L->lin.out = Cout;
+    return VAEC_OK;
+}
+
+/* a block's columns (G HoWo, C kh kw), then its output channels last (G HoWo, Cout) */
+static int64_t conv_plan(vaec_layer *L, float *buf, int64_t rows) {
+    const vaec_conv_geom *g = &L->geom;
+    const int64_t G = min64(L->group, rows), P = g->Ho * g->Wo;
+    const int64_t ncol = (G * P * g->C * g->kh * g->kw + 15) & ~(int64_t)15;
+    return ncol + G * P * L->spec.out;
+}
+
+/* y(R, (Cout, Ho, Wo)) = act(conv(x(R, (C, H, W))) + b) */
+static void conv_forward(vaec_net *net, vaec_layer *L, float *y, int64_t ldy, const float *x, int64_t ldx,
+                         int64_t R) {
+    const vaec_conv_geom *g = &L->geom;
+    const float *P = net->arena->params;
+    const int64_t K = g->C * g->kh * g->kw, Cout = L->spec.out, Np = g->Ho * g->Wo;
+    const int64_t G = min64(L->group, net->rows);
+    float *col = L->ws, *yn = L->ws + ((G * Np * K + 15) & ~(int64_t)15);
+    vaec_gemm_epilogue e = {P + L->lin.b, L->act, NULL, 0, NULL};
+    for (int64_t n0 = 0; n0 < R; n0 += G) {
+        const int64_t gn = min64(G, R - n0);
+        vaec_conv_im2col(net->pool, g, x + n0 * ldx, ldx, gn, col);
+        vaec_sgemm_fused(net->pool, 0, 1, gn * Np, Cout, K, col, K, P + L->lin.W, K, 0.0f, yn, Cout, &e);
+        vaec_conv_nhwc_to_nchw(net->pool, yn, Np * Cout, y + n0 * ldy, ldy, gn, Np, Cout);
+    }
+}
+
+/* dW (+)= g_nhwc^T . col, db (+)= colsum(g_nhwc), din(R, (C, H, W)) = col2im(g_nhwc . W) * in_act'(x) */
+static void conv_backward(vaec_net *net, vaec_layer *L, float *din, int64_t lddin, vaec_act in_act, const float *g,
+                          int64_t ldg, const float *x, int64_t ldx, int64_t R, int accumulate) {
+    const vaec_conv_geom *geo = &L->geom;
+    float *Gr = net->arena->grads;
+    const float *P = net->arena->params;
+    const int64_t K = geo->C * geo->kh * geo->kw, Cout = L->spec.out, Np = geo->Ho * geo->Wo;
+    const int64_t G = min64(L->group, net->rows);
+    float *col = L->ws, *gn = L->ws + ((G * Np * K + 15) & ~(int64_t)15);
+    vaec_gemm_epilogue chk = {NULL, VAEC_ACT_IDENTITY, NULL, 0, &net->nonfinite};
+    if (R <= 0 && !accumulate) {
+        memset(Gr + L->lin.W, 0, (size_t)(Cout * K) * sizeof(float));
+        memset(Gr + L->lin.b, 0, (size_t)Cout * sizeof(float));
+    }
+    for (int64_t n0 = 0; n0 < R; n0 += G) {
+        const int64_t m = min64(G, R - n0);
+        const int add = accumulate || n0 > 0;
+        vaec_conv_nchw_to_nhwc(net->pool, g + n0 * ldg, ldg, gn, Np * Cout, m, Np, Cout);
+        vaec_conv_im2col(net->pool, geo, x + n0 * ldx, ldx, m, col);
+        vaec_sgemm_fused(net->pool, 1, 0, Cout, K, m * Np, gn, Cout, col, K, add ? 1.0f : 0.0f, Gr + L->lin.W, K, &chk);
+        vaec_dense_bias_grad(net->pool, Gr + L->lin.b, gn, Cout, m * Np, Cout, add, &net->nonfinite);
+        if (!din) continue;
+        vaec_sgemm(net->pool, 0, 0, m * Np, K, Cout, gn, Cout, P + L->lin.W, K, 0.0f, col, K);
+        vaec_conv_col2im(net->pool, geo, col, m, din + n0 * lddin, lddin);
+        vaec_rows_act_backward(net->pool, in_act, din + n0 * lddin, lddin, x + n0 * ldx, ldx, m,
+                               geo->C * geo->H * geo->W);
+    }
+}
+
+const vaec_layer_ops vaec_layer_conv2d = {
+    "Conv2d", 1, conv_shape, conv_params, conv_plan, conv_forward, conv_backward, 0,
+};
+
+/* ----------------------------------------------------------- ConvTranspose2d */
+static vaec_status convt_shape(vaec_layer *L) {
+    vaec_status st = check_spec(L, 1);
+    if (st) return st;
+    const vaec_layer_spec *s = &L->spec;
+    const int64_t Ho = (L->in.h - 1) * s->stride[0] - 2 * (int64_t)s->padding[0] + s->kernel[0] + s->output_padding[0];
+    const int64_t Wo = (L->in.w - 1) * s->stride[1] - 2 * (int64_t)s->padding[1] + s->kernel[1] + s->output_padding[1];
+    if (Ho < 1 || Wo < 1) {
+        char d[160], a[64];
+        return vaec_fail(VAEC_ERR_ARG, "%s: its output from %s would be (%lld, %lld, %lld): the padding is too large",
+                         describe(L, d, sizeof d), vaec_dims_format(L->in, a, sizeof a), (long long)s->out,
+                         (long long)Ho, (long long)Wo);
+    }
+    /* the convolution it is the data gradient of: from the output's shape to the input's */
+    vaec_conv_geom *g = &L->geom;
+    *g = (vaec_conv_geom){s->out, Ho, Wo, s->kernel[0], s->kernel[1], s->stride[0], s->stride[1], s->padding[0],
+                          s->padding[1], L->in.h, L->in.w};
+    L->out = (vaec_dims){0, s->out, Ho, Wo};
+    L->group = group_of(L->in.h * L->in.w * (s->out * g->kh * g->kw + 2 * L->in.c));
+    return VAEC_OK;
+}
+
+/* weight (Cin, Cout, kh, kw) and bias (Cout); torch's fan_in for it is Cout kh kw */
+static vaec_status convt_params(vaec_layer *L, vaec_arena *a) {
+    const vaec_conv_geom *g = &L->geom;
+    const int64_t Cin = L->in.c, Cout = L->spec.out, K = Cout * g->kh * g->kw;
+    const float bound = 1.0f / sqrtf((float)K);
+    char name[VAEC_NAME_LEN + 8];
+    vaec_status st;
+    snprintf(name, sizeof name, "%s.weight", L->names[0]);
+    const int64_t shape[4] = {Cin, Cout, g->kh, g->kw};
+    if ((st = vaec_arena_add_tensor_nd(a, &L->lin.W, name, 4, shape, bound))) return st;
+    snprintf(name, sizeof name, "%s.bias", L->names[0]);
+    if ((st = vaec_arena_add_tensor(a, &L->lin.b, name, 1, Cout, 0, bound))) return st;
+    L->lin.in = Cin;
+    L->lin.out = K;
+    return VAEC_OK;
+}
+
+/* a block's input channels last (G HW, Cin), then its columns (G HW, Cout kh kw) */
+static int64_t convt_plan(vaec_layer *L, float *buf, int64_t rows) {
+    const int64_t G = min64(L->group, rows), HW = L->in.h * L->in.w;
+    return ((G * HW * L->in.c + 15) & ~(int64_t)15) + G * HW * L->lin.out;
+}
+
+typedef struct { const float *b; vaec_act act; float *y; int64_t ldy, C, P; } bias_act_job;
+/* y[c, :] = act(y[c, :] + b[c]), one example a task */
+static void bias_act_task(void *ctx, int64_t n, int tid) {
+    (void)tid;
+    bias_act_job *j = ctx;
+    float *y = j->y + n * j->ldy;
+    for (int64_t c = 0; c < j->C; c++) {
+        float *yc = y + c * j->P;
+        for (int64_t p = 0; p < j->P; p++) yc[p] += j->b[c];
+    }
+    if (j->act != VAEC_ACT_IDENTITY) vaec_act_forward(j->act, y, y, j->C * j->P);
+}
+
+/* y(R, (Cout, Ho, Wo)) = act(col2im(x_nhwc . W) + b) */
+static void convt_forward(vaec_net *net, vaec_layer *L, float *y, int64_t ldy, const float *x, int64_t ldx,
+                          int64_t R) {
+    const vaec_conv_geom *g = &L->geom;
+    const float *P = net->arena->params;
+    const int64_t Cin = L->in.c, HW = L->in.h * L->in.w, K = L->lin.out;
+    const int64_t G = min64(L->group, net->rows);
+    float *xn = L->ws, *col = L->ws + ((G * HW * Cin + 15) & ~(int64_t)15);
+    for (int64_t n0 = 0; n0 < R; n0 += G) {
+        const int64_t m = min64(G, R - n0);
+        vaec_conv_nchw_to_nhwc(net->pool, x + n0 * ldx, ldx, xn, HW * Cin, m, HW, Cin);
+        vaec_sgemm(net->pool, 0, 0, m * HW, K, Cin, xn, Cin, P + L->lin.W, K, 0.0f, col, K);
+        vaec_conv_col2im(net->pool, g, col, m, y + n0 * ldy, ldy);
+        bias_act_job j = {P + L->lin.b, L->act, y + n0 * ldy, ldy, g->C, g->H * g->W};
+        vaec_pool_run(net->pool, bias_act_task, &j, m);
+    }
+}
+
+typedef struct { const float *g; int64_t ldg, C, P; double *acc; } chan_sum_job;
+/* the sums of g over the positions of each channel, example n into acc[n C + c] */
+static void chan_sum_task(void *ctx, int64_t n, int tid) {
+    (void)tid;
+    chan_sum_job *j = ctx;
+    for (int64_t c = 0; c < j->C; c++) {
+        const float *gc = j->g + n * j->ldg + c * j->P;
+        double s = 0.0;
+        for (int64_t p = 0; p < j->P; p++) s += gc[p];
+        j->acc[n * j->C + c] = s;
+    }
+}
+
+/* dW (+)= x_nhwc^T . im2col(g), db (+)= sum(g), din = (im2col(g) . W^T)_nchw * in_act'(x) */
+static void convt_backward(vaec_net *net, vaec_layer *L, float *din, int64_t lddin, vaec_act in_act, const float *g,
+                           int64_t ldg, const float *x, int64_t ldx, int64_t R, int accumulate) {
+    const vaec_conv_geom *geo = &L->geom;
+    float *Gr = net->arena->grads;
+    const float *P = net->arena->params;
+    const int64_t Cin = L->in.c, HW = L->in.h * L->in.w, K = L->lin.out, Cout = L->spec.out;
+    const int64_t G = min64(L->group, net->rows);
+    float *xn = L->ws, *col = L->ws + ((G * HW * Cin + 15) & ~(int64_t)15);
+    vaec_gemm_epilogue chk = {NULL, VAEC_ACT_IDENTITY, NULL, 0, &net->nonfinite};
+    if (R <= 0 && !accumulate) {
+        memset(Gr + L->lin.W, 0, (size_t)(Cin * K) * sizeof(float));
+        memset(Gr + L->lin.b, 0, (size_t)Cout * sizeof(float));
+    }
+    /* the bias: per channel, the examples' sums in example order (float64), once */
+    if (R > 0) {
+        double *acc = (double *)col;   /* the columns are free until the first block */
+        chan_sum_job cj = {g, ldg, Cout, geo->H * geo->W, acc};
+        float *db = Gr + L->lin.b;
+        for (int64_t n0 = 0; n0 < R; n0 += G) {
+            const int64_t m = min64(G, R - n0);
+            cj.g = g + n0 * ldg;
+            vaec_pool_run(net->pool, chan_sum_task, &cj, m);
+            for (int64_t c = 0; c < Cout; c++) {
+                double s = 0.0;
+                for (int64_t n = 0; n < m; n++) s += acc[n * Cout + c];
+                db[c] = accumulate || n0 > 0 ? db[c] + (float)s : (float)s;
+            }
+        }
+        if (vaec_check_range(db, Cout, 0.0f, 0.0f, 0) >= 0) atomic_store(&net->nonfinite, 1);
+    }
+    for (int64_t n0 = 0; n0 < R; n0 += G) {
+        const int64_t m = min64(G, R - n0);
+        const int add = accumulate || n0 > 0;
+        vaec_conv_im2col(net->pool, geo, g + n0 * ldg, ldg, m, col);
+        vaec_conv_nchw_to_nhwc(net->pool, x + n0 * ldx, ldx, xn, HW * Cin, m, HW, Cin);
+        vaec_sgemm_fused(net->pool, 1, 0, Cin, K, m * HW, xn, Cin, col, K, add ? 1.0f : 0.0f, Gr + L->lin.W, K, &chk);
+        if (!din) continue;
+        vaec_sgemm(net->pool, 0, 1, m * HW, Cin, K, col, K, P + L->lin.W, K, 0.0f, xn, Cin);
+        vaec_conv_nhwc_to_nchw(net->pool, xn, HW * Cin, din + n0 * lddin, lddin, m, HW, Cin);
+        vaec_rows_act_backward(net->pool, in_act, din + n0 * lddin, lddin, x + n0 * ldx, ldx, m, Cin * HW);
+    }
+}
+
+const vaec_layer_ops vaec_layer_convt2d = {
+    "ConvTranspose2d", 1, convt_shape, convt_params, convt_plan, convt_forward, convt_backward, 0,
+};
