@@ -407,7 +407,7 @@ def load(path, threads=None):
     """Load a flow written by ``Flow.save``. FileNotFoundError when the file is missing,
     ValueError when it is corrupted, truncated or holds another kind of model."""
     threads = 0 if threads is None else _int_arg("threads", threads, 1, 256)
-    core = _core.flow_load(os.fspath(path), threads)
+    _, core, _extra = _core.load(os.fspath(path), threads, kind=_core.KIND_FLOW)
     flow = Flow.__new__(Flow)
     flow._attach(core)
     return flow

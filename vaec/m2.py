@@ -336,7 +336,7 @@ def load_m2(path, threads=None):
     """Load an M2 model written by ``M2.save``. FileNotFoundError when missing,
     ValueError when corrupted or not an M2 model."""
     threads = 0 if threads is None else _int_arg("threads", threads, 1, 256)
-    core = _core.load_m2(os.fspath(path), threads)
+    _, core, _extra = _core.load(os.fspath(path), threads, kind=_core.KIND_M2)
     model = M2.__new__(M2)
     model._attach(core)
     return model

@@ -554,11 +554,11 @@ class _Coder(ArenaModel):
         self._core.save(path, blob)
 
     def _resume(self, path):
-        core, extra = _core.load(os.fspath(path), self.threads)
+        kind, core, extra = _core.load(os.fspath(path), self.threads)
         # the architecture must match; the initialization seed need not (the checkpoint's
         # parameters and RNG state replace it)
         mine = {k: v for k, v in self._core.config().items() if k != "seed"}
-        if {k: v for k, v in core.config().items() if k != "seed"} != mine:
+        if kind not in (_core.KIND_VAE, _core.KIND_AE) or {k: v for k, v in core.config().items() if k != "seed"} != mine:
             raise ValueError(f"resume: {os.fspath(path)} holds a model of another configuration "
                              f"({core.config()}) than this one ({self._core.config()})")
         if not extra or b"\0" not in extra:
@@ -818,7 +818,7 @@ def load(path, threads=None):
     if kind == _core.KIND_M2:
         from .m2 import load_m2
         return load_m2(path, threads or None)
-    core, _extra = _core.load(os.fspath(path), threads)
+    kind, core, _extra = _core.load(os.fspath(path), threads)
     cls = Autoencoder if kind == _core.KIND_AE else VAE
     model = cls.__new__(cls)
     model._attach(core)
