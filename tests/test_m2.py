@@ -324,7 +324,9 @@ def test_fit_weightings_and_history():
         m = make(hidden=(9,))
         h = m.fit(xl, yl, xu, epochs=2, batch_size=10, labeled_batch_size=4, progress=False, weighting=w,
                   validation_data=(xl, yl))
-        assert set(h) == {"loss", "labeled_nll", "val_error", "seconds"} and len(h["loss"]) == 2
+        # the history's common keys (loss, lr, seconds, examples_per_s) and M2's own
+        assert set(h) == {"loss", "labeled_nll", "val_error", "lr", "seconds", "examples_per_s"}
+        assert all(len(v) == 2 for v in h.values()) and h["lr"] == [1e-3, 1e-3]
         assert m.optimizer_state["step"] == 6
         assert all(np.isfinite(h["loss"])) and 0 <= h["val_error"][-1] <= 1
     with pytest.raises(ValueError, match="weighting"):

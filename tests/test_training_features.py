@@ -1,6 +1,8 @@
 """fit's training features: IWAE training, beta warmup, learning-rate schedules, early
-stopping, checkpoints and exact resume, and the NaN guard."""
+stopping, checkpoints and exact resume, and the NaN guard; the same driver (vaec/_base.py)
+under M2 and Flow."""
 import os
+import pickle
 
 import numpy as np
 import pytest
@@ -189,3 +191,123 @@ def test_adam_eps_too_small_to_survive_the_bias_correction_is_refused():
         m.train_step(x, seed=1)
     for k, p in m.params.items():
         assert np.all(np.isfinite(p)), k
+
+
+# ------------------------------------------------ the same driver for M2 and Flow
+def m2_data():
+    rng = np.random.default_rng(4)
+    X = (rng.random((260, 12)) < 0.3).astype(np.float32)
+    return X[:20], rng.integers(0, 3, 20), X[20:], X[:60], rng.integers(0, 3, 60)
+
+
+def make_m2(seed=1, threads=1):
+    return vaec.M2(12, 3, 2, hidden=(8,), seed=seed, threads=threads)
+
+
+def test_m2_resume_ends_where_an_uninterrupted_run_ends(tmp_path):
+    """M2's one NumPy stream (unlabelled orders and the cycled labelled order) is saved in
+    its checkpoints: a resumed run draws what the uninterrupted run drew."""
+    X_l, y_l, X_u, X_v, y_v = m2_data()
+    kw = dict(epochs=4, batch_size=30, labeled_batch_size=7, seed=5, progress=False, binarize="dynamic",
+              validation_data=(X_v, y_v), patience=10)
+    full = make_m2()
+    h_full = full.fit(X_l, y_l, X_u, **kw)
+    part = make_m2()
+    part.fit(X_l, y_l, X_u, checkpoint_dir=tmp_path, callback=lambda e, logs: e == 2, **kw)
+    assert len(part.history["loss"]) == 2
+    resumed = make_m2(seed=9, threads=2)
+    h_res = resumed.fit(X_l, y_l, X_u, resume=tmp_path / "checkpoint.vaec", **kw)
+    assert h_res["loss"] == h_full["loss"] and h_res["val_error"] == h_full["val_error"]
+    for k in full.params:
+        assert np.array_equal(full.params[k], resumed.params[k]), k
+    # the checkpoint is an M2 model file too
+    assert isinstance(vaec.load(tmp_path / "checkpoint.vaec"), vaec.M2)
+    with pytest.raises(ValueError, match="another configuration"):
+        make().fit(np.zeros((4, 64), np.float32), epochs=1, resume=tmp_path / "checkpoint.vaec", progress=False)
+
+
+def test_m2_early_stopping_keeps_the_parameters_of_the_lowest_validation_error():
+    X_l, y_l, X_u, X_v, y_v = m2_data()
+    m = make_m2()
+    seen = {}
+    h = m.fit(X_l, y_l, X_u, epochs=12, batch_size=30, lr=0.05, validation_data=(X_v, y_v), patience=2,
+              progress=False, seed=1, callback=lambda e, logs: seen.__setitem__(e, (logs["val_error"], m.state_dict())))
+    best = min(seen, key=lambda e: (seen[e][0], e))
+    assert h["best_epoch"] == best and len(h["loss"]) <= 12
+    for k in m.params:
+        assert np.array_equal(m.params[k], seen[best][1][k]), k
+    assert m.error_rate(X_v, y_v) == seen[best][0]
+    with pytest.raises(ValueError, match="patience: early stopping needs validation_data"):
+        make_m2().fit(X_l, y_l, X_u, epochs=1, patience=2, progress=False)
+
+
+def test_m2_nan_stops_training_naming_epoch_and_step(tmp_path):
+    X_l, y_l, X_u, _, _ = m2_data()
+    m = make_m2()
+    m.params["decoder.out.bias"][0] = np.inf
+    poisoned = m.state_dict()
+    with pytest.raises(FloatingPointError, match=r"epoch 1, step 1 \(global step 1\).*last finite parameters"):
+        m.fit(X_l, y_l, X_u, epochs=1, progress=False)
+    for k in poisoned:
+        assert np.array_equal(m.params[k], poisoned[k]), k
+
+
+def test_m2_pickles_with_its_optimizer_rng_and_history():
+    X_l, y_l, X_u, _, _ = m2_data()
+    m = make_m2()
+    m.fit(X_l, y_l, X_u, epochs=1, batch_size=50, progress=False, seed=3)
+    r = pickle.loads(pickle.dumps(m))
+    assert r.config() == m.config() and r.history == m.history
+    strip = lambda s: {k: v for k, v in s.items() if k != "threads"}
+    assert strip(r.optimizer_state) == strip(m.optimizer_state)
+    assert r.loss_and_grad(X_l, y_l, X_u) == m.loss_and_grad(X_l, y_l, X_u)   # the same noise next
+
+
+def test_flow_fit_history_is_flat_and_the_old_key_still_reads_it():
+    X = np.random.default_rng(0).standard_normal((200, 2)).astype(np.float32)
+    f = vaec.Flow(2, "realnvp:2:8", seed=0, threads=1)
+    f.fit_energy(vaec.flows.potentials.U1, steps=4, batch_size=16, progress=False)
+    h = f.fit(X, epochs=2, batch_size=64, lr=2e-3, progress=False, seed=1)
+    assert h is f.history and {"loss", "lr", "seconds", "examples_per_s"} <= set(h)
+    assert all(len(h[k]) == 2 for k in ("loss", "lr", "seconds", "examples_per_s")) and h["lr"] == [2e-3, 2e-3]
+    assert h["fit"]["loss"] == h["loss"]                    # history["fit"] of earlier versions
+    assert len(h["fit_energy"]["loss"]) == 4                # fit_energy's per-step record is kept
+    f.fit(X, epochs=1, progress=False)
+    assert len(f.history["loss"]) == 3 and len(f.history["fit_energy"]["loss"]) == 4
+    # a pickle of an earlier version (history["fit"] nested) reads as the flat history
+    state = f.__getstate__()
+    state["history"] = {"fit": {"loss": [1.0, 0.5], "seconds": [0.1, 0.1]}, "fit_energy": h["fit_energy"]}
+    g = vaec.Flow.__new__(vaec.Flow)
+    g.__setstate__(state)
+    assert g.history["loss"] == [1.0, 0.5] and g.history["fit"]["seconds"] == [0.1, 0.1]
+
+
+def test_flow_fit_nan_names_epoch_and_step():
+    X = np.random.default_rng(0).standard_normal((100, 2)).astype(np.float32)
+    f = vaec.Flow(2, "realnvp:2:8", seed=0, threads=1)
+    name = next(k for k in f.params if k.endswith("bias"))
+    f.params[name][...] = np.nan
+    with pytest.raises(FloatingPointError, match=r"epoch 1, step 1 .*last finite parameters"):
+        f.fit(X, epochs=1, progress=False)
+
+
+def test_epoch_numbers_of_callbacks_count_as_before():
+    """VAE and Autoencoder number the epochs of this call; M2 and Flow those of the history."""
+    X, _ = data_small()
+    m = make()
+    seen = []
+    m.fit(X, epochs=1, progress=False)
+    m.fit(X, epochs=2, progress=False, callback=lambda e, logs: seen.append(e))
+    assert seen == [1, 2]
+    X_l, y_l, X_u, _, _ = m2_data()
+    m2 = make_m2()
+    m2.fit(X_l, y_l, X_u, epochs=1, progress=False)
+    seen = []
+    m2.fit(X_l, y_l, X_u, epochs=2, progress=False, callback=lambda e, logs: seen.append(e))
+    assert seen == [2, 3]
+
+
+def data_small():
+    rng = np.random.default_rng(0)
+    X = (rng.random((120, 64)) < 0.3).astype(np.float32)
+    return X[:100], X[100:]
