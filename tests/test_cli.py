@@ -188,3 +188,22 @@ def test_train_m2_with_labels(tmp_path):
     assert isinstance(vaec.load(tmp_path / "m2" / "model.vaec"), vaec.M2)
     r = run("train", "--model", "m2", "--labels", "15")
     assert r.returncode == 2 and "--labels must be a positive multiple of 10" in r.stderr
+
+
+def test_no_library_module_imports_the_command_line():
+    """Parsing lives in vaec/__main__.py, the commands in vaec/commands.py: no other module
+    of the package imports __main__, at its top or inside a function."""
+    import ast
+
+    pkg = os.path.dirname(vaec.__file__)
+    offenders = []
+    for name in sorted(os.listdir(pkg)):
+        if not name.endswith(".py") or name == "__main__.py":
+            continue
+        tree = ast.parse(open(os.path.join(pkg, name)).read())
+        for node in ast.walk(tree):
+            mods = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                    [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            if any(m in ("__main__", "vaec.__main__") or m.endswith(".__main__") for m in mods):
+                offenders.append(f"{name}:{node.lineno}")
+    assert not offenders, offenders

@@ -17,10 +17,6 @@ ways of weighing them).
 """
 from __future__ import annotations
 
-import argparse
-import sys
-import time
-
 import numpy as np
 
 from . import _core
@@ -28,7 +24,7 @@ from ._base import (ArenaModel, FitPlan, _activation_arg, _binarize_arg, _data_m
                     _init_seed, _int_arg, _likelihood_arg, _load_as, _seed_arg, _threads_arg, _widths, register_kind,
                     run_fit)
 
-__all__ = ["M2", "load_m2", "main_m2", "train_cli"]
+__all__ = ["M2", "load_m2"]
 
 
 @register_kind(_core.KIND_M2)
@@ -365,64 +361,3 @@ def load_m2(path, threads=None):
     """Load an M2 model written by ``M2.save``. FileNotFoundError when missing,
     ValueError when corrupted or not an M2 model."""
     return _load_as(path, threads, M2)
-
-
-# --------------------------------------------------------------------- CLI
-def _parser():
-    p = argparse.ArgumentParser(prog="python -m vaec train --model m2",
-                                description="Semi-supervised M2 on MNIST: train with a few labels, report test error.")
-    p.add_argument("--labels", type=int, default=100, help="labelled examples (a multiple of 10; default 100)")
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--batch-size", type=int, default=100)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--latent-dim", type=int, default=50)
-    p.add_argument("--hidden", type=int, nargs="*", default=[500])
-    p.add_argument("--activation", default="softplus")
-    p.add_argument("--alpha", type=float, default=0.1)
-    p.add_argument("--binarize", default="dynamic", choices=["dynamic", "none"])
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--data", default=None, help="directory with the MNIST IDX files (default: $VAEC_DATA, cache)")
-    p.add_argument("--out", default=None, help="save the trained model here")
-    p.add_argument("--quiet", action="store_true")
-    return p
-
-
-def train_cli(args):
-    """Run ``--labels N`` M2 training from a parsed namespace (see ``_parser``): load MNIST,
-    take N/10 labelled examples per class (labelled_subset, seed ``args.seed``), use the
-    rest unlabelled, fit, print and return the test error (a fraction)."""
-    from . import datasets
-    if args.labels % 10:
-        raise SystemExit("--labels must be a multiple of 10 (that many per class / 10)")
-    X, y = datasets.load_mnist("train", path=getattr(args, "data", None))
-    Xt, yt = datasets.load_mnist("test", path=getattr(args, "data", None))
-    X_l, y_l, idx = datasets.labelled_subset(X, y, args.labels // 10, seed=args.seed, return_indices=True)
-    X_u = np.delete(X, idx, axis=0)
-    m = M2(X.shape[1], 10, latent_dim=args.latent_dim, hidden=tuple(args.hidden), activation=args.activation,
-           alpha=args.alpha, seed=args.seed, threads=args.threads)
-    quiet = getattr(args, "quiet", False)
-    if not quiet:
-        print(f"M2: {len(X_l)} labelled, {len(X_u)} unlabelled, {len(Xt)} test; {m.num_params} parameters; "
-              f"{m.threads} threads", flush=True)
-    t0 = time.perf_counter()
-    m.fit(X_l, y_l, X_u, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-          validation_data=(Xt, yt), seed=args.seed, progress=not quiet,
-          binarize=None if args.binarize == "none" else args.binarize)
-    err = m.error_rate(Xt, yt)
-    print(f"test error {100 * err:.2f}% with {args.labels} labels after {args.epochs} epochs "
-          f"({time.perf_counter() - t0:.0f} s)", flush=True)
-    if getattr(args, "out", None):
-        m.save(args.out)
-    return err
-
-
-def main_m2(argv=None):
-    """``python -m vaec.m2 --labels 100 --epochs 10``: the CLI entry (argv without the
-    program name)."""
-    train_cli(_parser().parse_args(argv))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main_m2())
