@@ -438,6 +438,7 @@ class FitPlan:
     keys = COMMON_KEYS
     examples = 0
     epochs_from_history = False
+    const_lr = None
 
     def start(self, state):
         pass
@@ -449,7 +450,18 @@ class FitPlan:
         pass
 
     def lr(self, epoch):
-        raise NotImplementedError
+        """The learning rate of an epoch (0-based, of this run): by default ``const_lr``."""
+        return self.const_lr
+
+    @staticmethod
+    def order_stream(core, seed):
+        """The NumPy stream of an M2's or a flow's shuffling: ``seed`` (when given) resets
+        the model's RNG to (seed, 0), and the stream starts from that position,
+        default_rng([rng_seed & (2**63-1), rng_counter])."""
+        if seed is not None:
+            core.set_rng(seed=seed, counter=0)
+        st = core.state()
+        return np.random.default_rng([st["rng_seed"] & (2**63 - 1), st["rng_counter"]])
 
     def batches(self, epoch):
         raise NotImplementedError
@@ -464,10 +476,9 @@ class FitPlan:
         return f"epoch {number:3d}  loss {logs['loss']:9.3f}  {logs['seconds']:6.2f}s"
 
 
-def _fit_options(epochs, progress, verbose, callback, patience, checkpoint_dir, checkpoint_every, has_validation,
-                 metric="validation ELBO"):
-    """The driver's own arguments, checked (the names as fit takes them)."""
-    epochs = _int_arg("epochs", epochs, 0)
+def _fit_options(callback, patience, checkpoint_every, has_validation):
+    """The driver's own arguments, checked (the names as fit takes them): (patience,
+    checkpoint_every)."""
     if patience is not None:
         patience = _int_arg("patience", patience, 1)
         if not has_validation:
@@ -475,7 +486,7 @@ def _fit_options(epochs, progress, verbose, callback, patience, checkpoint_dir, 
     checkpoint_every = _int_arg("checkpoint_every", checkpoint_every, 1)
     if callback is not None and not callable(callback):
         raise TypeError(f"callback: expected a callable (epoch, logs) -> bool, got {type(callback).__name__}")
-    return epochs, patience, checkpoint_every
+    return patience, checkpoint_every
 
 
 def run_fit(model, plan, epochs, *, progress=True, verbose=None, callback=None, patience=None, checkpoint_dir=None,

@@ -241,7 +241,7 @@ class Flow(ArenaModel):
         X = self._check_rows(X, "X")
         if X.shape[0] == 0:
             raise ValueError("X: empty data set")
-        epochs, _, _ = _fit_options(epochs, progress, verbose, callback, None, None, 1, False)
+        _fit_options(callback, None, 1, False)
         plan = _FlowPlan(self, X, batch_size=batch_size, lr=lr, seed=seed, shuffle=shuffle)
         return run_fit(self, plan, epochs, progress=progress, verbose=verbose, callback=callback)
 
@@ -349,13 +349,7 @@ class _FlowPlan(FitPlan):
         self.batch_size, self.const_lr, self.seed, self.shuffle = batch_size, lr, seed, shuffle
 
     def start(self, state):
-        if self.seed is not None:
-            self.core.set_rng(seed=self.seed, counter=0)
-        st = self.core.state()
-        self.rng = np.random.default_rng([st["rng_seed"] & (2**63 - 1), st["rng_counter"]])
-
-    def lr(self, epoch):
-        return self.const_lr
+        self.rng = self.order_stream(self.core, self.seed)
 
     def batches(self, epoch):
         n = self.examples

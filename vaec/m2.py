@@ -222,8 +222,7 @@ class M2(ArenaModel):
                 raise TypeError("validation_data: expected a pair (X, y)")
             X_val = self._check_data(validation_data[0], "validation_data[0]")
             y_val = self._check_labels(validation_data[1], "validation_data[1]", X_val.shape[0])
-        epochs, patience, checkpoint_every = _fit_options(epochs, progress, verbose, callback, patience, checkpoint_dir,
-                                                          checkpoint_every, validation_data is not None)
+        patience, checkpoint_every = _fit_options(callback, patience, checkpoint_every, validation_data is not None)
         plan = _M2Plan(self, X_l, y_l, X_u, X_val, y_val, batch_size=batch_size, labeled_batch_size=lb, lr=lr,
                        seed=seed, bin_flag=bin_flag, weighting=weighting)
         return run_fit(self, plan, epochs, progress=progress, verbose=verbose, callback=callback, patience=patience,
@@ -293,10 +292,7 @@ class _M2Plan(FitPlan):
         self.N, self.a = N, model.alpha * N / self.n_l
 
     def start(self, state):
-        if self.seed is not None:
-            self.core.set_rng(seed=self.seed, counter=0)
-        st = self.core.state()
-        self.rng = np.random.default_rng([st["rng_seed"] & (2**63 - 1), st["rng_counter"]])
+        self.rng = self.order_stream(self.core, self.seed)
         self.l_order, self.l_pos = self.rng.permutation(self.n_l), 0
 
     def save(self, state):
@@ -314,9 +310,6 @@ class _M2Plan(FitPlan):
         if self.l_order.shape != (self.n_l,) or not 0 <= self.l_pos <= self.n_l:
             raise ValueError(f"resume: the checkpoint was written for {self.l_order.size} labelled examples, "
                              f"not {self.n_l}")
-
-    def lr(self, epoch):
-        return self.const_lr
 
     def batches(self, epoch):
         self.nll = 0.0

@@ -207,8 +207,7 @@ class _Coder(ArenaModel):
         score, _ = self._estimator_args(estimator, baseline, iw)
         if not (callable(lr_schedule) or lr_schedule in ("constant", "exponential", "burda")):
             raise ValueError(f"lr_schedule: expected 'constant', 'exponential', 'burda' or a callable, got {lr_schedule!r}")
-        epochs, patience, checkpoint_every = _fit_options(epochs, progress, verbose, callback, patience, checkpoint_dir,
-                                                          checkpoint_every, validation_data is not None)
+        patience, checkpoint_every = _fit_options(callback, patience, checkpoint_every, validation_data is not None)
         X = self._check_data(X, "X")
         if X.shape[0] == 0:
             raise ValueError("X: empty data set")
