@@ -137,6 +137,7 @@ def test_reproduce_rezende_flows_records_one_row_per_posterior(tmp_path):
     assert json.loads((tmp_path / "out" / "result.json").read_text())["rows"][1]["eval_n"] == 10
 
 
+@pytest.mark.slow
 def test_reproduce_wake_sleep_records_curves(tmp_path):
     results = tmp_path / "RESULTS.md"
     r = run("reproduce", "kingma-wake-sleep", "--datasets", "mnist", "--latents", "2", "--examples", "1",
@@ -164,6 +165,7 @@ def test_reproduce_runs_and_records_its_result(tmp_path):
     assert (tmp_path / "out" / "model.vaec").exists() and (tmp_path / "out" / "result.json").exists()
 
 
+@pytest.mark.slow
 def test_bench_quick_prints_the_table(tmp_path):
     r = run("bench", "--quick", "--vs", "none", "--threads", "1", "--write", str(tmp_path / "PERF.md"))
     assert r.returncode == 0, r.stderr
@@ -180,6 +182,7 @@ def test_bench_ratio_is_the_median_of_paired_ratios():
     assert _paired_ratio([1.0], []) == "—"
 
 
+@pytest.mark.slow
 def test_train_m2_with_labels(tmp_path):
     r = run("train", "--model", "m2", "--labels", "100", "--epochs", "1", "--quiet", "--out", str(tmp_path / "m2"))
     assert r.returncode == 0, r.stderr

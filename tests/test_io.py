@@ -10,18 +10,8 @@ import pytest
 import vaec
 
 
-@pytest.fixture
-def trained(tmp_path):
-    m = vaec.VAE(20, 4, hidden=(12, 6), activation="elu", likelihood="gaussian", seed=3, threads=1)
-    x = np.random.default_rng(0).random((40, 20), dtype=np.float32)
-    m.set_optimizer(beta1=0.8, beta2=0.99, eps=1e-4)
-    for _ in range(3):
-        m.train_step(x, lr=1e-2)
-    return m, x
-
-
-def test_round_trip_restores_everything(trained, tmp_path):
-    m, x = trained
+def test_round_trip_restores_everything(trained_vae, tmp_path):
+    m, x = trained_vae
     path = tmp_path / "model.vaec"
     m.save(path)
     r = vaec.load(path)
@@ -40,8 +30,8 @@ def test_round_trip_restores_everything(trained, tmp_path):
         assert np.array_equal(m.params[k], r.params[k])
 
 
-def test_save_is_atomic_and_leaves_no_temporary(trained, tmp_path):
-    m, _ = trained
+def test_save_is_atomic_and_leaves_no_temporary(trained_vae, tmp_path):
+    m, _ = trained_vae
     path = tmp_path / "m.vaec"
     m.save(str(path))
     first = path.read_bytes()
@@ -51,8 +41,8 @@ def test_save_is_atomic_and_leaves_no_temporary(trained, tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["m.vaec"]
 
 
-def test_file_layout_ends_with_a_crc32(trained, tmp_path):
-    m, _ = trained
+def test_file_layout_ends_with_a_crc32(trained_vae, tmp_path):
+    m, _ = trained_vae
     path = tmp_path / "m.vaec"
     m.save(path)
     data = path.read_bytes()
@@ -66,15 +56,15 @@ def test_missing_file(tmp_path):
         vaec.load(tmp_path / "nope.vaec")
 
 
-def test_save_into_a_missing_directory(trained, tmp_path):
-    m, _ = trained
+def test_save_into_a_missing_directory(trained_vae, tmp_path):
+    m, _ = trained_vae
     with pytest.raises(FileNotFoundError):
         m.save(tmp_path / "no" / "such" / "dir.vaec")
 
 
 @pytest.mark.parametrize("damage", ["flip", "truncate", "magic", "version", "empty", "foreign", "append"])
-def test_corrupted_files_are_refused(trained, tmp_path, damage):
-    m, _ = trained
+def test_corrupted_files_are_refused(trained_vae, tmp_path, damage):
+    m, _ = trained_vae
     path = tmp_path / "m.vaec"
     m.save(path)
     data = bytearray(path.read_bytes())
@@ -104,9 +94,9 @@ def test_corrupted_files_are_refused(trained, tmp_path, damage):
         vaec.load(path)
 
 
-def test_consistent_checksum_but_inconsistent_sizes_are_refused(trained, tmp_path):
+def test_consistent_checksum_but_inconsistent_sizes_are_refused(trained_vae, tmp_path):
     """A file whose header lies about its size, even with a recomputed checksum."""
-    m, _ = trained
+    m, _ = trained_vae
     path = tmp_path / "m.vaec"
     m.save(path)
     data = bytearray(path.read_bytes())
@@ -123,8 +113,8 @@ def test_consistent_checksum_but_inconsistent_sizes_are_refused(trained, tmp_pat
         vaec.load(path)
 
 
-def test_pickle_round_trip(trained):
-    m, x = trained
+def test_pickle_round_trip(trained_vae):
+    m, x = trained_vae
     r = pickle.loads(pickle.dumps(m))
     for k in m.params:
         assert np.array_equal(m.params[k], r.params[k])
@@ -132,8 +122,8 @@ def test_pickle_round_trip(trained):
     assert m.train_step(x) == r.train_step(x)
 
 
-def test_load_threads_argument(trained, tmp_path):
-    m, _ = trained
+def test_load_threads_argument(trained_vae, tmp_path):
+    m, _ = trained_vae
     m.save(tmp_path / "m.vaec")
     assert vaec.load(tmp_path / "m.vaec", threads=2).threads == 2
     with pytest.raises(ValueError, match="threads"):
@@ -153,10 +143,10 @@ def test_a_crafted_file_with_a_valid_checksum_cannot_overrun(tmp_path):
             vaec.load(p)
 
 
-def test_the_file_holds_every_tensor_row_major(trained, tmp_path):
+def test_the_file_holds_every_tensor_row_major(trained_vae, tmp_path):
     """The first layer's weight is kept as W^T in memory; the file has it (and its Adam
     moments) in its (out, in) order, like every other tensor."""
-    m, _ = trained
+    m, _ = trained_vae
     assert [t[0] for t in m._core.tensors() if t[3]] == ["encoder.0.weight"]
     path = tmp_path / "m.vaec"
     m.save(path)
@@ -173,13 +163,12 @@ def test_the_file_holds_every_tensor_row_major(trained, tmp_path):
     assert np.any(stored["adam_m"] != 0)
 
 
-def test_a_file_from_before_the_transposed_layout_loads_the_same():
+def test_a_file_from_before_the_transposed_layout_loads_the_same(data_dir):
     """tests/data/vae_536a70d.vaec was written by vaec at commit 536a70d, when every tensor
     was row-major in memory too: it loads to the same parameters, and its next training
     steps give the losses that build gave."""
-    here = os.path.join(os.path.dirname(__file__), "data")
-    m = vaec.load(os.path.join(here, "vae_536a70d.vaec"))
-    want = np.load(os.path.join(here, "vae_536a70d.npz"))
+    m = vaec.load(data_dir / "vae_536a70d.vaec")
+    want = np.load(data_dir / "vae_536a70d.npz")
     for k in m.params:
         assert np.array_equal(m.params[k], want[k]), k
     losses = [m.train_step(want["x"], lr=1e-2) for _ in range(2)]
