@@ -11,8 +11,10 @@ import sys
 
 import numpy as np
 
+# evaluate and load_dataset stay importable from here for callers of earlier versions
 from .commands import (DATASETS, UsageError, cmd_bench, cmd_eval, cmd_reproduce, cmd_sample,  # noqa: F401
                        cmd_train, evaluate, load_dataset)
+
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, no usage dump

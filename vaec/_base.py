@@ -205,7 +205,7 @@ def _load_as(path, threads, cls):
     threads = _threads_arg(threads)
     kind, core, _extra = _core.load(path=os.fspath(path), threads=threads,
                                     kind=None if cls is None else cls._kind)
-    model_cls = MODEL_KINDS[kind][1] if cls is None or kind not in MODEL_KINDS else cls
+    model_cls = MODEL_KINDS[kind][1]   # with cls given, the loader of its kind refused any other
     model = model_cls.__new__(model_cls)
     model._attach(core)
     return model
