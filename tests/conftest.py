@@ -1,5 +1,6 @@
 """What the tests share: the import path of the helper modules beside them (_helpers.py,
-reference.py, reference_m2.py, redesign_cases.py), the paths of the stored data, the MNIST
+reference.py, reference_m2.py, redesign_cases.py, and the scripts in data/ that made the
+stored files), the paths of the stored data, the MNIST
 subset shipped with vaec, and a small trained model.
 
 Markers: ``slow`` (declared in pyproject.toml) is on the tests that take seconds each (the
@@ -13,8 +14,9 @@ import pytest
 
 TESTS_DIR = pathlib.Path(__file__).resolve().parent
 DATA_DIR = TESTS_DIR / "data"
-if str(TESTS_DIR) not in sys.path:   # the helper modules import as top-level modules
-    sys.path.insert(0, str(TESTS_DIR))
+for _d in (TESTS_DIR, DATA_DIR):   # the helper modules (and data/'s makers) import as top-level modules
+    if str(_d) not in sys.path:
+        sys.path.insert(0, str(_d))
 
 import vaec  # noqa: E402
 from vaec import datasets  # noqa: E402

@@ -351,3 +351,24 @@ def data_small():
     rng = np.random.default_rng(0)
     X = (rng.random((120, 64)) < 0.3).astype(np.float32)
     return X[:100], X[100:]
+
+
+def test_a_checkpoint_written_before_the_shared_driver_resumes_exactly(data_dir):
+    """tests/data/checkpoint_c8b7f31.vaec was written at c8b7f31, before fit became one driver
+    for every model (tests/data/make_checkpoint_c8b7f31.py, on the scalar kernel path): a run
+    stopped after epoch 2 of 5. Resumed today, it ends with the losses and parameters of
+    that commit's uninterrupted run, bit for bit."""
+    import platform
+
+    import make_checkpoint_c8b7f31 as mk
+    from _helpers import forced_isa
+
+    if platform.machine() != "x86_64":
+        pytest.skip("the numbers were made on x86_64")
+    X = mk.data()
+    want = np.load(data_dir / "checkpoint_c8b7f31.npz")
+    with forced_isa("scalar"):
+        m = vaec.VAE(64, 4, hidden=(32,), seed=99, threads=1)
+        h = m.fit(X[:500], validation_data=X[500:], resume=data_dir / "checkpoint_c8b7f31.vaec", **mk.FIT)
+    assert np.array_equal(np.array(h["loss"]), want["loss"])
+    assert np.array_equal(np.concatenate([v.ravel() for v in m.params.values()]), want["params"])
