@@ -38,7 +38,7 @@ def shipped_mnist():
 
 
 @pytest.fixture
-def trained_vae():
+def trained():
     """A small Gaussian VAE after three Adam steps with non-default Adam settings, and the
     batch it took them on: (model, x)."""
     m = vaec.VAE(20, 4, hidden=(12, 6), activation="elu", likelihood="gaussian", seed=3, threads=1)

@@ -10,8 +10,8 @@ import pytest
 import vaec
 
 
-def test_round_trip_restores_everything(trained_vae, tmp_path):
-    m, x = trained_vae
+def test_round_trip_restores_everything(trained, tmp_path):
+    m, x = trained
     path = tmp_path / "model.vaec"
     m.save(path)
     r = vaec.load(path)
@@ -30,8 +30,8 @@ def test_round_trip_restores_everything(trained_vae, tmp_path):
         assert np.array_equal(m.params[k], r.params[k])
 
 
-def test_save_is_atomic_and_leaves_no_temporary(trained_vae, tmp_path):
-    m, _ = trained_vae
+def test_save_is_atomic_and_leaves_no_temporary(trained, tmp_path):
+    m, _ = trained
     path = tmp_path / "m.vaec"
     m.save(str(path))
     first = path.read_bytes()
@@ -41,8 +41,8 @@ def test_save_is_atomic_and_leaves_no_temporary(trained_vae, tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["m.vaec"]
 
 
-def test_file_layout_ends_with_a_crc32(trained_vae, tmp_path):
-    m, _ = trained_vae
+def test_file_layout_ends_with_a_crc32(trained, tmp_path):
+    m, _ = trained
     path = tmp_path / "m.vaec"
     m.save(path)
     data = path.read_bytes()
@@ -56,15 +56,15 @@ def test_missing_file(tmp_path):
         vaec.load(tmp_path / "nope.vaec")
 
 
-def test_save_into_a_missing_directory(trained_vae, tmp_path):
-    m, _ = trained_vae
+def test_save_into_a_missing_directory(trained, tmp_path):
+    m, _ = trained
     with pytest.raises(FileNotFoundError):
         m.save(tmp_path / "no" / "such" / "dir.vaec")
 
 
 @pytest.mark.parametrize("damage", ["flip", "truncate", "magic", "version", "empty", "foreign", "append"])
-def test_corrupted_files_are_refused(trained_vae, tmp_path, damage):
-    m, _ = trained_vae
+def test_corrupted_files_are_refused(trained, tmp_path, damage):
+    m, _ = trained
     path = tmp_path / "m.vaec"
     m.save(path)
     data = bytearray(path.read_bytes())
@@ -94,9 +94,9 @@ def test_corrupted_files_are_refused(trained_vae, tmp_path, damage):
         vaec.load(path)
 
 
-def test_consistent_checksum_but_inconsistent_sizes_are_refused(trained_vae, tmp_path):
+def test_consistent_checksum_but_inconsistent_sizes_are_refused(trained, tmp_path):
     """A file whose header lies about its size, even with a recomputed checksum."""
-    m, _ = trained_vae
+    m, _ = trained
     path = tmp_path / "m.vaec"
     m.save(path)
     data = bytearray(path.read_bytes())
@@ -113,8 +113,8 @@ def test_consistent_checksum_but_inconsistent_sizes_are_refused(trained_vae, tmp
         vaec.load(path)
 
 
-def test_pickle_round_trip(trained_vae):
-    m, x = trained_vae
+def test_pickle_round_trip(trained):
+    m, x = trained
     r = pickle.loads(pickle.dumps(m))
     for k in m.params:
         assert np.array_equal(m.params[k], r.params[k])
@@ -122,57 +122,12 @@ def test_pickle_round_trip(trained_vae):
     assert m.train_step(x) == r.train_step(x)
 
 
-def test_load_threads_argument(trained_vae, tmp_path):
-    m, _ = trained_vae
+def test_load_threads_argument(trained, tmp_path):
+    m, _ = trained
     m.save(tmp_path / "m.vaec")
     assert vaec.load(tmp_path / "m.vaec", threads=2).threads == 2
     with pytest.raises(ValueError, match="threads"):
         vaec.load(tmp_path / "m.vaec", threads=0)
-
-
-def test_a_crafted_file_with_a_valid_checksum_cannot_overrun(tmp_path):
-    """The header claims parameters the file does not hold, the checksum is recomputed:
-    the reader must refuse it from the sizes alone (no read past the end)."""
-    head = b"\x89VAEC\r\n\x1a" + struct.pack("<IIII", 1, 0x01020304, 1, 0)
-    arena = struct.pack("<qfffiqQQ", 5, 0.9, 0.999, 1e-8, 0, 0, 0, 0)
-    for body in (head + arena, head + arena + b"\0" * 3, head + arena + b"\0" * 30):
-        data = body + struct.pack("<I", zlib.crc32(body))
-        p = tmp_path / "crafted.vaec"
-        p.write_bytes(data)
-        with pytest.raises(ValueError, match="inconsistent|too short"):
-            vaec.load(p)
-
-
-def test_the_file_holds_every_tensor_row_major(trained_vae, tmp_path):
-    """The first layer's weight is kept as W^T in memory; the file has it (and its Adam
-    moments) in its (out, in) order, like every other tensor."""
-    m, _ = trained_vae
-    assert [t[0] for t in m._core.tensors() if t[3]] == ["encoder.0.weight"]
-    path = tmp_path / "m.vaec"
-    m.save(path)
-    data = path.read_bytes()
-    n = m._arenas["params"].size
-    start = 24 + 152 + 48
-    stored = {k: np.frombuffer(data, "<f4", count=n, offset=start + 4 * n * i)
-              for i, k in enumerate(("params", "adam_m", "adam_v"))}
-    for which in ("params", "adam_m", "adam_v"):
-        views = m._views(which)
-        for name, offset, shape, _ in m._core.tensors():
-            size = int(np.prod(shape))
-            assert np.array_equal(stored[which][offset:offset + size], views[name].ravel(order="C")), (which, name)
-    assert np.any(stored["adam_m"] != 0)
-
-
-def test_a_file_from_before_the_transposed_layout_loads_the_same(data_dir):
-    """tests/data/vae_536a70d.vaec was written by vaec at commit 536a70d, when every tensor
-    was row-major in memory too: it loads to the same parameters, and its next training
-    steps give the losses that build gave."""
-    m = vaec.load(data_dir / "vae_536a70d.vaec")
-    want = np.load(data_dir / "vae_536a70d.npz")
-    for k in m.params:
-        assert np.array_equal(m.params[k], want[k]), k
-    losses = [m.train_step(want["x"], lr=1e-2) for _ in range(2)]
-    assert np.allclose(losses, want["next_losses"], rtol=1e-6, atol=0)
 
 
 MAKERS = {"vae": (lambda: vaec.VAE(20, 3, hidden=(6,), seed=1, threads=1), "KIND_VAE"),
@@ -214,3 +169,50 @@ def test_a_loader_of_one_kind_names_the_kind_it_found(tmp_path):
     (tmp_path / "future.vaec").write_bytes(bytes(data))
     with pytest.raises(ValueError, match="unknown kind 77"):
         vaec.load(tmp_path / "future.vaec")
+
+
+def test_a_crafted_file_with_a_valid_checksum_cannot_overrun(tmp_path):
+    """The header claims parameters the file does not hold, the checksum is recomputed:
+    the reader must refuse it from the sizes alone (no read past the end)."""
+    head = b"\x89VAEC\r\n\x1a" + struct.pack("<IIII", 1, 0x01020304, 1, 0)
+    arena = struct.pack("<qfffiqQQ", 5, 0.9, 0.999, 1e-8, 0, 0, 0, 0)
+    for body in (head + arena, head + arena + b"\0" * 3, head + arena + b"\0" * 30):
+        data = body + struct.pack("<I", zlib.crc32(body))
+        p = tmp_path / "crafted.vaec"
+        p.write_bytes(data)
+        with pytest.raises(ValueError, match="inconsistent|too short"):
+            vaec.load(p)
+
+
+def test_the_file_holds_every_tensor_row_major(trained, tmp_path):
+    """The first layer's weight is kept as W^T in memory; the file has it (and its Adam
+    moments) in its (out, in) order, like every other tensor."""
+    m, _ = trained
+    assert [t[0] for t in m._core.tensors() if t[3]] == ["encoder.0.weight"]
+    path = tmp_path / "m.vaec"
+    m.save(path)
+    data = path.read_bytes()
+    n = m._arenas["params"].size
+    start = 24 + 152 + 48
+    stored = {k: np.frombuffer(data, "<f4", count=n, offset=start + 4 * n * i)
+              for i, k in enumerate(("params", "adam_m", "adam_v"))}
+    for which in ("params", "adam_m", "adam_v"):
+        views = m._views(which)
+        for name, offset, shape, _ in m._core.tensors():
+            size = int(np.prod(shape))
+            assert np.array_equal(stored[which][offset:offset + size], views[name].ravel(order="C")), (which, name)
+    assert np.any(stored["adam_m"] != 0)
+
+
+def test_a_file_from_before_the_transposed_layout_loads_the_same():
+    """tests/data/vae_536a70d.vaec was written by vaec at commit 536a70d, when every tensor
+    was row-major in memory too: it loads to the same parameters, and its next training
+    steps give the losses that build gave."""
+    here = os.path.join(os.path.dirname(__file__), "data")
+    m = vaec.load(os.path.join(here, "vae_536a70d.vaec"))
+    want = np.load(os.path.join(here, "vae_536a70d.npz"))
+    for k in m.params:
+        assert np.array_equal(m.params[k], want[k]), k
+    losses = [m.train_step(want["x"], lr=1e-2) for _ in range(2)]
+    assert np.allclose(losses, want["next_losses"], rtol=1e-6, atol=0)
+
