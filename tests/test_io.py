@@ -215,4 +215,3 @@ def test_a_file_from_before_the_transposed_layout_loads_the_same():
         assert np.array_equal(m.params[k], want[k]), k
     losses = [m.train_step(want["x"], lr=1e-2) for _ in range(2)]
     assert np.allclose(losses, want["next_losses"], rtol=1e-6, atol=0)
-
