@@ -137,6 +137,7 @@ def test_reproduce_rezende_flows_records_one_row_per_posterior(tmp_path):
     assert json.loads((tmp_path / "out" / "result.json").read_text())["rows"][1]["eval_n"] == 10
 
 
+@pytest.mark.slow
 def test_reproduce_wake_sleep_records_curves(tmp_path):
     results = tmp_path / "RESULTS.md"
     r = run("reproduce", "kingma-wake-sleep", "--datasets", "mnist", "--latents", "2", "--examples", "1",
@@ -164,6 +165,7 @@ def test_reproduce_runs_and_records_its_result(tmp_path):
     assert (tmp_path / "out" / "model.vaec").exists() and (tmp_path / "out" / "result.json").exists()
 
 
+@pytest.mark.slow
 def test_bench_quick_prints_the_table(tmp_path):
     r = run("bench", "--quick", "--vs", "none", "--threads", "1", "--write", str(tmp_path / "PERF.md"))
     assert r.returncode == 0, r.stderr
@@ -180,6 +182,7 @@ def test_bench_ratio_is_the_median_of_paired_ratios():
     assert _paired_ratio([1.0], []) == "—"
 
 
+@pytest.mark.slow
 def test_train_m2_with_labels(tmp_path):
     r = run("train", "--model", "m2", "--labels", "100", "--epochs", "1", "--quiet", "--out", str(tmp_path / "m2"))
     assert r.returncode == 0, r.stderr
@@ -188,3 +191,22 @@ def test_train_m2_with_labels(tmp_path):
     assert isinstance(vaec.load(tmp_path / "m2" / "model.vaec"), vaec.M2)
     r = run("train", "--model", "m2", "--labels", "15")
     assert r.returncode == 2 and "--labels must be a positive multiple of 10" in r.stderr
+
+
+def test_no_library_module_imports_the_command_line():
+    """Parsing lives in vaec/__main__.py, the commands in vaec/commands.py: no other module
+    of the package imports __main__, at its top or inside a function."""
+    import ast
+
+    pkg = os.path.dirname(vaec.__file__)
+    offenders = []
+    for name in sorted(os.listdir(pkg)):
+        if not name.endswith(".py") or name == "__main__.py":
+            continue
+        tree = ast.parse(open(os.path.join(pkg, name)).read())
+        for node in ast.walk(tree):
+            mods = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                    [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            if any(m in ("__main__", "vaec.__main__") or m.endswith(".__main__") for m in mods):
+                offenders.append(f"{name}:{node.lineno}")
+    assert not offenders, offenders

@@ -419,3 +419,37 @@ def test_no_memory_leak_over_many_calls():
     gc.collect()
     grew = rss_kb() - before
     assert grew < 8 * 1024, f"RSS grew by {grew} kB over 300 cycles"
+
+
+def test_binding_calls_take_keywords(model):
+    """Every method of the binding types takes its arguments by name as well as by position."""
+    x = np.full((3, 16), 0.5, np.float32)
+    eps = np.random.default_rng(0).standard_normal((2, 3, 3)).astype(np.float32)
+    core = model._core
+    assert np.array_equal(core.elbo(x=x, eps=eps, binarize=False), core.elbo(x, eps, None, None, False))
+    assert np.array_equal(core.encode(x=x)[0], core.encode(x)[0])
+    assert np.array_equal(core.decode(z=eps[0]), core.decode(eps[0]))
+    with pytest.raises(TypeError, match="bogus"):
+        core.loss_grad(x=x, bogus=1)
+    f = vaec.Flow(2, "realnvp:2:4", seed=0, threads=1)
+    z = eps[0, :, :2].copy()
+    assert np.array_equal(f._core.transform(z=z)[0], f._core.transform(z)[0])
+    assert np.array_equal(f._core.sample(n=3, seed=1)[0], f._core.sample(3, 1)[0])
+    m2 = vaec.M2(16, 3, 2, hidden=(4,), seed=0, threads=1)
+    assert np.array_equal(m2._core.classify(x=x), m2._core.classify(x))
+
+
+def test_one_noise_converter_names_the_argument_and_the_shape():
+    f = vaec.Flow(2, "planar:2", seed=0, threads=1)
+    with pytest.raises(ValueError, match=r"eps: expected shape \(4, 2\), got shape \(4, 3\)"):
+        f.energy_loss_and_grad(vaec.flows.potentials.U1, eps=np.zeros((4, 3), np.float32))
+    with pytest.raises(ValueError, match="eps: contains nan"):
+        f.energy_loss_and_grad(vaec.flows.potentials.U1, eps=np.full((4, 2), np.nan, np.float32))
+    with pytest.raises(TypeError, match="seed: expected None or a non-negative integer"):
+        f._core.sample(n=2, seed="s")
+    m2 = vaec.M2(16, 3, 2, hidden=(4,), seed=0, threads=1)
+    x = np.full((5, 16), 0.5, np.float32)
+    with pytest.raises(ValueError, match=r"eps: expected shape \(5, 3, 2\), got shape \(5, 2\)"):
+        m2.elbo(x, eps=np.zeros((5, 2), np.float32))
+    with pytest.raises(ValueError, match=r"eps_l: expected shape \(5, 2\), got shape \(4, 2\)"):
+        m2.loss_and_grad(x, np.zeros(5, int), None, eps=(np.zeros((4, 2), np.float32), None))

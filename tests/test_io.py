@@ -10,16 +10,6 @@ import pytest
 import vaec
 
 
-@pytest.fixture
-def trained(tmp_path):
-    m = vaec.VAE(20, 4, hidden=(12, 6), activation="elu", likelihood="gaussian", seed=3, threads=1)
-    x = np.random.default_rng(0).random((40, 20), dtype=np.float32)
-    m.set_optimizer(beta1=0.8, beta2=0.99, eps=1e-4)
-    for _ in range(3):
-        m.train_step(x, lr=1e-2)
-    return m, x
-
-
 def test_round_trip_restores_everything(trained, tmp_path):
     m, x = trained
     path = tmp_path / "model.vaec"
@@ -144,6 +134,47 @@ def test_load_threads_argument(trained, tmp_path):
     assert vaec.load(tmp_path / "m.vaec", threads=2).threads == 2
     with pytest.raises(ValueError, match="threads"):
         vaec.load(tmp_path / "m.vaec", threads=0)
+
+
+MAKERS = {"vae": (lambda: vaec.VAE(20, 3, hidden=(6,), seed=1, threads=1), "KIND_VAE"),
+          "autoencoder": (lambda: vaec.Autoencoder(20, 2, hidden=(6,), seed=1, threads=1), "KIND_AE"),
+          "m2": (lambda: vaec.M2(20, 3, 2, hidden=(6,), seed=1, threads=1), "KIND_M2"),
+          "flow": (lambda: vaec.Flow(3, "realnvp:2:4", seed=1, threads=1), "KIND_FLOW")}
+
+
+@pytest.mark.parametrize("name", sorted(MAKERS))
+def test_one_loader_for_every_kind_and_an_extra_record_in_every_file(name, tmp_path):
+    """_core.load reads any kind through the binding's one table of kinds, and every kind's
+    file can carry an extra record (the trainer's state of a checkpoint), written atomically."""
+    make, kind_name = MAKERS[name]
+    m = make()
+    path = tmp_path / "m.vaec"
+    m._core.save(path=str(path), extra=b"trainer\0state")
+    kind, core, extra = vaec._core.load(path=str(path), threads=1)
+    assert kind == vaec._core.file_kind(path=str(path)) == getattr(vaec._core, kind_name)
+    assert type(core) is vaec._core.MODEL_KINDS[kind] is type(m._core)
+    assert extra == b"trainer\0state"
+    for which in ("params", "adam_m", "adam_v"):
+        assert np.array_equal(core.arena(which=which), m._core.arena(which=which)), which
+    assert core.config() == m._core.config() and core.state()["rng_counter"] == m._core.state()["rng_counter"]
+    assert sorted(os.listdir(tmp_path)) == ["m.vaec"], "no temporary file is left"
+    assert type(vaec.load(path)) is type(m)
+    m.save(path)
+    assert vaec._core.load(path=str(path))[2] is None
+
+
+def test_a_loader_of_one_kind_names_the_kind_it_found(tmp_path):
+    vaec.VAE(4, 2, hidden=(3,), seed=0).save(tmp_path / "vae.vaec")
+    with pytest.raises(ValueError, match="kind 1, not an M2 model"):
+        vaec._core.load(path=str(tmp_path / "vae.vaec"), kind=vaec._core.KIND_M2)
+    with pytest.raises(ValueError, match="kind: unknown model kind 99"):
+        vaec._core.load(path=str(tmp_path / "vae.vaec"), kind=99)
+    data = bytearray((tmp_path / "vae.vaec").read_bytes())
+    data[16:20] = struct.pack("<I", 77)
+    data[-4:] = struct.pack("<I", zlib.crc32(bytes(data[:-4])))
+    (tmp_path / "future.vaec").write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="unknown kind 77"):
+        vaec.load(tmp_path / "future.vaec")
 
 
 def test_a_crafted_file_with_a_valid_checksum_cannot_overrun(tmp_path):

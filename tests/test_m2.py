@@ -2,9 +2,6 @@
 NumPy reference (tests/reference_m2.py), finite differences, the unlabelled bound done
 class by class, the classifier's outputs, argument checking, files, thread-count
 determinism, and a short fit on the shipped MNIST subset."""
-import os
-import warnings
-
 import numpy as np
 import pytest
 
@@ -301,12 +298,8 @@ def test_same_seed_is_bitwise_identical_with_1_and_2_threads():
     assert np.array_equal(runs[0][2], runs[1][2])
 
 
-def test_short_fit_on_mnist_subset_with_100_labels_beats_chance():
-    os.environ.setdefault("VAEC_OFFLINE", "1")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        X, y = datasets.load_mnist("train", download=False)
-        Xt, yt = datasets.load_mnist("test", download=False)
+def test_short_fit_on_mnist_subset_with_100_labels_beats_chance(shipped_mnist):
+    X, y, Xt, yt = shipped_mnist
     X_l, y_l, idx = datasets.labelled_subset(X, y, 10, seed=0, return_indices=True)
     X_u = np.delete(X, idx, axis=0)[:3000]
     m = vaec.M2(784, 10, latent_dim=20, hidden=(200,), seed=0, threads=2)
@@ -324,7 +317,9 @@ def test_fit_weightings_and_history():
         m = make(hidden=(9,))
         h = m.fit(xl, yl, xu, epochs=2, batch_size=10, labeled_batch_size=4, progress=False, weighting=w,
                   validation_data=(xl, yl))
-        assert set(h) == {"loss", "labeled_nll", "val_error", "seconds"} and len(h["loss"]) == 2
+        # the history's common keys (loss, lr, seconds, examples_per_s) and M2's own
+        assert set(h) == {"loss", "labeled_nll", "val_error", "lr", "seconds", "examples_per_s"}
+        assert all(len(v) == 2 for v in h.values()) and h["lr"] == [1e-3, 1e-3]
         assert m.optimizer_state["step"] == 6
         assert all(np.isfinite(h["loss"])) and 0 <= h["val_error"][-1] <= 1
     with pytest.raises(ValueError, match="weighting"):

@@ -15,6 +15,7 @@ def test_there_are_notebooks():
     assert any(p.endswith("01_vae_mnist.ipynb") for p in NOTEBOOKS)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[os.path.basename(p) for p in NOTEBOOKS])
 def test_notebook_executes_in_quick_mode(path, monkeypatch, tmp_path):
     monkeypatch.setenv("VAEC_QUICK", "1")

@@ -7,18 +7,15 @@ the tolerances of test_vae_reference.py, in every mode and on every kernel path,
 the tests check that the sparse path really ran (its sums round differently, so its
 bits differ from the dense ones) and that 'auto' picks it exactly when it should."""
 import contextlib
-import os
-import sys
 
 import numpy as np
 import pytest
 
 import vaec
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import reference as R  # noqa: E402
-from _helpers import available_isas, forced_isa  # noqa: E402
-from test_vae_reference import compare_model, f32_params, make_model  # noqa: E402
+import reference as R
+from _helpers import available_isas, forced_isa
+from test_vae_reference import compare_model, f32_params, make_model
 
 D, Z, H = 50, 3, (40,)   # neither a multiple of 16: the kernels' tails run
 

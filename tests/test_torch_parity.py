@@ -6,8 +6,6 @@ weights and the same reparameterization noise, loss, gradients, ELBO and a few
 Adam steps must agree to float32 precision.
 """
 
-import os
-import sys
 
 import numpy as np
 import pytest
@@ -16,10 +14,9 @@ torch = pytest.importorskip("torch")
 nn = torch.nn
 F = torch.nn.functional
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import reference as R  # noqa: E402
+import reference as R
 
-import vaec  # noqa: E402
+import vaec
 
 ACTIVATIONS = ("tanh", "relu", "softplus", "sigmoid", "elu", "leaky_relu")
 LIKELIHOODS = ("bernoulli", "gaussian")

@@ -10,14 +10,11 @@ the test_*tolerances_catch_errors* tests).
 """
 
 import importlib
-import os
-import sys
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import reference as R  # noqa: E402
+import reference as R
 
 ACTIVATIONS = R.ACTIVATIONS
 LIKELIHOODS = R.LIKELIHOODS

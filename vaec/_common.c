@@ -2,6 +2,10 @@
 #include "_common.h"
 #include <float.h>
 #include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
 
 /* ------------------------------------------------------------- errors */
 PyObject *vaec_py_raise(vaec_status st) {
@@ -154,36 +158,6 @@ int vaec_py_convert_x(PyObject *obj, const char *name, int64_t dim, int unit_ran
     return 0;
 }
 
-/* eps: (L, n, Z) or (n, Z) standard-normal noise, float32 finite. */
-int vaec_py_convert_eps(PyObject *obj, int64_t n, int64_t Z, int *L, PyArrayObject **keep) {
-    *keep = NULL;
-    PyArrayObject *a = vaec_py_real_array(obj, "eps");
-    if (!a) return -1;
-    char expected[128];
-    snprintf(expected, sizeof expected, "shape (samples, %lld, %lld) or (%lld, %lld)",
-             (long long)n, (long long)Z, (long long)n, (long long)Z);
-    int nd = PyArray_NDIM(a);
-    int ok = (nd == 2 && PyArray_DIM(a, 0) == n && PyArray_DIM(a, 1) == Z) ||
-             (nd == 3 && PyArray_DIM(a, 0) >= 1 && PyArray_DIM(a, 1) == n && PyArray_DIM(a, 2) == Z);
-    if (!ok) {
-        vaec_py_wrong_shape(a, "eps", expected);
-        Py_DECREF(a);
-        return -1;
-    }
-    if (nd == 3 && PyArray_DIM(a, 0) > 1000000) {
-        PyErr_SetString(PyExc_ValueError, "eps: too many samples");
-        Py_DECREF(a);
-        return -1;
-    }
-    PyArrayObject *c = vaec_py_as_f32(a);
-    Py_DECREF(a);
-    if (!c) return -1;
-    if (vaec_py_check_values(c, "eps", 0, "")) { Py_DECREF(c); return -1; }
-    *L = nd == 3 ? (int)PyArray_DIM(c, 0) : 1;
-    *keep = c;
-    return 0;
-}
-
 /* seed: None or a non-negative integer < 2^64. */
 int vaec_py_convert_seed(PyObject *obj, int *use, uint64_t *seed) {
     *use = 0;
@@ -207,7 +181,7 @@ int vaec_py_convert_seed(PyObject *obj, int *use, uint64_t *seed) {
     return 0;
 }
 
-int vaec_py_convert_samples(PyObject *obj, int *L) {
+static int convert_samples(PyObject *obj, int *L) {
     if (obj == NULL || obj == Py_None) { *L = 1; return 0; }
     if (PyBool_Check(obj) || !PyLong_Check(obj)) {
         PyErr_Format(PyExc_TypeError, "samples: expected a positive integer, got %s", Py_TYPE(obj)->tp_name);
@@ -221,6 +195,66 @@ int vaec_py_convert_samples(PyObject *obj, int *L) {
     }
     *L = (int)v;
     return 0;
+}
+
+/* "a, b, c" of the first ndim dims */
+static void dims_text(char *buf, size_t size, int ndim, const int64_t *dims) {
+    size_t used = 0;
+    buf[0] = 0;
+    for (int i = 0; i < ndim && used < size; i++)
+        used += (size_t)snprintf(buf + used, size - used, i ? ", %lld" : "%lld", (long long)dims[i]);
+}
+
+int vaec_py_convert_noise(PyObject *eps, PyObject *samples, PyObject *seed, const char *name, int ndim,
+                          const int64_t *dims, int samples_dim, vaec_noise *noise, PyArrayObject **keep) {
+    memset(noise, 0, sizeof *noise);
+    *keep = NULL;
+    int L = 1;
+    if (eps != NULL && eps != Py_None) {
+        PyArrayObject *a = vaec_py_real_array(eps, name);
+        if (!a) return -1;
+        int lead = samples_dim && PyArray_NDIM(a) == ndim + 1;
+        int ok = PyArray_NDIM(a) == ndim + lead && (!lead || PyArray_DIM(a, 0) >= 1);
+        for (int i = 0; ok && i < ndim; i++) ok = PyArray_DIM(a, i + lead) == dims[i];
+        if (!ok) {
+            char d[96], expected[224];
+            dims_text(d, sizeof d, ndim, dims);
+            if (samples_dim) snprintf(expected, sizeof expected, "shape (samples, %s) or (%s)", d, d);
+            else snprintf(expected, sizeof expected, "shape (%s)", d);
+            vaec_py_wrong_shape(a, name, expected);
+            Py_DECREF(a);
+            return -1;
+        }
+        if (lead && PyArray_DIM(a, 0) > 1000000) {
+            PyErr_Format(PyExc_ValueError, "%s: too many samples", name);
+            Py_DECREF(a);
+            return -1;
+        }
+        PyArrayObject *c = vaec_py_as_f32(a);
+        Py_DECREF(a);
+        if (!c) return -1;
+        *keep = c;
+        if (vaec_py_check_values(c, name, 0, "")) goto fail;
+        L = lead ? (int)PyArray_DIM(c, 0) : 1;
+        if (samples && samples != Py_None) {
+            int Ls;
+            if (convert_samples(samples, &Ls)) goto fail;
+            if (Ls != L) {
+                PyErr_Format(PyExc_ValueError, "samples: %d does not match %s, which holds %d sample(s)", Ls, name, L);
+                goto fail;
+            }
+        }
+        noise->eps = (const float *)PyArray_DATA(c);
+    } else if (convert_samples(samples, &L)) {
+        return -1;
+    }
+    noise->samples = L;
+    if (vaec_py_convert_seed(seed, &noise->use_seed, &noise->seed)) goto fail;
+    return 0;
+fail:
+    Py_CLEAR(*keep);
+    noise->eps = NULL;
+    return -1;
 }
 
 int vaec_py_parse_act(PyObject *s, vaec_act *out) {
@@ -375,23 +409,45 @@ static int model_traverse(vaec_py_model *self, visitproc visit, void *arg) {
     return 0;
 }
 
-PyObject *vaec_py_model_load(PyObject *module, PyObject *args, const char *type_name, const vaec_py_model_ops *ops,
-                             PyObject **extra) {
-    PyObject *path = NULL, *obj = NULL;
+/* The extra record of the file at path, for the kinds whose C loader does not return it
+ * (a malloc'ed copy, or NULL when the record is empty; *nomem set when the copy failed). */
+static vaec_status read_extra(const char *path, void **extra, uint32_t *len, int *nomem) {
+    vaec_file f;
+    vaec_status st = vaec_file_read(&f, path);
+    if (st) return st;
+    *extra = NULL;
+    *len = 0;
+    if (f.extra_len) {
+        if (!(*extra = malloc(f.extra_len))) *nomem = 1;
+        else {
+            memcpy(*extra, f.extra, f.extra_len);
+            *len = f.extra_len;
+        }
+    }
+    vaec_file_close(&f);
+    return *nomem ? VAEC_ERR_NOMEM : VAEC_OK;
+}
+
+PyObject *vaec_py_model_load(PyObject *module, const char *path, int threads, const char *type_name,
+                             const vaec_py_model_ops *ops, PyObject **extra) {
+    PyObject *obj = NULL;
     PyTypeObject *tp = NULL;
     void *m = NULL, *ex = NULL;
     uint32_t ex_len = 0;
-    int threads = 0;
     if (extra) *extra = NULL;
-    if (!PyArg_ParseTuple(args, "O&|i", PyUnicode_FSConverter, &path, &threads)) return NULL;
     /* the type first: a module without it fails before the file is read */
     if (!(tp = (PyTypeObject *)PyObject_GetAttrString(module, type_name))) goto done;
     vaec_status st;
-    const char *p = PyBytes_AS_STRING(path);
+    int nomem = 0;
     Py_BEGIN_ALLOW_THREADS
-    st = ops->load(&m, p, threads, &ex, &ex_len);
+    st = ops->load(&m, path, threads, &ex, &ex_len);
+    if (!st && extra && !ops->extra) st = read_extra(path, &ex, &ex_len, &nomem);
     Py_END_ALLOW_THREADS
-    if (st) { vaec_py_raise(st); goto done; }
+    if (st) {
+        if (nomem) PyErr_NoMemory();
+        else vaec_py_raise(st);
+        goto done;
+    }
     if (!(obj = vaec_py_model_new(tp, ops))) goto done;
     ((vaec_py_model *)obj)->m = m;
     m = NULL;
@@ -403,16 +459,16 @@ done:
     if (m) ops->destroy(m);
     free(ex);
     Py_XDECREF(tp);
-    Py_DECREF(path);
     return obj;
 }
 
 /* --------------------------------------------- methods of every model type */
 /* A 1-D float32 view of one of the arena's buffers; the array keeps the model alive. */
-PyObject *vaec_py_model_arena(PyObject *op, PyObject *args) {
+PyObject *vaec_py_model_arena(PyObject *op, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"which", NULL};
     vaec_py_model *self = (vaec_py_model *)op;
     const char *which;
-    if (!PyArg_ParseTuple(args, "s", &which)) return NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "s", kwlist, &which)) return NULL;
     if (vaec_py_ready(self)) return NULL;
     return vaec_py_arena_view(op, self->ops->arena(self->m), which);
 }
@@ -448,11 +504,12 @@ PyObject *vaec_py_model_reset_optimizer(PyObject *op, PyObject *noargs) {
     Py_RETURN_NONE;
 }
 
-PyObject *vaec_py_model_set_rng(PyObject *op, PyObject *args) {
+PyObject *vaec_py_model_set_rng(PyObject *op, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"seed", "counter", "step", NULL};
     vaec_py_model *self = (vaec_py_model *)op;
     unsigned long long seed, counter;
     long long step = -1;
-    if (!PyArg_ParseTuple(args, "KK|L", &seed, &counter, &step)) return NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "KK|L", kwlist, &seed, &counter, &step)) return NULL;
     if (vaec_py_acquire(self)) return NULL;
     self->ops->rng_set(self->m, seed, counter);
     if (step >= 0) self->ops->arena(self->m)->step = step;
@@ -460,10 +517,11 @@ PyObject *vaec_py_model_set_rng(PyObject *op, PyObject *args) {
     Py_RETURN_NONE;
 }
 
-PyObject *vaec_py_model_adam_step(PyObject *op, PyObject *args) {
+PyObject *vaec_py_model_adam_step(PyObject *op, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"lr", NULL};
     vaec_py_model *self = (vaec_py_model *)op;
     double lr;
-    if (!PyArg_ParseTuple(args, "d", &lr)) return NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "d", kwlist, &lr)) return NULL;
     if (vaec_py_acquire(self)) return NULL;
     vaec_status st;
     Py_BEGIN_ALLOW_THREADS
@@ -474,32 +532,55 @@ PyObject *vaec_py_model_adam_step(PyObject *op, PyObject *args) {
     Py_RETURN_NONE;
 }
 
-/* save(path) or save(path, extra=b''): an atomic write of the C model's file. */
-static PyObject *model_save(vaec_py_model *self, PyObject *args, int with_extra) {
-    PyObject *path = NULL, *res = NULL;
+/* A model whose C save has no extra record is written by it to `tmp`, whose config record
+ * is then written with the model's arena, RNG position and `extra` to path
+ * (vaec_file_write_ex: atomic); tmp is removed. */
+static vaec_status save_with_extra(vaec_py_model *self, const char *path, const char *tmp, const void *extra,
+                                   uint32_t len) {
+    const vaec_py_model_ops *o = self->ops;
+    vaec_status st = o->save(self->m, tmp, NULL, 0);
+    if (!st) {
+        vaec_file f;
+        st = vaec_file_read(&f, tmp);
+        if (!st) {
+            st = vaec_file_write_ex(path, f.kind, f.config, f.config_len, o->arena(self->m), o->rng_seed(self->m),
+                                    o->rng_counter(self->m), extra, len);
+            vaec_file_close(&f);
+        }
+        remove(tmp);
+    }
+    return st;
+}
+
+/* save(path, extra=b''): an atomic write of the model's file, with an extra record. */
+PyObject *vaec_py_model_save(PyObject *op, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"path", "extra", NULL};
+    vaec_py_model *self = (vaec_py_model *)op;
+    PyObject *path = NULL, *tmp = NULL, *res = NULL;
     Py_buffer extra = {0};
-    if (!PyArg_ParseTuple(args, with_extra ? "O&|y*" : "O&", PyUnicode_FSConverter, &path, &extra)) return NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O&|y*", kwlist, PyUnicode_FSConverter, &path, &extra)) return NULL;
     if (extra.len > 0x7fffffff) {  /* the file stores its length in 32 bits */
         PyErr_SetString(PyExc_ValueError, "extra: at most 2 GiB");
         goto done;
     }
+    const char *p = PyBytes_AS_STRING(path);
+    if (extra.len && !self->ops->extra && !(tmp = PyBytes_FromFormat("%s.base-%ld", p, (long)getpid()))) goto done;
     if (vaec_py_acquire(self)) goto done;
     vaec_status st;
-    const char *p = PyBytes_AS_STRING(path);
+    const char *t = tmp ? PyBytes_AS_STRING(tmp) : NULL;
     Py_BEGIN_ALLOW_THREADS
-    st = self->ops->save(self->m, p, extra.buf, (uint32_t)extra.len);
+    st = t ? save_with_extra(self, p, t, extra.buf, (uint32_t)extra.len)
+           : self->ops->save(self->m, p, extra.buf, (uint32_t)extra.len);
     Py_END_ALLOW_THREADS
     vaec_py_release(self);
     if (st) vaec_py_raise(st);
     else res = (Py_INCREF(Py_None), Py_None);
 done:
     PyBuffer_Release(&extra);
+    Py_XDECREF(tmp);
     Py_DECREF(path);
     return res;
 }
-
-PyObject *vaec_py_model_save(PyObject *op, PyObject *args) { return model_save((vaec_py_model *)op, args, 0); }
-PyObject *vaec_py_model_save_extra(PyObject *op, PyObject *args) { return model_save((vaec_py_model *)op, args, 1); }
 
 static PyMemberDef model_members[] = {
     {"__weaklistoffset__", T_PYSSIZET, offsetof(vaec_py_model, weakrefs), READONLY},

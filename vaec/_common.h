@@ -37,10 +37,15 @@ int vaec_py_check_values(PyArrayObject *f, const char *name, int unit_range, con
 /* A data matrix (n, dim): uint8 and float32 C-contiguous used in place; *keep owns it. */
 int vaec_py_convert_x(PyObject *obj, const char *name, int64_t dim, int unit_range, vaec_input *in,
                       PyArrayObject **keep);
-/* eps of shape (L, n, Z) or (n, Z). */
-int vaec_py_convert_eps(PyObject *obj, int64_t n, int64_t Z, int *L, PyArrayObject **keep);
+/* The one noise converter of every call that draws noise: `eps`, explicit standard-normal
+ * noise of shape `dims` (ndim of them), or with `samples_dim` also (L, dims...) for L
+ * samples, finite, float32 (a view or one copy, owned by *keep); without it (None or
+ * NULL), `samples` draws (None or NULL: 1) from the counter-based RNG under `seed` (None
+ * or NULL: the model's own stream). The errors name the argument: `name` for eps
+ * ("eps", "eps_l", ...), "samples" and "seed". */
+int vaec_py_convert_noise(PyObject *eps, PyObject *samples, PyObject *seed, const char *name, int ndim,
+                          const int64_t *dims, int samples_dim, vaec_noise *noise, PyArrayObject **keep);
 int vaec_py_convert_seed(PyObject *obj, int *use, uint64_t *seed);
-int vaec_py_convert_samples(PyObject *obj, int *L);
 /* Constructor arguments: an activation's name (not "identity"), "bernoulli" or "gaussian",
  * and a sequence of at most VAEC_MAX_HIDDEN layer widths; ValueError/TypeError naming
  * the argument. */
@@ -61,10 +66,13 @@ PyObject *vaec_py_arena_set_adam(vaec_arena *a, PyObject *args, PyObject *kw);
 /* ------------------------------------------------------ the model types */
 /* What differs between the model types in the methods they share: the C model's
  * functions, taking it as void *, and the word of the RuntimeErrors ("the model is not
- * initialised", "the flow is in use by another thread"). Only the VAE's file carries
- * extra bytes; the other models' save and load ignore the extra arguments. */
+ * initialised", "the flow is in use by another thread"). `extra` says whether the C
+ * model's own save and load carry an extra record (the VAE's do); for the others the
+ * binding adds it (vaec_py_model_save, vaec_py_model_load) through the generic file
+ * functions of vaec.h. */
 typedef struct {
     const char *what;
+    int extra;
     vaec_arena *(*arena)(void *m);
     uint64_t (*rng_seed)(const void *m);
     uint64_t (*rng_counter)(const void *m);
@@ -75,6 +83,10 @@ typedef struct {
     vaec_status (*load)(void **m, const char *path, int threads, void **extra, uint32_t *extra_len);
     void (*destroy)(void *m);
 } vaec_py_model_ops;
+
+/* The ops of each model type (defined by VAEC_PY_MODEL_OPS in its binding file); the
+ * module's table of model kinds (_core.c) maps each kind a file can hold to one. */
+extern const vaec_py_model_ops vaec_py_vae_ops, vaec_py_m2_ops, vaec_py_flow_ops;
 
 /* The object of every model type. m is NULL until __init__ or a load succeeds; ops is set
  * by tp_new (vaec_py_model_new), so it is there even for an object made by __new__ alone;
@@ -94,6 +106,8 @@ typedef struct {
  * and load carry the extra bytes, VAEC_PY_NO_EXTRA when they do not. */
 #define VAEC_PY_EXTRA(...) , __VA_ARGS__
 #define VAEC_PY_NO_EXTRA(...)
+#define VAEC_PY_HAS_EXTRA_VAEC_PY_EXTRA 1
+#define VAEC_PY_HAS_EXTRA_VAEC_PY_NO_EXTRA 0
 #define VAEC_PY_MODEL_OPS(name, P, what, EXTRA)                                                          \
     static vaec_arena *P##_op_arena(void *m) { return P##_arena(m); }                                   \
     static uint64_t P##_op_rng_seed(const void *m) { return P##_rng_seed(m); }                          \
@@ -112,9 +126,9 @@ typedef struct {
         return st;                                                                                      \
     }                                                                                                   \
     static void P##_op_destroy(void *m) { P##_destroy(m); }                                             \
-    static const vaec_py_model_ops name = {what, P##_op_arena, P##_op_rng_seed, P##_op_rng_counter,     \
-                                           P##_op_rng_set, P##_op_threads, P##_op_adam_step,            \
-                                           P##_op_save, P##_op_load, P##_op_destroy}
+    const vaec_py_model_ops name = {what, VAEC_PY_HAS_EXTRA_##EXTRA, P##_op_arena, P##_op_rng_seed,      \
+                                    P##_op_rng_counter, P##_op_rng_set, P##_op_threads, P##_op_adam_step, \
+                                    P##_op_save, P##_op_load, P##_op_destroy}
 
 /* RuntimeError unless the model is initialised and no other call is using it; then marks
  * it busy until vaec_py_release. */
@@ -134,34 +148,32 @@ int vaec_py_model_install(vaec_py_model *self, void *m);
  * table, the shared dealloc, traverse and members. */
 int vaec_py_model_add_type(PyObject *module, const char *spec_name, const char *doc, newfunc tp_new,
                            int (*init)(vaec_py_model *self, PyObject *args, PyObject *kw), PyMethodDef *methods);
-/* load(path, threads=0): a new object of the module's type `type_name` around the model
- * read from path. With extra non-NULL, *extra receives the file's extra bytes (None when
- * it has none). */
-PyObject *vaec_py_model_load(PyObject *module, PyObject *args, const char *type_name, const vaec_py_model_ops *ops,
-                             PyObject **extra);
+/* A new object of the module's type `type_name` around the model of kind `ops` read from
+ * path (threads <= 0: every core). With extra non-NULL, *extra receives the file's extra
+ * record (None when it has none). */
+PyObject *vaec_py_model_load(PyObject *module, const char *path, int threads, const char *type_name,
+                             const vaec_py_model_ops *ops, PyObject **extra);
 
 /* The methods every model type has, listed in each type's table by these entries. */
-PyObject *vaec_py_model_arena(PyObject *self, PyObject *args);
+PyObject *vaec_py_model_arena(PyObject *self, PyObject *args, PyObject *kw);
 PyObject *vaec_py_model_tensors(PyObject *self, PyObject *noargs);
 PyObject *vaec_py_model_state(PyObject *self, PyObject *noargs);
 PyObject *vaec_py_model_set_adam(PyObject *self, PyObject *args, PyObject *kw);
 PyObject *vaec_py_model_reset_optimizer(PyObject *self, PyObject *noargs);
-PyObject *vaec_py_model_adam_step(PyObject *self, PyObject *args);
-PyObject *vaec_py_model_set_rng(PyObject *self, PyObject *args);
-PyObject *vaec_py_model_save(PyObject *self, PyObject *args);
-PyObject *vaec_py_model_save_extra(PyObject *self, PyObject *args);
+PyObject *vaec_py_model_adam_step(PyObject *self, PyObject *args, PyObject *kw);
+PyObject *vaec_py_model_set_rng(PyObject *self, PyObject *args, PyObject *kw);
+PyObject *vaec_py_model_save(PyObject *self, PyObject *args, PyObject *kw);
+/* A method table entry's function and flags for a method taking keywords. */
+#define VAEC_PY_KW(f) (PyCFunction)(void (*)(void))(f), METH_VARARGS | METH_KEYWORDS
 #define VAEC_PY_MODEL_METHODS                                                                              \
-    {"adam_step", vaec_py_model_adam_step, METH_VARARGS, "adam_step(lr): Adam on the current grads."},     \
-    {"arena", vaec_py_model_arena, METH_VARARGS, "arena(which) -> zero-copy float32 view"},                \
-    {"tensors", vaec_py_model_tensors, METH_NOARGS, "[(name, offset, shape, transposed)]"},                         \
+    {"adam_step", VAEC_PY_KW(vaec_py_model_adam_step), "adam_step(lr): Adam on the current grads."},       \
+    {"arena", VAEC_PY_KW(vaec_py_model_arena), "arena(which) -> zero-copy float32 view"},                  \
+    {"tensors", vaec_py_model_tensors, METH_NOARGS, "[(name, offset, shape, transposed)]"},                \
     {"state", vaec_py_model_state, METH_NOARGS, "optimizer and RNG state"},                                \
-    {"set_adam", (PyCFunction)(void (*)(void))vaec_py_model_set_adam, METH_VARARGS | METH_KEYWORDS,        \
-     "set_adam(beta1, beta2, eps)"},                                                                       \
+    {"set_adam", VAEC_PY_KW(vaec_py_model_set_adam), "set_adam(beta1, beta2, eps)"},                       \
     {"reset_optimizer", vaec_py_model_reset_optimizer, METH_NOARGS, "zero Adam moments and step"},         \
-    {"set_rng", vaec_py_model_set_rng, METH_VARARGS,                                                       \
-     "set_rng(seed, counter, step=-1): RNG stream position (and Adam step count)"}
-/* save(path), or save(path, extra=b'') for a model whose file carries extra bytes */
-#define VAEC_PY_MODEL_SAVE_METHOD {"save", vaec_py_model_save, METH_VARARGS, "save(path): atomic write"}
-#define VAEC_PY_MODEL_SAVE_EXTRA_METHOD \
-    {"save", vaec_py_model_save_extra, METH_VARARGS, "save(path, extra=b''): atomic write"}
+    {"set_rng", VAEC_PY_KW(vaec_py_model_set_rng),                                                         \
+     "set_rng(seed, counter, step=-1): RNG stream position (and Adam step count)"},                        \
+    {"save", VAEC_PY_KW(vaec_py_model_save),                                                               \
+     "save(path, extra=b''): atomic write of the model file, with an extra record (a trainer's state)"}
 #endif

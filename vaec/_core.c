@@ -11,9 +11,9 @@
 
 /* ------------------------------------------------------------- the type */
 /* An object is a vaec_py_model (_common.h) whose m is a vaec_vae. */
-VAEC_PY_MODEL_OPS(vae_ops, vaec_vae, "model", VAEC_PY_EXTRA);
+VAEC_PY_MODEL_OPS(vaec_py_vae_ops, vaec_vae, "model", VAEC_PY_EXTRA);
 
-static PyObject *VAE_new(PyTypeObject *tp, PyObject *args, PyObject *kw) { return vaec_py_model_new(tp, &vae_ops); }
+static PyObject *VAE_new(PyTypeObject *tp, PyObject *args, PyObject *kw) { return vaec_py_model_new(tp, &vaec_py_vae_ops); }
 
 static int VAE_init(vaec_py_model *self, PyObject *args, PyObject *kw) {
     static char *kwlist[] = {"input_dim", "latent_dim", "hidden", "activation", "likelihood", "seed", "threads",
@@ -69,24 +69,8 @@ static int parse_call(vaec_py_model *self, call_args *a, PyObject *x, PyObject *
     int unit = c->likelihood == VAEC_LIK_BERNOULLI || binarize;
     if (vaec_py_convert_x(x, "x", c->input_dim, unit, &a->x, &a->xa)) return -1;
     a->x.binarize = binarize;
-    int L = 1;
-    if (eps != NULL && eps != Py_None) {
-        if (vaec_py_convert_eps(eps, a->x.n, c->latent_dim, &L, &a->ea)) return -1;
-        if (samples && samples != Py_None) {
-            int Ls;
-            if (vaec_py_convert_samples(samples, &Ls)) return -1;
-            if (Ls != L) {
-                PyErr_Format(PyExc_ValueError, "samples: %d does not match eps, which holds %d sample(s)", Ls, L);
-                return -1;
-            }
-        }
-        a->noise.eps = (const float *)PyArray_DATA(a->ea);
-    } else if (vaec_py_convert_samples(samples, &L)) {
-        return -1;
-    }
-    a->noise.samples = L;
-    if (vaec_py_convert_seed(seed, &a->noise.use_seed, &a->noise.seed)) return -1;
-    return 0;
+    int64_t dims[2] = {a->x.n, c->latent_dim};
+    return vaec_py_convert_noise(eps, samples, seed, "eps", 2, dims, 1, &a->noise, &a->ea);
 }
 
 static PyObject *VAE_loss_grad(vaec_py_model *self, PyObject *args, PyObject *kw) {
@@ -187,9 +171,10 @@ done:
 static PyObject *VAE_elbo(vaec_py_model *self, PyObject *args, PyObject *kw) { return VAE_bound(self, args, kw, 0); }
 static PyObject *VAE_iwae(vaec_py_model *self, PyObject *args, PyObject *kw) { return VAE_bound(self, args, kw, 1); }
 
-static PyObject *VAE_encode(vaec_py_model *self, PyObject *args) {
+static PyObject *VAE_encode(vaec_py_model *self, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"x", NULL};
     PyObject *x;
-    if (!PyArg_ParseTuple(args, "O", &x)) return NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O", kwlist, &x)) return NULL;
     if (vaec_py_acquire(self)) return NULL;
     const vaec_vae_config *c = vaec_vae_config_get(self->m);
     vaec_input in;
@@ -219,9 +204,10 @@ done:
 
 /* decode(z) -> (n, input_dim); flow(z) -> (z_K (n, latent), logdet (n,)): the two maps
  * of latent codes, sharing their argument checks. */
-static PyObject *VAE_latent_map(vaec_py_model *self, PyObject *args, int flow) {
+static PyObject *VAE_latent_map(vaec_py_model *self, PyObject *args, PyObject *kw, int flow) {
+    static char *kwlist[] = {"z", NULL};
     PyObject *z;
-    if (!PyArg_ParseTuple(args, "O", &z)) return NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O", kwlist, &z)) return NULL;
     if (vaec_py_acquire(self)) return NULL;
     const vaec_vae_config *c = vaec_vae_config_get(self->m);
     PyObject *out = NULL, *ld = NULL, *res = NULL;
@@ -255,8 +241,8 @@ done:
     return res;
 }
 
-static PyObject *VAE_decode(vaec_py_model *self, PyObject *args) { return VAE_latent_map(self, args, 0); }
-static PyObject *VAE_flow(vaec_py_model *self, PyObject *args) { return VAE_latent_map(self, args, 1); }
+static PyObject *VAE_decode(vaec_py_model *self, PyObject *args, PyObject *kw) { return VAE_latent_map(self, args, kw, 0); }
+static PyObject *VAE_flow(vaec_py_model *self, PyObject *args, PyObject *kw) { return VAE_latent_map(self, args, kw, 1); }
 
 static PyObject *VAE_config(vaec_py_model *self, PyObject *noargs) {
     if (vaec_py_ready(self)) return NULL;
@@ -285,21 +271,105 @@ static PyMethodDef VAE_methods[] = {
      "elbo(x, eps=None, samples=None, seed=None, binarize=False) -> float64 (n,)"},
     {"iwae", (PyCFunction)(void (*)(void))VAE_iwae, METH_VARARGS | METH_KEYWORDS,
      "iwae(x, eps=None, samples=None, seed=None, binarize=False) -> float64 (n,): the k-sample bound"},
-    {"encode", (PyCFunction)VAE_encode, METH_VARARGS, "encode(x) -> (mu, logvar)"},
-    {"decode", (PyCFunction)VAE_decode, METH_VARARGS, "decode(z) -> (n, input_dim)"},
-    {"flow", (PyCFunction)VAE_flow, METH_VARARGS, "flow(z) -> (z_K, logdet): the posterior's flow (identity without)"},
+    {"encode", VAEC_PY_KW(VAE_encode), "encode(x) -> (mu, logvar)"},
+    {"decode", VAEC_PY_KW(VAE_decode), "decode(z) -> (n, input_dim)"},
+    {"flow", VAEC_PY_KW(VAE_flow), "flow(z) -> (z_K, logdet): the posterior's flow (identity without)"},
     {"config", (PyCFunction)VAE_config, METH_NOARGS, "the configuration as a dict"},
     VAEC_PY_MODEL_METHODS,
-    VAEC_PY_MODEL_SAVE_EXTRA_METHOD,
     {NULL}
 };
 
 /* ------------------------------------------------------ module functions */
-/* load(path, threads=0) -> (VAECore, extra bytes or None) */
-static PyObject *mod_load(PyObject *module, PyObject *args) {
-    PyObject *extra;
-    PyObject *obj = vaec_py_model_load(module, args, "VAECore", &vae_ops, &extra);
-    return obj ? Py_BuildValue("(NN)", obj, extra) : NULL;
+/* ------------------------------------------------------------ model kinds */
+/* The one table of model kinds: each kind a .vaec file can hold, the binding type that
+ * holds it and that type's ops (whose load reads it). load(), file_kind() and the
+ * module's KIND_* constants and MODEL_KINDS dict come from it. */
+static const struct {
+    uint32_t kind;
+    const char *constant, *type_name;
+    const vaec_py_model_ops *ops;
+} model_kinds[] = {
+    {VAEC_KIND_VAE, "KIND_VAE", "VAECore", &vaec_py_vae_ops},
+    {VAEC_KIND_M2, "KIND_M2", "M2Core", &vaec_py_m2_ops},
+    {VAEC_KIND_FLOW, "KIND_FLOW", "FlowCore", &vaec_py_flow_ops},
+    {VAEC_KIND_AE, "KIND_AE", "VAECore", &vaec_py_vae_ops},   /* an Autoencoder: a VAECore, deterministic */
+};
+#define N_MODEL_KINDS ((int)(sizeof model_kinds / sizeof model_kinds[0]))
+
+static int kind_index(uint32_t kind) {
+    for (int i = 0; i < N_MODEL_KINDS; i++)
+        if (model_kinds[i].kind == kind) return i;
+    return -1;
+}
+
+/* load(path, threads=0, kind=None) -> (the file's kind, core, extra bytes or None): the
+ * model in path, read by the loader of its kind, or with `kind` by that kind's loader
+ * (which refuses a file of another kind, naming both). */
+static PyObject *mod_load(PyObject *module, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"path", "threads", "kind", NULL};
+    PyObject *path = NULL, *kind_obj = Py_None, *obj = NULL, *extra = NULL, *res = NULL;
+    int threads = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O&|iO", kwlist, PyUnicode_FSConverter, &path, &threads, &kind_obj))
+        return NULL;
+    const char *p = PyBytes_AS_STRING(path);
+    uint32_t kind = 0;
+    vaec_status st;
+    Py_BEGIN_ALLOW_THREADS
+    st = vaec_file_kind(p, &kind);
+    Py_END_ALLOW_THREADS
+    if (st) { vaec_py_raise(st); goto done; }
+    int i;
+    if (kind_obj == Py_None) {
+        if ((i = kind_index(kind)) < 0) {
+            PyErr_Format(PyExc_ValueError, "'%s' holds a model of unknown kind %u (a newer vaec?)", p, (unsigned)kind);
+            goto done;
+        }
+    } else {
+        long want = PyLong_AsLong(kind_obj);
+        if (want == -1 && PyErr_Occurred()) goto done;
+        if (want < 0 || (i = kind_index((uint32_t)want)) < 0) {
+            PyErr_Format(PyExc_ValueError, "kind: unknown model kind %ld", want);
+            goto done;
+        }
+    }
+    if ((obj = vaec_py_model_load(module, p, threads, model_kinds[i].type_name, model_kinds[i].ops, &extra)))
+        res = Py_BuildValue("(kNN)", (unsigned long)kind, obj, extra);
+done:
+    Py_DECREF(path);
+    return res;
+}
+
+/* file_kind(path) -> the model kind stored in a .vaec file (KIND_*) */
+static PyObject *mod_file_kind(PyObject *module, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"path", NULL};
+    PyObject *path;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O&", kwlist, PyUnicode_FSConverter, &path)) return NULL;
+    uint32_t kind = 0;
+    vaec_status st;
+    const char *p = PyBytes_AS_STRING(path);
+    Py_BEGIN_ALLOW_THREADS
+    st = vaec_file_kind(p, &kind);
+    Py_END_ALLOW_THREADS
+    Py_DECREF(path);
+    if (st) return vaec_py_raise(st);
+    return PyLong_FromUnsignedLong(kind);
+}
+
+/* KIND_* constants, and MODEL_KINDS = {kind: binding type} */
+static int add_model_kinds(PyObject *module) {
+    PyObject *d = PyDict_New();
+    if (!d) return -1;
+    for (int i = 0; i < N_MODEL_KINDS; i++) {
+        PyObject *k = PyLong_FromUnsignedLong(model_kinds[i].kind);
+        PyObject *tp = PyObject_GetAttrString(module, model_kinds[i].type_name);
+        int bad = !k || !tp || PyDict_SetItem(d, k, tp) < 0 ||
+                  PyModule_AddIntConstant(module, model_kinds[i].constant, (long)model_kinds[i].kind) < 0;
+        Py_XDECREF(k);
+        Py_XDECREF(tp);
+        if (bad) { Py_DECREF(d); return -1; }
+    }
+    if (PyModule_AddObject(module, "MODEL_KINDS", d) < 0) { Py_DECREF(d); return -1; }
+    return 0;
 }
 
 static PyObject *mod_cpu_features(PyObject *module, PyObject *noargs) {
@@ -521,7 +591,9 @@ static PyObject *mod_peak(PyObject *module, PyObject *args) {
 
 static PyMethodDef module_methods[] = {
     {"peak_gflops", mod_peak, METH_VARARGS, "peak_gflops(threads=1, seconds=0.5): measured FP32 FMA peak"},
-    {"load", mod_load, METH_VARARGS, "load(path, threads=0) -> (VAECore, extra bytes or None)"},
+    {"load", VAEC_PY_KW(mod_load),
+     "load(path, threads=0, kind=None) -> (kind, core, extra bytes or None): a model file of any kind"},
+    {"file_kind", VAEC_PY_KW(mod_file_kind), "file_kind(path) -> model kind of a .vaec file (KIND_*)"},
     {"cpu_features", mod_cpu_features, METH_NOARGS, "the kernel path in use and the CPU's features"},
     {"set_isa", mod_set_isa, METH_VARARGS, "set_isa(name) -> the path now active (never above the CPU's)"},
     {"set_sparse_input", mod_set_sparse_input, METH_VARARGS, "set_sparse_input(mode) -> the mode before"},
@@ -544,6 +616,7 @@ static int module_exec(PyObject *module) {
     if (vaec_py_model_add_type(module, "vaec._core.VAECore", "The C model behind vaec.VAE (use vaec.VAE).", VAE_new,
                                VAE_init, VAE_methods) < 0)
         return -1;
+    if (add_model_kinds(module) < 0) return -1;
     if (PyModule_AddStringConstant(module, "c_version", VAEC_VERSION_STRING) < 0) return -1;
     return 0;
 }

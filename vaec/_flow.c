@@ -10,7 +10,7 @@
 #include "flows.h"
 
 /* An object is a vaec_py_model (_common.h) whose m is a vaec_flowmodel. */
-VAEC_PY_MODEL_OPS(flow_ops, vaec_flowmodel, "flow", VAEC_PY_NO_EXTRA);
+VAEC_PY_MODEL_OPS(vaec_py_flow_ops, vaec_flowmodel, "flow", VAEC_PY_NO_EXTRA);
 
 /* ------------------------------------------------------------ converters */
 /* A float32 C-contiguous (n, dim) array of finite values (a view when possible). */
@@ -73,22 +73,8 @@ static int convert_count(PyObject *obj, const char *name, int64_t low, int64_t *
 /* noise of n rows: eps (n, dim) or a seed (None: the model's own stream) */
 static int convert_noise(vaec_py_model *self, PyObject *seed, PyObject *eps, int64_t n, vaec_noise *noise,
                          PyArrayObject **keep) {
-    memset(noise, 0, sizeof *noise);
-    noise->samples = 1;
-    *keep = NULL;
-    int64_t D = vaec_flowmodel_config_get(self->m)->dim;
-    if (eps && eps != Py_None) {
-        if (!(*keep = convert_rows(eps, "eps", D))) return -1;
-        if (PyArray_DIM(*keep, 0) != n) {
-            char expected[64];
-            snprintf(expected, sizeof expected, "shape (%lld, %lld)", (long long)n, (long long)D);
-            vaec_py_wrong_shape(*keep, "eps", expected);
-            Py_CLEAR(*keep);
-            return -1;
-        }
-        noise->eps = (const float *)PyArray_DATA(*keep);
-    }
-    return vaec_py_convert_seed(seed, &noise->use_seed, &noise->seed);
+    int64_t dims[2] = {n, vaec_flowmodel_config_get(self->m)->dim};
+    return vaec_py_convert_noise(eps, NULL, seed, "eps", 2, dims, 0, noise, keep);
 }
 
 static PyObject *new_f32(int64_t n, int64_t d) {
@@ -103,7 +89,7 @@ static PyObject *new_f64(int64_t n) {
 #define F64(o) ((double *)PyArray_DATA((PyArrayObject *)(o)))
 
 /* --------------------------------------------------------------- the type */
-static PyObject *Flow_new(PyTypeObject *tp, PyObject *args, PyObject *kw) { return vaec_py_model_new(tp, &flow_ops); }
+static PyObject *Flow_new(PyTypeObject *tp, PyObject *args, PyObject *kw) { return vaec_py_model_new(tp, &vaec_py_flow_ops); }
 
 static int Flow_init(vaec_py_model *self, PyObject *args, PyObject *kw) {
     static char *kwlist[] = {"dim", "flow", "seed", "threads", NULL};
@@ -127,9 +113,10 @@ static int Flow_init(vaec_py_model *self, PyObject *args, PyObject *kw) {
 }
 
 /* transform(z) -> (x, logdet); inverse(x) -> (z0, logdet_inv) */
-static PyObject *map_rows(vaec_py_model *self, PyObject *args, int inverse) {
+static PyObject *map_rows(vaec_py_model *self, PyObject *args, PyObject *kw, int inverse) {
+    static char *kwlist_z[] = {"z", NULL}, *kwlist_x[] = {"x", NULL};
     PyObject *obj;
-    if (!PyArg_ParseTuple(args, "O", &obj)) return NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O", inverse ? kwlist_x : kwlist_z, &obj)) return NULL;
     if (vaec_py_acquire(self)) return NULL;
     int64_t D = vaec_flowmodel_config_get(self->m)->dim;
     PyObject *out = NULL, *ld = NULL, *res = NULL;
@@ -153,12 +140,13 @@ done:
     vaec_py_release(self);
     return res;
 }
-static PyObject *Flow_transform(vaec_py_model *self, PyObject *args) { return map_rows(self, args, 0); }
-static PyObject *Flow_inverse(vaec_py_model *self, PyObject *args) { return map_rows(self, args, 1); }
+static PyObject *Flow_transform(vaec_py_model *self, PyObject *args, PyObject *kw) { return map_rows(self, args, kw, 0); }
+static PyObject *Flow_inverse(vaec_py_model *self, PyObject *args, PyObject *kw) { return map_rows(self, args, kw, 1); }
 
-static PyObject *Flow_log_prob(vaec_py_model *self, PyObject *args) {
+static PyObject *Flow_log_prob(vaec_py_model *self, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"x", NULL};
     PyObject *obj;
-    if (!PyArg_ParseTuple(args, "O", &obj)) return NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O", kwlist, &obj)) return NULL;
     if (vaec_py_acquire(self)) return NULL;
     int64_t D = vaec_flowmodel_config_get(self->m)->dim;
     PyObject *out = NULL;
@@ -374,9 +362,9 @@ static PyObject *Flow_config(vaec_py_model *self, PyObject *noargs) {
 }
 
 static PyMethodDef Flow_methods[] = {
-    {"transform", (PyCFunction)Flow_transform, METH_VARARGS, "transform(z) -> (f(z) float32 (n, dim), logdet float64 (n,))"},
-    {"inverse", (PyCFunction)Flow_inverse, METH_VARARGS, "inverse(x) -> (f^-1(x), log|det df^-1/dx|) (Real NVP)"},
-    {"log_prob", (PyCFunction)Flow_log_prob, METH_VARARGS, "log_prob(x) -> float64 (n,) (Real NVP)"},
+    {"transform", VAEC_PY_KW(Flow_transform), "transform(z) -> (f(z) float32 (n, dim), logdet float64 (n,))"},
+    {"inverse", VAEC_PY_KW(Flow_inverse), "inverse(x) -> (f^-1(x), log|det df^-1/dx|) (Real NVP)"},
+    {"log_prob", VAEC_PY_KW(Flow_log_prob), "log_prob(x) -> float64 (n,) (Real NVP)"},
     {"sample", (PyCFunction)(void (*)(void))Flow_sample, METH_VARARGS | METH_KEYWORDS,
      "sample(n, seed=None, eps=None) -> (x, log_prob)"},
     {"vjp", (PyCFunction)(void (*)(void))Flow_vjp, METH_VARARGS | METH_KEYWORDS,
@@ -391,36 +379,17 @@ static PyMethodDef Flow_methods[] = {
      "energy_step(potential, box, n, seed=None, eps=None, beta=1, lr=-1) -> loss, with a built-in potential 1..4"},
     {"config", (PyCFunction)Flow_config, METH_NOARGS, "the configuration as a dict"},
     VAEC_PY_MODEL_METHODS,
-    VAEC_PY_MODEL_SAVE_METHOD,
     {NULL}
 };
 
 /* ------------------------------------------------------ module functions */
-static PyObject *mod_flow_load(PyObject *module, PyObject *args) {
-    return vaec_py_model_load(module, args, "FlowCore", &flow_ops, NULL);
-}
-
-/* file_kind(path) -> the model kind stored in a .vaec file (1 VAE, 2 M2, 3 flow) */
-static PyObject *mod_file_kind(PyObject *module, PyObject *args) {
-    PyObject *path;
-    if (!PyArg_ParseTuple(args, "O&", PyUnicode_FSConverter, &path)) return NULL;
-    uint32_t kind = 0;
-    vaec_status st;
-    const char *p = PyBytes_AS_STRING(path);
-    Py_BEGIN_ALLOW_THREADS
-    st = vaec_file_kind(p, &kind);
-    Py_END_ALLOW_THREADS
-    Py_DECREF(path);
-    if (st) return vaec_py_raise(st);
-    return PyLong_FromUnsignedLong(kind);
-}
-
 /* flow_potential(code, z, box=0) -> (U float64 (n,), dU float64 (n, 2)) */
-static PyObject *mod_flow_potential(PyObject *module, PyObject *args) {
+static PyObject *mod_flow_potential(PyObject *module, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"code", "z", "box", NULL};
     int code;
     PyObject *zo;
     double box = 0.0;
-    if (!PyArg_ParseTuple(args, "iO|d", &code, &zo, &box)) return NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "iO|d", kwlist, &code, &zo, &box)) return NULL;
     PyArrayObject *a = vaec_py_real_array(zo, "z");
     if (!a) return NULL;
     if (PyArray_NDIM(a) != 2 || PyArray_DIM(a, 1) != 2) {
@@ -453,10 +422,11 @@ static PyObject *mod_flow_potential(PyObject *module, PyObject *args) {
 }
 
 /* flow_parse(spec, dim=None) -> canonical spec; ValueError listing the accepted forms */
-static PyObject *mod_flow_parse(PyObject *module, PyObject *args) {
+static PyObject *mod_flow_parse(PyObject *module, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"spec", "dim", NULL};
     const char *text;
     long long dim = 0;
-    if (!PyArg_ParseTuple(args, "s|L", &text, &dim)) return NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "s|L", kwlist, &text, &dim)) return NULL;
     vaec_flow_spec s;
     vaec_status st = vaec_flow_spec_parse(&s, text);
     if (st) return vaec_py_raise(st);
@@ -475,10 +445,8 @@ static PyObject *mod_flow_parse(PyObject *module, PyObject *args) {
 }
 
 static PyMethodDef flow_functions[] = {
-    {"flow_load", mod_flow_load, METH_VARARGS, "flow_load(path, threads=0) -> FlowCore"},
-    {"file_kind", mod_file_kind, METH_VARARGS, "file_kind(path) -> model kind of a .vaec file (1 VAE, 2 M2, 3 flow)"},
-    {"flow_potential", mod_flow_potential, METH_VARARGS, "flow_potential(code, z, box=0) -> (U, dU): U1..U4 of Rezende & Mohamed (+ a wall outside [-box, box]^2)"},
-    {"flow_parse", mod_flow_parse, METH_VARARGS, "flow_parse(spec, dim=0) -> canonical spec string"},
+    {"flow_potential", VAEC_PY_KW(mod_flow_potential), "flow_potential(code, z, box=0) -> (U, dU): U1..U4 of Rezende & Mohamed (+ a wall outside [-box, box]^2)"},
+    {"flow_parse", VAEC_PY_KW(mod_flow_parse), "flow_parse(spec, dim=0) -> canonical spec string"},
     {NULL}
 };
 
@@ -487,10 +455,5 @@ int vaec_py_add_flow(PyObject *module) {
                                Flow_init, Flow_methods) < 0)
         return -1;
     if (PyModule_AddFunctions(module, flow_functions) < 0) return -1;
-    if (PyModule_AddIntConstant(module, "KIND_VAE", VAEC_KIND_VAE) < 0 ||
-        PyModule_AddIntConstant(module, "KIND_M2", VAEC_KIND_M2) < 0 ||
-        PyModule_AddIntConstant(module, "KIND_FLOW", VAEC_KIND_FLOW) < 0 ||
-        PyModule_AddIntConstant(module, "KIND_AE", VAEC_KIND_AE) < 0)
-        return -1;
     return 0;
 }

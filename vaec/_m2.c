@@ -1,14 +1,14 @@
-/* _m2.c -- the binding of the M2 model (csrc/m2.h): the type vaec._core.M2Core and the
- * module function load_m2. Converters of _common.c check every array argument and name
- * it in their errors; labels are checked here (integer dtype, length, range). The GIL is
+/* _m2.c -- the binding of the M2 model (csrc/m2.h): the type vaec._core.M2Core (its files
+ * are read by the module's load, _core.c). Converters of _common.c check every array
+ * argument and name it in their errors; labels are checked here (integer dtype, length, range). The GIL is
  * released around the C work, and a model refuses a second caller while it is busy. */
 #include "_common.h"
 #include "m2.h"
 
 /* An object is a vaec_py_model (_common.h) whose m is a vaec_m2. */
-VAEC_PY_MODEL_OPS(m2_ops, vaec_m2, "model", VAEC_PY_NO_EXTRA);
+VAEC_PY_MODEL_OPS(vaec_py_m2_ops, vaec_m2, "model", VAEC_PY_NO_EXTRA);
 
-static PyObject *M2_new(PyTypeObject *tp, PyObject *args, PyObject *kw) { return vaec_py_model_new(tp, &m2_ops); }
+static PyObject *M2_new(PyTypeObject *tp, PyObject *args, PyObject *kw) { return vaec_py_model_new(tp, &vaec_py_m2_ops); }
 
 static int M2_init(vaec_py_model *self, PyObject *args, PyObject *kw) {
     static char *kwlist[] = {"input_dim", "latent_dim", "n_classes", "hidden", "classifier_hidden", "activation",
@@ -100,30 +100,6 @@ static int convert_labels(PyObject *obj, const char *name, int64_t n, int64_t C,
     return *keep ? 0 : -1;
 }
 
-/* float32 finite array of exactly the given shape (ndim 2 or 3). */
-static int convert_noise(PyObject *obj, const char *name, int ndim, const int64_t *shape, PyArrayObject **keep) {
-    *keep = NULL;
-    PyArrayObject *a = vaec_py_real_array(obj, name);
-    if (!a) return -1;
-    int ok = PyArray_NDIM(a) == ndim;
-    for (int i = 0; ok && i < ndim; i++) ok = PyArray_DIM(a, i) == shape[i];
-    if (!ok) {
-        char expected[96];
-        if (ndim == 2) snprintf(expected, sizeof expected, "shape (%lld, %lld)", (long long)shape[0], (long long)shape[1]);
-        else snprintf(expected, sizeof expected, "shape (%lld, %lld, %lld)", (long long)shape[0], (long long)shape[1],
-                      (long long)shape[2]);
-        vaec_py_wrong_shape(a, name, expected);
-        Py_DECREF(a);
-        return -1;
-    }
-    PyArrayObject *c = vaec_py_as_f32(a);
-    Py_DECREF(a);
-    if (!c) return -1;
-    if (vaec_py_check_values(c, name, 0, "")) { Py_DECREF(c); return -1; }
-    *keep = c;
-    return 0;
-}
-
 /* ---------------------------------------------------------------- methods */
 static PyObject *M2_loss_grad(vaec_py_model *self, PyObject *args, PyObject *kw) {
     static char *kwlist[] = {"X_labeled", "y_labeled", "X_unlabeled", "alpha", "wl", "wu", "eps_l", "eps_u",
@@ -164,17 +140,16 @@ static PyObject *M2_loss_grad(vaec_py_model *self, PyObject *args, PyObject *kw)
         PyErr_SetString(PyExc_ValueError, "eps: give the noise of both parts (eps_l and eps_u) or of neither");
         goto done;
     }
-    if (epsl != Py_None && inl.n > 0) {
-        int64_t sh[2] = {inl.n, c->latent_dim};
-        if (convert_noise(epsl, "eps_l", 2, sh, &ela)) goto done;
-        b.eps_l = (const float *)PyArray_DATA(ela);
-    }
-    if (epsu != Py_None && inu.n > 0) {
-        int64_t sh[3] = {inu.n, c->n_classes, c->latent_dim};
-        if (convert_noise(epsu, "eps_u", 3, sh, &eua)) goto done;
-        b.eps_u = (const float *)PyArray_DATA(eua);
-    }
-    if (vaec_py_convert_seed(seed, &b.use_seed, &b.seed)) goto done;
+    /* the noise of each part present: its eps, or the RNG (under seed) */
+    vaec_noise nl, nu;
+    int64_t shl[2] = {inl.n, c->latent_dim}, shu[3] = {inu.n, c->n_classes, c->latent_dim};
+    if (vaec_py_convert_noise(inl.n > 0 ? epsl : Py_None, NULL, NULL, "eps_l", 2, shl, 0, &nl, &ela) ||
+        vaec_py_convert_noise(inu.n > 0 ? epsu : Py_None, NULL, seed, "eps_u", 3, shu, 0, &nu, &eua))
+        goto done;
+    b.eps_l = nl.eps;
+    b.eps_u = nu.eps;
+    b.use_seed = nu.use_seed;
+    b.seed = nu.seed;
     double loss = 0.0, parts[3] = {0, 0, 0};
     vaec_status st;
     Py_BEGIN_ALLOW_THREADS
@@ -188,9 +163,10 @@ done:
     return res;
 }
 
-static PyObject *M2_classify(vaec_py_model *self, PyObject *args) {
+static PyObject *M2_classify(vaec_py_model *self, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"x", NULL};
     PyObject *x;
-    if (!PyArg_ParseTuple(args, "O", &x)) return NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O", kwlist, &x)) return NULL;
     if (vaec_py_acquire(self)) return NULL;
     const vaec_m2_config *c = vaec_m2_config_get(self->m);
     vaec_input in;
@@ -222,26 +198,22 @@ static PyObject *M2_elbo(vaec_py_model *self, PyObject *args, PyObject *kw) {
     PyArrayObject *xa = NULL, *ya = NULL, *ea = NULL;
     PyObject *res = NULL;
     vaec_input in;
-    int use_seed;
-    uint64_t s;
+    vaec_noise noise;
     if (vaec_py_convert_x(x, "X", c->input_dim, c->likelihood == VAEC_LIK_BERNOULLI || binarize, &in, &xa)) goto done;
     in.binarize = binarize;
     if (y != Py_None && convert_labels(y, "y", in.n, c->n_classes, &ya)) goto done;
-    if (eps != Py_None) {
-        int64_t sh3[3] = {in.n, c->n_classes, c->latent_dim};
-        int64_t sh2[2] = {in.n, c->latent_dim};
-        if (convert_noise(eps, "eps", y != Py_None ? 2 : 3, y != Py_None ? sh2 : sh3, &ea)) goto done;
-    }
-    if (vaec_py_convert_seed(seed, &use_seed, &s)) goto done;
+    /* labelled: one z per row (n, Z); unlabelled: one per row and class (n, C, Z) */
+    int64_t sh2[2] = {in.n, c->latent_dim}, sh3[3] = {in.n, c->n_classes, c->latent_dim};
+    if (vaec_py_convert_noise(eps, NULL, seed, "eps", y != Py_None ? 2 : 3, y != Py_None ? sh2 : sh3, 0, &noise, &ea))
+        goto done;
     npy_intp dims[1] = {(npy_intp)in.n};
     res = PyArray_SimpleNew(1, dims, NPY_FLOAT64);
     if (!res) goto done;
     double *out = (double *)PyArray_DATA((PyArrayObject *)res);
     const int32_t *yp = ya ? (const int32_t *)PyArray_DATA(ya) : NULL;
-    const float *ep = ea ? (const float *)PyArray_DATA(ea) : NULL;
     vaec_status st;
     Py_BEGIN_ALLOW_THREADS
-    st = vaec_m2_elbo(self->m, &in, yp, ep, use_seed, s, out);
+    st = vaec_m2_elbo(self->m, &in, yp, noise.eps, noise.use_seed, noise.seed, out);
     Py_END_ALLOW_THREADS
     if (st) { Py_CLEAR(res); vaec_py_raise(st); }
 done:
@@ -250,9 +222,10 @@ done:
     return res;
 }
 
-static PyObject *M2_encode(vaec_py_model *self, PyObject *args) {
+static PyObject *M2_encode(vaec_py_model *self, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"x", "y", NULL};
     PyObject *x, *y;
-    if (!PyArg_ParseTuple(args, "OO", &x, &y)) return NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO", kwlist, &x, &y)) return NULL;
     if (vaec_py_acquire(self)) return NULL;
     const vaec_m2_config *c = vaec_m2_config_get(self->m);
     vaec_input in;
@@ -278,9 +251,10 @@ done:
     return res;
 }
 
-static PyObject *M2_decode(vaec_py_model *self, PyObject *args) {
+static PyObject *M2_decode(vaec_py_model *self, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"y", "z", NULL};
     PyObject *y, *z;
-    if (!PyArg_ParseTuple(args, "OO", &y, &z)) return NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO", kwlist, &y, &z)) return NULL;
     if (vaec_py_acquire(self)) return NULL;
     const vaec_m2_config *c = vaec_m2_config_get(self->m);
     PyObject *out = NULL;
@@ -335,23 +309,13 @@ static PyMethodDef M2_methods[] = {
      "binarize=False, lr=-1) -> (loss, (sum -L, sum -log q(y|x), sum -U))\n"
      "loss = wl * sum_l [-L - alpha log q(y|x)] + wu * sum_u [-U]; gradients written to the grads arena; "
      "with lr >= 0 also one Adam step."},
-    {"classify", (PyCFunction)M2_classify, METH_VARARGS, "classify(x) -> log q(y|x), float32 (n, C)"},
+    {"classify", VAEC_PY_KW(M2_classify), "classify(x) -> log q(y|x), float32 (n, C)"},
     {"elbo", (PyCFunction)(void (*)(void))M2_elbo, METH_VARARGS | METH_KEYWORDS,
      "elbo(x, y=None, eps=None, seed=None, binarize=False) -> L(x,y) or U(x), float64 (n,)"},
-    {"encode", (PyCFunction)M2_encode, METH_VARARGS, "encode(x, y) -> (mu, logvar)"},
-    {"decode", (PyCFunction)M2_decode, METH_VARARGS, "decode(y, z) -> (n, input_dim)"},
+    {"encode", VAEC_PY_KW(M2_encode), "encode(x, y) -> (mu, logvar)"},
+    {"decode", VAEC_PY_KW(M2_decode), "decode(y, z) -> (n, input_dim)"},
     {"config", (PyCFunction)M2_config, METH_NOARGS, "the configuration as a dict"},
     VAEC_PY_MODEL_METHODS,
-    VAEC_PY_MODEL_SAVE_METHOD,
-    {NULL}
-};
-
-static PyObject *mod_load_m2(PyObject *module, PyObject *args) {
-    return vaec_py_model_load(module, args, "M2Core", &m2_ops, NULL);
-}
-
-static PyMethodDef m2_functions[] = {
-    {"load_m2", mod_load_m2, METH_VARARGS, "load_m2(path, threads=0) -> M2Core"},
     {NULL}
 };
 
@@ -359,6 +323,5 @@ int vaec_py_add_m2(PyObject *module) {
     if (vaec_py_model_add_type(module, "vaec._core.M2Core", "The C model behind vaec.M2 (use vaec.M2).", M2_new, M2_init,
                                M2_methods) < 0)
         return -1;
-    if (PyModule_AddFunctions(module, m2_functions) < 0) return -1;
     return 0;
 }

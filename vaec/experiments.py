@@ -22,7 +22,7 @@ def reproduce(args):
     if args.experiment == "kingma-wake-sleep":
         return reproduce_wake_sleep(args)
     import vaec
-    from .__main__ import evaluate, load_dataset
+    from .commands import evaluate, load_dataset
 
     kind = "iwae" if args.experiment == "burda-iwae" else "vae"
     k = args.k if kind == "iwae" else 1
@@ -294,7 +294,7 @@ ELBO on the 10,000 test images. Frey faces: 200 tanh hidden units, Gaussian deco
 
 
 def reproduce_wake_sleep(args):
-    from .__main__ import load_dataset
+    from .commands import load_dataset
 
     data = {}
     for name in args.datasets.split(","):

@@ -27,14 +27,13 @@ from __future__ import annotations
 
 import math
 import numbers
-import os
-import sys
 import time
 
 import numpy as np
 
 from . import _core
-from .models import ArenaModel, _float_arg, _int_arg, _seed_arg
+from ._base import (ArenaModel, FitPlan, Progress, _data_matrix, _fit_options, _float_arg, _init_seed, _int_arg,
+                    _interactive, _load_as, _seed_arg, _threads_arg, register_kind, run_fit)
 
 __all__ = ["Flow", "Potential", "potentials", "load", "load_flow"]
 
@@ -71,7 +70,7 @@ class Potential:
         if z.shape[-1:] != (2,):
             raise ValueError(f"{self.name}: expected z of shape (..., 2), got shape {z.shape}")
         lead = z.shape[:-1]
-        U, dU = _core.flow_potential(self.code, z.reshape(-1, 2), self.box)
+        U, dU = _core.flow_potential(code=self.code, z=z.reshape(-1, 2), box=self.box)
         return U.reshape(lead), dU.reshape(lead + (2,))
 
     def density(self, z):
@@ -108,33 +107,8 @@ class _Potentials:
 potentials = _Potentials()
 
 
-# ----------------------------------------------------------------- progress
-class _Bar:
-    def __init__(self, total, desc, enabled, unit):
-        self.bar = None
-        if not enabled:
-            return
-        try:
-            from tqdm.auto import tqdm
-        except ImportError:
-            return
-        self.bar = tqdm(total=total, desc=desc, unit=unit, leave=False, dynamic_ncols=True)
-
-    def update(self, n, loss):
-        if self.bar is not None:
-            self.bar.update(n)
-            self.bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
-
-    def close(self):
-        if self.bar is not None:
-            self.bar.close()
-
-
-def _interactive(progress):
-    return bool(progress) and (sys.stderr.isatty() or "ipykernel" in sys.modules)
-
-
 # ---------------------------------------------------------------------- Flow
+@register_kind(_core.KIND_FLOW)
 class Flow(ArenaModel):
     """A normalizing flow on a standard-normal base: x = f(z0), z0 ~ N(0, I).
 
@@ -159,25 +133,42 @@ class Flow(ArenaModel):
         dim = _int_arg("dim", dim, 1, 2**20)
         if not isinstance(flow, str):
             raise TypeError(f"flow: expected a spec string such as 'planar:8' or 'realnvp:4', got {type(flow).__name__}")
-        _core.flow_parse(flow, dim)   # ValueError listing the accepted forms
-        seed = _seed_arg(seed)
-        if seed is None:
-            seed = int.from_bytes(os.urandom(8), "little")
-        threads = 0 if threads is None else _int_arg("threads", threads, 1, 256)
-        self._attach(_core.FlowCore(dim, flow, seed, threads))
+        _core.flow_parse(spec=flow, dim=dim)   # ValueError listing the accepted forms
+        seed = _init_seed(seed)
+        threads = _threads_arg(threads)
+        self._attach(self._core_type(dim=dim, flow=flow, seed=seed, threads=threads))
 
     # ------------------------------------------------------------ internals
-    def _attach(self, core):
-        self._core = core
-        cfg = core.config()
+    def _configure(self, cfg):
         self.dim = cfg["dim"]
         self.flow = cfg["flow"]
         self.kind = cfg["kind"]
         self.K = cfg["K"]
         self.seed = cfg["seed"]
         self.has_inverse = bool(cfg["has_inverse"])
-        self._attach_arena(core)
-        self.history = {}
+
+    def _attach(self, core):
+        super()._attach(core)
+        self.history = _FlowHistory()
+
+    def _fresh_history(self, keys):
+        """fit's lists continued, and fit_energy's record kept."""
+        out = _FlowHistory({k: list(self.history.get(k, [])) for k in keys})
+        if "fit_energy" in self.history:
+            out["fit_energy"] = self.history["fit_energy"]
+        return out
+
+    @classmethod
+    def _core_kwargs(cls, c):
+        return dict(dim=c["dim"], flow=c["flow"], seed=c["seed"])
+
+    @staticmethod
+    def _history_from_pickle(history):
+        """A pickle of an earlier version kept fit's lists under "fit"."""
+        out = _FlowHistory({k: v for k, v in history.items() if k != "fit"})
+        for k, v in history.get("fit", {}).items():
+            out.setdefault(k, v)
+        return out
 
     def _need_inverse(self, what):
         if not self.has_inverse:
@@ -191,17 +182,17 @@ class Flow(ArenaModel):
     # ------------------------------------------------------------ the maps
     def transform(self, z):
         """x = f(z) for z of shape (n, dim): returns (x float32 (n, dim), log|det ∂x/∂z| float64 (n,))."""
-        return self._core.transform(z)
+        return self._core.transform(z=z)
 
     def inverse(self, x):
         """z0 = f⁻¹(x) (Real NVP): returns (z0 float32 (n, dim), log|det ∂z0/∂x| float64 (n,))."""
         self._need_inverse("inverse")
-        return self._core.inverse(x)
+        return self._core.inverse(x=x)
 
     def log_prob(self, x):
         """log p(x) = log N(f⁻¹(x); 0, I) + log|det ∂f⁻¹/∂x| (Real NVP), float64 (n,)."""
         self._need_inverse("log_prob")
-        return self._core.log_prob(x)
+        return self._core.log_prob(x=x)
 
     def sample(self, n, seed=None, return_log_prob=False):
         """n draws x = f(z0), z0 ~ N(0, I), float32 (n, dim) (any flow type: only the
@@ -209,7 +200,7 @@ class Flow(ArenaModel):
         (float64), exact for every flow type. ``seed=None`` draws from the model's own
         stream (which advances)."""
         n = _int_arg("n", n, 0)
-        x, lp = self._core.sample(n, _seed_arg(seed))
+        x, lp = self._core.sample(n=n, seed=_seed_arg(seed))
         return (x, lp) if return_log_prob else x
 
     def vjp(self, z, g_x, g_logdet, inverse=False):
@@ -219,26 +210,29 @@ class Flow(ArenaModel):
         if inverse:
             self._need_inverse("vjp(inverse=True)")
         g_logdet = np.asarray(g_logdet, dtype=np.float64).reshape(-1)
-        return self._core.vjp(z, g_x, g_logdet, bool(inverse))
+        return self._core.vjp(z=z, g_out=g_x, c=g_logdet, inverse=bool(inverse))
 
     # ----------------------------------------------------- maximum likelihood
     def nll_and_grad(self, X):
         """Mean −log p(x) over the batch (Real NVP); its gradients are written into ``grads``."""
         self._need_inverse("maximum likelihood")
-        return self._core.nll_step(X, -1.0)
+        return self._core.nll_step(x=X)
 
     def train_step(self, X, lr=1e-3):
         """One Adam step on the mean −log p(x) of batch X (Real NVP); returns the loss before it."""
         self._need_inverse("maximum likelihood")
-        return self._core.nll_step(X, _float_arg("lr", lr, 0.0))
+        return self._core.nll_step(x=X, lr=_float_arg("lr", lr, 0.0))
 
     def fit(self, X, epochs=10, batch_size=256, lr=1e-3, seed=None, progress=True, shuffle=True, verbose=None,
             callback=None):
         """Fit by maximum likelihood (Real NVP) with Adam on mini-batches of X (n, dim).
 
-        Returns the history: per-epoch lists ``loss`` (mean −log p(x) over the epoch, nats),
-        ``seconds``; calling fit again appends (``flow.history``). ``seed`` fixes the
-        shuffling. ``callback(epoch, logs)`` returning True stops training."""
+        Returns the history (also ``flow.history``), per-epoch lists: ``loss`` (mean
+        −log p(x) over the epoch, nats), ``lr``, ``seconds``, ``examples_per_s``; calling fit
+        again appends. (Before version 0.2 these lists were under ``history["fit"]``; that
+        key still reads them.) ``seed`` fixes the shuffling. ``callback(epoch, logs)``
+        returning True stops training; a NaN or Inf loss raises FloatingPointError naming
+        the epoch and step, the flow keeping its last finite parameters."""
         self._need_inverse("fit (maximum likelihood)")
         epochs = _int_arg("epochs", epochs, 0)
         batch_size = _int_arg("batch_size", batch_size, 1)
@@ -247,50 +241,12 @@ class Flow(ArenaModel):
         X = self._check_rows(X, "X")
         if X.shape[0] == 0:
             raise ValueError("X: empty data set")
-        if seed is not None:
-            self._core.set_rng(seed, 0)
-        state = self._core.state()
-        order_rng = np.random.default_rng([state["rng_seed"] & (2**63 - 1), state["rng_counter"]])
-        n = X.shape[0]
-        hist = self.history.setdefault("fit", {"loss": [], "seconds": []})
-        for _ in range(epochs):
-            t0 = time.perf_counter()
-            order = order_rng.permutation(n) if shuffle else np.arange(n)
-            bar = _Bar(n, f"epoch {len(hist['loss']) + 1}", _interactive(progress), "ex")
-            total = 0.0
-            try:
-                for start in range(0, n, batch_size):
-                    idx = order[start:start + batch_size]
-                    loss = self._core.nll_step(X[idx], lr)
-                    total += loss * len(idx)
-                    bar.update(len(idx), loss)
-            finally:
-                bar.close()
-            secs = time.perf_counter() - t0
-            hist["loss"].append(total / n)
-            hist["seconds"].append(secs)
-            if verbose or (verbose is None and progress):
-                print(f"epoch {len(hist['loss']):3d}  -log p(x) {total / n:9.4f}  {secs:6.2f}s", flush=True)
-            if callback is not None and callback(len(hist["loss"]), {"loss": total / n, "seconds": secs}):
-                break
-        return hist
+        _fit_options(callback, None, 1, False)
+        plan = _FlowPlan(self, X, batch_size=batch_size, lr=lr, seed=seed, shuffle=shuffle)
+        return run_fit(self, plan, epochs, progress=progress, verbose=verbose, callback=callback)
 
     def _check_rows(self, X, name):
-        if isinstance(X, np.ndarray) and X.dtype == np.float32 and X.flags.c_contiguous:
-            arr = X
-        else:
-            try:
-                arr = np.asarray(X)
-            except Exception as e:
-                raise ValueError(f"{name}: expected a 2-D array of shape (n, {self.dim})") from e
-            if arr.dtype.kind not in "biuf":
-                raise TypeError(f"{name}: expected a real-valued numeric array, got dtype {arr.dtype}")
-            arr = np.ascontiguousarray(arr, dtype=np.float32)
-        if arr.ndim != 2 or arr.shape[1] != self.dim:
-            raise ValueError(f"{name}: expected a 2-D array of shape (n, {self.dim}), got shape {arr.shape}")
-        if not np.all(np.isfinite(arr)):
-            raise ValueError(f"{name}: contains NaN or Inf; expected finite values")
-        return arr
+        return _data_matrix(X, name, self.dim, keep_uint8=False, finite=True)
 
     # ------------------------------------------------------- energy (KL(q‖p))
     @staticmethod
@@ -308,14 +264,14 @@ class Flow(ArenaModel):
     def _energy_call(self, U, batch_size, beta, lr, eps=None, seed=None):
         """One evaluation of the energy loss (and with lr >= 0 an Adam step)."""
         if isinstance(U, Potential):
-            return self._core.energy_step(U.code, U.box, batch_size, seed, eps, beta, lr)
-        zK, _ = self._core.energy_forward(batch_size, seed, eps)
+            return self._core.energy_step(potential=U.code, box=U.box, n=batch_size, seed=seed, eps=eps, beta=beta, lr=lr)
+        zK, _ = self._core.energy_forward(n=batch_size, seed=seed, eps=eps)
         out = U(zK)
         if not (isinstance(out, tuple) and len(out) == 2):
             raise TypeError("U: the callable must return a tuple (U, dU/dz): U of shape (n,), dU of shape (n, dim)")
         Uv, dU = out
         Uv = np.asarray(Uv, dtype=np.float64).reshape(-1) if np.ndim(Uv) <= 1 else np.asarray(Uv, dtype=np.float64)
-        return self._core.energy_backward(Uv, np.asarray(dU, dtype=np.float64), beta, lr)
+        return self._core.energy_backward(U=Uv, dU=np.asarray(dU, dtype=np.float64), beta=beta, lr=lr)
 
     def _check_potential(self, U):
         if isinstance(U, Potential):
@@ -357,9 +313,9 @@ class Flow(ArenaModel):
         seed = _seed_arg(seed)
         beta_fn = self._beta_fn(beta_schedule)
         if seed is not None:
-            self._core.set_rng(seed, 0)
+            self._core.set_rng(seed=seed, counter=0)
         hist = self.history.setdefault("fit_energy", {"loss": [], "beta": [], "seconds": 0.0})
-        bar = _Bar(steps, f"fit_energy {getattr(U, 'name', 'U')}", _interactive(progress), "step")
+        bar = Progress(steps, f"fit_energy {getattr(U, 'name', 'U')}", _interactive(progress), unit="step")
         t0 = time.perf_counter()
         shown = 0
         try:
@@ -380,37 +336,50 @@ class Flow(ArenaModel):
             hist["seconds"] += time.perf_counter() - t0
         return hist
 
-    # ----------------------------------------------------------------- I/O
-    def save(self, path):
-        """Write the flow (config, parameters, optimizer and RNG state, checksum) to a
-        ``.vaec`` file of kind 'flow', atomically."""
-        self._core.save(os.fspath(path))
 
-    def __getstate__(self):
-        c = self._core.config()
-        return {"config": {"dim": c["dim"], "flow": c["flow"], "seed": c["seed"]},
-                "arenas": {k: v.copy() for k, v in self._arenas.items()},
-                "state": self._core.state(), "history": self.history}
+class _FlowPlan(FitPlan):
+    """The maximum-likelihood fit of a flow: one NumPy stream, default_rng([rng_seed &
+    (2**63-1), rng_counter]) at the start of the call (after ``seed`` reset the model's
+    RNG), draws each epoch's order."""
 
-    def __setstate__(self, d):
-        c = d["config"]
-        self._attach(_core.FlowCore(c["dim"], c["flow"], c["seed"], 0))
-        for k, v in d["arenas"].items():
-            self._arenas[k][...] = v
-        s = d["state"]
-        self._core.set_adam(s["beta1"], s["beta2"], s["adam_eps"])
-        self._core.set_rng(s["rng_seed"], s["rng_counter"], s["step"])
-        self.history = d.get("history", {})
+    epochs_from_history = True
+
+    def __init__(self, flow, X, *, batch_size, lr, seed, shuffle):
+        self.core, self.X, self.examples = flow._core, X, X.shape[0]
+        self.batch_size, self.const_lr, self.seed, self.shuffle = batch_size, lr, seed, shuffle
+
+    def start(self, state):
+        self.rng = self.order_stream(self.core, self.seed)
+
+    def batches(self, epoch):
+        n = self.examples
+        order = self.rng.permutation(n) if self.shuffle else np.arange(n)
+        for start in range(0, n, self.batch_size):
+            idx = order[start:start + self.batch_size]
+            yield self.X[idx], len(idx)
+
+    def step(self, xb, lr, step):
+        return self.core.nll_step(x=xb, lr=lr), len(xb)
+
+    def message(self, number, logs):
+        return f"epoch {number:3d}  -log p(x) {logs['loss']:9.4f}  {logs['seconds']:6.2f}s"
+
+
+class _FlowHistory(dict):
+    """A flow's history: the flat per-epoch lists of ``fit`` (and ``fit_energy``'s
+    per-step record under ``"fit_energy"``). ``history["fit"]``, where earlier versions
+    kept fit's lists, reads the same lists."""
+
+    def __missing__(self, key):
+        if key == "fit":
+            return {k: v for k, v in self.items() if k != "fit_energy"}
+        raise KeyError(key)
 
 
 def load(path, threads=None):
     """Load a flow written by ``Flow.save``. FileNotFoundError when the file is missing,
     ValueError when it is corrupted, truncated or holds another kind of model."""
-    threads = 0 if threads is None else _int_arg("threads", threads, 1, 256)
-    core = _core.flow_load(os.fspath(path), threads)
-    flow = Flow.__new__(Flow)
-    flow._attach(core)
-    return flow
+    return _load_as(path, threads, Flow)
 
 
 load_flow = load

@@ -17,34 +17,17 @@ ways of weighing them).
 """
 from __future__ import annotations
 
-import argparse
-import math
-import numbers
-import os
-import sys
-import time
-
 import numpy as np
 
 from . import _core
-from .models import (ACTIVATIONS, ArenaModel, _data_matrix, LIKELIHOODS, _binarize_arg, _float_arg, _int_arg, _Progress,
-                     _seed_arg)
+from ._base import (ArenaModel, FitPlan, _activation_arg, _binarize_arg, _data_matrix, _fit_options, _float_arg,
+                    _init_seed, _int_arg, _likelihood_arg, _load_as, _seed_arg, _threads_arg, _widths, register_kind,
+                    run_fit)
 
-__all__ = ["M2", "load_m2", "main_m2", "train_cli"]
-
-
-def _widths(name, hidden):
-    if isinstance(hidden, numbers.Integral) and not isinstance(hidden, bool):
-        hidden = (hidden,)
-    try:
-        hidden = tuple(hidden)
-    except TypeError:
-        raise TypeError(f"{name}: expected a sequence of layer widths, got {type(hidden).__name__}") from None
-    if len(hidden) > 8:
-        raise ValueError(f"{name}: at most 8 hidden layers, got {len(hidden)}")
-    return tuple(_int_arg(f"{name}[{i}]", h, 1, 2**20) for i, h in enumerate(hidden))
+__all__ = ["M2", "load_m2"]
 
 
+@register_kind(_core.KIND_M2)
 class M2(ArenaModel):
     """Semi-supervised classification with a deep generative model (M2 of Kingma et al. 2014).
 
@@ -86,23 +69,17 @@ class M2(ArenaModel):
         latent_dim = _int_arg("latent_dim", latent_dim, 1, 2**20)
         hidden = _widths("hidden", hidden)
         classifier_hidden = hidden if classifier_hidden is None else _widths("classifier_hidden", classifier_hidden)
-        if not isinstance(activation, str) or activation not in ACTIVATIONS:
-            raise ValueError(f"activation: expected one of {', '.join(map(repr, ACTIVATIONS))}, got {activation!r}")
-        if not isinstance(likelihood, str) or likelihood not in LIKELIHOODS:
-            raise ValueError(f"likelihood: expected 'bernoulli' or 'gaussian', got {likelihood!r}")
+        _activation_arg(activation)
+        _likelihood_arg(likelihood)
         alpha = _float_arg("alpha", alpha, 0.0)
-        seed = _seed_arg(seed)
-        if seed is None:
-            seed = int.from_bytes(os.urandom(8), "little")
-        threads = 0 if threads is None else _int_arg("threads", threads, 1, 256)
-        core = _core.M2Core(input_dim, latent_dim, n_classes, hidden, classifier_hidden, activation, likelihood,
-                            alpha, seed, threads)
-        self._attach(core)
+        seed = _init_seed(seed)
+        threads = _threads_arg(threads)
+        self._attach(self._core_type(input_dim=input_dim, latent_dim=latent_dim, n_classes=n_classes, hidden=hidden,
+                                     classifier_hidden=classifier_hidden, activation=activation,
+                                     likelihood=likelihood, alpha=alpha, seed=seed, threads=threads))
 
     # ------------------------------------------------------------ internals
-    def _attach(self, core):
-        self._core = core
-        cfg = core.config()
+    def _configure(self, cfg):
         self.input_dim = cfg["input_dim"]
         self.latent_dim = cfg["latent_dim"]
         self.n_classes = cfg["n_classes"]
@@ -112,8 +89,12 @@ class M2(ArenaModel):
         self.likelihood = cfg["likelihood"]
         self.alpha = cfg["alpha"]
         self.seed = cfg["seed"]
-        self._attach_arena(core)
-        self.history = {}
+
+    @classmethod
+    def _core_kwargs(cls, c):
+        return dict(input_dim=c["input_dim"], latent_dim=c["latent_dim"], n_classes=c["n_classes"],
+                    hidden=tuple(c["hidden"]), classifier_hidden=tuple(c["classifier_hidden"]),
+                    activation=c["activation"], likelihood=c["likelihood"], alpha=c["alpha"], seed=c["seed"])
 
     def config(self):
         return self._core.config()
@@ -180,14 +161,15 @@ class M2(ArenaModel):
         if n_tot < n_lab:
             raise ValueError(f"n_total: expected at least n_labeled ({n_lab}), got {n_tot}")
         a = self.alpha * n_tot / n_lab if n_lab else 0.0
-        loss, parts = self._core.loss_grad(X_l, y_l, X_u, a, 1.0 / N, 1.0 / N, eps_l, eps_u,
-                                           _seed_arg(seed), _binarize_arg(binarize))
+        loss, parts = self._core.loss_grad(X_labeled=X_l, y_labeled=y_l, X_unlabeled=X_u, alpha=a, wl=1.0 / N,
+                                           wu=1.0 / N, eps_l=eps_l, eps_u=eps_u, seed=_seed_arg(seed),
+                                           binarize=_binarize_arg(binarize))
         self.last_parts = parts
         return loss
 
     def fit(self, X_labeled, y_labeled, X_unlabeled, epochs=10, batch_size=100, lr=1e-3, validation_data=None,
             seed=None, progress=True, binarize=None, labeled_batch_size=None, weighting="balanced", verbose=None,
-            callback=None):
+            callback=None, *, patience=None, checkpoint_dir=None, checkpoint_every=1, resume=None):
         """Train with Adam. An epoch is one pass over ``X_unlabeled`` in batches of
         ``batch_size``; every step also takes a labelled batch of ``labeled_batch_size``
         (default ``min(batch_size, n_labeled)``) from the labelled set, which is cycled
@@ -203,11 +185,19 @@ class M2(ArenaModel):
           then weighs alpha on the labelled mean, and with 100 labels it fitted them too
           slowly (42% test error after 8 epochs against 21% balanced; docs/RESULTS.md).
 
-        Returns the history (also ``model.history``), per-epoch lists: ``loss``,
-        ``labeled_nll`` (mean -log q(y|x) on the labelled batches), ``val_error``
-        (error rate of argmax q(y|x) on ``validation_data=(X, y)``, or None),
-        ``seconds``. ``binarize='dynamic'`` resamples pixels as Bernoulli(grey level) each
-        time an image is used. ``callback(epoch, logs)`` returning True stops training."""
+        Returns the history (also ``model.history``), per-epoch lists: ``loss`` (the mean
+        of the steps' losses), ``labeled_nll`` (mean -log q(y|x) on the labelled batches),
+        ``val_error`` (error rate of argmax q(y|x) on ``validation_data=(X, y)``, or None),
+        ``lr``, ``seconds``, ``examples_per_s`` (unlabelled examples). ``binarize='dynamic'``
+        resamples pixels as Bernoulli(grey level) each time an image is used.
+        ``callback(epoch, logs)`` returning True stops training.
+
+        As ``VAE.fit``: ``patience`` stops when the validation error has not gone down for
+        that many epochs and keeps the best parameters; ``checkpoint_dir``/
+        ``checkpoint_every`` write an atomic ``checkpoint.vaec`` every N epochs and
+        ``resume=path`` continues from one, ending exactly where an uninterrupted run
+        would; a NaN or Inf loss raises FloatingPointError naming the epoch and step, the
+        model keeping its last finite parameters."""
         epochs = _int_arg("epochs", epochs, 0)
         batch_size = _int_arg("batch_size", batch_size, 1)
         lr = _float_arg("lr", lr, 0.0)
@@ -232,62 +222,16 @@ class M2(ArenaModel):
                 raise TypeError("validation_data: expected a pair (X, y)")
             X_val = self._check_data(validation_data[0], "validation_data[0]")
             y_val = self._check_labels(validation_data[1], "validation_data[1]", X_val.shape[0])
-        if seed is not None:
-            self._core.set_rng(seed, 0)
-        state = self._core.state()
-        rng = np.random.default_rng([state["rng_seed"] & (2**63 - 1), state["rng_counter"]])
-        N = n_l + n_u
-        a = self.alpha * N / n_l
-        hist = self.history if self.history else {"loss": [], "labeled_nll": [], "val_error": [], "seconds": []}
-        self.history = hist
-        interactive = progress and (sys.stderr.isatty() or "ipykernel" in sys.modules)
-        l_order, l_pos = rng.permutation(n_l), 0
-        for epoch in range(epochs):
-            t0 = time.perf_counter()
-            order = rng.permutation(n_u)
-            bar = _Progress(n_u, f"epoch {len(hist['loss']) + 1}", interactive)
-            total, nll, steps = 0.0, 0.0, 0
-            try:
-                for start in range(0, n_u, batch_size):
-                    ub = X_u[order[start:start + batch_size]]
-                    if l_pos + lb > n_l:
-                        l_order, l_pos = rng.permutation(n_l), 0
-                    li = l_order[l_pos:l_pos + lb]
-                    l_pos += lb
-                    if weighting == "balanced":
-                        wl, wu = 1.0 / lb, 1.0 / len(ub)
-                    else:
-                        wl, wu = n_l / (N * lb), n_u / (N * len(ub))
-                    loss, parts = self._core.loss_grad(X_l[li], y_l[li], ub, a, wl, wu, None, None, None,
-                                                       bin_flag, lr)
-                    total += loss
-                    nll += parts[1] / lb
-                    steps += 1
-                    bar.update(len(ub), loss)
-            finally:
-                bar.close()
-            secs = time.perf_counter() - t0
-            hist["loss"].append(total / steps)
-            hist["labeled_nll"].append(nll / steps)
-            hist["seconds"].append(secs)
-            err = None
-            if X_val is not None and X_val.shape[0] > 0:
-                err = float(np.mean(self.predict(X_val) != y_val))
-            hist["val_error"].append(err)
-            if verbose or (verbose is None and progress):
-                msg = f"epoch {len(hist['loss']):3d}  loss {total / steps:9.3f}  labelled NLL {nll / steps:7.4f}"
-                if err is not None:
-                    msg += f"  val error {100 * err:6.2f}%"
-                msg += f"  {secs:6.1f}s"
-                print(msg, flush=True)
-            if callback is not None and callback(len(hist["loss"]), {k: v[-1] for k, v in hist.items()}):
-                break
-        return hist
+        patience, checkpoint_every = _fit_options(callback, patience, checkpoint_every, validation_data is not None)
+        plan = _M2Plan(self, X_l, y_l, X_u, X_val, y_val, batch_size=batch_size, labeled_batch_size=lb, lr=lr,
+                       seed=seed, bin_flag=bin_flag, weighting=weighting)
+        return run_fit(self, plan, epochs, progress=progress, verbose=verbose, callback=callback, patience=patience,
+                       checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every, resume=resume)
 
     # ---------------------------------------------------------- evaluation
     def predict_log_proba(self, X):
         """log q(y|x), float32 (n, n_classes)."""
-        return self._core.classify(self._check_data(X, "X"))
+        return self._core.classify(x=self._check_data(X, "X"))
 
     def predict_proba(self, X):
         """q(y|x), float32 (n, n_classes); rows sum to 1."""
@@ -306,7 +250,7 @@ class M2(ArenaModel):
     def encode(self, X, y):
         """(mu, logvar) of q(z|x,y), each float32 (n, latent_dim)."""
         X = self._check_data(X, "X")
-        return self._core.encode(X, self._check_labels(y, "y", X.shape[0]))
+        return self._core.encode(x=X, y=self._check_labels(y, "y", X.shape[0]))
 
     def generate(self, y, z):
         """The decoder's mean (Bernoulli probabilities or Gaussian means) of p(x|y,z),
@@ -314,7 +258,7 @@ class M2(ArenaModel):
         z = np.asarray(z)
         if z.ndim != 2 or z.shape[1] != self.latent_dim:
             raise ValueError(f"z: expected a 2-D array of shape (n, {self.latent_dim}), got shape {z.shape}")
-        return self._core.decode(self._check_labels(y, "y", z.shape[0]), z)
+        return self._core.decode(y=self._check_labels(y, "y", z.shape[0]), z=z)
 
     def elbo(self, X, y=None, eps=None, seed=None, binarize=None):
         """Per example (float64, (n,)): the labelled bound L(x,y) when y is given, else the
@@ -323,81 +267,90 @@ class M2(ArenaModel):
         X = self._check_data(X, "X")
         if y is not None:
             y = self._check_labels(y, "y", X.shape[0])
-        return self._core.elbo(X, y, eps, _seed_arg(seed), _binarize_arg(binarize))
+        return self._core.elbo(x=X, y=y, eps=eps, seed=_seed_arg(seed), binarize=_binarize_arg(binarize))
 
-    # ----------------------------------------------------------------- I/O
-    def save(self, path):
-        """Write the model (config, parameters, optimizer and RNG state, checksum) to a
-        file of kind M2, atomically."""
-        self._core.save(os.fspath(path))
+
+class _M2Plan(FitPlan):
+    """The fit of an M2: one NumPy stream, default_rng([rng_seed & (2**63-1),
+    rng_counter]) at the start of a run (after ``seed`` reset the model's RNG), draws the
+    labelled order first, then each epoch's unlabelled order, and a new labelled order
+    whenever the labelled set runs out; a step is one unlabelled batch and the next
+    labelled batch. The stream's state and the labelled position go into checkpoints."""
+
+    keys = ("loss", "labeled_nll", "val_error", "lr", "seconds", "examples_per_s")
+    epochs_from_history = True
+
+    def __init__(self, model, X_l, y_l, X_u, X_val, y_val, *, batch_size, labeled_batch_size, lr, seed, bin_flag,
+                 weighting):
+        self.model, self.core = model, model._core
+        self.X_l, self.y_l, self.X_u, self.X_val, self.y_val = X_l, y_l, X_u, X_val, y_val
+        self.n_l, self.n_u = X_l.shape[0], X_u.shape[0]
+        self.examples = self.n_u
+        self.batch_size, self.lb, self.const_lr, self.seed = batch_size, labeled_batch_size, lr, seed
+        self.bin_flag, self.weighting = bin_flag, weighting
+        N = self.n_l + self.n_u
+        self.N, self.a = N, model.alpha * N / self.n_l
+
+    def start(self, state):
+        self.rng = self.order_stream(self.core, self.seed)
+        self.l_order, self.l_pos = self.rng.permutation(self.n_l), 0
+
+    def save(self, state):
+        state["order_rng"] = self.rng.bit_generator.state
+        state["labeled_order"] = self.l_order.tolist()
+        state["labeled_pos"] = self.l_pos
+
+    def restore(self, state):
+        try:
+            self.rng = np.random.default_rng()
+            self.rng.bit_generator.state = state["order_rng"]
+            self.l_order, self.l_pos = np.asarray(state["labeled_order"], dtype=np.int64), int(state["labeled_pos"])
+        except (KeyError, TypeError, ValueError):
+            raise ValueError("resume: the checkpoint holds no M2 training position") from None
+        if self.l_order.shape != (self.n_l,) or not 0 <= self.l_pos <= self.n_l:
+            raise ValueError(f"resume: the checkpoint was written for {self.l_order.size} labelled examples, "
+                             f"not {self.n_l}")
+
+    def batches(self, epoch):
+        self.nll = 0.0
+        self.steps = 0
+        order = self.rng.permutation(self.n_u)
+        for start in range(0, self.n_u, self.batch_size):
+            ub = self.X_u[order[start:start + self.batch_size]]
+            yield ub, len(ub)
+
+    def step(self, ub, lr, step):
+        lb, n_l = self.lb, self.n_l
+        if self.l_pos + lb > n_l:
+            self.l_order, self.l_pos = self.rng.permutation(n_l), 0
+        li = self.l_order[self.l_pos:self.l_pos + lb]
+        self.l_pos += lb
+        if self.weighting == "balanced":
+            wl, wu = 1.0 / lb, 1.0 / len(ub)
+        else:
+            wl, wu = n_l / (self.N * lb), self.n_u / (self.N * len(ub))
+        loss, parts = self.core.loss_grad(X_labeled=self.X_l[li], y_labeled=self.y_l[li], X_unlabeled=ub, alpha=self.a,
+                                          wl=wl, wu=wu, binarize=self.bin_flag, lr=lr)
+        self.nll += parts[1] / lb
+        self.steps += 1
+        return loss, 1
+
+    def end_epoch(self, logs):
+        logs["labeled_nll"] = self.nll / self.steps
+        err = None
+        if self.X_val is not None and self.X_val.shape[0] > 0:
+            err = float(np.mean(self.model.predict(self.X_val) != self.y_val))
+        logs["val_error"] = err
+        return None if err is None else -err
+
+    def message(self, number, logs):
+        msg = f"epoch {number:3d}  loss {logs['loss']:9.3f}  labelled NLL {logs['labeled_nll']:7.4f}"
+        if logs["val_error"] is not None:
+            msg += f"  val error {100 * logs['val_error']:6.2f}%"
+        return msg + f"  {logs['seconds']:6.1f}s"
 
 
 def load_m2(path, threads=None):
     """Load an M2 model written by ``M2.save``. FileNotFoundError when missing,
     ValueError when corrupted or not an M2 model."""
-    threads = 0 if threads is None else _int_arg("threads", threads, 1, 256)
-    core = _core.load_m2(os.fspath(path), threads)
-    model = M2.__new__(M2)
-    model._attach(core)
-    return model
-
-
-# --------------------------------------------------------------------- CLI
-def _parser():
-    p = argparse.ArgumentParser(prog="python -m vaec train --model m2",
-                                description="Semi-supervised M2 on MNIST: train with a few labels, report test error.")
-    p.add_argument("--labels", type=int, default=100, help="labelled examples (a multiple of 10; default 100)")
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--batch-size", type=int, default=100)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--latent-dim", type=int, default=50)
-    p.add_argument("--hidden", type=int, nargs="*", default=[500])
-    p.add_argument("--activation", default="softplus")
-    p.add_argument("--alpha", type=float, default=0.1)
-    p.add_argument("--binarize", default="dynamic", choices=["dynamic", "none"])
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--data", default=None, help="directory with the MNIST IDX files (default: $VAEC_DATA, cache)")
-    p.add_argument("--out", default=None, help="save the trained model here")
-    p.add_argument("--quiet", action="store_true")
-    return p
-
-
-def train_cli(args):
-    """Run ``--labels N`` M2 training from a parsed namespace (see ``_parser``): load MNIST,
-    take N/10 labelled examples per class (labelled_subset, seed ``args.seed``), use the
-    rest unlabelled, fit, print and return the test error (a fraction)."""
-    from . import datasets
-    if args.labels % 10:
-        raise SystemExit("--labels must be a multiple of 10 (that many per class / 10)")
-    X, y = datasets.load_mnist("train", path=getattr(args, "data", None))
-    Xt, yt = datasets.load_mnist("test", path=getattr(args, "data", None))
-    X_l, y_l, idx = datasets.labelled_subset(X, y, args.labels // 10, seed=args.seed, return_indices=True)
-    X_u = np.delete(X, idx, axis=0)
-    m = M2(X.shape[1], 10, latent_dim=args.latent_dim, hidden=tuple(args.hidden), activation=args.activation,
-           alpha=args.alpha, seed=args.seed, threads=args.threads)
-    quiet = getattr(args, "quiet", False)
-    if not quiet:
-        print(f"M2: {len(X_l)} labelled, {len(X_u)} unlabelled, {len(Xt)} test; {m.num_params} parameters; "
-              f"{m.threads} threads", flush=True)
-    t0 = time.perf_counter()
-    m.fit(X_l, y_l, X_u, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-          validation_data=(Xt, yt), seed=args.seed, progress=not quiet,
-          binarize=None if args.binarize == "none" else args.binarize)
-    err = m.error_rate(Xt, yt)
-    print(f"test error {100 * err:.2f}% with {args.labels} labels after {args.epochs} epochs "
-          f"({time.perf_counter() - t0:.0f} s)", flush=True)
-    if getattr(args, "out", None):
-        m.save(args.out)
-    return err
-
-
-def main_m2(argv=None):
-    """``python -m vaec.m2 --labels 100 --epochs 10``: the CLI entry (argv without the
-    program name)."""
-    train_cli(_parser().parse_args(argv))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main_m2())
+    return _load_as(path, threads, M2)

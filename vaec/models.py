@@ -1,232 +1,25 @@
-"""The models: thin Python over the C core (vaec._core).
+"""The autoencoders: thin Python over the C core (vaec._core.VAECore).
 
-Everything numerical happens in C; this module validates arguments, builds the named
-zero-copy parameter views, and runs the fit loop with its progress bar and history.
+Everything numerical happens in C; this module validates the VAE's and the
+Autoencoder's arguments and supplies their plan to the shared fit driver
+(vaec/_base.py, which also holds the arena views, files and checkpoints).
 """
 from __future__ import annotations
-
-import json
-import math
-import numbers
-import os
-import sys
-import time
 
 import numpy as np
 
 from . import _core
+from ._base import (ACTIVATIONS, LIKELIHOODS, MAX_SAMPLES, ArenaModel, FitPlan, _activation_arg,  # noqa: F401
+                    _binarize_arg, _choice, _data_matrix, _fit_options, _float_arg, _init_seed, _int_arg,
+                    _likelihood_arg, _seed_arg, _threads_arg, _widths, load, register_kind, run_fit)
+from ._base import Progress as _Progress  # noqa: F401  (the old name of the progress bar)
 
 __all__ = ["ArenaModel", "VAE", "Autoencoder", "gradient_variance", "load"]
 
-ACTIVATIONS = ("tanh", "relu", "softplus", "sigmoid", "elu", "leaky_relu")
-MAX_SAMPLES = 10_000_000
 BURDA_STAGES = 8  # 3^i epochs at lr * 10^(-i/7), i = 0..7 (Burda et al. 2016)
-LIKELIHOODS = ("bernoulli", "gaussian")
 ESTIMATORS = ("reparam", "score")
 ALGORITHMS = ("aevb", "wake-sleep")
 BASELINE_DECAY = 0.9  # the running-mean baseline: b <- 0.9 b + 0.1 mean log p(x|z)
-
-
-def _choice(name, value, options):
-    if not isinstance(value, str) or value not in options:
-        raise ValueError(f"{name}: expected one of {', '.join(map(repr, options))}, got {value!r}")
-    return value
-
-
-def _int_arg(name, value, low=1, high=None):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name}: expected an integer, got {type(value).__name__}")
-    value = int(value)
-    if value < low or (high is not None and value > high):
-        hi = f" and {high}" if high is not None else ""
-        raise ValueError(f"{name}: expected an integer {'>= ' + str(low) if high is None else 'between ' + str(low)}{hi}, got {value}")
-    return value
-
-
-def _float_arg(name, value, low=None, low_inclusive=True):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name}: expected a number, got {type(value).__name__}")
-    value = float(value)
-    if not math.isfinite(value):
-        raise ValueError(f"{name}: expected a finite number, got {value}")
-    if low is not None and (value < low or (value == low and not low_inclusive)):
-        raise ValueError(f"{name}: expected a number {'>=' if low_inclusive else '>'} {low}, got {value}")
-    return value
-
-
-def _seed_arg(seed):
-    if seed is None:
-        return None
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-        raise TypeError(f"seed: expected None or a non-negative integer, got {type(seed).__name__}")
-    if not 0 <= int(seed) < 2**64:
-        raise ValueError(f"seed: expected an integer in [0, 2**64), got {seed}")
-    return int(seed)
-
-
-def _data_matrix(X, name, width):
-    """A data set as an (n, width) array: uint8 and float32 arrays as they are (the C core
-    scales uint8 itself and copies what is not contiguous), anything else converted once
-    to float32. The errors name the argument."""
-    if X is None:
-        raise TypeError(f"{name}: expected an array, got None")
-    if isinstance(X, np.ndarray) and X.dtype in (np.uint8, np.float32):
-        arr = X
-    else:
-        try:
-            arr = np.asarray(X)
-        except Exception as e:  # ragged lists and the like
-            raise ValueError(f"{name}: expected a 2-D array of shape (n, {width})") from e
-        if arr.dtype.kind not in "biuf":
-            raise TypeError(f"{name}: expected a real-valued numeric array (float32 or uint8 preferred), "
-                            f"got dtype {arr.dtype}")
-        if arr.dtype != np.uint8:
-            arr = np.ascontiguousarray(arr, dtype=np.float32)
-    if arr.ndim != 2 or arr.shape[1] != width:
-        raise ValueError(f"{name}: expected a 2-D array of shape (n, {width}), got shape {arr.shape}")
-    return arr
-
-
-def _binarize_arg(binarize):
-    if binarize in (None, False, "none"):
-        return False
-    if binarize in (True, "dynamic"):
-        return True
-    raise ValueError(f"binarize: expected None, False or 'dynamic', got {binarize!r} "
-                     "(for a fixed binarization use vaec.datasets.binarize(X, 'static') once)")
-
-
-class _Progress:
-    """A progress bar: tqdm (terminal and Jupyter) when installed, else a plain line."""
-
-    def __init__(self, total, desc, enabled):
-        self.bar = None
-        self.enabled = enabled
-        self.total = total
-        self.desc = desc
-        self.n = 0
-        if not enabled:
-            return
-        try:
-            from tqdm.auto import tqdm
-        except ImportError:
-            return
-        self.bar = tqdm(total=total, desc=desc, unit="ex", unit_scale=True, leave=False, dynamic_ncols=True)
-
-    def update(self, n, loss):
-        self.n += n
-        if self.bar is not None:
-            self.bar.update(n)
-            self.bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
-
-    def close(self):
-        if self.bar is not None:
-            self.bar.close()
-
-
-class ArenaModel:
-    """What every vaec model shares: its C core's parameter arena as named zero-copy
-    views (``params``, ``grads``), state_dict / load_state_dict, and Adam's settings.
-    A subclass sets ``self._core`` (a binding type with arena(), tensors(), state(),
-    set_adam() and reset_optimizer()) and calls ``_attach_arena``."""
-
-    def _attach_arena(self, core):
-        self._core = core
-        self._arenas = {k: core.arena(k) for k in ("params", "grads", "adam_m", "adam_v")}
-        self._tensors = core.tensors()
-        self.params = self._views("params")
-        self.grads = self._views("grads")
-
-    def _views(self, which, flat=None):
-        """Name -> view of one arena buffer (or of ``flat``, an array laid out like it). A
-        tensor the core keeps transposed (the VAE's first weight, as W^T for its sparse
-        path) is shown in its own shape as a column-major view: still zero-copy."""
-        flat = self._arenas[which] if flat is None else flat
-        out = {}
-        for name, offset, shape, transposed in self._tensors:
-            size = int(np.prod(shape))
-            block = flat[offset:offset + size]
-            out[name] = block.reshape(shape[::-1]).T if transposed else block.reshape(shape)
-        return out
-
-    def _rowmajor(self, flat):
-        """A copy of an arena-shaped array with every tensor row-major (the layout of the
-        model file, and of anything kept across versions)."""
-        out = np.array(flat, dtype=np.float32, copy=True)
-        views = self._views(None, flat)
-        for name, offset, shape, transposed in self._tensors:
-            if transposed:
-                out[offset:offset + views[name].size] = views[name].ravel()
-        return out
-
-    def _from_rowmajor(self, flat):
-        """The inverse of ``_rowmajor``: a row-major arena-shaped array in the core's layout."""
-        flat = np.asarray(flat, dtype=np.float32)
-        out = flat.copy()
-        views = self._views(None, out)
-        for name, offset, shape, transposed in self._tensors:
-            if transposed:
-                views[name][...] = flat[offset:offset + int(np.prod(shape))].reshape(shape)
-        return out
-
-    @property
-    def threads(self):
-        return self._core.state()["threads"]
-
-    @property
-    def num_params(self):
-        return sum(v.size for v in self.params.values())
-
-    # ---------------------------------------------------------- parameters
-    def state_dict(self):
-        """A dict name -> float32 array (copies), in the order of ``params``."""
-        return {k: v.copy() for k, v in self.params.items()}
-
-    def load_state_dict(self, state_dict, strict=True):
-        """Copy parameters in from a mapping name -> array-like (NumPy arrays, lists, or
-        torch tensors: anything ``np.asarray`` takes). With ``strict``, the keys must match
-        exactly. Shapes are checked and values must be finite; nothing is changed unless
-        every entry is valid."""
-        if not hasattr(state_dict, "keys"):
-            raise TypeError(f"state_dict: expected a mapping name -> array, got {type(state_dict).__name__}")
-        keys = set(state_dict.keys())
-        missing = [k for k in self.params if k not in keys]
-        unexpected = [k for k in keys if k not in self.params]
-        if strict and (missing or unexpected):
-            raise KeyError(f"state_dict: missing keys {missing}, unexpected keys {sorted(map(str, unexpected))}")
-        staged = {}
-        for name in self.params:
-            if name not in keys:
-                continue
-            value = state_dict[name]
-            if hasattr(value, "detach") and hasattr(value, "cpu"):  # a torch tensor
-                value = value.detach().cpu()
-            arr = np.asarray(value)
-            if arr.dtype.kind not in "biuf":
-                raise TypeError(f"state_dict[{name!r}]: expected a real-valued array, got dtype {arr.dtype}")
-            arr = arr.astype(np.float32)
-            if arr.shape != self.params[name].shape:
-                raise ValueError(f"state_dict[{name!r}]: expected shape {self.params[name].shape}, got {arr.shape}")
-            if not np.all(np.isfinite(arr)):
-                raise ValueError(f"state_dict[{name!r}]: contains NaN or Inf")
-            staged[name] = arr
-        for name, arr in staged.items():
-            self.params[name][...] = arr
-
-    def set_optimizer(self, beta1=0.9, beta2=0.999, eps=1e-8, reset=False):
-        """Adam's hyper-parameters (kept in the model file); ``reset`` zeroes its moments.
-        ``eps`` must be at least 1e-30 (Adam adds eps * sqrt(1 - beta2^t), which has to stay
-        a normal float)."""
-        self._core.set_adam(_float_arg("beta1", beta1, 0.0), _float_arg("beta2", beta2, 0.0),
-                            _float_arg("eps", eps, 0.0, low_inclusive=False))
-        if reset:
-            self._core.reset_optimizer()
-
-    @property
-    def optimizer_state(self):
-        """Adam's step count and hyper-parameters, and the RNG stream position."""
-        return self._core.state()
-
 
 
 class _Coder(ArenaModel):
@@ -240,33 +33,19 @@ class _Coder(ArenaModel):
                  seed=0, threads=None, flow=None):
         input_dim = _int_arg("input_dim", input_dim, 1, 2**26)
         latent_dim = _int_arg("latent_dim", latent_dim, 1, 2**20)
-        if isinstance(hidden, numbers.Integral) and not isinstance(hidden, bool):
-            hidden = (hidden,)
-        try:
-            hidden = tuple(hidden)
-        except TypeError:
-            raise TypeError(f"hidden: expected a sequence of layer widths, got {type(hidden).__name__}") from None
-        if len(hidden) > 8:
-            raise ValueError(f"hidden: at most 8 hidden layers, got {len(hidden)}")
-        hidden = tuple(_int_arg(f"hidden[{i}]", h, 1, 2**20) for i, h in enumerate(hidden))
-        if not isinstance(activation, str) or activation not in ACTIVATIONS:
-            raise ValueError(f"activation: expected one of {', '.join(map(repr, ACTIVATIONS))}, got {activation!r}")
-        if not isinstance(likelihood, str) or likelihood not in LIKELIHOODS:
-            raise ValueError(f"likelihood: expected 'bernoulli' or 'gaussian', got {likelihood!r}")
-        seed = _seed_arg(seed)
-        if seed is None:
-            seed = int.from_bytes(os.urandom(8), "little")
-        threads = 0 if threads is None else _int_arg("threads", threads, 1, 256)
+        hidden = _widths("hidden", hidden)
+        _activation_arg(activation)
+        _likelihood_arg(likelihood)
+        seed = _init_seed(seed)
+        threads = _threads_arg(threads)
         if flow is not None and not isinstance(flow, str):
             raise TypeError(f"flow: expected None or a spec such as 'planar:10', got {type(flow).__name__}")
-        core = _core.VAECore(input_dim, latent_dim, hidden, activation, likelihood, seed, threads, flow or "",
-                             self._deterministic)
-        self._attach(core)
+        self._attach(self._core_type(input_dim=input_dim, latent_dim=latent_dim, hidden=hidden, activation=activation,
+                                     likelihood=likelihood, seed=seed, threads=threads, flow=flow or "",
+                                     deterministic=self._deterministic))
 
     # ------------------------------------------------------------ internals
-    def _attach(self, core):
-        self._core = core
-        cfg = core.config()
+    def _configure(self, cfg):
         self.input_dim = cfg["input_dim"]
         self.latent_dim = cfg["latent_dim"]
         self.hidden = tuple(cfg["hidden"])
@@ -274,14 +53,27 @@ class _Coder(ArenaModel):
         self.likelihood = cfg["likelihood"]
         self.seed = cfg["seed"]
         self.flow = cfg.get("flow") or None
-        self._attach_arena(core)
-        self.history = {}
         self._baseline = None  # the score estimator's running-mean baseline
+
+    @classmethod
+    def _core_kwargs(cls, c):
+        return dict(input_dim=c["input_dim"], latent_dim=c["latent_dim"], hidden=tuple(c["hidden"]),
+                    activation=c["activation"], likelihood=c["likelihood"], seed=c["seed"], flow=c.get("flow") or "",
+                    deterministic=bool(c.get("deterministic")))
+
+    def _pickle_extra(self):
+        return {"baseline": self._baseline}
+
+    def _unpickle_extra(self, d):
+        self._baseline = d.get("baseline")
 
     def __repr__(self):
         return (f"{type(self).__name__}(input_dim={self.input_dim}, latent_dim={self.latent_dim}, hidden={self.hidden}, "
                 f"activation={self.activation!r}, likelihood={self.likelihood!r}, seed={self.seed}"
                 + (f", flow={self.flow!r})" if self.flow else ")"))
+
+    def _check_data(self, X, name):
+        return _data_matrix(X, name, self.input_dim)
 
     # ------------------------------------------------------------ training
     def loss_and_grad(self, x, eps=None, seed=None, samples=None, binarize=None, iw_samples=None, beta=1.0,
@@ -307,8 +99,10 @@ class _Coder(ArenaModel):
     def _loss_grad(self, x, lr, eps, seed, samples, binarize, iw_samples, beta, free_bits, estimator, baseline):
         samples, iw = self._objective_samples(samples, iw_samples, eps)
         score, b = self._estimator_args(estimator, baseline, iw)
-        loss = self._core.loss_grad(x, eps, samples, _seed_arg(seed), _binarize_arg(binarize), lr, iw,
-                                    _float_arg("beta", beta, 0.0), _float_arg("free_bits", free_bits, 0.0), score, b)
+        loss = self._core.loss_grad(x=x, eps=eps, samples=samples, seed=_seed_arg(seed),
+                                    binarize=_binarize_arg(binarize), lr=lr, iw=iw,
+                                    beta=_float_arg("beta", beta, 0.0), free_bits=_float_arg("free_bits", free_bits, 0.0),
+                                    score=score, baseline=b)
         if baseline == "mean":
             self._update_baseline(self._core.last_rec())
         return loss
@@ -413,11 +207,7 @@ class _Coder(ArenaModel):
         score, _ = self._estimator_args(estimator, baseline, iw)
         if not (callable(lr_schedule) or lr_schedule in ("constant", "exponential", "burda")):
             raise ValueError(f"lr_schedule: expected 'constant', 'exponential', 'burda' or a callable, got {lr_schedule!r}")
-        if patience is not None:
-            patience = _int_arg("patience", patience, 1)
-            if validation_data is None:
-                raise ValueError("patience: early stopping needs validation_data")
-        checkpoint_every = _int_arg("checkpoint_every", checkpoint_every, 1)
+        patience, checkpoint_every = _fit_options(callback, patience, checkpoint_every, validation_data is not None)
         X = self._check_data(X, "X")
         if X.shape[0] == 0:
             raise ValueError("X: empty data set")
@@ -425,117 +215,11 @@ class _Coder(ArenaModel):
         if validation_data is not None:
             X_val = validation_data[0] if isinstance(validation_data, tuple) else validation_data
             X_val = self._check_data(X_val, "validation_data")
-        n = X.shape[0]
-        steps_per_epoch = -(-n // batch_size)
-
-        if resume is not None:
-            state, best_params = self._resume(resume)
-        else:
-            if seed is not None:
-                self._core.set_rng(seed, 0)
-            st = self._core.state()
-            base = seed if seed is not None else int(np.random.SeedSequence(
-                [st["rng_seed"], st["rng_counter"]]).generate_state(1, np.uint64)[0])
-            # a later fit continues the model's history (the schedules start afresh)
-            history = {k: list(self.history.get(k, [])) for k in
-                       ("loss", self._val_key, "lr", "beta", "seconds", "examples_per_s")}
-            state = {"epoch": 0, "step": 0, "base_seed": int(base), "best_val": None, "best_epoch": None,
-                     "bad_epochs": 0, "history": history}
-            best_params = None
-        hist = state["history"]
-        self.history = hist
-        interactive = progress and (sys.stderr.isatty() or "ipykernel" in sys.modules)
-        ckpt_path = None
-        if checkpoint_dir is not None:
-            os.makedirs(checkpoint_dir, exist_ok=True)
-            ckpt_path = os.path.join(os.fspath(checkpoint_dir), "checkpoint.vaec")
-
-        def lr_at(epoch):
-            if callable(lr_schedule):
-                return _float_arg("lr_schedule(epoch)", lr_schedule(epoch), 0.0)
-            if lr_schedule == "exponential":
-                return lr * lr_decay ** epoch
-            if lr_schedule == "burda":
-                i, end = 0, 1
-                while epoch >= end and i < BURDA_STAGES - 1:
-                    i += 1
-                    end += 3 ** i
-                return lr * 10 ** (-i / 7)
-            return lr
-
-        def beta_at(step):
-            if warmup is None:
-                return beta
-            if warmup == "rezende":
-                return beta * min(1.0, 0.01 + step / 10000)
-            return beta * min(1.0, (step + 1) / (warmup * steps_per_epoch))
-
-        stopped = False
-        while state["epoch"] < epochs and not stopped:
-            epoch = state["epoch"]
-            lr_e = lr_at(epoch)
-            t0 = time.perf_counter()
-            order = (np.random.default_rng([state["base_seed"], epoch]).permutation(n) if shuffle else None)
-            bar = _Progress(n, f"epoch {epoch + 1}", interactive)
-            total, seen, beta_t, sleep_total = 0.0, 0, beta, 0.0
-            try:
-                for b, start in enumerate(range(0, n, batch_size)):
-                    xb = X[order[start:start + batch_size]] if shuffle else X[start:start + batch_size]
-                    beta_t = beta_at(state["step"])
-                    try:
-                        if algorithm == "wake-sleep":
-                            loss, sleep_loss = self._core.wake_sleep(xb, None, bin_flag, lr_e)
-                            sleep_total += sleep_loss * len(xb)
-                        else:
-                            bl = (self._baseline or 0.0) if baseline == "mean" else (baseline or 0.0)
-                            loss = self._core.loss_grad(xb, None, samples, None, bin_flag, lr_e, iw, beta_t, free_bits,
-                                                        score, bl)
-                            if baseline == "mean":
-                                self._update_baseline(self._core.last_rec())
-                    except FloatingPointError as e:
-                        where = f" The last checkpoint, {ckpt_path}, is intact." if ckpt_path and os.path.exists(ckpt_path) else ""
-                        raise FloatingPointError(
-                            f"training stopped at epoch {epoch + 1}, step {b + 1} (global step {state['step'] + 1}): {e}. "
-                            f"The model keeps its last finite parameters.{where}") from None
-                    state["step"] += 1
-                    total += loss * len(xb)
-                    seen += len(xb)
-                    bar.update(len(xb), loss)
-            finally:
-                bar.close()
-            secs = time.perf_counter() - t0
-            val = None
-            if X_val is not None and X_val.shape[0] > 0:
-                val = float(np.mean(self._core.elbo(X_val, None, 1, 0, bin_flag)))
-            # the C "ELBO" of an autoencoder is minus its loss: the history keeps the loss
-            val_h = None if val is None else (-val if self._deterministic else val)
-            for k, v in (("loss", total / seen), (self._val_key, val_h), ("lr", lr_e), ("beta", beta_t),
-                         ("seconds", secs), ("examples_per_s", seen / secs if secs > 0 else float("inf"))):
-                hist[k].append(v)
-            if algorithm == "wake-sleep":
-                hist.setdefault("sleep_loss", []).append(sleep_total / seen)
-            state["epoch"] = epoch + 1
-            if patience is not None and val is not None:
-                if state["best_val"] is None or val > state["best_val"]:
-                    state.update(best_val=val, best_epoch=epoch + 1, bad_epochs=0)
-                    best_params = self._arenas["params"].copy()
-                else:
-                    state["bad_epochs"] += 1
-                    stopped = state["bad_epochs"] >= patience
-            if verbose or (verbose is None and progress):
-                msg = f"epoch {epoch + 1:3d}  loss {total / seen:9.3f}"
-                if val is not None:
-                    msg += f"  val loss {-val:9.3f}" if self._deterministic else f"  val ELBO {val:9.3f}"
-                msg += f"  {seen / secs:9.0f} ex/s  {secs:6.2f}s"
-                print(msg, flush=True)
-            if ckpt_path and (state["epoch"] % checkpoint_every == 0 or state["epoch"] == epochs or stopped):
-                self._checkpoint(ckpt_path, state, best_params)
-            if callback is not None and callback(epoch + 1, {k: v[-1] for k, v in hist.items()}):
-                break
-        if patience is not None and best_params is not None:
-            self._arenas["params"][...] = best_params
-            hist["best_epoch"] = state["best_epoch"]
-        return hist
+        plan = _CoderPlan(self, X, X_val, batch_size=batch_size, lr=lr, lr_schedule=lr_schedule, lr_decay=lr_decay,
+                          shuffle=shuffle, seed=seed, samples=samples, iw=iw, beta=beta, warmup=warmup,
+                          free_bits=free_bits, bin_flag=bin_flag, algorithm=algorithm, score=score, baseline=baseline)
+        return run_fit(self, plan, epochs, progress=progress, verbose=verbose, callback=callback, patience=patience,
+                       checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every, resume=resume)
 
     def _check_fit_options(self, algorithm, iw, samples, beta, warmup, free_bits, estimator):
         if algorithm == "wake-sleep":
@@ -545,71 +229,102 @@ class _Coder(ArenaModel):
                 raise ValueError("algorithm: wake-sleep takes none of iw_samples, samples, beta, warmup, free_bits, "
                                  "estimator")
 
-    def _checkpoint(self, path, state, best_params):
-        """The model file with the trainer's state (JSON, then the best parameters) as its
-        extra record: one atomic file."""
-        blob = json.dumps(state).encode() + b"\0"
-        if best_params is not None:
-            blob += self._rowmajor(best_params).astype("<f4").tobytes()
-        self._core.save(path, blob)
 
-    def _resume(self, path):
-        core, extra = _core.load(os.fspath(path), self.threads)
-        # the architecture must match; the initialization seed need not (the checkpoint's
-        # parameters and RNG state replace it)
-        mine = {k: v for k, v in self._core.config().items() if k != "seed"}
-        if {k: v for k, v in core.config().items() if k != "seed"} != mine:
-            raise ValueError(f"resume: {os.fspath(path)} holds a model of another configuration "
-                             f"({core.config()}) than this one ({self._core.config()})")
-        if not extra or b"\0" not in extra:
-            raise ValueError(f"resume: {os.fspath(path)} is a model file without training state "
-                             "(write checkpoints with fit(..., checkpoint_dir=...))")
-        head, _, tail = extra.partition(b"\0")
-        try:
-            state = json.loads(head.decode())
-        except ValueError:
-            raise ValueError(f"resume: {os.fspath(path)} has an unreadable training state") from None
-        for k in ("params", "adam_m", "adam_v"):
-            self._arenas[k][...] = core.arena(k)
-        s = core.state()
-        self._core.set_adam(s["beta1"], s["beta2"], s["adam_eps"])
-        self._core.set_rng(s["rng_seed"], s["rng_counter"], s["step"])
-        best = None
-        if tail:
-            best = np.frombuffer(tail, "<f4").astype(np.float32)
-            if best.size != self._arenas["params"].size:
-                raise ValueError(f"resume: {os.fspath(path)} has best parameters of the wrong size")
-            best = self._from_rowmajor(best)
-        return state, best
+class _CoderPlan(FitPlan):
+    """The fit of a VAE or an Autoencoder: epoch e's order is
+    default_rng([base_seed, e]).permutation(n), base_seed being fit's seed or drawn
+    once from the model's RNG position; one step per batch of the objective (AEVB with
+    its estimator, or a wake-sleep pair), its KL weight annealed per step; the
+    validation ELBO (an Autoencoder: loss) under seed 0 after each epoch."""
 
-    def _check_data(self, X, name):
-        return _data_matrix(X, name, self.input_dim)
+    def __init__(self, model, X, X_val, *, batch_size, lr, lr_schedule, lr_decay, shuffle, seed, samples, iw, beta,
+                 warmup, free_bits, bin_flag, algorithm, score, baseline):
+        self.model, self.core = model, model._core
+        self.X, self.X_val = X, X_val
+        self.examples = X.shape[0]
+        self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
+        self.base_lr, self.lr_schedule, self.lr_decay = lr, lr_schedule, lr_decay
+        self.samples, self.iw, self.beta, self.warmup, self.free_bits = samples, iw, beta, warmup, free_bits
+        self.bin_flag, self.algorithm, self.score, self.baseline = bin_flag, algorithm, score, baseline
+        self.steps_per_epoch = -(-X.shape[0] // batch_size)
+        self.keys = ("loss", model._val_key, "lr", "beta", "seconds", "examples_per_s")
 
-    # ----------------------------------------------------------------- I/O
-    def save(self, path):
-        """Write the model (config, parameters, optimizer and RNG state, checksum) to a
-        ``.vaec`` file, atomically (a temporary file, then a rename)."""
-        self._core.save(os.fspath(path))
+    # the shuffling: one base seed per run, kept in the checkpoints
+    def start(self, state):
+        if self.seed is not None:
+            self.core.set_rng(seed=self.seed, counter=0)
+        st = self.core.state()
+        base = self.seed if self.seed is not None else int(np.random.SeedSequence(
+            [st["rng_seed"], st["rng_counter"]]).generate_state(1, np.uint64)[0])
+        state["base_seed"] = int(base)
+        self.base_seed = int(base)
 
-    def __getstate__(self):
-        state = self._core.state()
-        return {"config": self._core.config(), "arenas": {k: self._rowmajor(v) for k, v in self._arenas.items()},
-                "state": state, "history": self.history, "baseline": self._baseline}
+    def restore(self, state):
+        self.base_seed = state["base_seed"]
 
-    def __setstate__(self, d):
-        c = d["config"]
-        core = _core.VAECore(c["input_dim"], c["latent_dim"], tuple(c["hidden"]), c["activation"],
-                             c["likelihood"], c["seed"], 0, c.get("flow") or "", bool(c.get("deterministic")))
-        self._attach(core)
-        self._baseline = d.get("baseline")
-        for k, v in d["arenas"].items():
-            self._arenas[k][...] = self._from_rowmajor(v)
-        s = d["state"]
-        core.set_adam(s["beta1"], s["beta2"], s["adam_eps"])
-        core.set_rng(s["rng_seed"], s["rng_counter"], s["step"])
-        self.history = d.get("history", {})
+    def lr(self, epoch):
+        lr_schedule, lr = self.lr_schedule, self.base_lr
+        if callable(lr_schedule):
+            return _float_arg("lr_schedule(epoch)", lr_schedule(epoch), 0.0)
+        if lr_schedule == "exponential":
+            return lr * self.lr_decay ** epoch
+        if lr_schedule == "burda":
+            i, end = 0, 1
+            while epoch >= end and i < BURDA_STAGES - 1:
+                i += 1
+                end += 3 ** i
+            return lr * 10 ** (-i / 7)
+        return lr
+
+    def _beta_at(self, step):
+        if self.warmup is None:
+            return self.beta
+        if self.warmup == "rezende":
+            return self.beta * min(1.0, 0.01 + step / 10000)
+        return self.beta * min(1.0, (step + 1) / (self.warmup * self.steps_per_epoch))
+
+    def batches(self, epoch):
+        X, n, bs = self.X, self.X.shape[0], self.batch_size
+        self.beta_t, self.sleep_total = self.beta, 0.0
+        order = np.random.default_rng([self.base_seed, epoch]).permutation(n) if self.shuffle else None
+        for start in range(0, n, bs):
+            xb = X[order[start:start + bs]] if self.shuffle else X[start:start + bs]
+            yield xb, len(xb)
+
+    def step(self, xb, lr, step):
+        self.beta_t = self._beta_at(step)
+        if self.algorithm == "wake-sleep":
+            loss, sleep_loss = self.core.wake_sleep(x=xb, binarize=self.bin_flag, lr=lr)
+            self.sleep_total += sleep_loss * len(xb)
+            return loss, len(xb)
+        model, baseline = self.model, self.baseline
+        bl = (model._baseline or 0.0) if baseline == "mean" else (baseline or 0.0)
+        loss = self.core.loss_grad(x=xb, samples=self.samples, binarize=self.bin_flag, lr=lr, iw=self.iw,
+                                   beta=self.beta_t, free_bits=self.free_bits, score=self.score, baseline=bl)
+        if baseline == "mean":
+            model._update_baseline(self.core.last_rec())
+        return loss, len(xb)
+
+    def end_epoch(self, logs):
+        val = None
+        if self.X_val is not None and self.X_val.shape[0] > 0:
+            val = float(np.mean(self.core.elbo(x=self.X_val, samples=1, seed=0, binarize=self.bin_flag)))
+        # the C "ELBO" of an autoencoder is minus its loss: the history keeps the loss
+        logs[self.model._val_key] = None if val is None else (-val if self.model._deterministic else val)
+        logs["beta"] = self.beta_t
+        if self.algorithm == "wake-sleep":
+            logs["sleep_loss"] = self.sleep_total / self.examples
+        self.val = val
+        return val
+
+    def message(self, number, logs):
+        msg = f"epoch {number:3d}  loss {logs['loss']:9.3f}"
+        if self.val is not None:
+            msg += f"  val loss {-self.val:9.3f}" if self.model._deterministic else f"  val ELBO {self.val:9.3f}"
+        return msg + f"  {logs['examples_per_s']:9.0f} ex/s  {logs['seconds']:6.2f}s"
 
 
+@register_kind(_core.KIND_VAE)
 class VAE(_Coder):
     """A variational autoencoder with a Gaussian encoder q(z|x) = N(mu, diag exp(logvar)).
 
@@ -646,7 +361,7 @@ class VAE(_Coder):
         """The per-example ELBO (float64, shape (n,)), averaged over ``samples`` draws."""
         if eps is not None and samples == 1:
             samples = None  # taken from eps
-        return self._core.elbo(X, eps, samples, _seed_arg(seed), _binarize_arg(binarize))
+        return self._core.elbo(x=X, eps=eps, samples=samples, seed=_seed_arg(seed), binarize=_binarize_arg(binarize))
 
     def iwae_bound(self, X, samples=5, seed=None, binarize=None, batch_size=None):
         """The k-sample importance-weighted bound log (1/k) sum_l p(x, z_l) / q(z_l|x) per
@@ -670,7 +385,7 @@ class VAE(_Coder):
         for b, start in enumerate(range(0, X.shape[0], bs)):
             # independent noise per batch: the batch index goes into the seed
             s = None if seed is None else int(np.random.SeedSequence([seed, b]).generate_state(1, np.uint64)[0])
-            out[start:start + bs] = self._core.iwae(X[start:start + bs], None, k, s, bin_flag)
+            out[start:start + bs] = self._core.iwae(x=X[start:start + bs], samples=k, seed=s, binarize=bin_flag)
         return out
 
     def kl_per_dim(self, X):
@@ -678,7 +393,7 @@ class VAE(_Coder):
         X = self._check_data(X, "X")
         total = np.zeros(self.latent_dim)
         for start in range(0, X.shape[0], 8192):
-            mu, lv = (a.astype(np.float64) for a in self._core.encode(X[start:start + 8192]))
+            mu, lv = (a.astype(np.float64) for a in self._core.encode(x=X[start:start + 8192]))
             total += 0.5 * np.sum(mu * mu + np.exp(lv) - 1.0 - lv, axis=0)
         return total / max(X.shape[0], 1)
 
@@ -689,41 +404,42 @@ class VAE(_Coder):
         X = self._check_data(X, "X")
         if X.shape[0] < 2:
             raise ValueError("X: active_units needs at least 2 examples")
-        mu = np.concatenate([self._core.encode(X[s:s + 8192])[0] for s in range(0, X.shape[0], 8192)])
+        mu = np.concatenate([self._core.encode(x=X[s:s + 8192])[0] for s in range(0, X.shape[0], 8192)])
         return int(np.sum(np.var(mu.astype(np.float64), axis=0) > threshold))
 
     def encode(self, X):
         """(mu, logvar) of q(z|x), each float32 (n, latent_dim)."""
-        return self._core.encode(X)
+        return self._core.encode(x=X)
 
     def code(self, X):
         """One point in latent space per example, float32 (n, latent_dim): the posterior
         mean mu(x), or with a flow f_K(...f_1(mu(x))), q0's mean carried through the flow
         (the decoder's input space). Used by ``vaec.plot.interpolation``."""
-        mu = self._core.encode(X)[0]
-        return self._core.flow(mu)[0] if self.flow else mu
+        mu = self._core.encode(x=X)[0]
+        return self._core.flow(z=mu)[0] if self.flow else mu
 
     def flow_transform(self, Z):
         """The posterior's flow on codes Z (n, latent_dim): (z_K, log|det dz_K/dz|),
         float32 and float64; the identity (log-det 0) without a flow."""
-        return self._core.flow(Z)
+        return self._core.flow(z=Z)
 
     def decode(self, Z):
         """Bernoulli probabilities or Gaussian means for latent codes Z (n, latent_dim)."""
-        return self._core.decode(Z)
+        return self._core.decode(z=Z)
 
     def reconstruct(self, X):
         """decode(mu(x)): the reconstruction through the posterior mean."""
-        return self._core.decode(self._core.encode(X)[0])
+        return self._core.decode(z=self._core.encode(x=X)[0])
 
     def sample(self, n, seed=None):
         """n draws of the decoder's mean at z ~ N(0, I), float32 (n, input_dim)."""
         n = _int_arg("n", n, 0)
         rng = np.random.default_rng(_seed_arg(seed))
         z = rng.standard_normal((n, self.latent_dim), dtype=np.float32)
-        return self._core.decode(z)
+        return self._core.decode(z=z)
 
 
+@register_kind(_core.KIND_AE)
 class Autoencoder(_Coder):
     """A deterministic autoencoder on the same C layers as ``VAE``: code z = f(x) (one
     linear head after the encoder's hidden layers), reconstruction g(z) from the mirrored
@@ -751,19 +467,19 @@ class Autoencoder(_Coder):
 
     def loss(self, X, binarize=None, seed=None):
         """The per-example reconstruction loss (float64, shape (n,))."""
-        return -self._core.elbo(X, None, 1, _seed_arg(seed), _binarize_arg(binarize))
+        return -self._core.elbo(x=X, samples=1, seed=_seed_arg(seed), binarize=_binarize_arg(binarize))
 
     def encode(self, X):
         """The codes f(x), float32 (n, latent_dim)."""
-        return self._core.encode(X)[0]
+        return self._core.encode(x=X)[0]
 
     def decode(self, Z):
         """Bernoulli probabilities or Gaussian means for codes Z (n, latent_dim)."""
-        return self._core.decode(Z)
+        return self._core.decode(z=Z)
 
     def reconstruct(self, X):
         """decode(encode(x))."""
-        return self._core.decode(self.encode(X))
+        return self._core.decode(z=self.encode(X))
 
 
 def gradient_variance(model, X, estimator="reparam", samples=100, baseline=None, mc_samples=1, seed=0,
@@ -804,22 +520,3 @@ def gradient_variance(model, X, estimator="reparam", samples=100, baseline=None,
             m2[k] += d * (g - mean[k])
     var = {k: m2[k] / (S - 1) for k in names}
     return (mean, var) if return_mean else var
-
-
-def load(path, threads=None):
-    """Load a model written by ``save`` (a VAE, Autoencoder, M2 or Flow: the file says which). Raises
-    FileNotFoundError when the file is missing and ValueError when it is corrupted,
-    truncated or not a vaec model."""
-    threads = 0 if threads is None else _int_arg("threads", threads, 1, 256)
-    kind = _core.file_kind(os.fspath(path))
-    if kind == _core.KIND_FLOW:
-        from .flows import load as load_flow
-        return load_flow(path, threads or None)
-    if kind == _core.KIND_M2:
-        from .m2 import load_m2
-        return load_m2(path, threads or None)
-    core, _extra = _core.load(os.fspath(path), threads)
-    cls = Autoencoder if kind == _core.KIND_AE else VAE
-    model = cls.__new__(cls)
-    model._attach(core)
-    return model
