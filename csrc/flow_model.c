@@ -346,7 +346,7 @@ vaec_status vaec_flowmodel_energy_step(vaec_flowmodel *m, vaec_potential p, doub
  * u64 seed, i64 0 (48 bytes, little-endian). */
 #define FLOW_CONFIG_BYTES 48
 
-vaec_status vaec_flowmodel_save(const vaec_flowmodel *m, const char *path) {
+vaec_status vaec_flowmodel_save(const vaec_flowmodel *m, const char *path, const void *extra, uint32_t extra_len) {
     unsigned char rec[FLOW_CONFIG_BYTES] = {0};
     const vaec_flowmodel_config *c = &m->cfg;
     int32_t kind = (int32_t)c->flow.kind, K = c->flow.K, act = (int32_t)c->flow.act;
@@ -357,11 +357,14 @@ vaec_status vaec_flowmodel_save(const vaec_flowmodel *m, const char *path) {
     memcpy(rec + 24, &act, 4);
     memcpy(rec + 28, &c->flow.fixed_scale, 4);
     memcpy(rec + 32, &c->seed, 8);
-    return vaec_file_write(path, VAEC_KIND_FLOW, rec, FLOW_CONFIG_BYTES, &m->arena, m->rng_seed, m->rng_counter);
+    return vaec_file_write_ex(path, VAEC_KIND_FLOW, rec, FLOW_CONFIG_BYTES, &m->arena, m->rng_seed, m->rng_counter,
+                              extra, extra_len);
 }
 
-vaec_status vaec_flowmodel_load(vaec_flowmodel **out, const char *path, int threads) {
+vaec_status vaec_flowmodel_load(vaec_flowmodel **out, const char *path, int threads, void **extra,
+                                uint32_t *extra_len) {
     *out = NULL;
+    if (extra) { *extra = NULL; *extra_len = 0; }
     vaec_file f;
     vaec_status st = vaec_file_read(&f, path);
     if (st) return st;
@@ -390,6 +393,7 @@ vaec_status vaec_flowmodel_load(vaec_flowmodel **out, const char *path, int thre
         else if ((st = vaec_flowmodel_create(&m, &c)) == VAEC_OK && (st = vaec_file_apply(&f, &m->arena)) == VAEC_OK) {
             m->rng_seed = f.rng_seed;
             m->rng_counter = f.rng_counter;
+            st = vaec_file_extra_copy(&f, extra, extra_len);
         }
     }
     vaec_file_close(&f);

@@ -250,7 +250,9 @@ vaec_status vaec_flowmodel_energy_step(vaec_flowmodel *m, vaec_potential p, doub
                                        const vaec_noise *noise, double beta, float lr, double *loss);
 
 /* Model file (kind VAEC_KIND_FLOW): config record, arena, Adam state, RNG state. */
-vaec_status vaec_flowmodel_save(const vaec_flowmodel *m, const char *path);
-vaec_status vaec_flowmodel_load(vaec_flowmodel **out, const char *path, int threads);
+/* An optional extra record as the VAE's (load: a malloc'ed copy when extra != NULL). */
+vaec_status vaec_flowmodel_save(const vaec_flowmodel *m, const char *path, const void *extra, uint32_t extra_len);
+vaec_status vaec_flowmodel_load(vaec_flowmodel **out, const char *path, int threads, void **extra,
+                                uint32_t *extra_len);
 
 #endif

@@ -18,6 +18,7 @@
 #define _POSIX_C_SOURCE 200809L
 #include "internal.h"
 #include <errno.h>
+#include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
@@ -241,6 +242,17 @@ vaec_status vaec_file_apply(const vaec_file *f, vaec_arena *a) {
     }
     vaec_free(rm);
     a->step = f->step;
+    return VAEC_OK;
+}
+
+vaec_status vaec_file_extra_copy(const vaec_file *f, void **extra, uint32_t *extra_len) {
+    if (!extra) return VAEC_OK;
+    *extra = NULL;
+    *extra_len = 0;
+    if (!f->extra_len) return VAEC_OK;
+    if (!(*extra = malloc(f->extra_len))) return vaec_fail(VAEC_ERR_NOMEM, "out of memory");
+    memcpy(*extra, f->extra, f->extra_len);
+    *extra_len = f->extra_len;
     return VAEC_OK;
 }
 

@@ -701,7 +701,7 @@ static void get_v1(const unsigned char *rec, vaec_m2_config *c) {
     }
 }
 
-vaec_status vaec_m2_save(const vaec_m2 *m, const char *path) {
+vaec_status vaec_m2_save(const vaec_m2 *m, const char *path, const void *extra, uint32_t extra_len) {
     const vaec_net *nets[3] = {&m->cls, &m->enc, &m->dec};
     const size_t len = 8 + M2_CONFIG_V1 + 16 + (size_t)(m->cls.n + m->enc.n + m->dec.n) * VAEC_LAYER_RECORD;
     unsigned char *rec = vaec_alloc(len, 1);
@@ -715,7 +715,8 @@ vaec_status vaec_m2_save(const vaec_m2 *m, const char *path) {
     unsigned char *p = rec + 8 + M2_CONFIG_V1 + 16;
     for (int k = 0; k < 3; k++)
         for (int i = 0; i < nets[k]->n; i++, p += VAEC_LAYER_RECORD) vaec_layer_record_put(p, &nets[k]->layer[i].spec);
-    vaec_status st = vaec_file_write(path, VAEC_KIND_M2, rec, (uint32_t)len, &m->arena, m->rng_seed, m->rng_counter);
+    vaec_status st = vaec_file_write_ex(path, VAEC_KIND_M2, rec, (uint32_t)len, &m->arena, m->rng_seed, m->rng_counter,
+                                        extra, extra_len);
     vaec_free(rec);
     return st;
 }
@@ -738,8 +739,9 @@ static int layers_match(const vaec_m2 *m, const unsigned char *p, uint32_t len) 
     return 1;
 }
 
-vaec_status vaec_m2_load(vaec_m2 **out, const char *path, int threads) {
+vaec_status vaec_m2_load(vaec_m2 **out, const char *path, int threads, void **extra, uint32_t *extra_len) {
     *out = NULL;
+    if (extra) { *extra = NULL; *extra_len = 0; }
     vaec_file f;
     vaec_status st = vaec_file_read(&f, path);
     if (st) return st;
@@ -765,6 +767,7 @@ vaec_status vaec_m2_load(vaec_m2 **out, const char *path, int threads) {
             else if ((st = vaec_file_apply(&f, &m->arena)) == VAEC_OK) {
                 m->rng_seed = f.rng_seed;
                 m->rng_counter = f.rng_counter;
+                st = vaec_file_extra_copy(&f, extra, extra_len);
             }
         }
     }

@@ -97,8 +97,10 @@ vaec_status vaec_m2_encode(vaec_m2 *m, const vaec_input *x, const int32_t *y, fl
 vaec_status vaec_m2_decode(vaec_m2 *m, const int32_t *y, const float *z, int64_t n, float *out);
 
 /* Files: vaec_file_* with kind VAEC_KIND_M2 and its config record (m2.c: version 1 of 0.1.0, version 2 with the layer lists). */
-vaec_status vaec_m2_save(const vaec_m2 *m, const char *path);
-vaec_status vaec_m2_load(vaec_m2 **out, const char *path, int threads);
+/* As the VAE's: an optional extra record (e.g. a trainer's state) is stored after the
+ * arena; load gives a malloc'ed copy of it when extra != NULL (free with free()). */
+vaec_status vaec_m2_save(const vaec_m2 *m, const char *path, const void *extra, uint32_t extra_len);
+vaec_status vaec_m2_load(vaec_m2 **out, const char *path, int threads, void **extra, uint32_t *extra_len);
 
 #ifdef __cplusplus
 }

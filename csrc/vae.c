@@ -467,10 +467,7 @@ vaec_status vaec_vae_load(vaec_vae **out, const char *path, int threads, void **
         else if ((st = vaec_vae_create(&m, &c)) == VAEC_OK && (st = vaec_file_apply(&f, &m->arena)) == VAEC_OK) {
             m->rng_seed = f.rng_seed;
             m->rng_counter = f.rng_counter;
-            if (extra && f.extra_len) {
-                if (!(*extra = malloc(f.extra_len))) st = vaec_fail(VAEC_ERR_NOMEM, "out of memory");
-                else { memcpy(*extra, f.extra, f.extra_len); *extra_len = f.extra_len; }
-            }
+            st = vaec_file_extra_copy(&f, extra, extra_len);
         } else if (st == VAEC_ERR_ARG) {
             st = vaec_fail(VAEC_ERR_FORMAT, "'%s' holds an invalid model configuration (%s)", path, vaec_last_error());
         }

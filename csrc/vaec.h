@@ -278,6 +278,9 @@ vaec_status vaec_file_read(vaec_file *f, const char *path);
 /* The model kind from the file's fixed head only (magic, version, byte order checked; the
  * checksum is left to vaec_file_read, which the loader of that kind then calls). */
 vaec_status vaec_file_kind(const char *path, uint32_t *kind);
+/* With extra != NULL: *extra = a malloc'ed copy of the file's extra record (NULL when it is
+ * empty; free with free()) and *extra_len its length. */
+vaec_status vaec_file_extra_copy(const vaec_file *f, void **extra, uint32_t *extra_len);
 /* Copy the file's arena into `a` (same parameter count, else VAEC_ERR_FORMAT). */
 vaec_status vaec_file_apply(const vaec_file *f, vaec_arena *a);
 void vaec_file_close(vaec_file *f);

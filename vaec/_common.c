@@ -5,7 +5,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 /* ------------------------------------------------------------- errors */
 PyObject *vaec_py_raise(vaec_status st) {
@@ -409,25 +408,6 @@ static int model_traverse(vaec_py_model *self, visitproc visit, void *arg) {
     return 0;
 }
 
-/* The extra record of the file at path, for the kinds whose C loader does not return it
- * (a malloc'ed copy, or NULL when the record is empty; *nomem set when the copy failed). */
-static vaec_status read_extra(const char *path, void **extra, uint32_t *len, int *nomem) {
-    vaec_file f;
-    vaec_status st = vaec_file_read(&f, path);
-    if (st) return st;
-    *extra = NULL;
-    *len = 0;
-    if (f.extra_len) {
-        if (!(*extra = malloc(f.extra_len))) *nomem = 1;
-        else {
-            memcpy(*extra, f.extra, f.extra_len);
-            *len = f.extra_len;
-        }
-    }
-    vaec_file_close(&f);
-    return *nomem ? VAEC_ERR_NOMEM : VAEC_OK;
-}
-
 PyObject *vaec_py_model_load(PyObject *module, const char *path, int threads, const char *type_name,
                              const vaec_py_model_ops *ops, PyObject **extra) {
     PyObject *obj = NULL;
@@ -438,14 +418,11 @@ PyObject *vaec_py_model_load(PyObject *module, const char *path, int threads, co
     /* the type first: a module without it fails before the file is read */
     if (!(tp = (PyTypeObject *)PyObject_GetAttrString(module, type_name))) goto done;
     vaec_status st;
-    int nomem = 0;
     Py_BEGIN_ALLOW_THREADS
-    st = ops->load(&m, path, threads, &ex, &ex_len);
-    if (!st && extra && !ops->extra) st = read_extra(path, &ex, &ex_len, &nomem);
+    st = ops->load(&m, path, threads, extra ? &ex : NULL, &ex_len);
     Py_END_ALLOW_THREADS
     if (st) {
-        if (nomem) PyErr_NoMemory();
-        else vaec_py_raise(st);
+        vaec_py_raise(st);
         goto done;
     }
     if (!(obj = vaec_py_model_new(tp, ops))) goto done;
@@ -532,31 +509,11 @@ PyObject *vaec_py_model_adam_step(PyObject *op, PyObject *args, PyObject *kw) {
     Py_RETURN_NONE;
 }
 
-/* A model whose C save has no extra record is written by it to `tmp`, whose config record
- * is then written with the model's arena, RNG position and `extra` to path
- * (vaec_file_write_ex: atomic); tmp is removed. */
-static vaec_status save_with_extra(vaec_py_model *self, const char *path, const char *tmp, const void *extra,
-                                   uint32_t len) {
-    const vaec_py_model_ops *o = self->ops;
-    vaec_status st = o->save(self->m, tmp, NULL, 0);
-    if (!st) {
-        vaec_file f;
-        st = vaec_file_read(&f, tmp);
-        if (!st) {
-            st = vaec_file_write_ex(path, f.kind, f.config, f.config_len, o->arena(self->m), o->rng_seed(self->m),
-                                    o->rng_counter(self->m), extra, len);
-            vaec_file_close(&f);
-        }
-        remove(tmp);
-    }
-    return st;
-}
-
 /* save(path, extra=b''): an atomic write of the model's file, with an extra record. */
 PyObject *vaec_py_model_save(PyObject *op, PyObject *args, PyObject *kw) {
     static char *kwlist[] = {"path", "extra", NULL};
     vaec_py_model *self = (vaec_py_model *)op;
-    PyObject *path = NULL, *tmp = NULL, *res = NULL;
+    PyObject *path = NULL, *res = NULL;
     Py_buffer extra = {0};
     if (!PyArg_ParseTupleAndKeywords(args, kw, "O&|y*", kwlist, PyUnicode_FSConverter, &path, &extra)) return NULL;
     if (extra.len > 0x7fffffff) {  /* the file stores its length in 32 bits */
@@ -564,20 +521,16 @@ PyObject *vaec_py_model_save(PyObject *op, PyObject *args, PyObject *kw) {
         goto done;
     }
     const char *p = PyBytes_AS_STRING(path);
-    if (extra.len && !self->ops->extra && !(tmp = PyBytes_FromFormat("%s.base-%ld", p, (long)getpid()))) goto done;
     if (vaec_py_acquire(self)) goto done;
     vaec_status st;
-    const char *t = tmp ? PyBytes_AS_STRING(tmp) : NULL;
     Py_BEGIN_ALLOW_THREADS
-    st = t ? save_with_extra(self, p, t, extra.buf, (uint32_t)extra.len)
-           : self->ops->save(self->m, p, extra.buf, (uint32_t)extra.len);
+    st = self->ops->save(self->m, p, extra.buf, (uint32_t)extra.len);
     Py_END_ALLOW_THREADS
     vaec_py_release(self);
     if (st) vaec_py_raise(st);
     else res = (Py_INCREF(Py_None), Py_None);
 done:
     PyBuffer_Release(&extra);
-    Py_XDECREF(tmp);
     Py_DECREF(path);
     return res;
 }

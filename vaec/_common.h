@@ -66,13 +66,10 @@ PyObject *vaec_py_arena_set_adam(vaec_arena *a, PyObject *args, PyObject *kw);
 /* ------------------------------------------------------ the model types */
 /* What differs between the model types in the methods they share: the C model's
  * functions, taking it as void *, and the word of the RuntimeErrors ("the model is not
- * initialised", "the flow is in use by another thread"). `extra` says whether the C
- * model's own save and load carry an extra record (the VAE's do); for the others the
- * binding adds it (vaec_py_model_save, vaec_py_model_load) through the generic file
- * functions of vaec.h. */
+ * initialised", "the flow is in use by another thread"). Every model's save and load
+ * carry the file's extra record (a trainer's state, for checkpoints). */
 typedef struct {
     const char *what;
-    int extra;
     vaec_arena *(*arena)(void *m);
     uint64_t (*rng_seed)(const void *m);
     uint64_t (*rng_counter)(const void *m);
@@ -100,15 +97,11 @@ typedef struct {
 } vaec_py_model;
 
 /* The ops table `name` of the C model type P, whose functions are P_arena, P_threads, ...
- * (vaec_vae, vaec_m2, vaec_flowmodel). The adapters are functions rather than casts of the
- * model's function pointers so that each call is compiled against the model's own
- * prototype (a cast compiles whatever the signature). EXTRA is VAEC_PY_EXTRA when P's save
- * and load carry the extra bytes, VAEC_PY_NO_EXTRA when they do not. */
-#define VAEC_PY_EXTRA(...) , __VA_ARGS__
-#define VAEC_PY_NO_EXTRA(...)
-#define VAEC_PY_HAS_EXTRA_VAEC_PY_EXTRA 1
-#define VAEC_PY_HAS_EXTRA_VAEC_PY_NO_EXTRA 0
-#define VAEC_PY_MODEL_OPS(name, P, what, EXTRA)                                                          \
+ * (vaec_vae, vaec_m2, vaec_flowmodel; every kind's save and load carry the file's extra
+ * record). The adapters are functions rather than casts of the model's function pointers
+ * so that each call is compiled against the model's own prototype (a cast compiles
+ * whatever the signature). */
+#define VAEC_PY_MODEL_OPS(name, P, what)                                                                \
     static vaec_arena *P##_op_arena(void *m) { return P##_arena(m); }                                   \
     static uint64_t P##_op_rng_seed(const void *m) { return P##_rng_seed(m); }                          \
     static uint64_t P##_op_rng_counter(const void *m) { return P##_rng_counter(m); }                    \
@@ -116,19 +109,19 @@ typedef struct {
     static int P##_op_threads(const void *m) { return P##_threads(m); }                                 \
     static vaec_status P##_op_adam_step(void *m, float lr) { return P##_adam_step(m, lr); }             \
     static vaec_status P##_op_save(const void *m, const char *path, const void *extra, uint32_t extra_len) { \
-        return P##_save(m, path EXTRA(extra, extra_len));                                               \
+        return P##_save(m, path, extra, extra_len);                                                     \
     }                                                                                                   \
     static vaec_status P##_op_load(void **m, const char *path, int threads, void **extra,               \
                                    uint32_t *extra_len) {                                               \
         P *typed = NULL;                                                                                \
-        vaec_status st = P##_load(&typed, path, threads EXTRA(extra, extra_len));                       \
+        vaec_status st = P##_load(&typed, path, threads, extra, extra_len);                             \
         *m = typed;                                                                                     \
         return st;                                                                                      \
     }                                                                                                   \
     static void P##_op_destroy(void *m) { P##_destroy(m); }                                             \
-    const vaec_py_model_ops name = {what, VAEC_PY_HAS_EXTRA_##EXTRA, P##_op_arena, P##_op_rng_seed,      \
-                                    P##_op_rng_counter, P##_op_rng_set, P##_op_threads, P##_op_adam_step, \
-                                    P##_op_save, P##_op_load, P##_op_destroy}
+    const vaec_py_model_ops name = {what, P##_op_arena, P##_op_rng_seed, P##_op_rng_counter,            \
+                                    P##_op_rng_set, P##_op_threads, P##_op_adam_step, P##_op_save,       \
+                                    P##_op_load, P##_op_destroy}
 
 /* RuntimeError unless the model is initialised and no other call is using it; then marks
  * it busy until vaec_py_release. */

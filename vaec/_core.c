@@ -11,7 +11,7 @@
 
 /* ------------------------------------------------------------- the type */
 /* An object is a vaec_py_model (_common.h) whose m is a vaec_vae. */
-VAEC_PY_MODEL_OPS(vaec_py_vae_ops, vaec_vae, "model", VAEC_PY_EXTRA);
+VAEC_PY_MODEL_OPS(vaec_py_vae_ops, vaec_vae, "model");
 
 static PyObject *VAE_new(PyTypeObject *tp, PyObject *args, PyObject *kw) { return vaec_py_model_new(tp, &vaec_py_vae_ops); }
 

@@ -10,7 +10,7 @@
 #include "flows.h"
 
 /* An object is a vaec_py_model (_common.h) whose m is a vaec_flowmodel. */
-VAEC_PY_MODEL_OPS(vaec_py_flow_ops, vaec_flowmodel, "flow", VAEC_PY_NO_EXTRA);
+VAEC_PY_MODEL_OPS(vaec_py_flow_ops, vaec_flowmodel, "flow");
 
 /* ------------------------------------------------------------ converters */
 /* A float32 C-contiguous (n, dim) array of finite values (a view when possible). */

@@ -6,7 +6,7 @@
 #include "m2.h"
 
 /* An object is a vaec_py_model (_common.h) whose m is a vaec_m2. */
-VAEC_PY_MODEL_OPS(vaec_py_m2_ops, vaec_m2, "model", VAEC_PY_NO_EXTRA);
+VAEC_PY_MODEL_OPS(vaec_py_m2_ops, vaec_m2, "model");
 
 static PyObject *M2_new(PyTypeObject *tp, PyObject *args, PyObject *kw) { return vaec_py_model_new(tp, &vaec_py_m2_ops); }
 
