@@ -50,10 +50,13 @@ vaec_status vaec_net_add(vaec_net *net, vaec_arena *a, const vaec_layer_spec *sp
         if ((st = ops->params(L, a))) return st;
         L->p1 = a->n;
     }
-    /* an activation after a layer that can carry it: done in that layer's epilogue */
+    /* an activation after a layer that can carry it: done in that layer's epilogue (a leaky
+     * ReLU of another slope than the kernels' 0.01 is an operation of its own, layer_act.c) */
     vaec_layer *prev = net->n ? &net->layer[net->n - 1] : NULL;
-    if (spec->kind == VAEC_LAYER_ACT && prev && !prev->fused && prev->ops->can_fuse_act &&
-        prev->act == VAEC_ACT_IDENTITY) {
+    if (spec->kind == VAEC_LAYER_ACT && vaec_act_custom_slope(spec)) {
+        L->act = VAEC_ACT_IDENTITY;
+    } else if (spec->kind == VAEC_LAYER_ACT && prev && !prev->fused && prev->ops->can_fuse_act &&
+               prev->act == VAEC_ACT_IDENTITY) {
         prev->act = (vaec_act)spec->act;
         L->fused = 1;
     } else {
@@ -156,23 +159,24 @@ void vaec_net_backward(vaec_net *net, const float *x, int64_t ldx, int64_t R, fl
 void vaec_layer_record_put(unsigned char *p, const vaec_layer_spec *s) {
     int32_t i32[12] = {s->kind, s->act, 0, 0, s->kernel[0], s->kernel[1], s->stride[0], s->stride[1],
                        s->padding[0], s->padding[1], s->output_padding[0], s->output_padding[1]};
-    int32_t tail[2] = {s->scale, s->reserved};
     memcpy(p, i32, 8);
     memcpy(p + 8, &s->out, 8);
     memcpy(p + 16, i32 + 4, 32);
-    memcpy(p + 48, tail, 8);
+    memcpy(p + 48, &s->scale, 4);
+    memcpy(p + 52, &s->slope, 4);
     memcpy(p + 56, s->shape, 24);
     memcpy(p + 80, &s->classes, 8);
 }
 
 void vaec_layer_record_get(const unsigned char *p, vaec_layer_spec *s) {
-    int32_t i32[8], tail[2];
+    int32_t i32[8];
     memset(s, 0, sizeof *s);
     memcpy(&s->kind, p, 4);
     memcpy(&s->act, p + 4, 4);
     memcpy(&s->out, p + 8, 8);
     memcpy(i32, p + 16, 32);
-    memcpy(tail, p + 48, 8);
+    memcpy(&s->scale, p + 48, 4);
+    memcpy(&s->slope, p + 52, 4);
     memcpy(s->shape, p + 56, 24);
     memcpy(&s->classes, p + 80, 8);
     for (int k = 0; k < 2; k++) {
@@ -181,8 +185,6 @@ void vaec_layer_record_get(const unsigned char *p, vaec_layer_spec *s) {
         s->padding[k] = i32[4 + k];
         s->output_padding[k] = i32[6 + k];
     }
-    s->scale = tail[0];
-    s->reserved = tail[1];
 }
 
 /* ------------------------------------------------------ gradient protocol */

@@ -176,10 +176,15 @@ void vaec_net_param_range(const vaec_net *net, int64_t *lo, int64_t *hi);
 
 /* A layer spec in a model file's config record: VAEC_LAYER_RECORD bytes, little-endian:
  * i32 kind, i32 act, i64 out, i32 kernel[2], stride[2], padding[2], output_padding[2],
- * i32 scale, i32 reserved, i64 shape[3], i64 classes. */
+ * i32 scale, f32 slope, i64 shape[3], i64 classes. */
 #define VAEC_LAYER_RECORD 88
 void vaec_layer_record_put(unsigned char *p, const vaec_layer_spec *s);
 void vaec_layer_record_get(const unsigned char *p, vaec_layer_spec *s);
+
+/* A leaky ReLU layer whose slope is not the kernels' 0.01 (done by layer_act.c alone). */
+static inline int vaec_act_custom_slope(const vaec_layer_spec *s) {
+    return s->kind == VAEC_LAYER_ACT && s->act == VAEC_ACT_LEAKY_RELU && s->slope != 0.0f && s->slope != 0.01f;
+}
 
 /* Row-parallel helpers for layer kinds: rows [a, b) of task t with ROW_GRAIN rows a task. */
 #define VAEC_ROW_GRAIN 8

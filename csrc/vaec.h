@@ -308,7 +308,7 @@ typedef struct {
     int64_t out;                /* LINEAR: output features; CONV2D, CONVT2D: output channels */
     int32_t kernel[2], stride[2], padding[2], output_padding[2];   /* (h, w) */
     int32_t scale;              /* UPSAMPLE: the factor; MAXPOOL2D, AVGPOOL2D use kernel/stride */
-    int32_t reserved;
+    float slope;                /* ACT leaky_relu: its negative slope (0: torch's 0.01) */
     int64_t shape[3];           /* UNFLATTEN: (C, H, W) */
     int64_t classes;            /* LABEL_LINEAR: the label columns after the input's */
 } vaec_layer_spec;

@@ -15,7 +15,7 @@ from .models import VAE, Autoencoder, gradient_variance, load
 
 __version__ = "0.1.0"
 __all__ = ["VAE", "Autoencoder", "M2", "Flow", "gradient_variance", "load", "cpu_features", "set_sparse_input",
-           "__version__"]
+           "to_torch", "layers", "__version__"]
 
 
 def cpu_features():
@@ -49,3 +49,5 @@ def set_sparse_input(mode):
 
 from .m2 import M2  # noqa: E402
 from .flows import Flow  # noqa: E402  (normalizing flows: vaec/flows.py)
+from . import layers  # noqa: E402  (the layer specs: vaec.layers.Conv2d, ...)
+from .torch_export import to_torch  # noqa: E402  (imports torch only when called)

@@ -318,8 +318,12 @@ PyObject *vaec_py_arena_tensors(const vaec_arena *a) {
     if (!list) return NULL;
     for (int i = 0; i < a->ntensors; i++) {
         const vaec_tensor_info *t = &a->tensors[i];
-        PyObject *shape = t->ndim == 2 ? Py_BuildValue("(LL)", (long long)t->shape[0], (long long)t->shape[1])
-                                       : Py_BuildValue("(L)", (long long)t->shape[0]);
+        PyObject *shape = PyTuple_New(t->ndim);
+        for (int k = 0; shape && k < t->ndim; k++) {
+            PyObject *d = PyLong_FromLongLong(t->shape[k]);
+            if (!d) { Py_CLEAR(shape); break; }
+            PyTuple_SET_ITEM(shape, k, d);
+        }
         PyObject *item = shape ? Py_BuildValue("(sLNO)", t->name, (long long)t->offset, shape,
                                                t->transposed ? Py_True : Py_False) : NULL;
         if (!item) { Py_DECREF(list); return NULL; }

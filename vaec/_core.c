@@ -15,19 +15,86 @@ VAEC_PY_MODEL_OPS(vaec_py_vae_ops, vaec_vae, "model");
 
 static PyObject *VAE_new(PyTypeObject *tp, PyObject *args, PyObject *kw) { return vaec_py_model_new(tp, &vaec_py_vae_ops); }
 
+/* A layer list: a sequence of 16-tuples (kind, act, out, kh, kw, sh, sw, ph, pw, oph, opw,
+ * scale, slope, C, H, W), as vaec/layers.py makes them, into at most VAEC_MAX_LAYERS specs. */
+static int parse_layers(PyObject *obj, const char *name, int *n, vaec_layer_spec *out) {
+    PyObject *seq = PySequence_Fast(obj, "");
+    if (!seq) {
+        PyErr_Format(PyExc_TypeError, "%s: expected a list of layers", name);
+        return -1;
+    }
+    Py_ssize_t len = PySequence_Fast_GET_SIZE(seq);
+    if (len > VAEC_MAX_LAYERS) {
+        PyErr_Format(PyExc_ValueError, "%s: at most %d layers, got %zd", name, VAEC_MAX_LAYERS, len);
+        Py_DECREF(seq);
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < len; i++) {
+        vaec_layer_spec *s = &out[i];
+        memset(s, 0, sizeof *s);
+        long long o, c, h, w;
+        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(seq, i), "iiLiiiiiiiiifLLL", &s->kind, &s->act, &o,
+                              &s->kernel[0], &s->kernel[1], &s->stride[0], &s->stride[1], &s->padding[0],
+                              &s->padding[1], &s->output_padding[0], &s->output_padding[1], &s->scale, &s->slope,
+                              &c, &h, &w)) {
+            PyErr_Format(PyExc_TypeError, "%s[%zd]: not a layer spec (vaec.layers makes them)", name, i);
+            Py_DECREF(seq);
+            return -1;
+        }
+        s->out = o;
+        s->shape[0] = c;
+        s->shape[1] = h;
+        s->shape[2] = w;
+    }
+    *n = (int)len;
+    Py_DECREF(seq);
+    return 0;
+}
+
+static PyObject *layers_tuple(int n, const vaec_layer_spec *l) {
+    PyObject *t = PyTuple_New(n);
+    for (int i = 0; t && i < n; i++) {
+        const vaec_layer_spec *s = &l[i];
+        PyObject *item = Py_BuildValue("(iiLiiiiiiiiifLLL)", s->kind, s->act, (long long)s->out, s->kernel[0],
+                                       s->kernel[1], s->stride[0], s->stride[1], s->padding[0], s->padding[1],
+                                       s->output_padding[0], s->output_padding[1], s->scale, (double)s->slope,
+                                       (long long)s->shape[0], (long long)s->shape[1], (long long)s->shape[2]);
+        if (!item) { Py_CLEAR(t); break; }
+        PyTuple_SET_ITEM(t, i, item);
+    }
+    return t;
+}
+
 static int VAE_init(vaec_py_model *self, PyObject *args, PyObject *kw) {
     static char *kwlist[] = {"input_dim", "latent_dim", "hidden", "activation", "likelihood", "seed", "threads",
-                             "flow", "deterministic", NULL};
+                             "flow", "deterministic", "input_shape", "encoder", "decoder", NULL};
     long long input_dim, latent_dim;
     unsigned long long seed = 0;
     PyObject *hidden;
-    PyObject *act, *lik;
+    PyObject *act, *lik, *shape = Py_None, *enc = Py_None, *dec = Py_None;
     int threads = 0, deterministic = 0;
     const char *flow = "";
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "LLOUUKi|sp", kwlist, &input_dim, &latent_dim, &hidden, &act, &lik,
-                                     &seed, &threads, &flow, &deterministic))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "LLOUUKi|spOOO", kwlist, &input_dim, &latent_dim, &hidden, &act, &lik,
+                                     &seed, &threads, &flow, &deterministic, &shape, &enc, &dec))
         return -1;
     vaec_vae_config c = {0};
+    if ((enc == Py_None) != (dec == Py_None)) {
+        PyErr_SetString(PyExc_ValueError, "encoder, decoder: give both layer lists, or neither");
+        return -1;
+    }
+    if (enc != Py_None) {
+        long long s0, s1, s2;
+        c.layers = 1;
+        if (shape == Py_None || !PyArg_ParseTuple(shape, "LLL", &s0, &s1, &s2)) {
+            PyErr_Clear();
+            PyErr_SetString(PyExc_TypeError, "input_shape: expected (C, H, W) with the layer lists");
+            return -1;
+        }
+        c.input_shape[0] = s0;
+        c.input_shape[1] = s1;
+        c.input_shape[2] = s2;
+        if (parse_layers(enc, "encoder", &c.n_enc, c.enc) || parse_layers(dec, "decoder", &c.n_dec, c.dec)) return -1;
+    }
     c.deterministic = deterministic;
     if (strlen(flow) >= sizeof c.flow) {
         PyErr_Format(PyExc_ValueError, "flow: spec too long: %s", flow);
@@ -38,8 +105,8 @@ static int VAE_init(vaec_py_model *self, PyObject *args, PyObject *kw) {
     c.latent_dim = latent_dim;
     c.seed = (uint64_t)seed;
     c.threads = threads;
-    if (vaec_py_parse_widths(hidden, "hidden", &c.n_hidden, c.hidden)) return -1;
-    if (vaec_py_parse_act(act, &c.activation)) return -1;
+    if (!c.layers && vaec_py_parse_widths(hidden, "hidden", &c.n_hidden, c.hidden)) return -1;
+    if (!c.layers && vaec_py_parse_act(act, &c.activation)) return -1;
     if (vaec_py_parse_likelihood(lik, &c.likelihood)) return -1;
     vaec_vae *m = NULL;
     vaec_status st;
@@ -250,12 +317,22 @@ static PyObject *VAE_config(vaec_py_model *self, PyObject *noargs) {
     PyObject *hidden = PyTuple_New(c->n_hidden);
     if (!hidden) return NULL;
     for (int i = 0; i < c->n_hidden; i++) PyTuple_SET_ITEM(hidden, i, PyLong_FromLongLong(c->hidden[i]));
-    return Py_BuildValue("{s:L,s:L,s:N,s:s,s:s,s:K,s:s,s:O}", "input_dim", (long long)c->input_dim,
+    PyObject *enc = layers_tuple(c->n_enc, c->enc), *dec = layers_tuple(c->n_dec, c->dec);
+    if (!enc || !dec) {
+        Py_DECREF(hidden);
+        Py_XDECREF(enc);
+        Py_XDECREF(dec);
+        return NULL;
+    }
+    /* layers: the networks were given as lists (else hidden/activation made them) */
+    return Py_BuildValue("{s:L,s:L,s:N,s:s,s:s,s:K,s:s,s:O,s:O,s:(LLL),s:N,s:N}", "input_dim", (long long)c->input_dim,
                          "latent_dim", (long long)c->latent_dim, "hidden", hidden,
-                         "activation", vaec_act_name(c->activation),
+                         "activation", c->layers ? "" : vaec_act_name(c->activation),
                          "likelihood", c->likelihood == VAEC_LIK_BERNOULLI ? "bernoulli" : "gaussian",
                          "seed", (unsigned long long)c->seed, "flow", c->flow,
-                         "deterministic", c->deterministic ? Py_True : Py_False);
+                         "deterministic", c->deterministic ? Py_True : Py_False, "layers", c->layers ? Py_True : Py_False,
+                         "input_shape", (long long)c->input_shape[0], (long long)c->input_shape[1],
+                         (long long)c->input_shape[2], "encoder", enc, "decoder", dec);
 }
 
 static PyMethodDef VAE_methods[] = {

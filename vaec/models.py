@@ -6,6 +6,8 @@ Autoencoder's arguments and supplies their plan to the shared fit driver
 """
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 
 from . import _core
@@ -13,6 +15,7 @@ from ._base import (ACTIVATIONS, LIKELIHOODS, MAX_SAMPLES, ArenaModel, FitPlan, 
                     _binarize_arg, _choice, _data_matrix, _fit_options, _float_arg, _init_seed, _int_arg,
                     _likelihood_arg, _seed_arg, _threads_arg, _widths, load, register_kind, run_fit)
 from ._base import Progress as _Progress  # noqa: F401  (the old name of the progress bar)
+from .layers import conv_preset, from_spec, layer_list
 
 __all__ = ["ArenaModel", "VAE", "Autoencoder", "gradient_variance", "load"]
 
@@ -22,6 +25,61 @@ ALGORITHMS = ("aevb", "wake-sleep")
 BASELINE_DECAY = 0.9  # the running-mean baseline: b <- 0.9 b + 0.1 mean log p(x|z)
 
 
+def _shape_arg(input_shape):
+    """input_shape as (C, H, W) ints: (D,) or D is (D, 1, 1), a flat row."""
+    if isinstance(input_shape, numbers.Integral) and not isinstance(input_shape, bool):
+        input_shape = (input_shape,)
+    try:
+        shape = tuple(input_shape)
+    except TypeError:
+        raise TypeError(f"input_shape: expected (C, H, W) or (D,), got {type(input_shape).__name__}") from None
+    if len(shape) not in (1, 3):
+        raise ValueError(f"input_shape: expected (C, H, W) or (D,), got {shape}")
+    shape = tuple(_int_arg(f"input_shape[{i}]", v, 1, 2**26) for i, v in enumerate(shape))
+    if len(shape) == 1:
+        shape = (shape[0], 1, 1)
+    if shape[0] * shape[1] * shape[2] > 2**26:
+        raise ValueError(f"input_shape: {shape} holds more than 2^26 values")
+    return shape
+
+
+def _network_args(input_dim, input_shape, hidden, activation, encoder, decoder, architecture, likelihood,
+                  deterministic):
+    """The core's network arguments: an MLP (hidden, activation) or layer lists (encoder and
+    decoder, or architecture="conv"), with input_dim and input_shape made to agree."""
+    shape = None if input_shape is None else _shape_arg(input_shape)
+    if input_dim is not None:
+        input_dim = _int_arg("input_dim", input_dim, 1, 2**26)
+        if shape is not None and shape[0] * shape[1] * shape[2] != input_dim:
+            raise ValueError(f"input_dim: {input_dim} does not match input_shape {tuple(input_shape)} "
+                             f"({shape[0] * shape[1] * shape[2]} values)")
+    elif shape is None:
+        raise TypeError("input_dim: give input_dim, or input_shape (C, H, W)")
+    if architecture not in (None, "mlp", "conv"):
+        raise ValueError(f"architecture: expected None, 'mlp' or 'conv', got {architecture!r}")
+    lists = encoder is not None or decoder is not None or architecture == "conv"
+    if not lists:
+        _activation_arg(activation)
+        return dict(input_dim=input_dim if input_dim is not None else shape[0] * shape[1] * shape[2],
+                    hidden=_widths("hidden", hidden), activation=activation)
+    if shape is None:
+        shape = (input_dim, 1, 1)
+    if architecture == "conv":
+        if encoder is not None or decoder is not None:
+            raise ValueError("architecture: 'conv' is a preset; give it or encoder and decoder lists, not both")
+        if shape[1:] == (1, 1):
+            raise ValueError(f"architecture: 'conv' needs an image input_shape (C, H, W), got {tuple(input_shape or ())} "
+                             "(e.g. input_shape=(1, 28, 28))")
+        encoder, decoder = conv_preset(shape, "bernoulli" if deterministic else likelihood)
+    elif encoder is None or decoder is None:
+        raise ValueError("encoder, decoder: give both layer lists (or architecture='conv')")
+    encoder, decoder = layer_list("encoder", encoder), layer_list("decoder", decoder)
+    if not decoder:
+        raise ValueError("decoder: needs at least one layer (the output's)")
+    return dict(input_dim=shape[0] * shape[1] * shape[2], hidden=(), activation="tanh", input_shape=shape,
+                encoder=[layer.spec() for layer in encoder], decoder=[layer.spec() for layer in decoder])
+
+
 class _Coder(ArenaModel):
     """What a VAE and an Autoencoder share: the networks' configuration, the C model,
     training (train_step, loss_and_grad, fit), decode and files."""
@@ -29,37 +87,62 @@ class _Coder(ArenaModel):
     _deterministic = False
     _val_key = "val_elbo"
 
-    def __init__(self, input_dim, latent_dim=20, hidden=(400,), activation="tanh", likelihood="bernoulli",
-                 seed=0, threads=None, flow=None):
-        input_dim = _int_arg("input_dim", input_dim, 1, 2**26)
+    def __init__(self, input_dim=None, latent_dim=20, hidden=(400,), activation="tanh", likelihood="bernoulli",
+                 seed=0, threads=None, flow=None, *, input_shape=None, encoder=None, decoder=None,
+                 architecture=None):
         latent_dim = _int_arg("latent_dim", latent_dim, 1, 2**20)
-        hidden = _widths("hidden", hidden)
-        _activation_arg(activation)
         _likelihood_arg(likelihood)
         seed = _init_seed(seed)
         threads = _threads_arg(threads)
         if flow is not None and not isinstance(flow, str):
             raise TypeError(f"flow: expected None or a spec such as 'planar:10', got {type(flow).__name__}")
-        self._attach(self._core_type(input_dim=input_dim, latent_dim=latent_dim, hidden=hidden, activation=activation,
-                                     likelihood=likelihood, seed=seed, threads=threads, flow=flow or "",
-                                     deterministic=self._deterministic))
+        net = _network_args(input_dim, input_shape, hidden, activation, encoder, decoder, architecture, likelihood,
+                            self._deterministic)
+        self._attach(self._core_type(latent_dim=latent_dim, likelihood=likelihood, seed=seed, threads=threads,
+                                     flow=flow or "", deterministic=self._deterministic, **net))
 
     # ------------------------------------------------------------ internals
     def _configure(self, cfg):
         self.input_dim = cfg["input_dim"]
         self.latent_dim = cfg["latent_dim"]
-        self.hidden = tuple(cfg["hidden"])
-        self.activation = cfg["activation"]
         self.likelihood = cfg["likelihood"]
         self.seed = cfg["seed"]
         self.flow = cfg.get("flow") or None
+        shape = tuple(cfg.get("input_shape", (self.input_dim, 1, 1)))
+        # a flat model's input_shape is (D,); an image model's (C, H, W), its outputs images
+        self.input_shape = (self.input_dim,) if shape[1:] == (1, 1) else shape
+        if cfg.get("layers"):
+            self.hidden, self.activation = (), None
+            self.encoder = [from_spec(t) for t in cfg["encoder"]]
+            self.decoder = [from_spec(t) for t in cfg["decoder"]]
+        else:
+            self.hidden = tuple(cfg["hidden"])
+            self.activation = cfg["activation"]
+            self.encoder = self.decoder = None
         self._baseline = None  # the score estimator's running-mean baseline
 
     @classmethod
     def _core_kwargs(cls, c):
-        return dict(input_dim=c["input_dim"], latent_dim=c["latent_dim"], hidden=tuple(c["hidden"]),
-                    activation=c["activation"], likelihood=c["likelihood"], seed=c["seed"], flow=c.get("flow") or "",
-                    deterministic=bool(c.get("deterministic")))
+        kw = dict(input_dim=c["input_dim"], latent_dim=c["latent_dim"], hidden=tuple(c["hidden"]),
+                  activation=c["activation"] or "tanh", likelihood=c["likelihood"], seed=c["seed"],
+                  flow=c.get("flow") or "", deterministic=bool(c.get("deterministic")))
+        if c.get("layers"):
+            kw.update(input_shape=tuple(c["input_shape"]), encoder=list(c["encoder"]), decoder=list(c["decoder"]))
+        return kw
+
+    def _rows(self, X, name="x"):
+        """Images (n, C, H, W) of an image model as rows (n, input_dim), a view; anything else
+        as it is (the C core checks it)."""
+        if len(self.input_shape) == 3 and isinstance(X, np.ndarray) and X.ndim != 2:
+            if X.ndim != 4 or X.shape[1:] != self.input_shape:
+                raise ValueError(f"{name}: expected images of shape (n, {', '.join(map(str, self.input_shape))}) or "
+                                 f"rows of shape (n, {self.input_dim}), got shape {X.shape}")
+            return X.reshape(X.shape[0], self.input_dim)
+        return X
+
+    def _images(self, out):
+        """Rows (n, input_dim) as (n, C, H, W) for an image model (a view), else as they are."""
+        return out.reshape((out.shape[0],) + self.input_shape) if len(self.input_shape) == 3 else out
 
     def _pickle_extra(self):
         return {"baseline": self._baseline}
@@ -68,12 +151,29 @@ class _Coder(ArenaModel):
         self._baseline = d.get("baseline")
 
     def __repr__(self):
+        if self.encoder is not None:
+            return (f"{type(self).__name__}(input_shape={self.input_shape}, latent_dim={self.latent_dim}, "
+                    f"encoder={self.encoder!r}, decoder={self.decoder!r}, likelihood={self.likelihood!r}, "
+                    f"seed={self.seed}" + (f", flow={self.flow!r})" if self.flow else ")"))
         return (f"{type(self).__name__}(input_dim={self.input_dim}, latent_dim={self.latent_dim}, hidden={self.hidden}, "
                 f"activation={self.activation!r}, likelihood={self.likelihood!r}, seed={self.seed}"
                 + (f", flow={self.flow!r})" if self.flow else ")"))
 
     def _check_data(self, X, name):
-        return _data_matrix(X, name, self.input_dim)
+        """(n, input_dim) rows, or for an image model (n, C, H, W) images too (a view of the
+        same memory when they are C-contiguous)."""
+        if len(self.input_shape) == 3 and isinstance(X, np.ndarray) and X.ndim == 4:
+            if X.shape[1:] != self.input_shape:
+                raise ValueError(f"{name}: expected images of shape (n, {', '.join(map(str, self.input_shape))}) or rows "
+                                 f"of shape (n, {self.input_dim}), got shape {X.shape}")
+            X = X.reshape(X.shape[0], self.input_dim)
+        try:
+            return _data_matrix(X, name, self.input_dim)
+        except ValueError as e:
+            if len(self.input_shape) == 3 and "expected a 2-D array" in str(e):
+                raise ValueError(f"{name}: expected images of shape (n, {', '.join(map(str, self.input_shape))}) or "
+                                 f"rows of shape (n, {self.input_dim}), got shape {np.shape(X)}") from None
+            raise
 
     # ------------------------------------------------------------ training
     def loss_and_grad(self, x, eps=None, seed=None, samples=None, binarize=None, iw_samples=None, beta=1.0,
@@ -99,7 +199,7 @@ class _Coder(ArenaModel):
     def _loss_grad(self, x, lr, eps, seed, samples, binarize, iw_samples, beta, free_bits, estimator, baseline):
         samples, iw = self._objective_samples(samples, iw_samples, eps)
         score, b = self._estimator_args(estimator, baseline, iw)
-        loss = self._core.loss_grad(x=x, eps=eps, samples=samples, seed=_seed_arg(seed),
+        loss = self._core.loss_grad(x=self._rows(x), eps=eps, samples=samples, seed=_seed_arg(seed),
                                     binarize=_binarize_arg(binarize), lr=lr, iw=iw,
                                     beta=_float_arg("beta", beta, 0.0), free_bits=_float_arg("free_bits", free_bits, 0.0),
                                     score=score, baseline=b)
@@ -361,7 +461,8 @@ class VAE(_Coder):
         """The per-example ELBO (float64, shape (n,)), averaged over ``samples`` draws."""
         if eps is not None and samples == 1:
             samples = None  # taken from eps
-        return self._core.elbo(x=X, eps=eps, samples=samples, seed=_seed_arg(seed), binarize=_binarize_arg(binarize))
+        return self._core.elbo(x=self._rows(X, "X"), eps=eps, samples=samples, seed=_seed_arg(seed),
+                               binarize=_binarize_arg(binarize))
 
     def iwae_bound(self, X, samples=5, seed=None, binarize=None, batch_size=None):
         """The k-sample importance-weighted bound log (1/k) sum_l p(x, z_l) / q(z_l|x) per
@@ -409,13 +510,13 @@ class VAE(_Coder):
 
     def encode(self, X):
         """(mu, logvar) of q(z|x), each float32 (n, latent_dim)."""
-        return self._core.encode(x=X)
+        return self._core.encode(x=self._rows(X))
 
     def code(self, X):
         """One point in latent space per example, float32 (n, latent_dim): the posterior
         mean mu(x), or with a flow f_K(...f_1(mu(x))), q0's mean carried through the flow
         (the decoder's input space). Used by ``vaec.plot.interpolation``."""
-        mu = self._core.encode(x=X)[0]
+        mu = self._core.encode(x=self._rows(X))[0]
         return self._core.flow(z=mu)[0] if self.flow else mu
 
     def flow_transform(self, Z):
@@ -425,18 +526,18 @@ class VAE(_Coder):
 
     def decode(self, Z):
         """Bernoulli probabilities or Gaussian means for latent codes Z (n, latent_dim)."""
-        return self._core.decode(z=Z)
+        return self._images(self._core.decode(z=Z))
 
     def reconstruct(self, X):
         """decode(mu(x)): the reconstruction through the posterior mean."""
-        return self._core.decode(z=self._core.encode(x=X)[0])
+        return self._images(self._core.decode(z=self._core.encode(x=self._rows(X))[0]))
 
     def sample(self, n, seed=None):
         """n draws of the decoder's mean at z ~ N(0, I), float32 (n, input_dim)."""
         n = _int_arg("n", n, 0)
         rng = np.random.default_rng(_seed_arg(seed))
         z = rng.standard_normal((n, self.latent_dim), dtype=np.float32)
-        return self._core.decode(z=z)
+        return self._images(self._core.decode(z=z))
 
 
 @register_kind(_core.KIND_AE)
@@ -456,9 +557,10 @@ class Autoencoder(_Coder):
     _deterministic = True
     _val_key = "val_loss"
 
-    def __init__(self, input_dim, latent_dim=2, hidden=(400,), activation="tanh", likelihood="bernoulli",
-                 seed=0, threads=None):
-        super().__init__(input_dim, latent_dim, hidden, activation, likelihood, seed, threads)
+    def __init__(self, input_dim=None, latent_dim=2, hidden=(400,), activation="tanh", likelihood="bernoulli",
+                 seed=0, threads=None, *, input_shape=None, encoder=None, decoder=None, architecture=None):
+        super().__init__(input_dim, latent_dim, hidden, activation, likelihood, seed, threads, input_shape=input_shape,
+                         encoder=encoder, decoder=decoder, architecture=architecture)
 
     def _check_fit_options(self, algorithm, iw, samples, beta, warmup, free_bits, estimator):
         if algorithm != "aevb" or iw or samples != 1 or beta != 1.0 or warmup is not None or free_bits != 0.0:
@@ -467,19 +569,19 @@ class Autoencoder(_Coder):
 
     def loss(self, X, binarize=None, seed=None):
         """The per-example reconstruction loss (float64, shape (n,))."""
-        return -self._core.elbo(x=X, samples=1, seed=_seed_arg(seed), binarize=_binarize_arg(binarize))
+        return -self._core.elbo(x=self._rows(X), samples=1, seed=_seed_arg(seed), binarize=_binarize_arg(binarize))
 
     def encode(self, X):
         """The codes f(x), float32 (n, latent_dim)."""
-        return self._core.encode(x=X)[0]
+        return self._core.encode(x=self._rows(X))[0]
 
     def decode(self, Z):
         """Bernoulli probabilities or Gaussian means for codes Z (n, latent_dim)."""
-        return self._core.decode(z=Z)
+        return self._images(self._core.decode(z=Z))
 
     def reconstruct(self, X):
         """decode(encode(x))."""
-        return self._core.decode(z=self.encode(X))
+        return self._images(self._core.decode(z=self.encode(X)))
 
 
 def gradient_variance(model, X, estimator="reparam", samples=100, baseline=None, mc_samples=1, seed=0,
