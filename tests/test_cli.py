@@ -210,3 +210,39 @@ def test_no_library_module_imports_the_command_line():
             if any(m in ("__main__", "vaec.__main__") or m.endswith(".__main__") for m in mods):
                 offenders.append(f"{name}:{node.lineno}")
     assert not offenders, offenders
+
+
+def _write_pictures(folder, n, size=(20, 18), colour=True, seed=0):
+    from PIL import Image
+    folder.mkdir(parents=True, exist_ok=True)
+    r = np.random.default_rng(seed)
+    for i in range(n):
+        a = np.zeros(size + (3,), np.uint8)
+        a[r.integers(0, size[0] // 2):, :, r.integers(0, 3)] = 200
+        Image.fromarray(a if colour else a[..., 0]).save(folder / f"p{i:02d}.png")
+
+
+def test_train_a_conv_vae_on_a_folder_of_pictures(tmp_path):
+    pytest.importorskip("PIL")
+    _write_pictures(tmp_path / "pics", 30)
+    out = tmp_path / "run"
+    r = run("train", "--arch", "conv", "--dataset", "images", "--images", str(tmp_path / "pics"), "--size", "16", "12",
+            "--mode", "RGB", "--epochs", "2", "--latent", "4", "--out", str(out), "--quiet")
+    assert r.returncode == 0, r.stderr
+    m = vaec.load(out / "model.vaec")
+    assert m.input_shape == (3, 16, 12) and m.likelihood == "gaussian" and m.encoder[0] == vaec.layers.Conv2d(32, 4, 2, 1)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["model"]["arch"] == "conv" and metrics["model"]["input_shape"] == [3, 16, 12]
+    r2 = run("sample", str(out / "model.vaec"), "--n", "4", "--out", str(tmp_path / "s.png"))
+    assert r2.returncode == 0, r2.stderr
+    r3 = run("train", "--dataset", "images", "--images", str(tmp_path / "nothing"), "--out", str(tmp_path / "x"))
+    assert r3.returncode == 2 and "not a folder" in r3.stderr
+
+
+def test_train_conv_on_mnist(tmp_path):
+    out = tmp_path / "run"
+    r = run("train", "--arch", "conv", "--epochs", "1", "--limit", "300", "--latent", "4", "--out", str(out), "--quiet")
+    assert r.returncode == 0, r.stderr
+    m = vaec.load(out / "model.vaec")
+    assert m.input_shape == (1, 28, 28) and m.decoder[-1].out_channels == 1
+

@@ -570,3 +570,35 @@ def test_real_mnist_and_subset_provenance():
         Xs, ys = D.load_mnist("test", fallback=True)
     np.testing.assert_array_equal(Xs, X[idx])
     np.testing.assert_array_equal(ys, y[idx])
+
+
+def _write_pictures(folder, n, size=(20, 18), colour=True, seed=0):
+    from PIL import Image
+    folder.mkdir(parents=True, exist_ok=True)
+    r = np.random.default_rng(seed)
+    for i in range(n):
+        a = np.zeros(size + (3,), np.uint8)
+        a[r.integers(0, size[0] // 2):, :, r.integers(0, 3)] = 200
+        Image.fromarray(a if colour else a[..., 0]).save(folder / f"p{i:02d}.png")
+
+
+def test_load_images(tmp_path):
+    """Pictures of a folder (and its sub-folders) as uint8 (n, C, H, W), resized; a file that
+    is not a picture, an empty folder and bad arguments are errors naming them."""
+    pytest.importorskip("PIL")
+    datasets = D
+    _write_pictures(tmp_path / "a", 3, colour=True)
+    _write_pictures(tmp_path / "a" / "sub", 2, colour=False, seed=1)
+    X = datasets.load_images(tmp_path / "a", size=(8, 6), mode="RGB")
+    assert X.shape == (5, 3, 8, 6) and X.dtype == np.uint8
+    assert datasets.load_images(tmp_path / "a", size=(8, 6), recursive=False).shape == (3, 1, 8, 6)
+    (tmp_path / "a" / "broken.jpg").write_bytes(b"not a picture")
+    with pytest.raises(ValueError, match="broken.jpg: not a readable picture"):
+        datasets.load_images(tmp_path / "a")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="no PNG/JPG/JPEG files"):
+        datasets.load_images(tmp_path / "empty")
+    with pytest.raises(ValueError, match="mode: expected"):
+        datasets.load_images(tmp_path / "a", mode="CMYK")
+    with pytest.raises(ValueError, match="size: expected"):
+        datasets.load_images(tmp_path / "a", size=(0, 5))

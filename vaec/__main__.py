@@ -71,8 +71,15 @@ def build_parser():
                    help="vae, or m2: the semi-supervised model of Kingma et al. (2014) (needs --labels)")
     t.add_argument("--labels", type=_positive_int, default=None,
                    help="m2: labelled training examples, balanced over the 10 digits (e.g. 100)")
-    t.add_argument("--dataset", choices=DATASETS, default="mnist")
+    t.add_argument("--dataset", choices=DATASETS, default="mnist",
+                   help="images: the pictures of --images DIR (PNG/JPEG, resized to --size; needs Pillow)")
     t.add_argument("--data", metavar="PATH", help="folder holding the data set's files")
+    t.add_argument("--arch", choices=("mlp", "conv"), default="mlp",
+                   help="mlp (--hidden, --activation) or conv: the convolutional VAE (vaec.layers.conv_preset)")
+    t.add_argument("--images", metavar="DIR", default=None, help="--dataset images: the folder of pictures")
+    t.add_argument("--size", type=_positive_int, nargs=2, metavar=("H", "W"), default=(28, 28),
+                   help="--dataset images: the size pictures are resized to (default 28 28)")
+    t.add_argument("--mode", choices=("L", "RGB"), default="L", help="--dataset images: grey (L) or colour (RGB)")
     t.add_argument("--latent", type=_positive_int, default=20, help="latent dimensions (default 20)")
     t.add_argument("--hidden", type=_hidden, default=None,
                    help="hidden widths, e.g. 400 or 500,200 (default 400; 200 for frey)")

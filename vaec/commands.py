@@ -15,27 +15,44 @@ import warnings
 
 import numpy as np
 
-DATASETS = ("mnist", "fashion-mnist", "frey")
-IMAGE_SHAPE = {"mnist": (28, 28), "fashion-mnist": (28, 28), "frey": (28, 20)}
+DATASETS = ("mnist", "fashion-mnist", "frey", "binarized-mnist", "images")
+IMAGE_SHAPE = {"mnist": (28, 28), "fashion-mnist": (28, 28), "frey": (28, 20), "binarized-mnist": (28, 28)}
 
 
 class UsageError(Exception):
     """A mistake in the command's arguments or inputs: one line, exit status 2."""
 
 
-def load_dataset(name, path=None):
-    """(X_train, y_train, X_test, y_test) as uint8; y is None for Frey faces.
-    Data warnings (such as falling back to the shipped subset) become one-line notes."""
+def load_dataset(name, path=None, images=None):
+    """(X_train, y_train, X_test, y_test): uint8 rows (n, D) (binarized MNIST: float32 0/1;
+    an image folder: uint8 images (n, C, H, W)); y is None where there are no labels.
+    ``images``: for name "images", (folder, (H, W), mode). Data warnings (such as falling
+    back to the shipped subset) become one-line notes."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        data = _load_dataset(name, path)
+        data = _load_dataset(name, path, images)
     for w in caught:
         print(f"note: {w.message}", flush=True)
     return data
 
 
-def _load_dataset(name, path):
+def _load_dataset(name, path, images=None):
     from . import datasets
+
+    if name == "images":
+        if not images or not images[0]:
+            raise UsageError("--dataset images needs --images DIR (and --size H W)")
+        folder, size, mode = images
+        try:
+            X = datasets.load_images(folder, size=size, mode=mode)
+        except (FileNotFoundError, ValueError) as e:
+            raise UsageError(str(e)) from None
+        test = np.arange(X.shape[0]) % 10 == 0   # every 10th picture held out
+        if test.all() or not test.any():
+            raise UsageError(f"--images: {X.shape[0]} picture(s) in {folder}; need at least 2")
+        return X[~test], None, X[test], None
+    if name == "binarized-mnist":
+        return datasets.load_binarized_mnist("train", path), None, datasets.load_binarized_mnist("test", path), None
 
     if name == "mnist":
         Xtr, ytr = datasets.load_mnist("train", path)
@@ -103,15 +120,15 @@ def cmd_train(args):
     if args.model == "m2":
         return _train_m2(args)
 
-    likelihood = args.likelihood or ("gaussian" if args.dataset == "frey" else "bernoulli")
+    likelihood = args.likelihood or ("gaussian" if args.dataset in ("frey", "images") else "bernoulli")
     binarize = args.binarize
     if binarize is None:
-        binarize = "dynamic" if likelihood == "bernoulli" else "none"
+        binarize = "dynamic" if likelihood == "bernoulli" and args.dataset != "binarized-mnist" else "none"
     if binarize == "dynamic" and likelihood != "bernoulli":
         raise UsageError("train: --binarize dynamic needs --likelihood bernoulli")
     hidden = args.hidden if args.hidden is not None else ((200,) if args.dataset == "frey" else (400,))
     out = args.out or os.path.join("runs", datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))
-    Xtr, ytr, Xte, yte = load_dataset(args.dataset, args.data)
+    Xtr, ytr, Xte, yte = load_dataset(args.dataset, args.data, (args.images, args.size, args.mode))
     # default budget: about 300,000 training examples (30 epochs of the shipped MNIST
     # subset, 5 of full MNIST, 170 of Frey faces): well under 2 minutes on 2 cores
     epochs = args.epochs if args.epochs is not None else max(5, min(200, 300_000 // len(Xtr)))
@@ -120,8 +137,19 @@ def cmd_train(args):
         ytr = None if ytr is None else ytr[:args.limit]
         yte = None if yte is None else yte[:max(1, args.limit // 5)]
     os.makedirs(out, exist_ok=True)
-    model = vaec.VAE(Xtr.shape[1], args.latent, hidden=hidden, activation=args.activation,
-                     likelihood=likelihood, seed=args.seed, threads=args.threads)
+    if Xtr.ndim == 4:   # an image folder: (n, C, H, W)
+        shape = Xtr.shape[1:]
+    else:
+        H, W = IMAGE_SHAPE[args.dataset]
+        shape = (Xtr.shape[1] // (H * W), H, W)
+    if args.arch == "conv":
+        model = vaec.VAE(input_shape=shape, latent_dim=args.latent, architecture="conv", likelihood=likelihood,
+                         seed=args.seed, threads=args.threads)
+    else:
+        model = vaec.VAE(int(np.prod(shape)), args.latent, hidden=hidden, activation=args.activation,
+                         likelihood=likelihood, seed=args.seed, threads=args.threads)
+        if Xtr.ndim == 4:
+            Xtr, Xte = Xtr.reshape(len(Xtr), -1), Xte.reshape(len(Xte), -1)
     print(f"vaec {vaec.__version__}: training {model!r}", flush=True)
     print(f"data: {args.dataset}, {len(Xtr)} train / {len(Xte)} test images, binarize={binarize}, "
           f"kernels={vaec.cpu_features()['isa']}, threads={model.threads}", flush=True)
@@ -157,7 +185,10 @@ def cmd_train(args):
         "command": " ".join(sys.argv),
         "dataset": args.dataset, "n_train": int(len(Xtr)), "n_test": int(len(Xte)), "binarize": binarize,
         "model": {"input_dim": model.input_dim, "latent_dim": model.latent_dim, "hidden": list(model.hidden),
-                  "activation": model.activation, "likelihood": model.likelihood, "seed": model.seed},
+                  "activation": model.activation, "likelihood": model.likelihood, "seed": model.seed,
+                  "arch": args.arch, "input_shape": list(model.input_shape),
+                  "encoder": None if model.encoder is None else [repr(layer) for layer in model.encoder],
+                  "decoder": None if model.decoder is None else [repr(layer) for layer in model.decoder]},
         "epochs": epochs, "batch_size": args.batch_size, "lr": args.lr,
         "history": hist, "final_test_elbo": hist["test_elbo"][-1] if hist["test_elbo"] else None,
         "seconds": total, "cpu": vaec.cpu_features(), "threads": model.threads,
@@ -168,7 +199,7 @@ def cmd_train(args):
     if _have_matplotlib():
         hist_plot = {"loss": hist["loss"], "val_elbo": hist["test_elbo"], "seconds": hist["seconds"],
                      "examples_per_s": hist["examples_per_s"]}
-        for p in write_pictures(model, out, Xte, yte, IMAGE_SHAPE[args.dataset], hist_plot):
+        for p in write_pictures(model, out, Xte, yte, shape[1:] if shape[0] == 1 else shape, hist_plot):
             print(f"wrote {p}")
     else:
         print("pictures skipped: matplotlib is not installed (pip install 'vaec[plot]')")

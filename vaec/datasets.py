@@ -40,6 +40,7 @@ __all__ = [
     "load_fashion_mnist",
     "load_frey_faces",
     "load_binarized_mnist",
+    "load_images",
     "binarize",
     "labelled_subset",
     "data_dirs",
@@ -886,3 +887,59 @@ if __name__ == "__main__":  # python -m vaec.datasets make-mnist-subset SRC [DST
     else:
         print("usage: python -m vaec.datasets make-mnist-subset SRC_DIR [DST_DIR]", file=sys.stderr)
         sys.exit(2)
+
+
+# --------------------------------------------------------------------------
+# image folders
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+def load_images(folder, size=(28, 28), mode="L", *, recursive=True, limit=None) -> np.ndarray:
+    """The PNG and JPEG pictures of ``folder`` as uint8 images (n, C, H, W), C = 1 for
+    ``mode="L"`` (grey) and 3 for ``"RGB"``, resized to ``size`` = (H, W) (Pillow's bicubic
+    resampling; the aspect ratio is not kept), in the sorted order of their paths (``recursive``:
+    sub-folders too; ``limit``: the first so many). Needs Pillow (``pip install 'vaec[images]'``).
+
+    A file that cannot be read as a picture raises ValueError naming it; a folder without
+    pictures, FileNotFoundError. The result trains a VAE as it is (uint8 stays uint8)::
+
+        X = vaec.datasets.load_images("faces/", size=(64, 64), mode="RGB")
+        m = vaec.VAE(input_shape=X.shape[1:], architecture="conv", likelihood="gaussian")
+    """
+    try:
+        from PIL import Image, UnidentifiedImageError
+    except ImportError as e:  # pragma: no cover - depends on the machine
+        raise ImportError("load_images needs Pillow: pip install 'vaec[images]' (or pip install pillow)") from e
+    if mode not in ("L", "RGB"):
+        raise ValueError(f"mode: expected 'L' (grey) or 'RGB', got {mode!r}")
+    try:
+        H, W = (int(v) for v in size)
+    except (TypeError, ValueError):
+        raise TypeError(f"size: expected (height, width), got {size!r}") from None
+    if not (1 <= H <= 4096 and 1 <= W <= 4096):
+        raise ValueError(f"size: expected a height and a width between 1 and 4096, got {size!r}")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ValueError(f"limit: expected None or a positive integer, got {limit!r}")
+    root = Path(folder)
+    if not root.is_dir():
+        raise FileNotFoundError(f"folder: {root} is not a folder")
+    files = sorted(p for p in (root.rglob("*") if recursive else root.iterdir())
+                   if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise FileNotFoundError(f"folder: no {'/'.join(s[1:].upper() for s in IMAGE_SUFFIXES)} files in {root}"
+                                + (" or its sub-folders" if recursive else ""))
+    files = files[:limit] if limit else files
+    C = 1 if mode == "L" else 3
+    out = np.empty((len(files), C, H, W), np.uint8)
+    for i, f in enumerate(files):
+        try:
+            with Image.open(f) as im:
+                im = im.convert(mode)
+                if im.size != (W, H):
+                    im = im.resize((W, H), Image.BICUBIC)
+                a = np.asarray(im, dtype=np.uint8)
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+            raise ValueError(f"{f}: not a readable picture ({type(e).__name__}: {e})") from None
+        out[i] = a[None] if C == 1 else a.transpose(2, 0, 1)
+    return out

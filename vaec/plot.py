@@ -63,7 +63,12 @@ def _as_float01(X) -> np.ndarray:
 
 
 def _infer_shape(D: int, shape) -> tuple:
+    """(h, w) for grey images, or (3, h, w) for colour ones (a (1, h, w) shape is grey)."""
     shape = tuple(int(s) for s in shape)
+    if len(shape) == 3 and shape[0] == 1:
+        shape = shape[1:]
+    if len(shape) == 3 and shape[0] != 3:
+        raise ValueError(f"cannot show images of {shape[0]} channels; grey (1) or colour (3) only")
     if int(np.prod(shape)) == D:
         return shape
     if D == 560:  # Frey faces
@@ -82,15 +87,18 @@ def _value_range(images):
 
 
 def _mosaic(images: np.ndarray, shape, ncol: int, pad: int = 1, pad_value=1.0):
-    """Tile (n, D) images into one 2-D array with ``ncol`` images per row."""
+    """Tile (n, D) images into one array with ``ncol`` images per row: 2-D for grey images
+    (shape (h, w)), (rows, cols, 3) for colour ones (shape (3, h, w), channels first)."""
     n = images.shape[0]
-    h, w = shape
+    colour = len(shape) == 3
+    h, w = shape[-2:]
     ncol = max(1, min(ncol, n))
     nrows = math.ceil(n / ncol)
     out = np.full(
-        (nrows * h + (nrows - 1) * pad, ncol * w + (ncol - 1) * pad), pad_value, dtype=np.float32
+        (nrows * h + (nrows - 1) * pad, ncol * w + (ncol - 1) * pad) + ((3,) if colour else ()), pad_value,
+        dtype=np.float32
     )
-    imgs = images.reshape(n, h, w)
+    imgs = images.reshape(n, 3, h, w).transpose(0, 2, 3, 1) if colour else images.reshape(n, h, w)
     for k in range(n):
         r, c = divmod(k, ncol)
         out[r * (h + pad): r * (h + pad) + h, c * (w + pad): c * (w + pad) + w] = imgs[k]
@@ -98,7 +106,11 @@ def _mosaic(images: np.ndarray, shape, ncol: int, pad: int = 1, pad_value=1.0):
 
 
 def _show(ax, mosaic, vmin, vmax, cmap="gray"):
-    ax.imshow(mosaic, cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
+    if mosaic.ndim == 3:   # colour: scaled to [0, 1], the padding white
+        m = (mosaic - vmin) / (vmax - vmin if vmax > vmin else 1.0)
+        ax.imshow(np.clip(np.nan_to_num(m, nan=1.0), 0.0, 1.0), interpolation="nearest")
+    else:
+        ax.imshow(mosaic, cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
     ax.set_xticks([])
     ax.set_yticks([])
     for s in ax.spines.values():
@@ -113,6 +125,9 @@ def _means(model, X):
 
 def _check_images(images, shape):
     images = _as_float01(images)
+    if images.ndim == 4:  # (n, C, h, w)
+        shape = images.shape[1:]
+        images = images.reshape(images.shape[0], -1)
     if images.ndim == 3:  # (n, h, w)
         shape = images.shape[1:]
         images = images.reshape(images.shape[0], -1)
@@ -143,7 +158,7 @@ def samples_grid(images, nrow=None, shape=(28, 28), title=None, *, n=64, seed=No
     ncol = int(nrow) if nrow else math.ceil(math.sqrt(count))
     mosaic = _mosaic(images, shape, ncol, pad=1, pad_value=np.nan)
     vmin, vmax = _value_range(images)
-    h, w = mosaic.shape
+    h, w = mosaic.shape[:2]
     scale = 6.0 / max(h, w)
     fig = _figure(figsize=(max(2.0, w * scale), max(2.0, h * scale) + (0.4 if title else 0)))
     ax = fig.add_axes([0.02, 0.02, 0.96, 0.96 - (0.4 / fig.get_figheight() if title else 0)])
@@ -199,6 +214,8 @@ def interpolation(model, x_a, x_b, steps=10, path="linear", shape=(28, 28), *, c
     xs = []
     for name, x in (("x_a", x_a), ("x_b", x_b)):
         arr = _as_float01(x)
+        if arr.ndim >= 3:   # an image (C, H, W) or images (pairs, C, H, W) of an image model
+            arr = arr.reshape(1 if arr.shape == tuple(getattr(model, "input_shape", ())) else arr.shape[0], -1)
         if arr.ndim == 1:
             arr = arr[None]
         if arr.ndim != 2 or arr.shape[1] != D or arr.shape[0] == 0:
@@ -216,7 +233,7 @@ def interpolation(model, x_a, x_b, steps=10, path="linear", shape=(28, 28), *, c
     shape = _infer_shape(D, shape)
     mosaic = _mosaic(rows, shape, steps + 2, pad=1, pad_value=np.nan)
     vmin, vmax = _value_range(rows)
-    h, w = mosaic.shape
+    h, w = mosaic.shape[:2]
     scale = 9.0 / max(h, w)
     top = 0.4 if title else 0.25
     fig = _figure(figsize=(max(3.0, w * scale), max(1.2, h * scale) + top))
@@ -234,7 +251,9 @@ def reconstructions(model, X, n=10, shape=(28, 28), *, cmap="gray"):
     uint8 data is scaled to [0, 1] before being passed to the model.
     """
     Xn = _as_float01(np.asarray(X)[: int(n)])
-    if Xn.ndim == 3:
+    if Xn.ndim == 4 and shape == (28, 28):
+        shape = Xn.shape[1:]
+    if Xn.ndim in (3, 4):
         Xn = Xn.reshape(Xn.shape[0], -1)
     R = _as_float01(model.reconstruct(Xn))
     if R.shape != Xn.shape:
@@ -242,7 +261,7 @@ def reconstructions(model, X, n=10, shape=(28, 28), *, cmap="gray"):
     orig, shape = _check_images(Xn, shape)
     rec, _ = _check_images(R, shape)
     k = orig.shape[0]
-    h, w = shape
+    h, w = shape[-2:]
     fig = _figure(figsize=(max(3.0, 0.9 * k * w / h + 1.2), 2.3))
     axes = fig.subplots(2, 1)
     for ax, imgs, label in ((axes[0], orig, "original"), (axes[1], rec, "reconstruction")):
@@ -289,11 +308,14 @@ def latent_manifold(model, n=20, shape=(28, 28), dims=(0, 1), *, cmap="gray"):
             Z[r * n + c, d1] = z[n - 1 - r]
     images, shape = _check_images(model.decode(Z), shape)
     mosaic = _mosaic(images, shape, n, pad=0)
-    h, w = shape
+    h, w = shape[-2:]
     fig = _figure(figsize=(6.0 * min(1.0, (w / h)) + 0.9, 6.0 * min(1.0, h / w) + 0.7))
     ax = fig.add_subplot()
-    ax.imshow(mosaic, cmap=cmap, vmin=_value_range(images)[0], vmax=_value_range(images)[1],
-              interpolation="nearest")
+    vmin, vmax = _value_range(images)
+    if mosaic.ndim == 3:
+        ax.imshow(np.clip((mosaic - vmin) / (vmax - vmin if vmax > vmin else 1.0), 0, 1), interpolation="nearest")
+    else:
+        ax.imshow(mosaic, cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
     ticks = sorted(set(np.linspace(0, n - 1, min(n, 5)).round().astype(int)))
     ax.set_xticks([c * w + (w - 1) / 2 for c in ticks], [f"{z[c]:.2f}" for c in ticks])
     ax.set_yticks([r * h + (h - 1) / 2 for r in ticks], [f"{z[n - 1 - r]:.2f}" for r in ticks])
