@@ -137,6 +137,30 @@ def test_reproduce_rezende_flows_records_one_row_per_posterior(tmp_path):
     assert json.loads((tmp_path / "out" / "result.json").read_text())["rows"][1]["eval_n"] == 10
 
 
+def test_reproduce_conv_flows_rows_and_resume(tmp_path):
+    """One row per posterior and one for the MLP trained for the plain conv VAE's time; a
+    second run finds the finished models and trains nothing again."""
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 40), ("test", 12)):
+        B = (rng.random((n, 784)) < 0.2).astype(np.uint8)
+        (tmp_path / f"binarized_mnist_{split}.amat").write_text("\n".join(" ".join(map(str, r)) for r in B) + "\n")
+    results = tmp_path / "RESULTS.md"
+    args = ("reproduce", "conv-flows", "--data", str(tmp_path), "--epochs", "1", "--flows", "none,realnvp:2",
+            "--eval-samples", "4", "--eval-limit", "6", "--out", str(tmp_path / "out"), "--results", str(results),
+            "--quiet", "--threads", "1")
+    r = run(*args)
+    assert r.returncode == 0, r.stderr
+    rows = [line for line in results.read_text().splitlines() if line.startswith("| 2")]
+    assert [row.split("|")[2].strip() for row in rows] == ["conv diagonal Gaussian", "conv realnvp:2",
+                                                            "MLP 784-400-400-32, same time"]
+    res = json.loads((tmp_path / "out" / "result.json").read_text())["rows"]
+    assert res[1]["flow"] == "realnvp:2" and res[0]["eval_n"] == 6 and res[0]["rec"] < 0 < res[0]["nll"]
+    m = vaec.load(tmp_path / "out" / "model-conv-realnvp2.vaec")
+    assert m.flow == "realnvp:2" and isinstance(m.encoder[2], vaec.layers.MaxPool2d)
+    r2 = run(*args)
+    assert r2.returncode == 0 and r2.stdout.count("done before") == 3
+
+
 @pytest.mark.slow
 def test_reproduce_wake_sleep_records_curves(tmp_path):
     results = tmp_path / "RESULTS.md"

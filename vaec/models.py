@@ -489,6 +489,16 @@ class VAE(_Coder):
             out[start:start + bs] = self._core.iwae(x=X[start:start + bs], samples=k, seed=s, binarize=bin_flag)
         return out
 
+    def expected_log_likelihood(self, X, samples=1, seed=None, binarize=None):
+        """E_q[log p(x|z)], the reconstruction term of the ELBO (with a flow, at z_K), averaged
+        over the examples of X and ``samples`` draws from q(z|x): a float (nats)."""
+        samples = _int_arg("samples", samples, 1, MAX_SAMPLES)
+        X = self._check_data(X, "X")
+        if X.shape[0] == 0:
+            raise ValueError("X: expected at least one example")
+        self._core.elbo(x=X, samples=samples, seed=_seed_arg(seed), binarize=_binarize_arg(binarize))
+        return float(self._core.last_rec())
+
     def kl_per_dim(self, X):
         """Mean over X of KL(q(z_j|x) || N(0, 1)) for each latent dimension j, float64."""
         X = self._check_data(X, "X")
