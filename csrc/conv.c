@@ -32,59 +32,84 @@ typedef struct {
     int64_t lddx;
 } col_job;
 
+/* The copies of a patch row are a few floats (the kernel's width): short loops that
+ * must stay loops, not calls of memcpy/memset (which the compiler would make of them, at
+ * a call's cost for every 4 floats). */
+#if defined(__GNUC__) && !defined(__clang__)
+#define NO_MEMCPY_IDIOM __attribute__((optimize("no-tree-loop-distribute-patterns")))
+#else
+#define NO_MEMCPY_IDIOM
+#endif
+
 /* rows of one example's patches */
-static void im2col_example(const vaec_conv_geom *g, const float *x, float *col) {
+NO_MEMCPY_IDIOM static void im2col_example(const vaec_conv_geom *g, const float *restrict x, float *restrict col) {
     const int64_t C = g->C, H = g->H, W = g->W, Ho = g->Ho, Wo = g->Wo, kh = g->kh, kw = g->kw;
     const int64_t K = C * kh * kw;
-    for (int64_t oh = 0; oh < Ho; oh++)
+    for (int64_t oh = 0; oh < Ho; oh++) {
+        const int64_t h0 = oh * g->sh - g->ph;
+        const int rows_inside = h0 >= 0 && h0 + kh <= H;
         for (int64_t ow = 0; ow < Wo; ow++) {
             float *row = col + (oh * Wo + ow) * K;
-            const int64_t h0 = oh * g->sh - g->ph, w0 = ow * g->sw - g->pw;
+            const int64_t w0 = ow * g->sw - g->pw;
+            if (rows_inside && w0 >= 0 && w0 + kw <= W) {   /* the patch lies inside the image */
+                for (int64_t c = 0; c < C; c++) {
+                    const float *src = x + (c * H + h0) * W + w0;
+                    for (int64_t i = 0; i < kh; i++, row += kw, src += W)
+                        for (int64_t j = 0; j < kw; j++) row[j] = src[j];
+                }
+                continue;
+            }
             for (int64_t c = 0; c < C; c++) {
                 const float *xc = x + c * H * W;
-                for (int64_t i = 0; i < kh; i++) {
+                for (int64_t i = 0; i < kh; i++, row += kw) {
                     const int64_t ih = h0 + i;
-                    float *dst = row + (c * kh + i) * kw;
                     if (ih < 0 || ih >= H) {
-                        memset(dst, 0, (size_t)kw * sizeof(float));
+                        for (int64_t j = 0; j < kw; j++) row[j] = 0.0f;
                         continue;
                     }
                     const float *src = xc + ih * W;
-                    if (w0 >= 0 && w0 + kw <= W) {
-                        memcpy(dst, src + w0, (size_t)kw * sizeof(float));
-                    } else {
-                        for (int64_t j = 0; j < kw; j++) {
-                            const int64_t iw = w0 + j;
-                            dst[j] = iw >= 0 && iw < W ? src[iw] : 0.0f;
-                        }
+                    for (int64_t j = 0; j < kw; j++) {
+                        const int64_t iw = w0 + j;
+                        row[j] = iw >= 0 && iw < W ? src[iw] : 0.0f;
                     }
                 }
             }
         }
+    }
 }
 
-static void col2im_example(const vaec_conv_geom *g, const float *col, float *dx) {
+NO_MEMCPY_IDIOM static void col2im_example(const vaec_conv_geom *g, const float *restrict col, float *restrict dx) {
     const int64_t C = g->C, H = g->H, W = g->W, Ho = g->Ho, Wo = g->Wo, kh = g->kh, kw = g->kw;
     const int64_t K = C * kh * kw;
     memset(dx, 0, (size_t)(C * H * W) * sizeof(float));
-    for (int64_t oh = 0; oh < Ho; oh++)
+    for (int64_t oh = 0; oh < Ho; oh++) {
+        const int64_t h0 = oh * g->sh - g->ph;
+        const int rows_inside = h0 >= 0 && h0 + kh <= H;
         for (int64_t ow = 0; ow < Wo; ow++) {
             const float *row = col + (oh * Wo + ow) * K;
-            const int64_t h0 = oh * g->sh - g->ph, w0 = ow * g->sw - g->pw;
+            const int64_t w0 = ow * g->sw - g->pw;
+            if (rows_inside && w0 >= 0 && w0 + kw <= W) {
+                for (int64_t c = 0; c < C; c++) {
+                    float *dst = dx + (c * H + h0) * W + w0;
+                    for (int64_t i = 0; i < kh; i++, row += kw, dst += W)
+                        for (int64_t j = 0; j < kw; j++) dst[j] += row[j];
+                }
+                continue;
+            }
             for (int64_t c = 0; c < C; c++) {
                 float *xc = dx + c * H * W;
-                for (int64_t i = 0; i < kh; i++) {
+                for (int64_t i = 0; i < kh; i++, row += kw) {
                     const int64_t ih = h0 + i;
                     if (ih < 0 || ih >= H) continue;
-                    const float *src = row + (c * kh + i) * kw;
                     float *dst = xc + ih * W;
                     for (int64_t j = 0; j < kw; j++) {
                         const int64_t iw = w0 + j;
-                        if (iw >= 0 && iw < W) dst[iw] += src[j];
+                        if (iw >= 0 && iw < W) dst[iw] += row[j];
                     }
                 }
             }
         }
+    }
 }
 
 static void im2col_task(void *ctx, int64_t n, int tid) {

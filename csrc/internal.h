@@ -32,6 +32,11 @@ void vaec_free(void *p);
 #define GEMM_SCRATCH_FLOATS ((size_t)GEMM_MB * GEMM_KC + (size_t)GEMM_KC * GEMM_NG + 2 * GEMM_PAD)
 
 
+/* The time spent in convolution layers (Conv2d, ConvTranspose2d: forward and backward, all
+ * of their work) and their multiply-adds, summed while on: returns the sums since the last
+ * call, zeroes them and turns the account on or off (layer_conv.c; for the benchmark). */
+void vaec_conv_timing(int on, double *seconds, double *macs);
+
 /* Makes the calling thread's GEMM packing buffer now (gemm.c keeps one per thread, freed
  * when the thread ends); a pool's worker calls it when it starts. */
 void vaec_gemm_thread_init(void);

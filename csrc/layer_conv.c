@@ -13,15 +13,41 @@
  *             y = act(col2im(col) + b) (bias and activation in a pass after col2im);
  *   backward  colg = im2col(g); dW (+)= x_nhwc^T . colg; db (+)= the sums of g per channel;
  *             din = (colg . W^T with the channels first) * in_act'(x).
- * The blocks hold G examples, G fixed by the shapes (about 2^20 floats of columns), so the
+ * The blocks hold G examples, G fixed by the shapes (about 2^22 floats of columns), so the
  * sums run in the same order whatever the number of threads; the first block's gradient
- * products write or add by the gradient protocol, the later ones add. */
+ * products write or add by the gradient protocol, the later ones add. When one block
+ * holds the whole call, the backward uses the columns (Conv2d) or the channels-last input
+ * (ConvTranspose2d) its forward left in the workspace instead of making them again. */
+#define _POSIX_C_SOURCE 200809L
 #include "net.h"
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 
-#define COL_BUDGET ((int64_t)1 << 20)   /* floats of columns a block holds */
+#define COL_BUDGET ((int64_t)1 << 24)   /* floats of columns a block holds (64 MB) */
+
+/* The optional account of the time spent in the convolution layers and their multiply-adds
+ * (vaec_conv_timing), for the benchmark's figure; off costs a relaxed load per call. */
+static _Atomic int timing_on;
+static _Atomic int64_t timing_ns, timing_macs;
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+static void account(double t0, int64_t macs) {
+    atomic_fetch_add_explicit(&timing_ns, (int64_t)((now_s() - t0) * 1e9), memory_order_relaxed);
+    atomic_fetch_add_explicit(&timing_macs, macs, memory_order_relaxed);
+}
+void vaec_conv_timing(int on, double *seconds, double *macs) {
+    int64_t ns = atomic_exchange(&timing_ns, 0), m = atomic_exchange(&timing_macs, 0);
+    if (seconds) *seconds = (double)ns * 1e-9;
+    if (macs) *macs = (double)m;
+    atomic_store(&timing_on, on != 0);
+}
+#define TIMING_START double t0_ = atomic_load_explicit(&timing_on, memory_order_relaxed) ? now_s() : -1.0
+#define TIMING_END(macs) do { if (t0_ >= 0.0) account(t0_, (macs)); } while (0)
 
 static int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 
@@ -116,12 +142,16 @@ static void conv_forward(vaec_net *net, vaec_layer *L, float *y, int64_t ldy, co
     const int64_t G = min64(L->group, net->rows);
     float *col = L->ws, *yn = L->ws + ((G * Np * K + 15) & ~(int64_t)15);
     vaec_gemm_epilogue e = {P + L->lin.b, L->act, NULL, 0, NULL};
+    TIMING_START;
     for (int64_t n0 = 0; n0 < R; n0 += G) {
         const int64_t gn = min64(G, R - n0);
         vaec_conv_im2col(net->pool, g, x + n0 * ldx, ldx, gn, col);
         vaec_sgemm_fused(net->pool, 0, 1, gn * Np, Cout, K, col, K, P + L->lin.W, K, 0.0f, yn, Cout, &e);
         vaec_conv_nhwc_to_nchw(net->pool, yn, Np * Cout, y + n0 * ldy, ldy, gn, Np, Cout);
     }
+    L->sp_for = R <= G ? x : NULL;   /* the columns of all of x stay in the workspace */
+    L->sp_rows = R;
+    TIMING_END(R * Np * Cout * K);
 }
 
 /* dW (+)= g_nhwc^T . col, db (+)= colsum(g_nhwc), din(R, (C, H, W)) = col2im(g_nhwc . W) * in_act'(x) */
@@ -138,19 +168,22 @@ static void conv_backward(vaec_net *net, vaec_layer *L, float *din, int64_t lddi
         memset(Gr + L->lin.W, 0, (size_t)(Cout * K) * sizeof(float));
         memset(Gr + L->lin.b, 0, (size_t)Cout * sizeof(float));
     }
+    TIMING_START;
     for (int64_t n0 = 0; n0 < R; n0 += G) {
         const int64_t m = min64(G, R - n0);
         const int add = accumulate || n0 > 0;
         vaec_conv_nchw_to_nhwc(net->pool, g + n0 * ldg, ldg, gn, Np * Cout, m, Np, Cout);
-        vaec_conv_im2col(net->pool, geo, x + n0 * ldx, ldx, m, col);
+        if (!(L->sp_for == x && L->sp_rows == R)) vaec_conv_im2col(net->pool, geo, x + n0 * ldx, ldx, m, col);
         vaec_sgemm_fused(net->pool, 1, 0, Cout, K, m * Np, gn, Cout, col, K, add ? 1.0f : 0.0f, Gr + L->lin.W, K, &chk);
         vaec_dense_bias_grad(net->pool, Gr + L->lin.b, gn, Cout, m * Np, Cout, add, &net->nonfinite);
         if (!din) continue;
+        L->sp_for = NULL;   /* the columns give way to their gradient */
         vaec_sgemm(net->pool, 0, 0, m * Np, K, Cout, gn, Cout, P + L->lin.W, K, 0.0f, col, K);
         vaec_conv_col2im(net->pool, geo, col, m, din + n0 * lddin, lddin);
         vaec_rows_act_backward(net->pool, in_act, din + n0 * lddin, lddin, x + n0 * ldx, ldx, m,
                                geo->C * geo->H * geo->W);
     }
+    TIMING_END(R * Np * Cout * K * (din ? 2 : 1));
 }
 
 const vaec_layer_ops vaec_layer_conv2d = {
@@ -223,6 +256,7 @@ static void convt_forward(vaec_net *net, vaec_layer *L, float *y, int64_t ldy, c
     const int64_t Cin = L->in.c, HW = L->in.h * L->in.w, K = L->lin.out;
     const int64_t G = min64(L->group, net->rows);
     float *xn = L->ws, *col = L->ws + ((G * HW * Cin + 15) & ~(int64_t)15);
+    TIMING_START;
     for (int64_t n0 = 0; n0 < R; n0 += G) {
         const int64_t m = min64(G, R - n0);
         vaec_conv_nchw_to_nhwc(net->pool, x + n0 * ldx, ldx, xn, HW * Cin, m, HW, Cin);
@@ -231,6 +265,9 @@ static void convt_forward(vaec_net *net, vaec_layer *L, float *y, int64_t ldy, c
         bias_act_job j = {P + L->lin.b, L->act, y + n0 * ldy, ldy, g->C, g->H * g->W};
         vaec_pool_run(net->pool, bias_act_task, &j, m);
     }
+    L->sp_for = R <= G ? x : NULL;   /* x with its channels last stays in the workspace */
+    L->sp_rows = R;
+    TIMING_END(R * HW * Cin * K);
 }
 
 typedef struct { const float *g; int64_t ldg, C, P; double *acc; } chan_sum_job;
@@ -256,6 +293,7 @@ static void convt_backward(vaec_net *net, vaec_layer *L, float *din, int64_t ldd
     const int64_t G = min64(L->group, net->rows);
     float *xn = L->ws, *col = L->ws + ((G * HW * Cin + 15) & ~(int64_t)15);
     vaec_gemm_epilogue chk = {NULL, VAEC_ACT_IDENTITY, NULL, 0, &net->nonfinite};
+    TIMING_START;
     if (R <= 0 && !accumulate) {
         memset(Gr + L->lin.W, 0, (size_t)(Cin * K) * sizeof(float));
         memset(Gr + L->lin.b, 0, (size_t)Cout * sizeof(float));
@@ -281,13 +319,15 @@ static void convt_backward(vaec_net *net, vaec_layer *L, float *din, int64_t ldd
         const int64_t m = min64(G, R - n0);
         const int add = accumulate || n0 > 0;
         vaec_conv_im2col(net->pool, geo, g + n0 * ldg, ldg, m, col);
-        vaec_conv_nchw_to_nhwc(net->pool, x + n0 * ldx, ldx, xn, HW * Cin, m, HW, Cin);
+        if (!(L->sp_for == x && L->sp_rows == R)) vaec_conv_nchw_to_nhwc(net->pool, x + n0 * ldx, ldx, xn, HW * Cin, m, HW, Cin);
         vaec_sgemm_fused(net->pool, 1, 0, Cin, K, m * HW, xn, Cin, col, K, add ? 1.0f : 0.0f, Gr + L->lin.W, K, &chk);
         if (!din) continue;
+        L->sp_for = NULL;   /* the input gives way to its gradient */
         vaec_sgemm(net->pool, 0, 1, m * HW, Cin, K, col, K, P + L->lin.W, K, 0.0f, xn, Cin);
         vaec_conv_nhwc_to_nchw(net->pool, xn, HW * Cin, din + n0 * lddin, lddin, m, HW, Cin);
         vaec_rows_act_backward(net->pool, in_act, din + n0 * lddin, lddin, x + n0 * ldx, ldx, m, Cin * HW);
     }
+    TIMING_END(R * HW * Cin * K * (din ? 2 : 1));
 }
 
 const vaec_layer_ops vaec_layer_convt2d = {

@@ -110,9 +110,11 @@ struct vaec_layer {
      * order whatever the thread count) */
     vaec_conv_geom geom;
     int64_t group;
-    /* per-call state of a kind (the sparse path's copy of the input it used) */
+    /* per-call state of a kind: the input rows of which the workspace holds a form the
+     * forward made and the backward may use (Linear: its sparse copy spx; Conv2d: their
+     * columns; ConvTranspose2d: them channels last); NULL: none */
     vaec_spx spx;
-    const float *sp_for;         /* the input rows spx holds and the forward used (NULL: dense) */
+    const float *sp_for;
     int64_t sp_rows;
 };
 

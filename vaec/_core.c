@@ -465,6 +465,16 @@ static PyObject *mod_set_isa(PyObject *module, PyObject *args) {
     return NULL;
 }
 
+/* conv_timing(on) -> (seconds, multiply-adds) in the convolution layers since the last call;
+ * then counts (or not). */
+static PyObject *mod_conv_timing(PyObject *module, PyObject *args) {
+    int on;
+    if (!PyArg_ParseTuple(args, "p", &on)) return NULL;
+    double seconds, macs;
+    vaec_conv_timing(on, &seconds, &macs);
+    return Py_BuildValue("(dd)", seconds, macs);
+}
+
 /* gemm_timing(on) -> (seconds, flops) spent in GEMMs since the last call; then counts
  * from zero while on (the benchmark's dense-layer figure) */
 static PyObject *mod_gemm_timing(PyObject *module, PyObject *args) {
@@ -675,6 +685,8 @@ static PyMethodDef module_methods[] = {
     {"set_isa", mod_set_isa, METH_VARARGS, "set_isa(name) -> the path now active (never above the CPU's)"},
     {"set_sparse_input", mod_set_sparse_input, METH_VARARGS, "set_sparse_input(mode) -> the mode before"},
     {"gemm_timing", mod_gemm_timing, METH_VARARGS, "gemm_timing(on) -> (seconds, flops) in GEMMs since the last call"},
+    {"conv_timing", mod_conv_timing, METH_VARARGS,
+     "conv_timing(on) -> (seconds, multiply-adds) in the convolution layers since the last call"},
     {"sparse_input", mod_sparse_input, METH_NOARGS, "sparse_input() -> 'off', 'auto' or 'always'"},
     {"sgemm", (PyCFunction)(void (*)(void))mod_sgemm, METH_VARARGS | METH_KEYWORDS, "GEMM, for tests"},
     {"act", mod_act, METH_VARARGS, "activation forward/backward, for tests"},

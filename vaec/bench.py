@@ -1,7 +1,8 @@
 """``python -m vaec bench``: vaec against PyTorch on the same VAE, side by side.
 
 The model is the one of the performance issue: 784-400-20, tanh, Bernoulli decoder, Adam,
-one sample per example, on statically binarized MNIST digits. vaec and PyTorch (when it
+one sample per example, on statically binarized MNIST digits; and the convolutional VAE of
+the conv issue (conv_network) on the same digits as images. vaec and PyTorch (when it
 can be imported) run in this one process, interleaved repeat by repeat, with the same
 batch size and thread count. Each figure is the median of several timed repeats, with the
 min-max range. The machine's peak FP32 FMA throughput is measured on the spot by a small
@@ -109,6 +110,86 @@ class _Torch:
             return t.stack(out)
 
 
+def conv_network():
+    """The conv VAE of the convolutional issue: 1x28x28, latent 32."""
+    from . import layers as L
+    enc = [L.Conv2d(32, 4, stride=2, padding=1), L.ReLU(), L.Conv2d(64, 4, stride=2, padding=1), L.ReLU(),
+           L.Flatten(), L.Linear(256), L.ReLU()]
+    dec = [L.Linear(256), L.ReLU(), L.Linear(64 * 7 * 7), L.ReLU(), L.Unflatten(64, 7, 7),
+           L.ConvTranspose2d(32, 4, stride=2, padding=1), L.ReLU(), L.ConvTranspose2d(1, 4, stride=2, padding=1)]
+    return enc, dec
+
+
+def conv_macs(model):
+    """Multiply-adds of one training step of a conv VAE per example, as in _train_macs: each
+    layer's forward, its weight gradient and (but for the first) its input gradient; and
+    those of the convolution layers alone."""
+    from . import layers as L
+    total = conv = 0
+    for layers, shape, first in ((model.encoder, model.input_shape, True), (model.decoder, (model.latent_dim,), False)):
+        for layer in layers:
+            if isinstance(layer, L.Linear):
+                fwd = int(np.prod(shape)) * layer.out_features
+                shape = (layer.out_features,)
+            elif isinstance(layer, L.Conv2d):
+                C, H, W = shape
+                Ho = (H + 2 * layer.padding[0] - layer.kernel_size[0]) // layer.stride[0] + 1
+                Wo = (W + 2 * layer.padding[1] - layer.kernel_size[1]) // layer.stride[1] + 1
+                fwd = Ho * Wo * layer.out_channels * C * layer.kernel_size[0] * layer.kernel_size[1]
+                shape = (layer.out_channels, Ho, Wo)
+            elif isinstance(layer, L.ConvTranspose2d):
+                C, H, W = shape
+                fwd = H * W * C * layer.out_channels * layer.kernel_size[0] * layer.kernel_size[1]
+                shape = (layer.out_channels, (H - 1) * layer.stride[0] - 2 * layer.padding[0] + layer.kernel_size[0]
+                         + layer.output_padding[0], (W - 1) * layer.stride[1] - 2 * layer.padding[1]
+                         + layer.kernel_size[1] + layer.output_padding[1])
+            elif isinstance(layer, L.Unflatten):
+                shape = layer.shape
+                continue
+            elif isinstance(layer, L.Flatten):
+                shape = (int(np.prod(shape)),)
+                continue
+            else:
+                continue
+            macs = fwd * (2 if first else 3)
+            total += macs
+            if isinstance(layer, (L.Conv2d, L.ConvTranspose2d)):
+                conv += macs
+            first = False
+        # the heads after the encoder
+        if layers is model.encoder:
+            macs = int(np.prod(shape)) * 2 * model.latent_dim * 3
+            total += macs
+    return total, conv
+
+
+class _TorchConv:
+    """The same conv VAE in PyTorch (vaec.to_torch's module: the same layers), Adam,
+    BCE-with-logits, analytic KL."""
+
+    def __init__(self, model, threads):
+        import torch
+        from .torch_export import to_torch
+
+        self.torch = torch
+        torch.set_num_threads(threads)
+        self.m = to_torch(model).train()
+        self.opt = torch.optim.Adam(self.m.parameters(), lr=1e-3)
+
+    def step(self, x):
+        t = self.torch
+        mu, lv = self.m.encode(x)
+        z = mu + t.exp(0.5 * lv) * t.randn_like(mu)
+        logits = self.m.decoder(z).reshape(x.shape[0], -1)
+        rec = t.nn.functional.binary_cross_entropy_with_logits(logits, x.reshape(x.shape[0], -1), reduction="sum")
+        kl = 0.5 * (mu * mu + lv.exp() - 1 - lv).sum()
+        loss = (rec + kl) / x.shape[0]
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        return loss
+
+
 def _paired_ratio(num, den):
     """Median (min–max) of num[i] / den[i] over the interleaved repeats: the two sides of
     a pair ran back to back, so a slow spell of the machine cancels out of each ratio
@@ -119,7 +200,7 @@ def _paired_ratio(num, den):
     return f"{statistics.median(r):.2f}× ({min(r):.2f}–{max(r):.2f})"
 
 
-def run(threads=None, vs_torch=True, quick=False, batches=(1, 20, 100, 1000), out=print):
+def run(threads=None, vs_torch=True, quick=False, batches=(1, 20, 100, 1000), out=print, conv_batches=(20, 100, 1000)):
     import vaec
     from . import _core
 
@@ -185,6 +266,45 @@ def run(threads=None, vs_torch=True, quick=False, batches=(1, 20, 100, 1000), ou
         if sparse == "off" and dense:
             dense_row = (B, dense)
 
+    # the conv VAE of the convolutional issue, the same network in PyTorch
+    conv_rows = []
+    if conv_batches:
+        enc, dec = conv_network()
+        cm = vaec.VAE(input_shape=(1, 28, 28), latent_dim=32, encoder=enc, decoder=dec, seed=0, threads=threads)
+        ctorch = None
+        if torch_model:
+            ctorch = _TorchConv(cm, threads)
+        macs, cmacs = conv_macs(cm)
+        Xc = X.reshape(-1, 1, 28, 28)
+        for B in conv_batches:
+            xs = [Xc[i:i + B] for i in range(0, len(Xc) - B + 1, B)] or [Xc[:B]]
+            it = {"v": 0, "t": 0}
+
+            def cv_step():
+                cm.train_step(xs[it["v"] % len(xs)])
+                it["v"] += 1
+
+            tx = [ctorch.torch.from_numpy(x) for x in xs] if ctorch else None
+
+            def ct_step():
+                ctorch.step(tx[it["t"] % len(tx)])
+                it["t"] += 1
+
+            v, t, peaks, convs = [], [], [], []
+            try:
+                for _ in range(repeats):
+                    peaks.append(_core.peak_gflops(threads, probe_s))
+                    _core.conv_timing(True)
+                    v.append(rate(cv_step, B))
+                    conv_s, conv_macs_done = _core.conv_timing(False)
+                    if conv_s > 0:
+                        convs.append((2 * conv_macs_done / conv_s / 1e9, peaks[-1]))
+                    if ctorch:
+                        t.append(rate(ct_step, B))
+            finally:
+                _core.conv_timing(False)
+            conv_rows.append((B, v, t, macs, peaks, convs))
+
     # single-example encode latency (microseconds; lower is better)
     x1 = X[:1]
     lat_v, lat_t = [], []
@@ -243,6 +363,16 @@ def run(threads=None, vs_torch=True, quick=False, batches=(1, 20, 100, 1000), ou
         lines.append(f"| dense layers alone (their GEMMs' time in vaec), batch {B}, zeros not skipped | | | | "
                      f"{gf:.1f} | {100 * statistics.median(pcts):.0f} % ({100 * min(pcts):.0f}–"
                      f"{100 * max(pcts):.0f}) |")
+    for B, v, t, macs, peaks, convs in conv_rows:
+        gf = statistics.median(v) * macs * 2 / 1e9
+        pct = statistics.median(r * macs * 2 / 1e9 / p for r, p in zip(v, peaks))
+        lines.append(f"| conv VAE training ex/s, batch {B} | {fmt(v)} | {fmt(t)} | {_paired_ratio(v, t)} | {gf:.1f} | "
+                     f"{100 * pct:.0f} % |")
+        if convs:
+            cg = statistics.median(g for g, _ in convs)
+            cp = [g / p for g, p in convs]
+            lines.append(f"| conv VAE: its convolution layers alone (all their work), batch {B} | | | | {cg:.1f} | "
+                         f"{100 * statistics.median(cp):.0f} % ({100 * min(cp):.0f}–{100 * max(cp):.0f}) |")
     ratio = _paired_ratio(lat_t, lat_v)
     lines.append(f"| encode one example, µs (lower is better) | {fmt(lat_v).replace(',', '')} | "
                  f"{fmt(lat_t).replace(',', '')} | {ratio} | | |")
@@ -257,7 +387,10 @@ def run(threads=None, vs_torch=True, quick=False, batches=(1, 20, 100, 1000), ou
                  "vaec's first layer skips the zeros of its input (these digits are about 13 % ones; "
                  "`vaec.set_sparse_input`), so it does fewer multiply-adds than counted: its GFLOP/s and % of "
                  "peak are dense-equivalent, except on the row whose zeros are not skipped, where all "
-                 "the products are done.")
+                 "the products are done. The conv VAE is the convolutional issue's (Conv2d 32 and 64, 4x4 "
+                 "stride 2; Linear 256; the mirror with ConvTranspose2d; latent 32) against the same layers "
+                 "in PyTorch (vaec.to_torch's module); its convolution-layer row times everything those "
+                 "layers do (im2col, the GEMMs, col2im, the layout changes) against their multiply-adds.")
     for l in lines:
         out(l)
     return lines
