@@ -10,7 +10,10 @@
  *   im2col     col(n HoWo + p, (c, i, j)) = x_n(c, oh sh - ph + i, ow sw - pw + j) (0 off
  *              the image), p = oh Wo + ow: one row per output pixel, so a forward is
  *              out(G HoWo, Cout) = col . W^T with the bias and activation in the GEMM's
- *              epilogue, channels last (NHWC); vaec_conv_nhwc_to_nchw puts them first.
+ *              epilogue, channels last (NHWC). Between convolutions the tensors stay channels
+ *              last, (H, W, C): a patch is then in (i, j, c) order, each kernel row i a run of
+ *              kw C consecutive floats of the image, and the weight is permuted to match
+ *              (vaec_conv_weight_to_ijc).
  *   col2im     the adjoint: x_n(c, ih, iw) += col(...) over every patch covering it, in
  *              patch order (one task per example: thread-count free).
  * The convolution's backward is two GEMMs (dW = g^T col, dcol = g W) and col2im; a
@@ -40,6 +43,71 @@ typedef struct {
 #else
 #define NO_MEMCPY_IDIOM
 #endif
+
+/* Channels last: the patch row i of the kernel is kw pixels of C channels, kw C
+ * consecutive floats of the image. */
+NO_MEMCPY_IDIOM static void im2col_example_nhwc(const vaec_conv_geom *g, const float *restrict x,
+                                                float *restrict col) {
+    const int64_t C = g->C, H = g->H, W = g->W, Ho = g->Ho, Wo = g->Wo, kh = g->kh, kw = g->kw;
+    const int64_t K = C * kh * kw, run = kw * C;
+    for (int64_t oh = 0; oh < Ho; oh++) {
+        const int64_t h0 = oh * g->sh - g->ph;
+        for (int64_t ow = 0; ow < Wo; ow++) {
+            float *row = col + (oh * Wo + ow) * K;
+            const int64_t w0 = ow * g->sw - g->pw;
+            const int cols_inside = w0 >= 0 && w0 + kw <= W;
+            for (int64_t i = 0; i < kh; i++, row += run) {
+                const int64_t ih = h0 + i;
+                if (ih < 0 || ih >= H) {
+                    for (int64_t q = 0; q < run; q++) row[q] = 0.0f;
+                    continue;
+                }
+                const float *src = x + (ih * W + w0) * C;
+                if (cols_inside) {
+                    for (int64_t q = 0; q < run; q++) row[q] = src[q];
+                    continue;
+                }
+                for (int64_t j = 0; j < kw; j++) {
+                    const int64_t iw = w0 + j;
+                    float *d = row + j * C;
+                    if (iw >= 0 && iw < W)
+                        for (int64_t c = 0; c < C; c++) d[c] = src[j * C + c];
+                    else
+                        for (int64_t c = 0; c < C; c++) d[c] = 0.0f;
+                }
+            }
+        }
+    }
+}
+
+NO_MEMCPY_IDIOM static void col2im_example_nhwc(const vaec_conv_geom *g, const float *restrict col,
+                                                float *restrict dx) {
+    const int64_t C = g->C, H = g->H, W = g->W, Ho = g->Ho, Wo = g->Wo, kh = g->kh, kw = g->kw;
+    const int64_t K = C * kh * kw, run = kw * C;
+    memset(dx, 0, (size_t)(C * H * W) * sizeof(float));
+    for (int64_t oh = 0; oh < Ho; oh++) {
+        const int64_t h0 = oh * g->sh - g->ph;
+        for (int64_t ow = 0; ow < Wo; ow++) {
+            const float *row = col + (oh * Wo + ow) * K;
+            const int64_t w0 = ow * g->sw - g->pw;
+            const int cols_inside = w0 >= 0 && w0 + kw <= W;
+            for (int64_t i = 0; i < kh; i++, row += run) {
+                const int64_t ih = h0 + i;
+                if (ih < 0 || ih >= H) continue;
+                float *dst = dx + (ih * W + w0) * C;
+                if (cols_inside) {
+                    for (int64_t q = 0; q < run; q++) dst[q] += row[q];
+                    continue;
+                }
+                for (int64_t j = 0; j < kw; j++) {
+                    const int64_t iw = w0 + j;
+                    if (iw >= 0 && iw < W)
+                        for (int64_t c = 0; c < C; c++) dst[j * C + c] += row[j * C + c];
+                }
+            }
+        }
+    }
+}
 
 /* rows of one example's patches */
 NO_MEMCPY_IDIOM static void im2col_example(const vaec_conv_geom *g, const float *restrict x, float *restrict col) {
@@ -115,13 +183,35 @@ NO_MEMCPY_IDIOM static void col2im_example(const vaec_conv_geom *g, const float 
 static void im2col_task(void *ctx, int64_t n, int tid) {
     (void)tid;
     col_job *j = ctx;
-    im2col_example(j->g, j->x + n * j->ldx, j->col + n * j->g->Ho * j->g->Wo * j->g->C * j->g->kh * j->g->kw);
+    float *col = j->col + n * j->g->Ho * j->g->Wo * j->g->C * j->g->kh * j->g->kw;
+    if (j->g->nhwc) im2col_example_nhwc(j->g, j->x + n * j->ldx, col);
+    else im2col_example(j->g, j->x + n * j->ldx, col);
 }
 
 static void col2im_task(void *ctx, int64_t n, int tid) {
     (void)tid;
     col_job *j = ctx;
-    col2im_example(j->g, j->col + n * j->g->Ho * j->g->Wo * j->g->C * j->g->kh * j->g->kw, j->dx + n * j->lddx);
+    const float *col = j->col + n * j->g->Ho * j->g->Wo * j->g->C * j->g->kh * j->g->kw;
+    if (j->g->nhwc) col2im_example_nhwc(j->g, col, j->dx + n * j->lddx);
+    else col2im_example(j->g, col, j->dx + n * j->lddx);
+}
+
+void vaec_conv_weight_to_ijc(const float *W, float *Wp, int64_t O, int64_t C, int64_t kh, int64_t kw) {
+    const int64_t kk = kh * kw;
+    for (int64_t o = 0; o < O; o++)
+        for (int64_t c = 0; c < C; c++)
+            for (int64_t q = 0; q < kk; q++) Wp[(o * kk + q) * C + c] = W[(o * C + c) * kk + q];
+}
+
+void vaec_conv_weight_from_ijc(const float *Wp, float *W, int64_t O, int64_t C, int64_t kh, int64_t kw, int add) {
+    const int64_t kk = kh * kw;
+    for (int64_t o = 0; o < O; o++)
+        for (int64_t c = 0; c < C; c++)
+            for (int64_t q = 0; q < kk; q++) {
+                const float v = Wp[(o * kk + q) * C + c];
+                float *d = W + (o * C + c) * kk + q;
+                *d = add ? *d + v : v;
+            }
 }
 
 void vaec_conv_im2col(vaec_pool *pool, const vaec_conv_geom *g, const float *x, int64_t ldx, int64_t G, float *col) {

@@ -209,12 +209,15 @@ vaec_status vaec_arena_adam_step_ex(vaec_arena *a, vaec_pool *pool, float lr, in
  * (ph, pw), and the output size (Ho, Wo) that gives. */
 typedef struct {
     int64_t C, H, W, kh, kw, sh, sw, ph, pw, Ho, Wo;
+    int nhwc;   /* the input is channels last, (H, W, C), and a patch is in (i, j, c) order
+                   (else channels first and (c, i, j), torch's weight order) */
 } vaec_conv_geom;
 /* (in + 2p - k) / s + 1 */
 int64_t vaec_conv_out_size(int64_t in, int k, int s, int p);
 /* col (G Ho Wo, C kh kw): one row per output pixel of examples x[0..G) (row stride ldx),
- * the patch in (c, i, j) order, zeros off the image; and its adjoint, dx (written) = the sum
- * of every patch entry over the pixel it came from. */
+ * the patch in (c, i, j) order (channels-first input) or (i, j, c) (g->nhwc), zeros off the
+ * image; and its adjoint, dx (written) = the sum of every patch entry over the pixel it
+ * came from. */
 void vaec_conv_im2col(vaec_pool *pool, const vaec_conv_geom *g, const float *x, int64_t ldx, int64_t G, float *col);
 void vaec_conv_col2im(vaec_pool *pool, const vaec_conv_geom *g, const float *col, int64_t G, float *dx, int64_t lddx);
 /* G examples between (P, Cn) channels last (row stride lds) and (Cn, P) channels first. */
@@ -222,6 +225,10 @@ void vaec_conv_nhwc_to_nchw(vaec_pool *pool, const float *src, int64_t lds, floa
                             int64_t P, int64_t Cn);
 void vaec_conv_nchw_to_nhwc(vaec_pool *pool, const float *src, int64_t lds, float *dst, int64_t ldd, int64_t G,
                             int64_t P, int64_t Cn);
+/* W (O, C, kh, kw) -> Wp (O, kh, kw, C), the weight in (i, j, c) patch order; and back,
+ * Wp's values written to (or, with add, added to) W's places. */
+void vaec_conv_weight_to_ijc(const float *W, float *Wp, int64_t O, int64_t C, int64_t kh, int64_t kw);
+void vaec_conv_weight_from_ijc(const float *Wp, float *W, int64_t O, int64_t C, int64_t kh, int64_t kw, int add);
 /* The reference: a direct convolution, float64 sums, W (Cout, C kh kw) as torch's Conv2d
  * weight; its backward writes dx (may be NULL), dW and db over all R examples. */
 void vaec_conv2d_forward_naive(const vaec_conv_geom *g, int64_t Cout, float *y, int64_t ldy, const float *x,

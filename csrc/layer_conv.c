@@ -1,19 +1,23 @@
 /* layer_conv.c -- Conv2d and ConvTranspose2d, as GEMMs on the packed SIMD kernel (conv.c).
+ * Both give channels-last outputs (H, W, C): the GEMM's rows are pixels and its columns
+ * channels, so no transpose follows it, and the next layer's patches are runs of C floats.
  *
  * Conv2d(out, k, stride, padding): torch's weight (Cout, C, kh, kw), bias (Cout).
- *   forward   per block of G examples: col = im2col(x) (G HoWo, C kh kw);
- *             y_nhwc = act(col . W^T + b), bias and activation in the GEMM's epilogue;
- *             y = y_nhwc with the channels first (NCHW, as torch).
- *   backward  g_nhwc = g with the channels last; dW (+)= g_nhwc^T . col (col again from x),
- *             db (+)= colsum(g_nhwc); dcol = g_nhwc . W, din = col2im(dcol) * in_act'(x).
+ *   forward   per block of G examples: col = im2col(x) (G HoWo, C kh kw), in (c, i, j) order
+ *             for a channels-first input (the data), (i, j, c) for a channels-last one, with
+ *             the weight permuted to match (Wp);
+ *             y = act(col . Wp^T + b) (G HoWo, Cout), bias and activation in the epilogue.
+ *   backward  dWp (+)= g^T . col (col from the forward, or made again), put back in torch's
+ *             order; db (+)= colsum(g); din = col2im(g . Wp) * in_act'(x).
  * ConvTranspose2d(out, k, stride, padding, output_padding): torch's weight (Cin, Cout, kh,
  *   kw), bias (Cout). It is the data gradient of the Conv2d from its output shape to its
- *   input shape (`geom` is that convolution: C = Cout, (H, W) = the output's):
- *   forward   x_nhwc = x with the channels last; col = x_nhwc . W (G H W, Cout kh kw);
+ *   input shape (`geom` is that convolution: C = Cout, (H, W) = the output's, channels last):
+ *   forward   x_nhwc = x channels last (as it is, or transposed from channels first);
+ *             col = x_nhwc . Wtp (G H W, kh kw Cout) with the weight permuted to (i, j, c);
  *             y = act(col2im(col) + b) (bias and activation in a pass after col2im);
- *   backward  colg = im2col(g); dW (+)= x_nhwc^T . colg; db (+)= the sums of g per channel;
- *             din = (colg . W^T with the channels first) * in_act'(x).
- * The blocks hold G examples, G fixed by the shapes (about 2^22 floats of columns), so the
+ *   backward  colg = im2col(g); dWtp (+)= x_nhwc^T . colg, put back; db (+)= the sums of g per
+ *             channel; din = (colg . Wtp^T, in x's layout) * in_act'(x).
+ * The blocks hold G examples, G fixed by the shapes (about 2^24 floats of columns), so the
  * sums run in the same order whatever the number of threads; the first block's gradient
  * products write or add by the gradient protocol, the later ones add. When one block
  * holds the whole call, the backward uses the columns (Conv2d) or the channels-last input
@@ -88,14 +92,35 @@ static int64_t group_of(int64_t col_per_example) {
     return G < 1 ? 1 : G;
 }
 
+static int64_t up16(int64_t n) { return (n + 15) & ~(int64_t)15; }
+
+/* The workspace of both kinds, laid out the same way: G rows of columns; G rows of a
+ * channels-last matrix (Conv2d: its output or gradient when the layer's rows are not
+ * contiguous; ConvTranspose2d: its input); the permuted weight and its gradient. */
+typedef struct { float *col, *mat, *wp, *dwp; } conv_ws;
+static int64_t conv_layout(const vaec_layer *L, float *buf, int64_t rows, int64_t col_row, int64_t mat_row,
+                           int64_t nw, conv_ws *w) {
+    const int64_t G = min64(L->group, rows);
+    int64_t off = 0;
+    float *p[4];
+    const int64_t n[4] = {G * col_row, G * mat_row, nw, nw};
+    for (int k = 0; k < 4; k++) {
+        p[k] = buf ? buf + off : NULL;
+        off += up16(n[k]);
+    }
+    if (w) *w = (conv_ws){p[0], p[1], p[2], p[3]};
+    return off;
+}
+
 /* -------------------------------------------------------------------- Conv2d */
 static vaec_status conv_shape(vaec_layer *L) {
     vaec_status st = check_spec(L, 0);
     if (st) return st;
     const vaec_layer_spec *s = &L->spec;
     vaec_conv_geom *g = &L->geom;
+    /* a one-channel input is channels last as well: its patches are the same either way */
     *g = (vaec_conv_geom){L->in.c, L->in.h, L->in.w, s->kernel[0], s->kernel[1], s->stride[0], s->stride[1],
-                          s->padding[0], s->padding[1], 0, 0};
+                          s->padding[0], s->padding[1], 0, 0, L->in.nhwc || L->in.c == 1};
     if (g->H + 2 * g->ph < g->kh || g->W + 2 * g->pw < g->kw) {
         char d[160], a[64];
         return vaec_fail(VAEC_ERR_ARG, "%s: the kernel (%lld, %lld) is larger than its padded input %s", describe(L, d, sizeof d),
@@ -103,12 +128,12 @@ static vaec_status conv_shape(vaec_layer *L) {
     }
     g->Ho = vaec_conv_out_size(g->H, (int)g->kh, (int)g->sh, (int)g->ph);
     g->Wo = vaec_conv_out_size(g->W, (int)g->kw, (int)g->sw, (int)g->pw);
-    L->out = (vaec_dims){0, s->out, g->Ho, g->Wo};
+    L->out = vaec_dims_nhwc(s->out, g->Ho, g->Wo);
     L->group = group_of(g->Ho * g->Wo * g->C * g->kh * g->kw);
     return VAEC_OK;
 }
 
-/* weight (Cout, C kh kw) and bias (Cout), initialized as torch does: U(+-1/sqrt(fan_in)) */
+/* weight (Cout, C, kh, kw) and bias (Cout), initialized as torch does: U(+-1/sqrt(fan_in)) */
 static vaec_status conv_params(vaec_layer *L, vaec_arena *a) {
     const vaec_conv_geom *g = &L->geom;
     const int64_t K = g->C * g->kh * g->kw, Cout = L->spec.out;
@@ -125,64 +150,87 @@ static vaec_status conv_params(vaec_layer *L, vaec_arena *a) {
     return VAEC_OK;
 }
 
-/* a block's columns (G HoWo, C kh kw), then its output channels last (G HoWo, Cout) */
+/* whether the weight is used permuted, (i, j, c): a channels-last input of several channels */
+static int conv_permuted(const vaec_layer *L) { return L->geom.nhwc && L->geom.C > 1; }
+
 static int64_t conv_plan(vaec_layer *L, float *buf, int64_t rows) {
     const vaec_conv_geom *g = &L->geom;
-    const int64_t G = min64(L->group, rows), P = g->Ho * g->Wo;
-    const int64_t ncol = (G * P * g->C * g->kh * g->kw + 15) & ~(int64_t)15;
-    return ncol + G * P * L->spec.out;
+    const int64_t P = g->Ho * g->Wo, K = g->C * g->kh * g->kw, Cout = L->spec.out;
+    return conv_layout(L, buf, rows, P * K, P * Cout, conv_permuted(L) ? Cout * K : 0, NULL);
 }
 
-/* y(R, (Cout, Ho, Wo)) = act(conv(x(R, (C, H, W))) + b) */
+/* y(R, (Ho, Wo, Cout)) = act(conv(x(R, (C, H, W) or (H, W, C))) + b) */
 static void conv_forward(vaec_net *net, vaec_layer *L, float *y, int64_t ldy, const float *x, int64_t ldx,
                          int64_t R) {
     const vaec_conv_geom *g = &L->geom;
     const float *P = net->arena->params;
     const int64_t K = g->C * g->kh * g->kw, Cout = L->spec.out, Np = g->Ho * g->Wo;
     const int64_t G = min64(L->group, net->rows);
-    float *col = L->ws, *yn = L->ws + ((G * Np * K + 15) & ~(int64_t)15);
+    conv_ws w;
+    conv_layout(L, L->ws, net->rows, Np * K, Np * Cout, conv_permuted(L) ? Cout * K : 0, &w);
+    const float *W = P + L->lin.W;
+    if (conv_permuted(L)) {
+        vaec_conv_weight_to_ijc(W, w.wp, Cout, g->C, g->kh, g->kw);
+        W = w.wp;
+    }
+    /* the rows of y are the GEMM's output as they are when they follow one another */
+    const int direct = ldy == Np * Cout;
     vaec_gemm_epilogue e = {P + L->lin.b, L->act, NULL, 0, NULL};
     TIMING_START;
     for (int64_t n0 = 0; n0 < R; n0 += G) {
-        const int64_t gn = min64(G, R - n0);
-        vaec_conv_im2col(net->pool, g, x + n0 * ldx, ldx, gn, col);
-        vaec_sgemm_fused(net->pool, 0, 1, gn * Np, Cout, K, col, K, P + L->lin.W, K, 0.0f, yn, Cout, &e);
-        vaec_conv_nhwc_to_nchw(net->pool, yn, Np * Cout, y + n0 * ldy, ldy, gn, Np, Cout);
+        const int64_t m = min64(G, R - n0);
+        float *out = direct ? y + n0 * ldy : w.mat;
+        vaec_conv_im2col(net->pool, g, x + n0 * ldx, ldx, m, w.col);
+        vaec_sgemm_fused(net->pool, 0, 1, m * Np, Cout, K, w.col, K, W, K, 0.0f, out, Cout, &e);
+        if (!direct)
+            for (int64_t n = 0; n < m; n++) memcpy(y + (n0 + n) * ldy, out + n * Np * Cout, (size_t)(Np * Cout) * sizeof(float));
     }
     L->sp_for = R <= G ? x : NULL;   /* the columns of all of x stay in the workspace */
     L->sp_rows = R;
     TIMING_END(R * Np * Cout * K);
 }
 
-/* dW (+)= g_nhwc^T . col, db (+)= colsum(g_nhwc), din(R, (C, H, W)) = col2im(g_nhwc . W) * in_act'(x) */
+/* dW (+)= g^T . col, db (+)= colsum(g), din(R, x's shape) = col2im(g . W) * in_act'(x) */
 static void conv_backward(vaec_net *net, vaec_layer *L, float *din, int64_t lddin, vaec_act in_act, const float *g,
                           int64_t ldg, const float *x, int64_t ldx, int64_t R, int accumulate) {
     const vaec_conv_geom *geo = &L->geom;
     float *Gr = net->arena->grads;
-    const float *P = net->arena->params;
     const int64_t K = geo->C * geo->kh * geo->kw, Cout = L->spec.out, Np = geo->Ho * geo->Wo;
     const int64_t G = min64(L->group, net->rows);
-    float *col = L->ws, *gn = L->ws + ((G * Np * K + 15) & ~(int64_t)15);
+    const int perm = conv_permuted(L);
+    conv_ws w;
+    conv_layout(L, L->ws, net->rows, Np * K, Np * Cout, perm ? Cout * K : 0, &w);
+    const float *W = perm ? w.wp : net->arena->params + L->lin.W;   /* the forward permuted it */
+    float *dW = perm ? w.dwp : Gr + L->lin.W;
+    const int direct = ldg == Np * Cout;
     vaec_gemm_epilogue chk = {NULL, VAEC_ACT_IDENTITY, NULL, 0, &net->nonfinite};
+    TIMING_START;
     if (R <= 0 && !accumulate) {
         memset(Gr + L->lin.W, 0, (size_t)(Cout * K) * sizeof(float));
         memset(Gr + L->lin.b, 0, (size_t)Cout * sizeof(float));
     }
-    TIMING_START;
     for (int64_t n0 = 0; n0 < R; n0 += G) {
         const int64_t m = min64(G, R - n0);
-        const int add = accumulate || n0 > 0;
-        vaec_conv_nchw_to_nhwc(net->pool, g + n0 * ldg, ldg, gn, Np * Cout, m, Np, Cout);
-        if (!(L->sp_for == x && L->sp_rows == R)) vaec_conv_im2col(net->pool, geo, x + n0 * ldx, ldx, m, col);
-        vaec_sgemm_fused(net->pool, 1, 0, Cout, K, m * Np, gn, Cout, col, K, add ? 1.0f : 0.0f, Gr + L->lin.W, K, &chk);
-        vaec_dense_bias_grad(net->pool, Gr + L->lin.b, gn, Cout, m * Np, Cout, add, &net->nonfinite);
+        /* a permuted weight's gradient is made apart and put back once: its blocks add up
+         * from zero there, so the first block writes whatever the protocol says */
+        const int add = n0 > 0 || (accumulate && !perm);
+        const float *gn = g + n0 * ldg;
+        if (!direct) {
+            for (int64_t n = 0; n < m; n++)
+                memcpy(w.mat + n * Np * Cout, g + (n0 + n) * ldg, (size_t)(Np * Cout) * sizeof(float));
+            gn = w.mat;
+        }
+        if (!(L->sp_for == x && L->sp_rows == R)) vaec_conv_im2col(net->pool, geo, x + n0 * ldx, ldx, m, w.col);
+        vaec_sgemm_fused(net->pool, 1, 0, Cout, K, m * Np, gn, Cout, w.col, K, add ? 1.0f : 0.0f, dW, K, &chk);
+        vaec_dense_bias_grad(net->pool, Gr + L->lin.b, gn, Cout, m * Np, Cout, n0 > 0 || accumulate, &net->nonfinite);
         if (!din) continue;
         L->sp_for = NULL;   /* the columns give way to their gradient */
-        vaec_sgemm(net->pool, 0, 0, m * Np, K, Cout, gn, Cout, P + L->lin.W, K, 0.0f, col, K);
-        vaec_conv_col2im(net->pool, geo, col, m, din + n0 * lddin, lddin);
+        vaec_sgemm(net->pool, 0, 0, m * Np, K, Cout, gn, Cout, W, K, 0.0f, w.col, K);
+        vaec_conv_col2im(net->pool, geo, w.col, m, din + n0 * lddin, lddin);
         vaec_rows_act_backward(net->pool, in_act, din + n0 * lddin, lddin, x + n0 * ldx, ldx, m,
                                geo->C * geo->H * geo->W);
     }
+    if (perm && R > 0) vaec_conv_weight_from_ijc(w.dwp, Gr + L->lin.W, Cout, geo->C, geo->kh, geo->kw, accumulate);
     TIMING_END(R * Np * Cout * K * (din ? 2 : 1));
 }
 
@@ -203,11 +251,12 @@ static vaec_status convt_shape(vaec_layer *L) {
                          describe(L, d, sizeof d), vaec_dims_format(L->in, a, sizeof a), (long long)s->out,
                          (long long)Ho, (long long)Wo);
     }
-    /* the convolution it is the data gradient of: from the output's shape to the input's */
+    /* the convolution it is the data gradient of: from the output's shape (channels last)
+     * to the input's */
     vaec_conv_geom *g = &L->geom;
     *g = (vaec_conv_geom){s->out, Ho, Wo, s->kernel[0], s->kernel[1], s->stride[0], s->stride[1], s->padding[0],
-                          s->padding[1], L->in.h, L->in.w};
-    L->out = (vaec_dims){0, s->out, Ho, Wo};
+                          s->padding[1], L->in.h, L->in.w, 1};
+    L->out = vaec_dims_nhwc(s->out, Ho, Wo);
     L->group = group_of(L->in.h * L->in.w * (s->out * g->kh * g->kw + 2 * L->in.c));
     return VAEC_OK;
 }
@@ -229,69 +278,100 @@ static vaec_status convt_params(vaec_layer *L, vaec_arena *a) {
     return VAEC_OK;
 }
 
-/* a block's input channels last (G HW, Cin), then its columns (G HW, Cout kh kw) */
+/* whether the weight is used permuted to (Cin, kh, kw, Cout): several output channels */
+static int convt_permuted(const vaec_layer *L) { return L->spec.out > 1; }
+/* whether the input is channels last as it is (else it is transposed into the workspace) */
+static int convt_input_nhwc(const vaec_layer *L) { return L->in.nhwc || L->in.c == 1; }
+
 static int64_t convt_plan(vaec_layer *L, float *buf, int64_t rows) {
-    const int64_t G = min64(L->group, rows), HW = L->in.h * L->in.w;
-    return ((G * HW * L->in.c + 15) & ~(int64_t)15) + G * HW * L->lin.out;
+    const int64_t HW = L->in.h * L->in.w;
+    return conv_layout(L, buf, rows, HW * L->lin.out, HW * L->in.c, convt_permuted(L) ? L->in.c * L->lin.out : 0, NULL);
 }
 
 typedef struct { const float *b; vaec_act act; float *y; int64_t ldy, C, P; } bias_act_job;
-/* y[c, :] = act(y[c, :] + b[c]), one example a task */
+/* y[p, c] = act(y[p, c] + b[c]) (channels last), one example a task */
 static void bias_act_task(void *ctx, int64_t n, int tid) {
     (void)tid;
     bias_act_job *j = ctx;
     float *y = j->y + n * j->ldy;
-    for (int64_t c = 0; c < j->C; c++) {
-        float *yc = y + c * j->P;
-        for (int64_t p = 0; p < j->P; p++) yc[p] += j->b[c];
+    for (int64_t p = 0; p < j->P; p++) {
+        float *yp = y + p * j->C;
+        for (int64_t c = 0; c < j->C; c++) yp[c] += j->b[c];
     }
     if (j->act != VAEC_ACT_IDENTITY) vaec_act_forward(j->act, y, y, j->C * j->P);
 }
 
-/* y(R, (Cout, Ho, Wo)) = act(col2im(x_nhwc . W) + b) */
+/* the rows [n0, n0+m) of x channels last: x itself, or transposed into w->mat */
+static const float *convt_input(vaec_net *net, const vaec_layer *L, const conv_ws *w, const float *x, int64_t ldx,
+                                int64_t n0, int64_t m, int64_t *ld) {
+    const int64_t HW = L->in.h * L->in.w, Cin = L->in.c;
+    if (convt_input_nhwc(L) && ldx == HW * Cin) {
+        *ld = Cin;
+        return x + n0 * ldx;
+    }
+    if (convt_input_nhwc(L))
+        for (int64_t n = 0; n < m; n++) memcpy(w->mat + n * HW * Cin, x + (n0 + n) * ldx, (size_t)(HW * Cin) * sizeof(float));
+    else
+        vaec_conv_nchw_to_nhwc(net->pool, x + n0 * ldx, ldx, w->mat, HW * Cin, m, HW, Cin);
+    *ld = Cin;
+    return w->mat;
+}
+
+/* y(R, (Ho, Wo, Cout)) = act(col2im(x_nhwc . W) + b) */
 static void convt_forward(vaec_net *net, vaec_layer *L, float *y, int64_t ldy, const float *x, int64_t ldx,
                           int64_t R) {
     const vaec_conv_geom *g = &L->geom;
     const float *P = net->arena->params;
     const int64_t Cin = L->in.c, HW = L->in.h * L->in.w, K = L->lin.out;
     const int64_t G = min64(L->group, net->rows);
-    float *xn = L->ws, *col = L->ws + ((G * HW * Cin + 15) & ~(int64_t)15);
+    conv_ws w;
+    conv_layout(L, L->ws, net->rows, HW * K, HW * Cin, convt_permuted(L) ? Cin * K : 0, &w);
+    const float *W = P + L->lin.W;
+    if (convt_permuted(L)) {
+        vaec_conv_weight_to_ijc(W, w.wp, Cin, g->C, g->kh, g->kw);
+        W = w.wp;
+    }
     TIMING_START;
     for (int64_t n0 = 0; n0 < R; n0 += G) {
         const int64_t m = min64(G, R - n0);
-        vaec_conv_nchw_to_nhwc(net->pool, x + n0 * ldx, ldx, xn, HW * Cin, m, HW, Cin);
-        vaec_sgemm(net->pool, 0, 0, m * HW, K, Cin, xn, Cin, P + L->lin.W, K, 0.0f, col, K);
-        vaec_conv_col2im(net->pool, g, col, m, y + n0 * ldy, ldy);
+        int64_t ldn;
+        const float *xn = convt_input(net, L, &w, x, ldx, n0, m, &ldn);
+        vaec_sgemm(net->pool, 0, 0, m * HW, K, Cin, xn, ldn, W, K, 0.0f, w.col, K);
+        vaec_conv_col2im(net->pool, g, w.col, m, y + n0 * ldy, ldy);
         bias_act_job j = {P + L->lin.b, L->act, y + n0 * ldy, ldy, g->C, g->H * g->W};
         vaec_pool_run(net->pool, bias_act_task, &j, m);
     }
-    L->sp_for = R <= G ? x : NULL;   /* x with its channels last stays in the workspace */
+    /* x channels last stays in the workspace when it was put there for all of x */
+    L->sp_for = R <= G && !(convt_input_nhwc(L) && ldx == HW * Cin) ? x : NULL;
     L->sp_rows = R;
     TIMING_END(R * HW * Cin * K);
 }
 
 typedef struct { const float *g; int64_t ldg, C, P; double *acc; } chan_sum_job;
-/* the sums of g over the positions of each channel, example n into acc[n C + c] */
+/* the sums of g (channels last) over the positions of each channel, example n into
+ * acc[n C + c], positions in order */
 static void chan_sum_task(void *ctx, int64_t n, int tid) {
     (void)tid;
     chan_sum_job *j = ctx;
-    for (int64_t c = 0; c < j->C; c++) {
-        const float *gc = j->g + n * j->ldg + c * j->P;
-        double s = 0.0;
-        for (int64_t p = 0; p < j->P; p++) s += gc[p];
-        j->acc[n * j->C + c] = s;
-    }
+    double *a = j->acc + n * j->C;
+    for (int64_t c = 0; c < j->C; c++) a[c] = 0.0;
+    const float *g = j->g + n * j->ldg;
+    for (int64_t p = 0; p < j->P; p++)
+        for (int64_t c = 0; c < j->C; c++) a[c] += g[p * j->C + c];
 }
 
-/* dW (+)= x_nhwc^T . im2col(g), db (+)= sum(g), din = (im2col(g) . W^T)_nchw * in_act'(x) */
+/* dW (+)= x_nhwc^T . im2col(g), db (+)= sum(g), din = (im2col(g) . W^T, x's layout) * in_act'(x) */
 static void convt_backward(vaec_net *net, vaec_layer *L, float *din, int64_t lddin, vaec_act in_act, const float *g,
                            int64_t ldg, const float *x, int64_t ldx, int64_t R, int accumulate) {
     const vaec_conv_geom *geo = &L->geom;
     float *Gr = net->arena->grads;
-    const float *P = net->arena->params;
     const int64_t Cin = L->in.c, HW = L->in.h * L->in.w, K = L->lin.out, Cout = L->spec.out;
     const int64_t G = min64(L->group, net->rows);
-    float *xn = L->ws, *col = L->ws + ((G * HW * Cin + 15) & ~(int64_t)15);
+    const int perm = convt_permuted(L);
+    conv_ws w;
+    conv_layout(L, L->ws, net->rows, HW * K, HW * Cin, perm ? Cin * K : 0, &w);
+    const float *W = perm ? w.wp : net->arena->params + L->lin.W;   /* the forward permuted it */
+    float *dW = perm ? w.dwp : Gr + L->lin.W;
     vaec_gemm_epilogue chk = {NULL, VAEC_ACT_IDENTITY, NULL, 0, &net->nonfinite};
     TIMING_START;
     if (R <= 0 && !accumulate) {
@@ -300,7 +380,7 @@ static void convt_backward(vaec_net *net, vaec_layer *L, float *din, int64_t ldd
     }
     /* the bias: per channel, the examples' sums in example order (float64), once */
     if (R > 0) {
-        double *acc = (double *)col;   /* the columns are free until the first block */
+        double *acc = (double *)w.col;   /* the columns are free until the first block */
         chan_sum_job cj = {g, ldg, Cout, geo->H * geo->W, acc};
         float *db = Gr + L->lin.b;
         for (int64_t n0 = 0; n0 < R; n0 += G) {
@@ -315,18 +395,27 @@ static void convt_backward(vaec_net *net, vaec_layer *L, float *din, int64_t ldd
         }
         if (vaec_check_range(db, Cout, 0.0f, 0.0f, 0) >= 0) atomic_store(&net->nonfinite, 1);
     }
+    const int din_direct = convt_input_nhwc(L) && lddin == HW * Cin;
     for (int64_t n0 = 0; n0 < R; n0 += G) {
         const int64_t m = min64(G, R - n0);
-        const int add = accumulate || n0 > 0;
-        vaec_conv_im2col(net->pool, geo, g + n0 * ldg, ldg, m, col);
-        if (!(L->sp_for == x && L->sp_rows == R)) vaec_conv_nchw_to_nhwc(net->pool, x + n0 * ldx, ldx, xn, HW * Cin, m, HW, Cin);
-        vaec_sgemm_fused(net->pool, 1, 0, Cin, K, m * HW, xn, Cin, col, K, add ? 1.0f : 0.0f, Gr + L->lin.W, K, &chk);
+        const int add = n0 > 0 || (accumulate && !perm);
+        vaec_conv_im2col(net->pool, geo, g + n0 * ldg, ldg, m, w.col);
+        int64_t ldn = Cin;
+        const float *xn = L->sp_for == x && L->sp_rows == R ? w.mat : convt_input(net, L, &w, x, ldx, n0, m, &ldn);
+        vaec_sgemm_fused(net->pool, 1, 0, Cin, K, m * HW, xn, ldn, w.col, K, add ? 1.0f : 0.0f, dW, K, &chk);
         if (!din) continue;
         L->sp_for = NULL;   /* the input gives way to its gradient */
-        vaec_sgemm(net->pool, 0, 1, m * HW, Cin, K, col, K, P + L->lin.W, K, 0.0f, xn, Cin);
-        vaec_conv_nhwc_to_nchw(net->pool, xn, HW * Cin, din + n0 * lddin, lddin, m, HW, Cin);
+        float *dn = din_direct ? din + n0 * lddin : w.mat;
+        vaec_sgemm(net->pool, 0, 1, m * HW, Cin, K, w.col, K, W, K, 0.0f, dn, Cin);
+        if (!din_direct) {
+            if (convt_input_nhwc(L))
+                for (int64_t n = 0; n < m; n++) memcpy(din + (n0 + n) * lddin, dn + n * HW * Cin, (size_t)(HW * Cin) * sizeof(float));
+            else
+                vaec_conv_nhwc_to_nchw(net->pool, dn, HW * Cin, din + n0 * lddin, lddin, m, HW, Cin);
+        }
         vaec_rows_act_backward(net->pool, in_act, din + n0 * lddin, lddin, x + n0 * ldx, ldx, m, Cin * HW);
     }
+    if (perm && R > 0) vaec_conv_weight_from_ijc(w.dwp, Gr + L->lin.W, Cin, Cout, geo->kh, geo->kw, accumulate);
     TIMING_END(R * HW * Cin * K * (din ? 2 : 1));
 }
 

@@ -12,7 +12,11 @@
  * (vaec_arena_add_linear_wt) and, when sparse.c says its input is mostly zeros, works on
  * the nonzeros: the forward sums the rows of W^T at each row's nonzero columns, the
  * weight gradient sums the rows of g at each column's nonzero rows into dW^T's rows. The
- * backward uses the sparse copy the forward made only for the same input rows. */
+ * backward uses the sparse copy the forward made only for the same input rows.
+ *
+ * A channels-last input (a convolution's output with no Flatten between) is put channels
+ * first in the workspace before the product, so that the features are in torch's order;
+ * its input gradient is put back channels last. */
 #include "net.h"
 
 static vaec_status linear_shape(vaec_layer *L) {
@@ -32,12 +36,24 @@ static vaec_status linear_params(vaec_layer *L, vaec_arena *a) {
     return vaec_arena_add_linear(a, &L->lin, names, L->heads, in, L->spec.out);
 }
 
-/* the sparse copy of the input rows: only on the model's data */
+/* the sparse copy of the input rows (only on the model's data), or the input channels first */
 static int64_t linear_plan(vaec_layer *L, float *buf, int64_t rows) {
+    if (vaec_dims_channels_last(L->in)) return rows * L->lin.in;
     if (!(L->flags & VAEC_NET_SPARSE_INPUT)) return 0;
     int64_t n = vaec_spx_layout(&L->spx, buf, rows, L->lin.in);
     if (buf) L->sp_for = NULL;
     return n;
+}
+
+/* a channels-last input, channels first in the workspace: the rows the product reads */
+static const float *features(vaec_net *net, vaec_layer *L, const float *x, int64_t ldx, int64_t R, int64_t *ld) {
+    if (!vaec_dims_channels_last(L->in)) {
+        *ld = ldx;
+        return x;
+    }
+    vaec_conv_nhwc_to_nchw(net->pool, x, ldx, L->ws, L->lin.in, R, L->in.h * L->in.w, L->in.c);
+    *ld = L->lin.in;
+    return L->ws;
 }
 
 /* y(R, OUT) = act(x(R, IN) . W^T + b) */
@@ -52,6 +68,7 @@ static void linear_forward(vaec_net *net, vaec_layer *L, float *y, int64_t ldy, 
         L->sp_rows = R;
         return;
     }
+    x = features(net, L, x, ldx, R, &ldx);
     vaec_dense_forward_act_strided(net->pool, y, ldy, x, ldx, P + l->W, l->wt, P + l->b, L->act, R, l->in, l->out);
 }
 
@@ -67,6 +84,20 @@ static void linear_backward(vaec_net *net, vaec_layer *L, float *din, int64_t ld
         if (din)
             vaec_dense_backward_act_strided_ex(net->pool, din, lddin, NULL, NULL, g, ldg, x, ldx, P + l->W, l->wt,
                                                in_act, R, l->in, l->out, 1, NULL);
+        return;
+    }
+    if (vaec_dims_channels_last(L->in)) {
+        /* the product on the input channels first; its input gradient made there, then put
+         * channels last and multiplied by in_act' */
+        int64_t ldt;
+        const float *xt = features(net, L, x, ldx, R, &ldt);
+        vaec_dense_backward_act_strided_ex(net->pool, NULL, 0, G + l->W, G + l->b, g, ldg, xt, ldt, P + l->W, l->wt,
+                                           VAEC_ACT_IDENTITY, R, l->in, l->out, accumulate, &net->nonfinite);
+        if (!din) return;
+        vaec_dense_backward_act_strided_ex(net->pool, L->ws, l->in, NULL, NULL, g, ldg, xt, ldt, P + l->W, l->wt,
+                                           VAEC_ACT_IDENTITY, R, l->in, l->out, 1, NULL);
+        vaec_conv_nchw_to_nhwc(net->pool, L->ws, l->in, din, lddin, R, L->in.h * L->in.w, L->in.c);
+        vaec_rows_act_backward(net->pool, in_act, din, lddin, x, ldx, R, l->in);
         return;
     }
     vaec_dense_backward_act_strided_ex(net->pool, din, lddin, G + l->W, G + l->b, g, ldg, x, ldx, P + l->W, l->wt,

@@ -8,7 +8,8 @@
  *   AvgPool2d  forward   y = the mean of each window (float64 sum);
  *              backward  din = the sum over the windows covering a pixel of g / (kh kw),
  *                        then din *= in_act'(x).
- * One example a task: results do not depend on the thread count. */
+ * Channels first or last, as the input is (the output keeps its layout). One example a
+ * task: results do not depend on the thread count. */
 #include "net.h"
 #include <stdio.h>
 #include <string.h>
@@ -29,8 +30,9 @@ static vaec_status pool_shape(vaec_layer *L) {
                          L->ops->name, s->kernel[0], s->kernel[1], vaec_dims_format(L->in, a, sizeof a));
     vaec_conv_geom *g = &L->geom;
     *g = (vaec_conv_geom){L->in.c, L->in.h, L->in.w, s->kernel[0], s->kernel[1], s->stride[0], s->stride[1], 0, 0,
-                          (L->in.h - s->kernel[0]) / s->stride[0] + 1, (L->in.w - s->kernel[1]) / s->stride[1] + 1};
-    L->out = (vaec_dims){0, L->in.c, g->Ho, g->Wo};
+                          (L->in.h - s->kernel[0]) / s->stride[0] + 1, (L->in.w - s->kernel[1]) / s->stride[1] + 1,
+                          L->in.nhwc};
+    L->out = (vaec_dims){0, L->in.c, g->Ho, g->Wo, L->in.nhwc};
     return VAEC_OK;
 }
 
@@ -38,6 +40,11 @@ static vaec_status pool_shape(vaec_layer *L) {
 static int64_t maxpool_plan(vaec_layer *L, float *buf, int64_t rows) {
     (void)buf;
     return rows * L->in.c * L->geom.Ho * L->geom.Wo;
+}
+
+/* where (c, h, w) lies in an example of H x W pixels and C channels */
+static inline int64_t at(const vaec_conv_geom *g, int64_t c, int64_t h, int64_t w, int64_t H, int64_t W) {
+    return g->nhwc ? (h * W + w) * g->C + c : (c * H + h) * W + w;
 }
 
 typedef struct {
@@ -61,19 +68,19 @@ static void pool_forward_task(void *ctx, int64_t n, int tid) {
     for (int64_t c = 0; c < g->C; c++)
         for (int64_t oh = 0; oh < g->Ho; oh++)
             for (int64_t ow = 0; ow < g->Wo; ow++) {
-                const int64_t o = (c * g->Ho + oh) * g->Wo + ow, h0 = oh * g->sh, w0 = ow * g->sw;
+                const int64_t o = at(g, c, oh, ow, g->Ho, g->Wo), h0 = oh * g->sh, w0 = ow * g->sw;
                 if (j->avg) {
                     double s = 0.0;
                     for (int64_t i = 0; i < g->kh; i++)
-                        for (int64_t k = 0; k < g->kw; k++) s += x[(c * g->H + h0 + i) * g->W + w0 + k];
+                        for (int64_t k = 0; k < g->kw; k++) s += x[at(g, c, h0 + i, w0 + k, g->H, g->W)];
                     y[o] = (float)(s * inv);
                 } else {
-                    int64_t best = (c * g->H + h0) * g->W + w0;
+                    int64_t best = at(g, c, h0, w0, g->H, g->W);
                     float m = x[best];
                     for (int64_t i = 0; i < g->kh; i++)
                         for (int64_t k = 0; k < g->kw; k++) {
-                            const int64_t at = (c * g->H + h0 + i) * g->W + w0 + k;
-                            if (x[at] > m || (x[at] != x[at] && m == m)) { m = x[at]; best = at; }   /* NaN wins */
+                            const int64_t a = at(g, c, h0 + i, w0 + k, g->H, g->W);
+                            if (x[a] > m || (x[a] != x[a] && m == m)) { m = x[a]; best = a; }   /* NaN wins */
                         }
                     y[o] = m;
                     arg[o] = (int32_t)best;
@@ -93,18 +100,18 @@ static void pool_backward_task(void *ctx, int64_t n, int tid) {
     for (int64_t c = 0; c < g->C; c++)
         for (int64_t oh = 0; oh < g->Ho; oh++)
             for (int64_t ow = 0; ow < g->Wo; ow++) {
-                const int64_t o = (c * g->Ho + oh) * g->Wo + ow;
+                const int64_t o = at(g, c, oh, ow, g->Ho, g->Wo);
                 if (!j->avg) {
                     d[arg[o]] += gr[o];
                     continue;
                 }
                 const float v = gr[o] * inv;
                 for (int64_t i = 0; i < g->kh; i++)
-                    for (int64_t k = 0; k < g->kw; k++) d[(c * g->H + oh * g->sh + i) * g->W + ow * g->sw + k] += v;
+                    for (int64_t k = 0; k < g->kw; k++) d[at(g, c, oh * g->sh + i, ow * g->sw + k, g->H, g->W)] += v;
             }
 }
 
-/* y(R, (C, Ho, Wo)) = the max or the mean over each window of x(R, (C, H, W)) */
+/* y(R, (C, Ho, Wo)) = the max or the mean over each window of x(R, (C, H, W)), in x's layout */
 static void pool_forward(vaec_net *net, vaec_layer *L, float *y, int64_t ldy, const float *x, int64_t ldx, int64_t R,
                          int avg) {
     pool_job j = {L, y, ldy, x, ldx, NULL, 0, NULL, 0, (int32_t *)L->ws, avg};

@@ -6,7 +6,7 @@
 
 static int64_t align16(int64_t n) { return (n + 15) & ~(int64_t)15; }
 
-char *vaec_dims_format(vaec_dims d, char *buf, size_t n) {
+char *vaec_dims_format(vaec_dims d, char *buf, size_t n) {   /* shapes as torch writes them: (C, H, W) */
     if (d.flat) snprintf(buf, n, "(%lld)", (long long)d.c);
     else snprintf(buf, n, "(%lld, %lld, %lld)", (long long)d.c, (long long)d.h, (long long)d.w);
     return buf;
@@ -33,6 +33,7 @@ vaec_status vaec_net_add(vaec_net *net, vaec_arena *a, const vaec_layer_spec *sp
     L->in = net->out;
     L->act = VAEC_ACT_IDENTITY;
     L->flags = flags;
+    L->alias = ops->alias;
     L->heads = heads < 1 ? 1 : heads;
     for (int h = 0; h < L->heads && h < 2; h++) {
         if (names) snprintf(L->names[h], VAEC_NAME_LEN, "%s", names[h]);
@@ -67,6 +68,14 @@ vaec_status vaec_net_add(vaec_net *net, vaec_arena *a, const vaec_layer_spec *sp
     return VAEC_OK;
 }
 
+vaec_status vaec_net_finish(vaec_net *net, vaec_arena *a) {
+    if (!vaec_dims_channels_last(net->out)) return VAEC_OK;
+    vaec_layer_spec s = {0};
+    s.kind = VAEC_LAYER_TO_NCHW;
+    const char *name[1] = {net->prefix};
+    return vaec_net_add(net, a, &s, net->n, name, 1, 0);
+}
+
 void vaec_net_bind(vaec_net *net, vaec_pool *pool, vaec_arena *a) {
     net->pool = pool;
     net->arena = a;
@@ -81,7 +90,7 @@ int64_t vaec_net_plan(vaec_net *net, float *buf, int64_t rows) {
         vaec_layer *L = &net->layer[i];
         const int64_t ld = align16(vaec_dims_size(L->out));
         float *y = NULL, *g = NULL, *ws = NULL;
-        if (!L->fused && !L->ops->alias) {   /* else the layer before's (an alias: its input's) */
+        if (!L->fused && !L->alias) {   /* else the layer before's (an alias: its input's) */
             TAKE(y, rows * ld);
             TAKE(g, rows * ld);
         }
@@ -101,7 +110,7 @@ int64_t vaec_net_plan(vaec_net *net, float *buf, int64_t rows) {
 /* The layer that holds layer i's output: itself, or for a fused activation the layer it
  * was fused into; an alias layer's output is its input's (NULL: the network's input). */
 static const vaec_layer *holder(const vaec_net *net, int i) {
-    while (i >= 0 && (net->layer[i].fused || net->layer[i].ops->alias)) i--;
+    while (i >= 0 && (net->layer[i].fused || net->layer[i].alias)) i--;
     return i >= 0 ? &net->layer[i] : NULL;
 }
 
@@ -110,7 +119,7 @@ const float *vaec_net_forward(vaec_net *net, const float *x, int64_t ldx, int64_
     int64_t ldi = ldx;
     for (int i = 0; i < net->n; i++) {
         vaec_layer *L = &net->layer[i];
-        if (L->fused || L->ops->alias) continue;
+        if (L->fused || L->alias) continue;
         L->ops->forward(net, L, L->y, L->ld, in, ldi, R);
         in = L->y;
         ldi = L->ld;
@@ -133,7 +142,7 @@ float *vaec_net_dout(vaec_net *net, int64_t *ld) {
 
 void vaec_net_backward(vaec_net *net, const float *x, int64_t ldx, int64_t R, float *dx, int64_t lddx) {
     int last = net->n - 1;
-    while (last >= 0 && (net->layer[last].fused || net->layer[last].ops->alias)) last--;
+    while (last >= 0 && (net->layer[last].fused || net->layer[last].alias)) last--;
     if (last < 0) return;
     vaec_layer *top = &net->layer[last];
     /* the caller gave dL/d(output); the layers take dL/d(before their activation) */
@@ -141,7 +150,7 @@ void vaec_net_backward(vaec_net *net, const float *x, int64_t ldx, int64_t R, fl
         vaec_rows_act_backward(net->pool, top->act, top->g, top->ld, top->y, top->ld, R, vaec_dims_size(top->out));
     for (int i = last; i >= 0; i--) {
         vaec_layer *L = &net->layer[i];
-        if (L->fused || L->ops->alias) continue;
+        if (L->fused || L->alias) continue;
         const vaec_layer *below = holder(net, i - 1);
         const float *in = below ? below->y : x;
         int64_t ldi = below ? below->ld : ldx;

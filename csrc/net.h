@@ -48,13 +48,23 @@
 #define VAEC_NET_MAX_LAYERS 64
 #define VAEC_NET_PREFIX_LEN 24
 
-/* One example's tensor: (c, h, w); flat = 1 for a (D) row (then c = D, h = w = 1). */
+/* One example's tensor: (c, h, w); flat = 1 for a (D) row (then c = D, h = w = 1).
+ * Layout: channels first (NCHW, torch's: the data and every flat row are so) or, with nhwc,
+ * channels last, (h, w, c) in memory: what the spatial layers make, so that convolutions
+ * copy runs of C floats; a one-channel tensor is both. The network's output is channels
+ * first (vaec_net_finish). */
 typedef struct {
     int flat;
     int64_t c, h, w;
+    int nhwc;
 } vaec_dims;
 static inline int64_t vaec_dims_size(vaec_dims d) { return d.c * d.h * d.w; }
-static inline vaec_dims vaec_dims_flat(int64_t n) { vaec_dims d = {1, n, 1, 1}; return d; }
+static inline vaec_dims vaec_dims_flat(int64_t n) { vaec_dims d = {1, n, 1, 1, 0}; return d; }
+/* (c, h, w) channels last (a spatial layer's output) */
+static inline vaec_dims vaec_dims_nhwc(int64_t c, int64_t h, int64_t w) { vaec_dims d = {0, c, h, w, 1}; return d; }
+/* whether a tensor's channels lie apart from one another in memory (a transpose away from
+ * the other layout): channels last, with more than one channel */
+static inline int vaec_dims_channels_last(vaec_dims d) { return !d.flat && d.nhwc && d.c > 1; }
 /* "(32, 7, 7)" or "(784)" into buf */
 char *vaec_dims_format(vaec_dims d, char *buf, size_t n);
 
@@ -83,7 +93,8 @@ typedef struct {
      * din(R, in) = (dL/dx) * in_act'(x) when din != NULL. x is the layer's input. */
     void (*backward)(vaec_net *net, vaec_layer *L, float *din, int64_t lddin, vaec_act in_act, const float *g,
                      int64_t ldg, const float *x, int64_t ldx, int64_t R, int accumulate);
-    /* its output is its input's memory (flatten, unflatten): no buffers, no work */
+    /* its output may be its input's memory (flatten, unflatten): no buffers, no work, when
+     * the layer's shape function leaves L->alias set */
     int alias;
 } vaec_layer_ops;
 
@@ -96,6 +107,7 @@ struct vaec_layer {
     vaec_dims in, out;
     vaec_act act;                /* the activation applied to the output (IDENTITY: none) */
     int fused;                   /* an activation layer done by the layer before it */
+    int alias;                   /* its output is its input's memory (no buffers, no work) */
     int flags;                   /* VAEC_NET_* */
     int heads;                   /* Linear: output heads (1, or 2 for [mu | logvar]) */
     char names[2][VAEC_NAME_LEN];  /* its tensors' name prefixes, one per head */
@@ -149,6 +161,9 @@ void vaec_net_init(vaec_net *net, const char *prefix, vaec_dims in, vaec_layer *
  * index and the shapes when they do not fit. */
 vaec_status vaec_net_add(vaec_net *net, vaec_arena *a, const vaec_layer_spec *spec, int index,
                          const char *const *names, int heads, int flags);
+/* After the last layer: a network whose output is channels last with several channels
+ * gets a layer that puts them first (the models read NCHW). */
+vaec_status vaec_net_finish(vaec_net *net, vaec_arena *a);
 /* The pool the network's layers run on (the model creates it after planning). */
 void vaec_net_bind(vaec_net *net, vaec_pool *pool, vaec_arena *a);
 /* Counts (buf NULL) or lays out the workspace for `rows` rows (a multiple of 8); floats. */

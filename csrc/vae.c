@@ -35,9 +35,10 @@ static void mlp_layers(vaec_vae_config *c) {
     c->input_shape[1] = c->input_shape[2] = 1;
 }
 
+/* the data: flat rows, or images channels first (one channel: channels last as well) */
 static vaec_dims input_dims(const vaec_vae_config *c) {
-    vaec_dims d = {c->input_shape[1] == 1 && c->input_shape[2] == 1, c->input_shape[0], c->input_shape[1],
-                   c->input_shape[2]};
+    const int flat = c->input_shape[1] == 1 && c->input_shape[2] == 1;
+    vaec_dims d = {flat, c->input_shape[0], c->input_shape[1], c->input_shape[2], !flat && c->input_shape[0] == 1};
     return d;
 }
 
@@ -113,8 +114,9 @@ static vaec_status plan_model(vaec_vae *m) {
         if (!st) st = vaec_flow_plan(&m->flow, A, &spec, Z, "flow");
         m->has_flow = !st;
     }
-    vaec_net_init(&m->dec, "decoder", vaec_dims_flat(Z), m->dec_layers, VAEC_MAX_LAYERS + 1);
+    vaec_net_init(&m->dec, "decoder", vaec_dims_flat(Z), m->dec_layers, VAEC_MAX_LAYERS + 2);
     for (int i = 0; i < c->n_dec && !st; i++) st = vaec_net_add(&m->dec, A, &c->dec[i], i, NULL, 1, 0);
+    if (!st) st = vaec_net_finish(&m->dec, A);   /* the likelihood reads channels first */
     const int gauss = c->likelihood == VAEC_LIK_GAUSSIAN && !c->deterministic;
     if (!st && !c->layers) {
         const char *out[2] = {"decoder.out", "decoder.logvar"};

@@ -22,7 +22,7 @@ struct vaec_vae {
                              encoder's layers and its heads, the flow's, the decoder's */
     vaec_net enc;         /* x -> [mu | logvar] (an autoencoder: -> code) */
     vaec_net dec;         /* z -> logits, or [mean | logvar] */
-    vaec_layer enc_layers[VAEC_MAX_LAYERS + 1], dec_layers[VAEC_MAX_LAYERS + 1];
+    vaec_layer enc_layers[VAEC_MAX_LAYERS + 1], dec_layers[VAEC_MAX_LAYERS + 2];   /* + heads; + ToNCHW */
     int has_flow;                   /* a normalizing flow on the posterior */
     vaec_flow flow;
     uint64_t rng_seed, rng_counter;

@@ -299,7 +299,8 @@ typedef enum {
     VAEC_LAYER_UPSAMPLE = 7,
     VAEC_LAYER_FLATTEN = 8,
     VAEC_LAYER_UNFLATTEN = 9,
-    VAEC_LAYER_LABEL_LINEAR = 64  /* internal: M2's Linear on [x, onehot(y)] (out, classes) */
+    VAEC_LAYER_LABEL_LINEAR = 64, /* internal: M2's Linear on [x, onehot(y)] (out, classes) */
+    VAEC_LAYER_TO_NCHW = 65       /* internal: channels last to channels first (net.h) */
 } vaec_layer_kind;
 #define VAEC_MAX_LAYERS 32          /* layers in a network given as a list */
 typedef struct {

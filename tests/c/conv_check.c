@@ -2,7 +2,8 @@
  * active ISA: VAEC_ISA, or the best the CPU has) against the naive direct convolution
  * (float64 sums), forward and backward (dx, dW, db), on awkward shapes: odd sizes,
  * non-square kernels, strides and paddings, output padding, blocks of examples smaller than
- * the batch; and the same bits with 1 and 2 threads. Prints "conv_check: N passed, M
+ * the batch, inputs channels first (the data) and channels last (another spatial layer's
+ * output; the outputs are always channels last); and the same bits with 1 and 2 threads. Prints "conv_check: N passed, M
  * failed" and exits non-zero on failure. */
 #include "net.h"
 #include <math.h>
@@ -32,14 +33,27 @@ typedef struct {
     int64_t C, H, W, Cout;
     int kh, kw, sh, sw, ph, pw, oph, opw;
     int64_t R;
+    int nhwc;   /* the input channels last (a spatial layer's output); else channels first (the data) */
 } conv_case;
+
+/* G examples (C, P) channels first <-> (P, C) channels last, rows of stride ld */
+static void to_nhwc(const float *src, int64_t lds, float *dst, int64_t ldd, int64_t G, int64_t C, int64_t P) {
+    for (int64_t n = 0; n < G; n++)
+        for (int64_t c = 0; c < C; c++)
+            for (int64_t p = 0; p < P; p++) dst[n * ldd + p * C + c] = src[n * lds + c * P + p];
+}
+static void to_nchw(const float *src, int64_t lds, float *dst, int64_t ldd, int64_t G, int64_t C, int64_t P) {
+    for (int64_t n = 0; n < G; n++)
+        for (int64_t c = 0; c < C; c++)
+            for (int64_t p = 0; p < P; p++) dst[n * ldd + c * P + p] = src[n * lds + p * C + c];
+}
 
 static void run_case(const conv_case *t, vaec_pool *pool, vaec_pool *pool1) {
     vaec_arena A;
     memset(&A, 0, sizeof A);
     vaec_net net;
     vaec_layer storage[1];
-    vaec_dims in = {0, t->C, t->H, t->W};
+    vaec_dims in = {0, t->C, t->H, t->W, t->nhwc};
     vaec_net_init(&net, "conv", in, storage, 1);
     vaec_layer_spec s = {0};
     s.kind = t->transposed ? VAEC_LAYER_CONVT2D : VAEC_LAYER_CONV2D;
@@ -49,9 +63,10 @@ static void run_case(const conv_case *t, vaec_pool *pool, vaec_pool *pool1) {
     s.padding[0] = t->ph; s.padding[1] = t->pw;
     s.output_padding[0] = t->oph; s.output_padding[1] = t->opw;
     char what[160];
-    snprintf(what, sizeof what, "%s C=%lld %lldx%lld -> %lld, k %dx%d s %dx%d p %dx%d op %dx%d, R=%lld",
+    snprintf(what, sizeof what, "%s C=%lld %lldx%lld -> %lld, k %dx%d s %dx%d p %dx%d op %dx%d, R=%lld, %s",
              t->transposed ? "ConvT" : "Conv", (long long)t->C, (long long)t->H, (long long)t->W, (long long)t->Cout,
-             t->kh, t->kw, t->sh, t->sw, t->ph, t->pw, t->oph, t->opw, (long long)t->R);
+             t->kh, t->kw, t->sh, t->sw, t->ph, t->pw, t->oph, t->opw, (long long)t->R,
+             t->nhwc ? "channels last" : "channels first");
     if (vaec_net_add(&net, &A, &s, 0, NULL, 1, 0) || vaec_arena_alloc(&A, 3)) {
         printf("FAIL %s: %s\n", what, vaec_last_error());
         failed++;
@@ -67,32 +82,48 @@ static void run_case(const conv_case *t, vaec_pool *pool, vaec_pool *pool1) {
     float *x = malloc(sizeof(float) * R * ldi), *g = malloc(sizeof(float) * R * ldo);
     for (int64_t i = 0; i < R * ldi; i++) x[i] = frand();
     for (int64_t i = 0; i < R * ldo; i++) g[i] = frand();
+    /* x and g are channels first (the reference's layout); the layer takes x in its layout
+     * and gives its output, and takes its output's gradient, channels last */
+    const int64_t Pin = t->H * t->W, Pout = nout / L->out.c;
+    float *xl = malloc(sizeof(float) * R * ldi), *gl = malloc(sizeof(float) * R * ldo);
+    memcpy(xl, x, sizeof(float) * R * ldi);
+    if (t->nhwc) to_nhwc(x, ldi, xl, ldi, R, t->C, Pin);
+    to_nhwc(g, ldo, gl, ldo, R, L->out.c, Pout);
     for (int64_t i = 0; i < A.n; i++) A.params[i] = frand();
     /* fast: forward, backward with dx */
     vaec_net_bind(&net, pool, &A);
     int64_t ldy;
-    const float *y = vaec_net_forward(&net, x, ldi, R, &ldy);
+    const float *y = vaec_net_forward(&net, xl, ldi, R, &ldy);
     float *yf = malloc(sizeof(float) * R * ldy);
     memcpy(yf, y, sizeof(float) * R * ldy);
     int64_t ldg;
     float *gb = vaec_net_dout(&net, &ldg);
-    for (int64_t r = 0; r < R; r++) memcpy(gb + r * ldg, g + r * ldo, sizeof(float) * nout);
+    for (int64_t r = 0; r < R; r++) memcpy(gb + r * ldg, gl + r * ldo, sizeof(float) * nout);
     float *dx = malloc(sizeof(float) * R * ldi);
     memset(A.grads, 0, sizeof(float) * A.n);
-    vaec_net_backward(&net, x, ldi, R, dx, ldi);
+    vaec_net_backward(&net, xl, ldi, R, dx, ldi);
     /* the same with one thread: the same bits */
     float *g1 = malloc(sizeof(float) * A.n), *dx1 = malloc(sizeof(float) * R * ldi);
     memcpy(g1, A.grads, sizeof(float) * A.n);
     vaec_net_bind(&net, pool1, &A);
-    y = vaec_net_forward(&net, x, ldi, R, &ldy);
+    y = vaec_net_forward(&net, xl, ldi, R, &ldy);
     int same = 1;
     for (int64_t r = 0; r < R; r++) same &= memcmp(y + r * ldy, yf + r * ldy, sizeof(float) * nout) == 0;
     gb = vaec_net_dout(&net, &ldg);
-    for (int64_t r = 0; r < R; r++) memcpy(gb + r * ldg, g + r * ldo, sizeof(float) * nout);
+    for (int64_t r = 0; r < R; r++) memcpy(gb + r * ldg, gl + r * ldo, sizeof(float) * nout);
     memset(A.grads, 0, sizeof(float) * A.n);
-    vaec_net_backward(&net, x, ldi, R, dx1, ldi);
+    vaec_net_backward(&net, xl, ldi, R, dx1, ldi);
     same &= memcmp(A.grads, g1, sizeof(float) * A.n) == 0;
     for (int64_t r = 0; r < R; r++) same &= memcmp(dx + r * ldi, dx1 + r * ldi, sizeof(float) * nin) == 0;
+    /* back to channels first for the comparison with the reference */
+    float *tmp = malloc(sizeof(float) * R * (ldy > ldi ? ldy : ldi));
+    to_nchw(yf, ldy, tmp, ldy, R, L->out.c, Pout);
+    memcpy(yf, tmp, sizeof(float) * R * ldy);
+    if (t->nhwc) {
+        to_nchw(dx, ldi, tmp, ldi, R, t->C, Pin);
+        memcpy(dx, tmp, sizeof(float) * R * ldi);
+    }
+    free(tmp);
     /* naive: a convolution of geometry L->geom (for the transposed one, its adjoint) */
     const vaec_conv_geom *geo = &L->geom;
     const float *Wt = A.params + L->lin.W, *b = A.params + L->lin.b;
@@ -129,7 +160,7 @@ static void run_case(const conv_case *t, vaec_pool *pool, vaec_pool *pool1) {
         printf("FAIL %s: y %.2e dx %.2e dW %.2e db %.2e, 1 vs 2 threads %s\n", what, ey, ex, ew, eb,
                same ? "same" : "DIFFER");
     }
-    free(x); free(g); free(yf); free(dx); free(g1); free(dx1); free(yn); free(dxn); free(dWn); free(dbn); free(gn);
+    free(x); free(g); free(xl); free(gl); free(yf); free(dx); free(g1); free(dx1); free(yn); free(dxn); free(dWn); free(dbn); free(gn);
     vaec_free(ws);
     vaec_arena_free(&A);
 }
@@ -140,20 +171,23 @@ int main(void) {
     vaec_pool_create(&pool1, 1);
     printf("conv_check on %s\n", vaec_isa_name(vaec_cpu_active_isa()));
     static const conv_case cases[] = {
-        /* T  C  H   W  Cout kh kw sh sw ph pw oph opw R */
-        {0, 1, 28, 28, 32, 4, 4, 2, 2, 1, 1, 0, 0, 5},
-        {0, 32, 14, 14, 64, 4, 4, 2, 2, 1, 1, 0, 0, 4},
-        {0, 3, 13, 11, 5, 3, 3, 1, 1, 1, 1, 0, 0, 7},
-        {0, 5, 13, 11, 6, 3, 2, 2, 1, 0, 1, 0, 0, 3},
-        {0, 2, 7, 9, 3, 7, 1, 3, 2, 0, 0, 0, 0, 2},
-        {0, 4, 6, 6, 33, 1, 1, 1, 1, 0, 0, 0, 0, 9},
-        {0, 6, 5, 5, 4, 5, 5, 1, 1, 2, 2, 0, 0, 1},
-        {1, 64, 7, 7, 32, 4, 4, 2, 2, 1, 1, 0, 0, 4},
-        {1, 32, 14, 14, 1, 4, 4, 2, 2, 1, 1, 0, 0, 3},
-        {1, 5, 6, 5, 3, 3, 3, 2, 2, 1, 1, 1, 0, 5},
-        {1, 3, 4, 7, 2, 3, 2, 2, 3, 0, 1, 1, 2, 3},
-        {1, 2, 5, 5, 4, 1, 1, 1, 1, 0, 0, 0, 0, 2},
-        {1, 7, 3, 3, 6, 5, 4, 3, 2, 2, 1, 2, 1, 4},
+        /* T  C  H   W  Cout kh kw sh sw ph pw oph opw R  nhwc */
+        {0, 1, 28, 28, 32, 4, 4, 2, 2, 1, 1, 0, 0, 5, 0},
+        {0, 32, 14, 14, 64, 4, 4, 2, 2, 1, 1, 0, 0, 4, 1},
+        {0, 32, 14, 14, 64, 4, 4, 2, 2, 1, 1, 0, 0, 4, 0},
+        {0, 3, 13, 11, 5, 3, 3, 1, 1, 1, 1, 0, 0, 7, 0},
+        {0, 3, 13, 11, 5, 3, 3, 1, 1, 1, 1, 0, 0, 7, 1},
+        {0, 5, 13, 11, 6, 3, 2, 2, 1, 0, 1, 0, 0, 3, 1},
+        {0, 2, 7, 9, 3, 7, 1, 3, 2, 0, 0, 0, 0, 2, 0},
+        {0, 4, 6, 6, 33, 1, 1, 1, 1, 0, 0, 0, 0, 9, 1},
+        {0, 6, 5, 5, 4, 5, 5, 1, 1, 2, 2, 0, 0, 1, 1},
+        {1, 64, 7, 7, 32, 4, 4, 2, 2, 1, 1, 0, 0, 4, 0},
+        {1, 64, 7, 7, 32, 4, 4, 2, 2, 1, 1, 0, 0, 4, 1},
+        {1, 32, 14, 14, 1, 4, 4, 2, 2, 1, 1, 0, 0, 3, 1},
+        {1, 5, 6, 5, 3, 3, 3, 2, 2, 1, 1, 1, 0, 5, 0},
+        {1, 3, 4, 7, 2, 3, 2, 2, 3, 0, 1, 1, 2, 3, 1},
+        {1, 2, 5, 5, 4, 1, 1, 1, 1, 0, 0, 0, 0, 2, 0},
+        {1, 7, 3, 3, 6, 5, 4, 3, 2, 2, 1, 2, 1, 4, 1},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) run_case(&cases[i], pool, pool1);
     vaec_pool_destroy(pool);
