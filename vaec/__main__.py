@@ -154,7 +154,7 @@ def build_parser():
     r.add_argument("--data", metavar="PATH", help="folder holding MNIST (binarized MNIST for rezende-flows)")
     r.add_argument("--epochs", type=_positive_int, default=None,
                    help="epoch budget (burda: default 13, the first three stages of the paper's 3280; rezende-flows "
-                        "13; conv-flows 10)")
+                        "13, the paper's 500,000 updates are 1000; conv-flows 10)")
     r.add_argument("--flows", default=None,
                    help="rezende-flows, conv-flows: comma-separated posteriors to compare (default "
                         "none,planar:10,realnvp:4; conv-flows: none,planar:4,planar:10,planar:20,planar:40,realnvp:2,"
