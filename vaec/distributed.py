@@ -179,10 +179,10 @@ class Dist:
                     for r in ranks:
                         v = prints[r][key].get(name)
                         if v != v0:
-                            what = ("contents differ (CRC-32 %08x, %08x)" % (v0[2], v[2])
+                            what = (f"contents differ (CRC-32 {v0[2]:08x} on rank 0, {v[2]:08x} on rank {r})"
                                     if v0 is not None and v is not None and v0[:2] == v[:2] else
-                                    f"shape/dtype {v0 and v0[:2]} on rank 0, {v and v[:2]} on rank {r}")
-                            parts.append(f"{name}: {what} (rank 0, rank {r})")
+                                    f"shape, dtype {v0 and v0[:2]} on rank 0, {v and v[:2]} on rank {r}")
+                            parts.append(f"{name}: {what}")
                 diffs.append("data: " + "; ".join(parts))
             elif isinstance(ref[key], dict):
                 parts = []
