@@ -186,7 +186,7 @@ def _cmd_train(args, dist):
     print(f"vaec {vaec.__version__}: training {model!r}", flush=True)
     print(f"data: {args.dataset}, {len(Xtr)} train / {len(Xte)} test images, binarize={binarize}, "
           f"kernels={vaec.cpu_features()['isa']}, threads={model.threads}"
-          + ("" if dist is None else f" per rank, {dist.size} ranks (MPI)"), flush=True)
+          + ("" if dist is None else f" per rank, {dist.size} rank{'s' if dist.size > 1 else ''} (MPI)"), flush=True)
     bin_flag = "dynamic" if binarize == "dynamic" else None
     hist = {"loss": [], "test_elbo": [], "seconds": [], "examples_per_s": []}
 
