@@ -2,7 +2,7 @@
 
 Run under MPI (.ci/run does):
 
-    mpirun -n 2 --oversubscribe python -m pytest -q -p no:cacheprovider tests/test_mpi.py
+    mpirun -n 2 --oversubscribe python -m pytest -q -p no:cacheprovider --color=no tests/test_mpi.py
 
 (as root Open MPI also needs OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1).
 Every rank runs every test; a test makes its collective calls on all ranks first and
