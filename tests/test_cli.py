@@ -99,6 +99,14 @@ def test_eval_reports_bounds_log_likelihood_and_active_units(tmp_path):
     assert list(vals) == ["test ELBO", "IWAE bound, k=5", "IWAE bound, k=50", "log p(x), IS k=60"]
     assert vals["test ELBO"] <= vals["IWAE bound, k=5"] + 1 and vals["IWAE bound, k=5"] <= vals["log p(x), IS k=60"] + 1
     assert "active units:" in r.stdout
+    # the figures do not depend on the thread count
+    r1 = run("eval", str(tmp_path / "m.vaec"), "--samples", "60", "--limit", "40", "--threads", "1")
+    r2 = run("eval", str(tmp_path / "m.vaec"), "--samples", "60", "--limit", "40", "--threads", "2")
+    assert r1.returncode == 0 and r2.returncode == 0, r1.stderr + r2.stderr
+
+    def figures(out):
+        return [line.split("(")[0] for line in out.splitlines() if "nats" in line]
+    assert figures(r1.stdout) == figures(r2.stdout) == figures(r.stdout)
 
 
 def test_a_source_tree_without_the_extension_says_how_to_build_it(tmp_path):

@@ -133,6 +133,8 @@ def build_parser():
     e.add_argument("--limit", type=_positive_int, default=None, help="only the first N test images")
     e.add_argument("--seed", type=_nonneg_int, default=0)
     e.add_argument("--no-binarize", action="store_true", help="evaluate on grey levels")
+    e.add_argument("--threads", type=_positive_int, default=None,
+                   help="threads (default: all cores; the figures do not depend on it)")
     e.set_defaults(func=cmd_eval)
 
     b = sub.add_parser("bench", help="vaec against PyTorch on the same VAE: throughput, latency, %% of peak",

@@ -294,12 +294,12 @@ def train_m2(labels=100, epochs=10, batch_size=100, lr=1e-3, latent_dim=50, hidd
     return err
 
 
-def _load_model(path, command):
+def _load_model(path, command, threads=None):
     import vaec
 
     if not os.path.exists(path):
         raise FileNotFoundError(f"model file not found: {path}")
-    model = vaec.load(path)
+    model = vaec.load(path, threads=threads)
     if isinstance(model, vaec.Autoencoder):
         raise UsageError(f"{command}: {path} holds an Autoencoder, which has no prior to sample from and no "
                          "likelihood bound to evaluate; use its Python API (encode, decode, loss)")
@@ -352,7 +352,7 @@ def evaluate(model, X, samples, seed=0, binarize=True, y=None, out=print):
 
 
 def cmd_eval(args):
-    model = _load_model(args.model, "eval")
+    model = _load_model(args.model, "eval", threads=args.threads)
     dataset = args.dataset or ("frey" if model.input_dim == 560 else "mnist")
     _, _, Xte, yte = load_dataset(dataset, args.data)
     if Xte.shape[1] != model.input_dim:
