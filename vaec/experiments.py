@@ -48,14 +48,26 @@ def reproduce(args):
           f"{args.epochs} epochs of batch 20, Burda schedule, dynamic binarization")
     t0 = time.perf_counter()
 
+    # the ends of the schedule's stages (1, 4, 13, 40, 121, 364, 1093, 3280 epochs): a model
+    # file each, stage-<epochs>.vaec, for the curve of -log p(x) against training
+    stage_ends = {sum(3 ** i for i in range(j + 1)) for j in range(8)}
+
     def report(epoch, logs):
+        if epoch in stage_ends:
+            m.save(os.path.join(out, f"stage-{epoch}.vaec"))
         if not args.quiet:
             print(f"epoch {epoch:4d}  lr {logs['lr']:.2e}  train loss {logs['loss']:8.3f}  "
                   f"{logs['examples_per_s']:7.0f} ex/s", flush=True)
 
+    # a run cut off continues from its last checkpoint in --out (every 10 epochs), ending
+    # exactly where an uninterrupted run would
+    ckpt = os.path.join(out, "checkpoint.vaec")
+    resume = ckpt if os.path.exists(ckpt) else None
+    if resume:
+        print(f"resuming from {ckpt}", flush=True)
     m.fit(Xtr, epochs=args.epochs, batch_size=20, lr=1e-3, lr_schedule="burda", binarize="dynamic",
           iw_samples=k if kind == "iwae" else None, seed=args.seed, progress=not args.quiet, verbose=False,
-          callback=report, checkpoint_dir=out, checkpoint_every=10)
+          callback=report, checkpoint_dir=out, checkpoint_every=10, resume=resume)
     train_s = time.perf_counter() - t0
     m.save(os.path.join(out, "model.vaec"))
     X = Xte[:args.eval_limit] if args.eval_limit else Xte
