@@ -11,8 +11,20 @@ PyObject *vaec_py_raise(vaec_status st) {
     const char *msg = vaec_last_error();
     switch (st) {
     case VAEC_ERR_NOMEM: PyErr_SetString(PyExc_MemoryError, msg); break;
-    case VAEC_ERR_IO: PyErr_SetString(PyExc_OSError, msg); break;
-    case VAEC_ERR_NOTFOUND: PyErr_SetString(PyExc_FileNotFoundError, msg); break;
+    case VAEC_ERR_IO:
+    case VAEC_ERR_NOTFOUND: {
+        /* OSError(errno, message): Python picks the subclass (PermissionError, ...) and e.errno
+         * says ENOSPC, EROFS, ... */
+        int err = vaec_last_errno();
+        PyObject *args = err ? Py_BuildValue("(is)", err, msg) : NULL;
+        if (args) {
+            PyErr_SetObject(PyExc_OSError, args);
+            Py_DECREF(args);
+        } else {
+            PyErr_SetString(st == VAEC_ERR_IO ? PyExc_OSError : PyExc_FileNotFoundError, msg);
+        }
+        break;
+    }
     case VAEC_ERR_NONFINITE: PyErr_SetString(PyExc_FloatingPointError, msg); break;
     default: PyErr_SetString(PyExc_ValueError, msg); break;
     }
