@@ -92,6 +92,25 @@ def test_idx_header_announcing_more_than_the_file_holds_allocates_nothing(tmp_pa
     assert peak < 1 << 20
 
 
+def test_gzip_idx_announcing_more_than_it_holds_allocates_nothing(tmp_path):
+    """atheris (the 10-minute run), MemoryError: the first fix of the test above read a gzip
+    stream with f.read(announced size), which allocates that size before reading; now it
+    reads in blocks and stops where the stream does."""
+    head = struct.pack(">BBBB", 0, 0, 0x08, 3) + struct.pack(">III", 2**15, 2**10, 2**10)
+    path = tmp_path / "big-idx3-ubyte.gz"
+    path.write_bytes(gzip.compress(head + b"\0" * 100))
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match="big-idx3-ubyte.gz: truncated IDX file: header announces 34359738368"):
+            datasets.read_idx(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 << 20
+    with pytest.raises(ValueError, match="found_gz_huge_claim"):
+        datasets.read_idx(os.path.join(CORPUS, "idx", "found_gz_huge_claim.idx.gz"))
+
+
 # ------------------------------------------------------------------ MATLAB v5
 def mat_file(flags_type, flags, dims_type, dims):
     def element(typ, payload):

@@ -168,14 +168,19 @@ def _read_idx_stream(f, name, size=None) -> np.ndarray:
             f"{name}: truncated IDX file: header announces {nbytes} data bytes "
             f"but only {size - 4 - 4 * ndim} are present"
         )
-    if size is None:   # a gzip stream: read what is there, at most what the header announces
-        data = f.read(nbytes)
+    if size is None:   # a gzip stream: read what is there, at most what the header announces,
+        data = bytearray()   # in blocks (f.read(nbytes) would allocate nbytes first)
+        while len(data) < nbytes:
+            block = f.read(min(nbytes - len(data), 1 << 24))
+            if not block:
+                break
+            data += block
         if len(data) < nbytes:
             raise ValueError(
                 f"{name}: truncated IDX file: header announces {nbytes} data bytes "
                 f"but only {len(data)} are present"
             )
-        arr = np.frombuffer(data, dtype=dtype).copy() if dtype.byteorder != ">" else np.frombuffer(data, dtype=dtype)
+        arr = np.frombuffer(data, dtype=dtype)   # writable: a bytearray
     else:
         arr = np.empty(count, dtype=dtype)
         _read_exact_into(f, arr, name)
