@@ -245,14 +245,22 @@ vaec_status vaec_flowmodel_vjp(vaec_flowmodel *m, int inverse, const float *in, 
 
 /* ------------------------------------------------------ maximum likelihood */
 vaec_status vaec_flowmodel_nll_step(vaec_flowmodel *m, const float *x, int64_t n, float lr, double *loss) {
+    return vaec_flowmodel_nll_step_ex(m, x, n, 0, lr, loss);
+}
+
+vaec_status vaec_flowmodel_nll_step_ex(vaec_flowmodel *m, const float *x, int64_t n, int64_t n_total, float lr,
+                                       double *loss) {
     vaec_status st = check_rows(n, x, "x");
     if (st || (st = need_inverse(m, "fitting by maximum likelihood"))) return st;
-    if (n == 0) return vaec_fail(VAEC_ERR_ARG, "x: empty batch; the loss needs at least one example");
+    if (n_total < 0 || (n_total > 0 && n > n_total))
+        return vaec_fail(VAEC_ERR_ARG, "n_total: a share of %lld rows of a batch of %lld rows", (long long)n,
+                         (long long)n_total);
+    if (n == 0 && n_total == 0) return vaec_fail(VAEC_ERR_ARG, "x: empty batch; the loss needs at least one example");
     m->pending = 0;
     const int64_t D = m->cfg.dim;
-    if ((st = ensure(m, n < FLOW_CHUNK ? n : FLOW_CHUNK))) return st;
+    if (n > 0 && (st = ensure(m, n < FLOW_CHUNK ? n : FLOW_CHUNK))) return st;
     vaec_arena_zero_grads(&m->arena);
-    const double inv_n = 1.0 / (double)n;
+    const double inv_n = 1.0 / (double)(n_total > 0 ? n_total : n);
     double total = 0.0;
     /* loss = −(1/n) Σ [log N(z0) + logdet_inv],  dL/dz0 = z0/n,  dL/dlogdet_inv = −1/n */
     for (int64_t r0 = 0; r0 < n; r0 += FLOW_CHUNK) {

@@ -233,6 +233,12 @@ vaec_status vaec_flowmodel_vjp(vaec_flowmodel *m, int inverse, const float *in, 
 /* Maximum likelihood (Real NVP): mean over the batch of −log p(x); its gradients are
  * WRITTEN (zeroed first) into the arena's grads; with lr >= 0, one Adam step follows. */
 vaec_status vaec_flowmodel_nll_step(vaec_flowmodel *m, const float *x, int64_t n, float lr, double *loss);
+/* The same for a share of a batch (data-parallel training): x's n rows are some of a batch
+ * of n_total rows (n_total 0: x is the whole batch); the loss and the gradients are sums
+ * over x divided by n_total, so the shares' add up to the whole batch's. n may be 0 then
+ * (zero loss and gradients). */
+vaec_status vaec_flowmodel_nll_step_ex(vaec_flowmodel *m, const float *x, int64_t n, int64_t n_total, float lr,
+                                       double *loss);
 
 /* Energy fit, KL(q‖p) to p ∝ exp(−U):  loss = mean_r [log N(z0_r) − logdet_r + β U(zK_r)].
  * Two calls around the evaluation of U (e.g. a Python callable):

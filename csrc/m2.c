@@ -221,6 +221,7 @@ typedef struct {
     const vaec_input *x;
     const int32_t *y;          /* labels of the whole input (labelled part), or NULL */
     int64_t r0, R;             /* x rows [r0, r0+R) */
+    int64_t row0;              /* the part's first row in the whole batch's part (a share), else 0 */
     int64_t reps, E;           /* encoder rows per x row (1 or C), E = R * reps */
     const float *xin;          /* R prepared rows, stride ldx */
     int64_t ldx;
@@ -260,7 +261,7 @@ static void input_row(chunk *k, int64_t r) {
         float u[256];
         for (int64_t d0 = 0; d0 < D; d0 += 256) {
             int64_t cnt = min64(D - d0, 256);
-            vaec_rng_uniform(u, cnt, k->seed, k->bin_stream, (uint64_t)(row * D + d0));
+            vaec_rng_uniform(u, cnt, k->seed, k->bin_stream, (uint64_t)((k->row0 + row) * D + d0));
             for (int64_t d = 0; d < cnt; d++) dst[d0 + d] = u[d] < dst[d0 + d] ? 1.0f : 0.0f;
         }
     }
@@ -334,8 +335,8 @@ static void latent_row(chunk *k, int64_t e) {
     m->e_kl[e] = 0.5 * kl;
     m->e_rec[e] = 0.0;
     float *eps = m->w_eps + e * lz, *z = m->w_z + e * lz;
-    /* noise index: (x row of the whole input) * reps + copy */
-    uint64_t idx = (uint64_t)((k->r0 * k->reps + e) * Z);
+    /* noise index: (x row of the whole input, or of the whole batch for a share) * reps + copy */
+    uint64_t idx = (uint64_t)(((k->row0 + k->r0) * k->reps + e) * Z);
     if (k->eps) memcpy(eps, k->eps + idx, (size_t)Z * sizeof(float));
     else vaec_rng_normal(eps, Z, k->seed, k->eps_stream, idx);
     for (int64_t i = 0; i < Z; i++) z[i] = mu[i] + expf(0.5f * lv[i]) * eps[i];
@@ -499,8 +500,8 @@ static vaec_status check_y(const vaec_m2 *m, const int32_t *y, int64_t n, const 
 
 /* One part (labelled or unlabelled) of a call, chunk by chunk. */
 static void run_part(vaec_m2 *m, const vaec_input *x, const int32_t *y, const float *eps, uint64_t seed,
-                     uint64_t counter, int grad, float scale, double alpha, int need_cls, double *row_out,
-                     double sums[3]) {
+                     uint64_t counter, int64_t row0, int grad, float scale, double alpha, int need_cls,
+                     double *row_out, double sums[3]) {
     const int64_t reps = y ? 1 : m->cfg.n_classes, step = y ? M2_ROWS : unl_rows(m);
     for (int64_t r0 = 0; r0 < x->n; r0 += step) {
         chunk k = {0};
@@ -508,6 +509,7 @@ static void run_part(vaec_m2 *m, const vaec_input *x, const int32_t *y, const fl
         k.x = x;
         k.y = y;
         k.r0 = r0;
+        k.row0 = row0;
         k.R = min64(x->n - r0, step);
         k.reps = reps;
         k.E = k.R * reps;
@@ -539,7 +541,18 @@ vaec_status vaec_m2_loss_grad(vaec_m2 *m, const vaec_m2_batch *b, double *loss, 
     vaec_status st;
     if ((st = check_x(m, b->xl, "X_labeled")) || (st = check_x(m, b->xu, "X_unlabeled"))) return st;
     int64_t nl = b->xl ? b->xl->n : 0, nu = b->xu ? b->xu->n : 0;
-    if (nl + nu == 0) return vaec_fail(VAEC_ERR_ARG, "empty batch; the loss needs at least one example");
+    if (b->n_total < 0 || b->row_offset_l < 0 || b->row_offset_u < 0 ||
+        (b->n_total == 0 && (b->row_offset_l || b->row_offset_u)) ||
+        (b->n_total > 0 && b->row_offset_l + nl + b->row_offset_u + nu > b->n_total))
+        return vaec_fail(VAEC_ERR_ARG, "row_offset_l, row_offset_u, n_total: labelled rows [%lld, %lld) and unlabelled "
+                         "rows [%lld, %lld) are not a share of a batch of %lld rows", (long long)b->row_offset_l,
+                         (long long)(b->row_offset_l + nl), (long long)b->row_offset_u, (long long)(b->row_offset_u + nu),
+                         (long long)b->n_total);
+    if (b->n_total > 0 && (b->eps_l || b->eps_u))
+        return vaec_fail(VAEC_ERR_ARG, "eps: explicit noise is indexed by the call's own rows; a share of a batch "
+                         "(n_total) draws its noise from the RNG");
+    if (nl + nu == 0 && b->n_total == 0)
+        return vaec_fail(VAEC_ERR_ARG, "empty batch; the loss needs at least one example");
     if ((st = check_y(m, b->yl, nl, "y_labeled"))) return st;
     if (!isfinite(b->alpha) || !isfinite(b->wl) || !isfinite(b->wu))
         return vaec_fail(VAEC_ERR_ARG, "alpha and the weights must be finite");
@@ -547,8 +560,8 @@ vaec_status vaec_m2_loss_grad(vaec_m2 *m, const vaec_m2_batch *b, double *loss, 
     begin_call(m, b->use_seed, b->seed, &seed, &counter);
     vaec_arena_zero_grads(&m->arena);
     double sums[3] = {0, 0, 0};
-    if (nl) run_part(m, b->xl, b->yl, b->eps_l, seed, counter, 1, (float)b->wl, b->alpha, 1, NULL, sums);
-    if (nu) run_part(m, b->xu, NULL, b->eps_u, seed, counter, 1, (float)b->wu, 0.0, 1, NULL, sums);
+    if (nl) run_part(m, b->xl, b->yl, b->eps_l, seed, counter, b->row_offset_l, 1, (float)b->wl, b->alpha, 1, NULL, sums);
+    if (nu) run_part(m, b->xu, NULL, b->eps_u, seed, counter, b->row_offset_u, 1, (float)b->wu, 0.0, 1, NULL, sums);
     double l = b->wl * (sums[0] + b->alpha * sums[1]) + b->wu * sums[2];
     if (parts) for (int i = 0; i < 3; i++) parts[i] = sums[i];
     if (loss) *loss = l;
@@ -571,7 +584,7 @@ vaec_status vaec_m2_elbo(vaec_m2 *m, const vaec_input *x, const int32_t *y, cons
     uint64_t s, counter;
     begin_call(m, use_seed, seed, &s, &counter);
     double sums[3] = {0, 0, 0};
-    run_part(m, x, y, eps, s, counter, 0, 1.0f, 0.0, y == NULL, out, sums);
+    run_part(m, x, y, eps, s, counter, 0, 0, 1.0f, 0.0, y == NULL, out, sums);
     return VAEC_OK;
 }
 

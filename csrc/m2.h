@@ -69,7 +69,14 @@ void vaec_m2_rng_set(vaec_m2 *m, uint64_t seed, uint64_t counter);
  *     wl * sum_l [ -L(x,y) - alpha * log q(y|x) ]  +  wu * sum_u [ -U(x) ]
  * (wl = wu = 1/(n_l + n_u) and alpha = 0.1 N give the paper's J^alpha / N on the batch).
  * Noise: eps_l (n_l, Z) and eps_u (n_u, C, Z) when given (both needed for a part that is
- * present), else the RNG under `seed` (use_seed) or the model's key and call counter. */
+ * present), else the RNG under `seed` (use_seed) or the model's key and call counter.
+ * A share of a batch (data-parallel training): with n_total > 0 (the rows of both parts
+ * of the whole batch) the call's parts are rows [row_offset_l, row_offset_l + n_l) and
+ * [row_offset_u, row_offset_u + n_u) of the whole batch's parts, whose noise and
+ * binarization they draw (streams.h); wl and wu are the whole batch's weights, so the
+ * shares' losses and gradients add up to its. An empty share (both parts empty) is then
+ * allowed: zero loss and gradients, and the call counter still advances. RNG noise only.
+ * These fields come last (a zeroed struct: the call is the whole batch). */
 typedef struct {
     const vaec_input *xl;
     const int32_t *yl;
@@ -78,6 +85,8 @@ typedef struct {
     const float *eps_l, *eps_u;
     int use_seed;
     uint64_t seed;
+    int64_t row_offset_l, row_offset_u;   /* the parts' first rows in the whole batch's parts */
+    int64_t n_total;                      /* rows of the whole batch (both parts); 0: this call */
 } vaec_m2_batch;
 
 /* The loss; its gradients are written (not added) to the arena's grads. parts (may be

@@ -19,7 +19,10 @@
  *   8 c + 4            binarization of the unlabelled part        row * D + d
  *   stand-alone flow, call c:
  *   4 c + 0            the base distribution's draws              row * dim + j
- * Rows are numbered within the call's whole batch, not a chunk.
+ * Rows are numbered within the call's whole batch, not a chunk; a call on a share of a
+ * batch (vaec_noise's row_offset and n_total, vaec_m2_batch's; data-parallel training)
+ * numbers its rows from row_offset and takes n = n_total, so it draws what the whole
+ * batch's call draws for those rows.
  */
 #ifndef VAEC_STREAMS_H
 #define VAEC_STREAMS_H

@@ -235,6 +235,7 @@ typedef struct {
     const vaec_input *x;
     int64_t r0, R;
     uint64_t seed, stream;
+    int64_t row0;   /* the call's first row in the whole batch: pixels are numbered there */
 } input_job;
 
 static void input_task(void *ctx, int64_t t, int tid) {
@@ -258,7 +259,7 @@ static void input_task(void *ctx, int64_t t, int tid) {
             float u[256];
             for (int64_t d0 = 0; d0 < D; d0 += 256) {
                 int64_t cnt = D - d0 < 256 ? D - d0 : 256;
-                vaec_rng_uniform(u, cnt, j->seed, j->stream, (uint64_t)(row * D + d0));
+                vaec_rng_uniform(u, cnt, j->seed, j->stream, (uint64_t)((j->row0 + row) * D + d0));
                 for (int64_t d = 0; d < cnt; d++) dst[d0 + d] = u[d] < dst[d0 + d] ? 1.0f : 0.0f;
             }
         }
@@ -266,12 +267,12 @@ static void input_task(void *ctx, int64_t t, int tid) {
 }
 
 const float *vae_prepare_input(vaec_vae *m, const vaec_input *x, int64_t r0, int64_t R, uint64_t seed,
-                               uint64_t counter, int64_t *ld) {
+                               uint64_t counter, int64_t row0, int64_t *ld) {
     if (x->dtype == VAEC_F32 && !x->binarize) {
         *ld = x->dim;
         return (const float *)x->data + r0 * x->dim;
     }
-    input_job j = {m, x, r0, R, seed, vaec_stream_vae(counter, VAE_STREAM_BINARIZE)};
+    input_job j = {m, x, r0, R, seed, vaec_stream_vae(counter, VAE_STREAM_BINARIZE), row0};
     vaec_pool_run(m->pool, input_task, &j, vaec_ntasks(R, ROW_GRAIN));
     *ld = align16(x->dim);
     return m->w_x;
@@ -296,7 +297,7 @@ vaec_status vaec_vae_encode(vaec_vae *m, const vaec_input *x, float *mu, float *
     if (chunk > 0 && (st = vae_ensure_workspace(m, chunk))) return st;
     for (int64_t r0 = 0; r0 < x->n; r0 += VAE_CHUNK) {
         int64_t R = x->n - r0 < VAE_CHUNK ? x->n - r0 : VAE_CHUNK, ldx, ldh;
-        const float *xin = vae_prepare_input(m, x, r0, R, m->rng_seed, m->rng_counter, &ldx);
+        const float *xin = vae_prepare_input(m, x, r0, R, m->rng_seed, m->rng_counter, 0, &ldx);
         const float *h = vaec_net_forward(&m->enc, xin, ldx, R, &ldh);
         for (int64_t r = 0; r < R; r++) {
             if (mu) memcpy(mu + (r0 + r) * Z, h + r * ldh, (size_t)Z * sizeof(float));

@@ -22,12 +22,24 @@
 
 static int64_t align16(int64_t n) { return (n + 15) & ~(int64_t)15; }
 
-/* The noise of a call: explicit eps, or the RNG key and counter to draw from. */
-typedef struct { const float *eps; int L; uint64_t seed, counter; } noise_plan;
+/* The noise of a call: explicit eps, or the RNG key and counter to draw from; and the
+ * batch the call's rows belong to: row row0 + r of a batch of n rows (n = the call's own
+ * rows, row0 = 0, unless the call is a share of a larger batch: vaec_noise's row_offset
+ * and n_total). n also divides the loss and the gradients. */
+typedef struct { const float *eps; int L; uint64_t seed, counter; int64_t row0, n; } noise_plan;
 
-static vaec_status plan_noise(vaec_vae *m, const vaec_noise *noise, noise_plan *np) {
+static vaec_status plan_noise(vaec_vae *m, const vaec_noise *noise, int64_t rows, noise_plan *np) {
     int L = noise ? noise->samples : 1;
     if (L < 1) return vaec_fail(VAEC_ERR_ARG, "samples must be at least 1, got %d", L);
+    const int64_t off = noise ? noise->row_offset : 0, total = noise ? noise->n_total : 0;
+    if (total < 0 || off < 0 || (total == 0 && off != 0) || (total > 0 && off > total - rows))
+        return vaec_fail(VAEC_ERR_ARG, "row_offset, n_total: rows [%lld, %lld) are not a share of a batch of %lld rows",
+                         (long long)off, (long long)(off + rows), (long long)total);
+    if (total > 0 && noise->eps)
+        return vaec_fail(VAEC_ERR_ARG, "eps: explicit noise is indexed by the call's own rows; a share of a batch "
+                         "(n_total) draws its noise from the RNG");
+    np->row0 = off;
+    np->n = total > 0 ? total : rows;
     np->L = L;
     np->eps = noise ? noise->eps : NULL;
     if (noise && noise->use_seed) {
@@ -142,8 +154,9 @@ static void reparam_task(void *ctx, int64_t t, int tid) {
         const float *mu = m->w_heads + (r % j->src) * ld, *lv = mu + Z;
         float *eps = m->w_eps + r * lz;
         float *z = m->w_z + r * lz;
-        if (j->np) {   /* eps index ((l + s) * n + r0 + row) * Z, whatever the stacking */
-            const int64_t at = ((j->l + r / j->src) * j->n + j->r0 + r % j->src) * Z;
+        if (j->np) {   /* eps index ((l + s) * n + r0 + row) * Z, whatever the stacking (r0 counted in
+                          the whole batch when the call is a share of one) */
+            const int64_t at = ((j->l + r / j->src) * j->n + j->np->row0 + j->r0 + r % j->src) * Z;
             if (j->np->eps) memcpy(eps, j->np->eps + at, (size_t)Z * sizeof(float));
             else vaec_rng_normal(eps, Z, j->np->seed, vaec_stream_vae(j->np->counter, VAE_STREAM_EPS), (uint64_t)at);
         }
@@ -481,13 +494,16 @@ static vaec_status run_objective(vaec_vae *m, const vaec_input *x, const vaec_no
     vaec_status st = vae_check_input(m, x);
     if (st) return st;
     noise_plan np = {0};
-    if ((st = plan_noise(m, noise, &np))) return st;
+    if ((st = plan_noise(m, noise, x->n, &np))) return st;
     int64_t chunk = x->n < VAE_CHUNK ? x->n : VAE_CHUNK;
     if (rp->kind == RUN_IWAE || !rp->grad) {   /* room to stack samples (stack_samples) */
         int64_t stacked = chunk * np.L;
         chunk = stacked > VAE_CHUNK ? VAE_CHUNK : stacked;
     }
     if (chunk > 0 && (st = vae_ensure_workspace(m, chunk))) return st;
+    if (rp->free_bits > 0.0f && np.n != x->n)
+        return vaec_fail(VAEC_ERR_ARG, "free_bits: each chunk's mean KL decides the floor, which a share of a batch "
+                         "(n_total) cannot see whole; train without free bits or in one process");
     if (m->has_flow && rp->free_bits > 0.0f)
         return vaec_fail(VAEC_ERR_ARG, "free_bits needs the analytic KL, which a flow posterior does not have");
     if (rp->score && (m->has_flow || m->cfg.deterministic))
@@ -512,16 +528,16 @@ static vaec_status run_objective(vaec_vae *m, const vaec_input *x, const vaec_no
     m->rec_sum = 0.0;
     for (int64_t r0 = 0; r0 < x->n && !st; r0 += VAE_CHUNK) {
         int64_t R = x->n - r0 < VAE_CHUNK ? x->n - r0 : VAE_CHUNK, ldx;
-        const float *xin = vae_prepare_input(m, x, r0, R, np.seed, np.counter, &ldx);
-        if (rp->kind == RUN_IWAE) st = iwae_chunk(m, xin, ldx, x->n, r0, R, &np, rp, out, &sum);
-        else if (m->has_flow) st = flow_elbo_chunk(m, xin, ldx, x->n, r0, R, &np, rp, out, &sum);
-        else st = elbo_chunk(m, xin, ldx, x->n, r0, R, &np, rp, out, &sum);
+        const float *xin = vae_prepare_input(m, x, r0, R, np.seed, np.counter, np.row0, &ldx);
+        if (rp->kind == RUN_IWAE) st = iwae_chunk(m, xin, ldx, np.n, r0, R, &np, rp, out, &sum);
+        else if (m->has_flow) st = flow_elbo_chunk(m, xin, ldx, np.n, r0, R, &np, rp, out, &sum);
+        else st = elbo_chunk(m, xin, ldx, np.n, r0, R, &np, rp, out, &sum);
     }
     if (rp->grad) vaec_nets_grads_end(nets, nn);
     if (st == VAEC_ERR_INTERRUPTED && !(noise && noise->use_seed)) m->rng_counter = np.counter;   /* as before */
     if (st) return st;
-    if (loss) *loss = x->n > 0 ? sum / (double)x->n : 0.0;
-    m->last_rec = x->n > 0 ? m->rec_sum / (double)x->n : 0.0;
+    if (loss) *loss = np.n > 0 ? sum / (double)np.n : 0.0;
+    m->last_rec = np.n > 0 ? m->rec_sum / (double)np.n : 0.0;
     return VAEC_OK;
 }
 
@@ -554,7 +570,8 @@ static vaec_status plan_objective(const vaec_objective *obj, int grad, run_plan 
 /* -------------------------------------------------------------- the API */
 vaec_status vaec_vae_loss_grad(vaec_vae *m, const vaec_input *x, const vaec_noise *noise,
                                const vaec_objective *obj, double *loss) {
-    if (x && x->n == 0) return vaec_fail(VAEC_ERR_ARG, "x: empty batch; the loss needs at least one example");
+    if (x && x->n == 0 && !(noise && noise->n_total > 0))   /* an empty share of a batch is fine */
+        return vaec_fail(VAEC_ERR_ARG, "x: empty batch; the loss needs at least one example");
     run_plan rp;
     vaec_status st = plan_objective(obj, 1, &rp);
     if (st || (st = run_objective(m, x, noise, &rp, NULL, loss))) return st;

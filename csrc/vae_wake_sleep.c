@@ -76,6 +76,9 @@ vaec_status vaec_vae_wake_sleep_grad(vaec_vae *m, const vaec_input *x, const vae
     if (m->has_flow || m->cfg.deterministic)
         return vaec_fail(VAEC_ERR_ARG, "wake-sleep trains a VAE with a diagonal Gaussian posterior (no flow, not an autoencoder)");
     if (dreams < 1) return vaec_fail(VAEC_ERR_ARG, "dreams must be at least 1, got %lld", (long long)dreams);
+    if (noise && (noise->n_total || noise->row_offset))
+        return vaec_fail(VAEC_ERR_ARG, "wake-sleep: a share of a batch (row_offset, n_total) is not supported: its "
+                         "dreams are numbered within the call");
     if (x && x->n == 0) return vaec_fail(VAEC_ERR_ARG, "x: empty batch; the loss needs at least one example");
     /* wake: the ELBO's gradients, of which the decoder's are grad_theta -log p(x|z), z ~ q(z|x) */
     double wl = 0.0;

@@ -384,12 +384,24 @@ uint64_t vaec_vae_rng_seed(const vaec_vae *m);
 
 /* Noise source for a call: explicit eps (L, n, latent) float32, or the counter-based
  * RNG under `seed` (use_seed=1) or the model's own key and call counter (use_seed=0;
- * the counter then advances by one). */
+ * the counter then advances by one).
+ * A share of a batch (data-parallel training: each process computes some rows of one
+ * global batch): with n_total > 0 the call's n rows are rows [row_offset, row_offset + n)
+ * of a batch of n_total rows. They draw the noise and binarization of those rows of that
+ * batch (streams.h), and the loss and gradients are this share's part of the batch mean:
+ * sums over the call's rows divided by n_total, so the shares' losses and gradients add
+ * up to the whole batch's. An empty share (n = 0) is allowed: zero loss, zero gradients,
+ * and the call counter still advances. Only with the RNG (eps NULL); not with free bits
+ * (a statistic of the whole chunk) nor wake-sleep. 0, 0 (a zeroed struct): the call is
+ * the whole batch. These fields come last so that a struct of an older build keeps its
+ * offsets. */
 typedef struct {
     const float *eps;  /* NULL: draw from the RNG */
     int samples;       /* L >= 1 */
     int use_seed;
     uint64_t seed;
+    int64_t row_offset;   /* the call's first row within the whole batch (needs n_total) */
+    int64_t n_total;      /* rows of the whole batch; 0: the call is the whole batch */
 } vaec_noise;
 
 /* The training objective; NULL means the plain ELBO. */

@@ -137,6 +137,39 @@ def test_reproduce_rezende_flows_records_one_row_per_posterior(tmp_path):
     assert json.loads((tmp_path / "out" / "result.json").read_text())["rows"][1]["eval_n"] == 10
 
 
+def test_reproduce_rezende_flows_resumes_where_it_was_cut_off(tmp_path):
+    """A second start with the same --out reuses finished posteriors; a posterior cut off
+    mid-training continues from its checkpoint and ends with the parameters of a run that
+    was never interrupted."""
+    rng = np.random.default_rng(1)
+    for split, n in (("train", 60), ("test", 20)):
+        B = (rng.random((n, 784)) < 0.2).astype(np.uint8)
+        (tmp_path / f"binarized_mnist_{split}.amat").write_text("\n".join(" ".join(map(str, r)) for r in B) + "\n")
+
+    def go(out, epochs, results):
+        r = run("reproduce", "rezende-flows", "--data", str(tmp_path), "--epochs", str(epochs), "--flows", "planar:2",
+                "--eval-samples", "4", "--eval-limit", "5", "--out", str(tmp_path / out), "--results",
+                str(tmp_path / results), "--threads", "1")
+        assert r.returncode == 0, r.stderr
+        return r
+
+    go("straight", 2, "a.md")
+    go("cut", 1, "b.md")
+    # as if the 2-epoch run had been stopped after epoch 1: its checkpoint is there, no result yet
+    (tmp_path / "cut" / "result-planar2.json").unlink()
+    r = go("cut", 2, "b.md")
+    trained = [line.split("epoch")[1].split()[0] for line in r.stdout.splitlines() if "] epoch" in line]
+    assert trained == ["2"], r.stdout   # only the epoch the cut-off run had not done
+    a = vaec.load(tmp_path / "straight" / "model-planar2.vaec")
+    b = vaec.load(tmp_path / "cut" / "model-planar2.vaec")
+    assert a.params.keys() == b.params.keys()
+    assert all(np.array_equal(a.params[k], b.params[k]) for k in a.params)
+    r = go("cut", 2, "b.md")
+    assert "done before" in r.stdout
+    rows = [line for line in (tmp_path / "b.md").read_text().splitlines() if line.startswith("| 2")]
+    assert len(rows) == 2   # the cut-off 1-epoch row and the finished one; the third start added none
+
+
 def test_reproduce_conv_flows_rows_and_resume(tmp_path):
     """One row per posterior and one for the MLP trained for the plain conv VAE's time; a
     second run finds the finished models and trains nothing again."""

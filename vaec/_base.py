@@ -415,6 +415,11 @@ class ArenaModel:
 
 
 # --------------------------------------------------------------- fit driver
+def _check_every():
+    from .distributed import CHECK_EVERY
+    return CHECK_EVERY
+
+
 COMMON_KEYS = ("loss", "lr", "seconds", "examples_per_s")
 
 
@@ -433,12 +438,24 @@ class FitPlan:
     takes one optimizer step and returns (loss, weight), the epoch's loss being the
     weighted mean; ``end_epoch(logs)`` adds the model's own entries to ``logs`` and returns
     the validation score for early stopping (higher is better; None without one);
-    ``message(number, logs)`` is the verbose line."""
+    ``message(number, logs)`` is the verbose line.
+
+    Data-parallel training (``dist``, set by the driver before ``start``/``restore``: a
+    ``vaec.distributed.Dist`` or None): ``batches`` then yields this rank's share of each
+    global batch, its examples being the global batch's, and ``step`` computes the share's
+    gradients only (lr < 0); the driver sums them over the ranks and takes the step, then
+    calls ``after_step(dist)``. ``partials()`` lists the epoch's per-rank sums that the
+    driver adds up over the ranks before ``end_epoch`` (``set_partials`` takes the
+    totals). ``settings`` (the fit's arguments) and ``data`` (name -> array) are what every
+    rank must share, checked before the first step."""
 
     keys = COMMON_KEYS
     examples = 0
     epochs_from_history = False
     const_lr = None
+    dist = None
+    settings = {}
+    data = {}
 
     def start(self, state):
         pass
@@ -475,6 +492,68 @@ class FitPlan:
     def message(self, number, logs):
         return f"epoch {number:3d}  loss {logs['loss']:9.3f}  {logs['seconds']:6.2f}s"
 
+    # data-parallel training
+    def share_rows(self, order, start, stop):
+        """The rows of batch [start, stop) of an epoch's order (None: in order) this process
+        computes: the whole batch in one process, else this rank's share; with ``(row_offset,
+        n_total)`` for the binding when it is a share (None otherwise)."""
+        if self.dist is None:
+            return (slice(start, stop) if order is None else order[start:stop]), None
+        a, b = self.dist.share(stop - start)
+        rows = slice(start + a, start + b) if order is None else order[start + a:start + b]
+        return rows, (a, stop - start)
+
+    def after_step(self, dist):
+        pass
+
+    def partials(self):
+        return []
+
+    def set_partials(self, values):
+        pass
+
+    def data_fingerprint(self):
+        from .distributed import data_fingerprint
+        return data_fingerprint(**self.data)
+
+
+def _fit_setting(value):
+    """A fit argument as the ranks compare it: a callable by its name (its address differs)."""
+    if callable(value):
+        return f"<callable {getattr(value, '__module__', '?')}.{getattr(value, '__qualname__', type(value).__name__)}>"
+    return value
+
+
+def fit_settings(**kw):
+    return {k: _fit_setting(v) for k, v in kw.items()}
+
+
+def _dist_arg(comm):
+    """fit's ``comm``: None, or the communicator as a ``vaec.distributed.Dist``."""
+    if comm is None:
+        return None
+    from .distributed import Dist
+    return Dist(comm)
+
+
+class _Starting:
+    """``with starting(dist):`` around a fit's argument checks: under a communicator, an
+    error there is sent to every rank (which then all raise) before it propagates."""
+
+    def __init__(self, dist):
+        self.dist = dist
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, tp, exc, tb):
+        if exc is not None and self.dist is not None and isinstance(exc, Exception):
+            self.dist.fail_start(exc)
+        return False
+
+
+starting = _Starting
+
 
 def _fit_options(callback, patience, checkpoint_every, has_validation):
     """The driver's own arguments, checked (the names as fit takes them): (patience,
@@ -490,7 +569,7 @@ def _fit_options(callback, patience, checkpoint_every, has_validation):
 
 
 def run_fit(model, plan, epochs, *, progress=True, verbose=None, callback=None, patience=None, checkpoint_dir=None,
-            checkpoint_every=1, resume=None):
+            checkpoint_every=1, resume=None, dist=None):
     """Train ``model`` for ``epochs`` epochs of ``plan`` (arguments already checked) and
     return the history, a flat dict of per-epoch lists (also ``model.history``; a new
     fit continues it, a resumed one continues the checkpoint's).
@@ -502,22 +581,40 @@ def run_fit(model, plan, epochs, *, progress=True, verbose=None, callback=None, 
     every ``checkpoint_every`` epochs and at the end) and ``callback(epoch, logs)``, which
     stops training by returning True. A step whose loss or gradient is NaN or Inf raises
     FloatingPointError naming the epoch and step; the model keeps its last finite
-    parameters and the last checkpoint stays valid."""
+    parameters and the last checkpoint stays valid.
+
+    With ``dist`` (data-parallel training, vaec/distributed.py) every rank runs this loop
+    on its shares of the same batches: each step's gradients are summed over the ranks
+    (one Allreduce) before the one Adam step; the epoch's sums are added up over the ranks
+    and rank 0's ``end_epoch`` (validation) and timing are sent to all, so every rank keeps
+    the same history; rank 0 alone shows progress, prints, writes checkpoints and runs
+    ``callback``, whose answer (or failure) every rank follows."""
+    lead = dist is None or dist.lead
+    plan.dist = dist
+    if dist is not None:
+        dist.start(model, plan, resume)
     if resume is not None:
-        state, best_params = model._resume(resume)
-        plan.restore(state)
+        if dist is None:
+            state, best_params = model._resume(resume)
+            plan.restore(state)
+        else:
+            state, best_params = dist.resume(model, resume)
+            dist.agree(lambda: plan.restore(state), "resume")
     else:
         history = model._fresh_history(plan.keys)
         state = {"epoch": 0, "step": 0, "best_val": None, "best_epoch": None, "bad_epochs": 0, "history": history}
         plan.start(state)
         best_params = None
+    if dist is not None:
+        dist.check_params(model, "at the start")
     hist = state["history"]
     model.history = hist
-    show = _interactive(progress)
+    show = lead and _interactive(progress)
     ckpt_path = None
     if checkpoint_dir is not None:
-        os.makedirs(checkpoint_dir, exist_ok=True)
         ckpt_path = os.path.join(os.fspath(checkpoint_dir), "checkpoint.vaec")
+        if lead:
+            os.makedirs(checkpoint_dir, exist_ok=True)
 
     stopped = False
     while state["epoch"] < epochs and not stopped:
@@ -529,7 +626,10 @@ def run_fit(model, plan, epochs, *, progress=True, verbose=None, callback=None, 
         with Progress(plan.examples, f"epoch {number}", show) as bar:
             for b, (batch, n) in enumerate(plan.batches(epoch)):
                 try:
-                    loss, w = plan.step(batch, lr, state["step"])
+                    if dist is None:
+                        loss, w = plan.step(batch, lr, state["step"])
+                    else:
+                        loss, w = dist.step(model, plan, batch, lr, state["step"])
                 except FloatingPointError as e:
                     where = f" The last checkpoint, {ckpt_path}, is intact." if ckpt_path and os.path.exists(ckpt_path) else ""
                     raise FloatingPointError(
@@ -539,11 +639,24 @@ def run_fit(model, plan, epochs, *, progress=True, verbose=None, callback=None, 
                 total += loss * w
                 weight += w
                 seen += n
-                bar.update(n, loss)
+                # under a communicator the loss is this rank's part: rank 0's bar shows it
+                # times the ranks (an estimate; the history has the exact sum)
+                bar.update(n, loss if dist is None else loss * dist.size)
+                if dist is not None and state["step"] % _check_every() == 0:
+                    dist.check_params(model, f"after global step {state['step']}")
         secs = time.perf_counter() - t0
-        logs = {"loss": total / weight, "lr": lr, "seconds": secs,
-                "examples_per_s": seen / secs if secs > 0 else float("inf")}
-        score = plan.end_epoch(logs)
+        if dist is None:
+            logs = {"loss": total / weight, "lr": lr, "seconds": secs,
+                    "examples_per_s": seen / secs if secs > 0 else float("inf")}
+            score = plan.end_epoch(logs)
+        else:
+            sums = dist.sum([total] + list(plan.partials()))
+            plan.set_partials(list(sums[1:]))
+            logs = {"loss": float(sums[0]) / weight, "lr": lr, "seconds": secs,
+                    "examples_per_s": seen / secs if secs > 0 else float("inf")}
+            out = dist.agree(lambda: (logs, plan.end_epoch(logs)) if lead else None, "end of epoch")
+            logs, score = dist.bcast(out)
+            dist.check_params(model, f"at the end of epoch {number}")
         for k, v in logs.items():
             hist.setdefault(k, []).append(v)
         state["epoch"] = epoch + 1
@@ -554,12 +667,24 @@ def run_fit(model, plan, epochs, *, progress=True, verbose=None, callback=None, 
             else:
                 state["bad_epochs"] += 1
                 stopped = state["bad_epochs"] >= patience
-        if verbose or (verbose is None and progress):
-            print(plan.message(number, logs), flush=True)
-        if ckpt_path and (state["epoch"] % checkpoint_every == 0 or state["epoch"] == epochs or stopped):
-            plan.save(state)
-            model._checkpoint(ckpt_path, state, best_params)
-        if callback is not None and callback(number, {k: v[-1] for k, v in hist.items() if v}):
+        if dist is None:
+            if verbose or (verbose is None and progress):
+                print(plan.message(number, logs), flush=True)
+            if ckpt_path and (state["epoch"] % checkpoint_every == 0 or state["epoch"] == epochs or stopped):
+                plan.save(state)
+                model._checkpoint(ckpt_path, state, best_params)
+            if callback is not None and callback(number, {k: v[-1] for k, v in hist.items() if v}):
+                break
+            continue
+
+        def lead_part():   # rank 0's: the line, the checkpoint, the callback
+            if verbose or (verbose is None and progress):
+                print(plan.message(number, logs), flush=True)
+            if ckpt_path and (state["epoch"] % checkpoint_every == 0 or state["epoch"] == epochs or stopped):
+                plan.save(state)
+                model._checkpoint(ckpt_path, state, best_params)
+            return bool(callback is not None and callback(number, {k: v[-1] for k, v in hist.items() if v}))
+        if dist.bcast(dist.agree(lead_part if lead else (lambda: None), "rank 0's end of epoch")):
             break
     if patience is not None and best_params is not None:
         model._arenas["params"][...] = best_params

@@ -142,23 +142,26 @@ static int parse_call(vaec_py_model *self, call_args *a, PyObject *x, PyObject *
 
 static PyObject *VAE_loss_grad(vaec_py_model *self, PyObject *args, PyObject *kw) {
     static char *kwlist[] = {"x", "eps", "samples", "seed", "binarize", "lr", "iw", "beta", "free_bits", "score",
-                             "baseline", NULL};
+                             "baseline", "row_offset", "n_total", NULL};
     PyObject *x, *eps = Py_None, *samples = Py_None, *seed = Py_None;
     int binarize = 0, iw = 0, score = 0;
     double lr = -1.0;  /* < 0: no optimizer step */
     float beta = 1.0f, free_bits = 0.0f, baseline = 0.0f;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|OOOpdpffpf", kwlist, &x, &eps, &samples, &seed, &binarize, &lr,
-                                     &iw, &beta, &free_bits, &score, &baseline))
+    long long row_offset = 0, n_total = 0;   /* a share of a batch (vaec_noise) */
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|OOOpdpffpfLL", kwlist, &x, &eps, &samples, &seed, &binarize, &lr,
+                                     &iw, &beta, &free_bits, &score, &baseline, &row_offset, &n_total))
         return NULL;
     vaec_objective obj = {iw, beta, free_bits, score ? VAEC_EST_SCORE : VAEC_EST_REPARAM, baseline};
     if (vaec_py_acquire(self)) return NULL;
     call_args a;
     PyObject *res = NULL;
     if (parse_call(self, &a, x, eps, samples, seed, binarize)) goto done;
-    if (a.x.n == 0) {
+    if (a.x.n == 0 && n_total <= 0) {
         PyErr_SetString(PyExc_ValueError, "x: empty batch; the loss needs at least one example");
         goto done;
     }
+    a.noise.row_offset = row_offset;
+    a.noise.n_total = n_total;
     double loss = 0.0;
     vaec_status st;
     vaec_py_interrupt intr;   /* Ctrl-C stops the call (_common.h) */
@@ -344,9 +347,10 @@ static PyObject *VAE_config(vaec_py_model *self, PyObject *noargs) {
 static PyMethodDef VAE_methods[] = {
     {"loss_grad", (PyCFunction)(void (*)(void))VAE_loss_grad, METH_VARARGS | METH_KEYWORDS,
      "loss_grad(x, eps=None, samples=None, seed=None, binarize=False, lr=-1, iw=False, beta=1, free_bits=0,\n"
-     "          score=False, baseline=0)\n"
+     "          score=False, baseline=0, row_offset=0, n_total=0)\n"
      "Mean negative objective (ELBO, or IWAE with iw); gradients written to the grads arena;\n"
-     "with lr >= 0 also one Adam step."},
+     "with lr >= 0 also one Adam step. n_total > 0: x is rows [row_offset, row_offset + n) of a\n"
+     "batch of n_total rows (their noise; sums divided by n_total; x may be empty)."},
     {"wake_sleep", (PyCFunction)(void (*)(void))VAE_wake_sleep, METH_VARARGS | METH_KEYWORDS,
      "wake_sleep(x, seed=None, binarize=False, lr=-1, dreams=0) -> (wake loss, sleep loss); gradients in grads"},
     {"last_rec", (PyCFunction)VAE_last_rec, METH_NOARGS, "mean log p(x|z) of the last loss_grad call"},

@@ -228,12 +228,14 @@ done:
     return res;
 }
 
-/* nll_step(x, lr=-1) -> mean -log p(x); grads written; lr >= 0: one Adam step */
+/* nll_step(x, lr=-1, n_total=0) -> mean -log p(x); grads written; lr >= 0: one Adam step;
+ * n_total > 0: x is a share of a batch of n_total rows (sums divided by n_total) */
 static PyObject *Flow_nll_step(vaec_py_model *self, PyObject *args, PyObject *kw) {
-    static char *kwlist[] = {"x", "lr", NULL};
+    static char *kwlist[] = {"x", "lr", "n_total", NULL};
     PyObject *obj;
     double lr = -1.0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|d", kwlist, &obj, &lr)) return NULL;
+    long long n_total = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|dL", kwlist, &obj, &lr, &n_total)) return NULL;
     if (vaec_py_acquire(self)) return NULL;
     int64_t D = vaec_flowmodel_config_get(self->m)->dim;
     PyObject *res = NULL;
@@ -244,7 +246,7 @@ static PyObject *Flow_nll_step(vaec_py_model *self, PyObject *args, PyObject *kw
     double loss = 0.0;
     vaec_status st;
     Py_BEGIN_ALLOW_THREADS
-    st = vaec_flowmodel_nll_step(self->m, in, n, lr >= 0.0 ? (float)lr : -1.0f, &loss);
+    st = vaec_flowmodel_nll_step_ex(self->m, in, n, n_total, lr >= 0.0 ? (float)lr : -1.0f, &loss);
     Py_END_ALLOW_THREADS
     if (st) { vaec_py_raise(st); goto done; }
     res = PyFloat_FromDouble(loss);
@@ -370,7 +372,8 @@ static PyMethodDef Flow_methods[] = {
     {"vjp", (PyCFunction)(void (*)(void))Flow_vjp, METH_VARARGS | METH_KEYWORDS,
      "vjp(z, g_out, c, inverse=False) -> dL/dz for L = sum(g_out * f(z)) + sum(c * logdet); parameter gradients written"},
     {"nll_step", (PyCFunction)(void (*)(void))Flow_nll_step, METH_VARARGS | METH_KEYWORDS,
-     "nll_step(x, lr=-1) -> mean -log p(x); gradients written; lr >= 0: one Adam step (Real NVP)"},
+     "nll_step(x, lr=-1, n_total=0) -> mean -log p(x); gradients written; lr >= 0: one Adam step (Real NVP);\n"
+     "n_total > 0: x is a share of a batch of n_total rows (sums divided by n_total; x may be empty)"},
     {"energy_forward", (PyCFunction)(void (*)(void))Flow_energy_forward, METH_VARARGS | METH_KEYWORDS,
      "energy_forward(n, seed=None, eps=None) -> (zK, log q(zK)); the backward must follow"},
     {"energy_backward", (PyCFunction)(void (*)(void))Flow_energy_backward, METH_VARARGS | METH_KEYWORDS,

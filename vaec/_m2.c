@@ -103,12 +103,13 @@ static int convert_labels(PyObject *obj, const char *name, int64_t n, int64_t C,
 /* ---------------------------------------------------------------- methods */
 static PyObject *M2_loss_grad(vaec_py_model *self, PyObject *args, PyObject *kw) {
     static char *kwlist[] = {"X_labeled", "y_labeled", "X_unlabeled", "alpha", "wl", "wu", "eps_l", "eps_u",
-                             "seed", "binarize", "lr", NULL};
+                             "seed", "binarize", "lr", "row_offset_l", "row_offset_u", "n_total", NULL};
     PyObject *xl, *yl, *xu, *epsl = Py_None, *epsu = Py_None, *seed = Py_None;
     double alpha, wl, wu, lr = -1.0;
     int binarize = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOddd|OOOpd", kwlist, &xl, &yl, &xu, &alpha, &wl, &wu, &epsl,
-                                     &epsu, &seed, &binarize, &lr))
+    long long row_offset_l = 0, row_offset_u = 0, n_total = 0;   /* a share of a batch (vaec_m2_batch) */
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOddd|OOOpdLLL", kwlist, &xl, &yl, &xu, &alpha, &wl, &wu, &epsl,
+                                     &epsu, &seed, &binarize, &lr, &row_offset_l, &row_offset_u, &n_total))
         return NULL;
     if (vaec_py_acquire(self)) return NULL;
     const vaec_m2_config *c = vaec_m2_config_get(self->m);
@@ -120,6 +121,9 @@ static PyObject *M2_loss_grad(vaec_py_model *self, PyObject *args, PyObject *kw)
     b.alpha = alpha;
     b.wl = wl;
     b.wu = wu;
+    b.row_offset_l = row_offset_l;
+    b.row_offset_u = row_offset_u;
+    b.n_total = n_total;
     if (xl != Py_None) {
         if (vaec_py_convert_x(xl, "X_labeled", c->input_dim, unit, &inl, &xla)) goto done;
         inl.binarize = binarize;
@@ -132,7 +136,7 @@ static PyObject *M2_loss_grad(vaec_py_model *self, PyObject *args, PyObject *kw)
         inu.binarize = binarize;
         b.xu = &inu;
     }
-    if (inl.n + inu.n == 0) {
+    if (inl.n + inu.n == 0 && n_total <= 0) {
         PyErr_SetString(PyExc_ValueError, "X_labeled, X_unlabeled: empty batch; the loss needs at least one example");
         goto done;
     }
@@ -306,9 +310,10 @@ static PyObject *M2_config(vaec_py_model *self, PyObject *noargs) {
 static PyMethodDef M2_methods[] = {
     {"loss_grad", (PyCFunction)(void (*)(void))M2_loss_grad, METH_VARARGS | METH_KEYWORDS,
      "loss_grad(x_labeled, y_labeled, x_unlabeled, alpha, wl, wu, eps_l=None, eps_u=None, seed=None, "
-     "binarize=False, lr=-1) -> (loss, (sum -L, sum -log q(y|x), sum -U))\n"
+     "binarize=False, lr=-1, row_offset_l=0, row_offset_u=0, n_total=0) -> (loss, (sum -L, sum -log q(y|x), sum -U))\n"
      "loss = wl * sum_l [-L - alpha log q(y|x)] + wu * sum_u [-U]; gradients written to the grads arena; "
-     "with lr >= 0 also one Adam step."},
+     "with lr >= 0 also one Adam step. n_total > 0: the parts are rows from row_offset_l / row_offset_u "
+     "of a batch of n_total rows (their noise; both may be empty)."},
     {"classify", VAEC_PY_KW(M2_classify), "classify(x) -> log q(y|x), float32 (n, C)"},
     {"elbo", (PyCFunction)(void (*)(void))M2_elbo, METH_VARARGS | METH_KEYWORDS,
      "elbo(x, y=None, eps=None, seed=None, binarize=False) -> L(x,y) or U(x), float64 (n,)"},

@@ -5,6 +5,7 @@ published experiments share (load_dataset, evaluate) live here too.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import os
@@ -114,11 +115,31 @@ def _atomic_json(obj, path):
     os.replace(tmp, path)
 
 
+def distributed(args):
+    """train --distributed: MPI.COMM_WORLD as a vaec.distributed.Dist (None without the flag)."""
+    if not getattr(args, "distributed", False):
+        return None
+    from .distributed import Dist, world
+    try:
+        return Dist(world())
+    except ImportError as e:
+        raise UsageError(f"--distributed: {e}") from None
+
+
 def cmd_train(args):
+    dist = distributed(args)
+    if dist is None or dist.lead:
+        return _cmd_train(args, dist)
+    with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):   # rank 0 alone prints
+        return _cmd_train(args, dist)
+
+
+def _cmd_train(args, dist):
     import vaec
 
+    lead = dist is None or dist.lead
     if args.model == "m2":
-        return _train_m2(args)
+        return _train_m2(args, dist)
 
     likelihood = args.likelihood or ("gaussian" if args.dataset in ("frey", "images") else "bernoulli")
     binarize = args.binarize
@@ -128,31 +149,44 @@ def cmd_train(args):
         raise UsageError("train: --binarize dynamic needs --likelihood bernoulli")
     hidden = args.hidden if args.hidden is not None else ((200,) if args.dataset == "frey" else (400,))
     out = args.out or os.path.join("runs", datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))
-    Xtr, ytr, Xte, yte = load_dataset(args.dataset, args.data, (args.images, args.size, args.mode))
-    # default budget: about 300,000 training examples (30 epochs of the shipped MNIST
-    # subset, 5 of full MNIST, 170 of Frey faces): well under 2 minutes on 2 cores
-    epochs = args.epochs if args.epochs is not None else max(5, min(200, 300_000 // len(Xtr)))
-    if args.limit:
-        Xtr, Xte = Xtr[:args.limit], Xte[:max(1, args.limit // 5)]
-        ytr = None if ytr is None else ytr[:args.limit]
-        yte = None if yte is None else yte[:max(1, args.limit // 5)]
-    os.makedirs(out, exist_ok=True)
-    if Xtr.ndim == 4:   # an image folder: (n, C, H, W)
-        shape = Xtr.shape[1:]
-    else:
-        H, W = IMAGE_SHAPE[args.dataset]
-        shape = (Xtr.shape[1] // (H * W), H, W)
-    if args.arch == "conv":
-        model = vaec.VAE(input_shape=shape, latent_dim=args.latent, architecture="conv", likelihood=likelihood,
-                         seed=args.seed, threads=args.threads)
-    else:
-        model = vaec.VAE(int(np.prod(shape)), args.latent, hidden=hidden, activation=args.activation,
-                         likelihood=likelihood, seed=args.seed, threads=args.threads)
-        if Xtr.ndim == 4:
-            Xtr, Xte = Xtr.reshape(len(Xtr), -1), Xte.reshape(len(Xte), -1)
+    if dist is not None:
+        out = dist.bcast(out)   # rank 0's clock names the folder
+
+    def setup():
+        Xtr, ytr, Xte, yte = load_dataset(args.dataset, args.data, (args.images, args.size, args.mode))
+        # default budget: about 300,000 training examples (30 epochs of the shipped MNIST
+        # subset, 5 of full MNIST, 170 of Frey faces): well under 2 minutes on 2 cores
+        epochs = args.epochs if args.epochs is not None else max(5, min(200, 300_000 // len(Xtr)))
+        if args.limit:
+            Xtr, Xte = Xtr[:args.limit], Xte[:max(1, args.limit // 5)]
+            ytr = None if ytr is None else ytr[:args.limit]
+            yte = None if yte is None else yte[:max(1, args.limit // 5)]
+        if lead:
+            os.makedirs(out, exist_ok=True)
+        if Xtr.ndim == 4:   # an image folder: (n, C, H, W)
+            shape = Xtr.shape[1:]
+        else:
+            H, W = IMAGE_SHAPE[args.dataset]
+            shape = (Xtr.shape[1] // (H * W), H, W)
+        if args.arch == "conv":
+            model = vaec.VAE(input_shape=shape, latent_dim=args.latent, architecture="conv", likelihood=likelihood,
+                             seed=args.seed, threads=args.threads)
+        else:
+            model = vaec.VAE(int(np.prod(shape)), args.latent, hidden=hidden, activation=args.activation,
+                             likelihood=likelihood, seed=args.seed, threads=args.threads)
+            if Xtr.ndim == 4:
+                Xtr, Xte = Xtr.reshape(len(Xtr), -1), Xte.reshape(len(Xte), -1)
+        if lead and args.resume and not os.path.exists(args.resume):   # rank 0 reads it and sends it
+            raise FileNotFoundError(f"checkpoint not found: {args.resume}")
+        return Xtr, ytr, Xte, yte, epochs, shape, model
+
+    # under MPI a rank that cannot load the data or build the model stops every rank
+    Xtr, ytr, Xte, yte, epochs, shape, model = (setup() if dist is None else
+                                                dist.agree(setup, "train: loading the data and building the model"))
     print(f"vaec {vaec.__version__}: training {model!r}", flush=True)
     print(f"data: {args.dataset}, {len(Xtr)} train / {len(Xte)} test images, binarize={binarize}, "
-          f"kernels={vaec.cpu_features()['isa']}, threads={model.threads}", flush=True)
+          f"kernels={vaec.cpu_features()['isa']}, threads={model.threads}"
+          + ("" if dist is None else f" per rank, {dist.size} rank{'s' if dist.size > 1 else ''} (MPI)"), flush=True)
     bin_flag = "dynamic" if binarize == "dynamic" else None
     hist = {"loss": [], "test_elbo": [], "seconds": [], "examples_per_s": []}
 
@@ -164,15 +198,16 @@ def cmd_train(args):
         print(f"epoch {epoch:3d}/{epochs}  train loss {logs['loss']:9.3f}  test ELBO {logs['val_elbo']:9.3f}  "
               f"{logs['examples_per_s']:8.0f} ex/s", flush=True)
 
-    if args.resume and not os.path.exists(args.resume):
-        raise FileNotFoundError(f"checkpoint not found: {args.resume}")
     t_start = time.perf_counter()
     model.fit(Xtr, epochs=epochs, batch_size=args.batch_size, lr=args.lr, validation_data=Xte,
               progress=not args.quiet, verbose=False, seed=args.seed, binarize=bin_flag, callback=report,
               samples=args.samples, iw_samples=args.iw_samples, beta=args.beta, warmup=args.warmup,
               free_bits=args.free_bits, lr_schedule=args.lr_schedule, patience=args.patience,
               checkpoint_dir=out if args.checkpoint_every else None,
-              checkpoint_every=args.checkpoint_every or 1, resume=args.resume)
+              checkpoint_every=args.checkpoint_every or 1, resume=args.resume,
+              comm=None if dist is None else dist.comm)
+    if not lead:   # rank 0 writes the files
+        return 0
     if args.resume:  # the history holds the epochs before the checkpoint too
         h = model.history
         hist.update(loss=list(h["loss"]), test_elbo=list(h["val_elbo"]), seconds=list(h["seconds"]),
@@ -192,6 +227,7 @@ def cmd_train(args):
         "epochs": epochs, "batch_size": args.batch_size, "lr": args.lr,
         "history": hist, "final_test_elbo": hist["test_elbo"][-1] if hist["test_elbo"] else None,
         "seconds": total, "cpu": vaec.cpu_features(), "threads": model.threads,
+        "ranks": 1 if dist is None else dist.size,
         "python": platform.python_version(), "numpy": np.__version__,
     }
     _atomic_json(metrics, os.path.join(out, "metrics.json"))
@@ -207,7 +243,7 @@ def cmd_train(args):
     return 0
 
 
-def _train_m2(args):
+def _train_m2(args, dist=None):
     """train --model m2: Kingma et al.'s semi-supervised M2 on MNIST with --labels labels."""
     if args.dataset != "mnist":
         raise UsageError("train --model m2: only --dataset mnist")
@@ -223,15 +259,16 @@ def _train_m2(args):
              hidden=tuple(args.hidden) if args.hidden is not None else (500,),
              activation=args.activation if args.activation != "tanh" else "softplus", alpha=0.1,
              binarize=args.binarize or "dynamic", seed=args.seed, threads=args.threads, data=args.data, out=out,
-             quiet=args.quiet)
+             quiet=args.quiet, comm=None if dist is None else dist.comm)
     return 0
 
 
 def train_m2(labels=100, epochs=10, batch_size=100, lr=1e-3, latent_dim=50, hidden=(500,), activation="softplus",
-             alpha=0.1, binarize="dynamic", seed=0, threads=None, data=None, out=None, quiet=False):
+             alpha=0.1, binarize="dynamic", seed=0, threads=None, data=None, out=None, quiet=False, comm=None):
     """M2 on MNIST with ``labels`` labels: N/10 labelled examples per class
     (labelled_subset, seed ``seed``), the rest unlabelled; fit, print and return the test
-    error (a fraction); with ``out``, save the model there."""
+    error (a fraction); with ``out``, save the model there. ``comm``: an mpi4py
+    communicator (data-parallel training; rank 0 saves)."""
     import vaec
     from . import datasets
 
@@ -248,11 +285,11 @@ def train_m2(labels=100, epochs=10, batch_size=100, lr=1e-3, latent_dim=50, hidd
               f"{m.threads} threads", flush=True)
     t0 = time.perf_counter()
     m.fit(X_l, y_l, X_u, epochs=epochs, batch_size=batch_size, lr=lr, validation_data=(Xt, yt), seed=seed,
-          progress=not quiet, binarize=None if binarize == "none" else binarize)
+          progress=not quiet, binarize=None if binarize == "none" else binarize, comm=comm)
     err = m.error_rate(Xt, yt)
     print(f"test error {100 * err:.2f}% with {labels} labels after {epochs} epochs "
           f"({time.perf_counter() - t0:.0f} s)", flush=True)
-    if out:
+    if out and (comm is None or comm.Get_rank() == 0):
         m.save(out)
     return err
 

@@ -145,7 +145,10 @@ def _flow_name(flow):
 
 def reproduce_flows(args):
     """Train the same VAE with each posterior in ``args.flows`` on the same budget, evaluate on
-    the test set and append one row per posterior to the results file."""
+    the test set and append one row per posterior to the results file. A run cut off resumes
+    when started again with the same ``--out``: finished posteriors are read back
+    (result-<tag>.json, model-<tag>.vaec; tags none, planar10, realnvp4, ...), the one in
+    progress continues from its checkpoint (ckpt-<tag>/checkpoint.vaec, every 5 epochs)."""
     import vaec
     from . import datasets
 
@@ -156,22 +159,37 @@ def reproduce_flows(args):
     os.makedirs(out, exist_ok=True)
     # an evenly spaced subset: the first images of the test file are harder than the rest
     Xev = Xte[::-(-len(Xte) // args.eval_limit)] if args.eval_limit else Xte
+    cmd = (f"`python -m vaec reproduce rezende-flows --epochs {args.epochs}" +
+           (f" --data {args.data}" if args.data else "") + f" --flows {args.flows}" +
+           (f" --eval-limit {args.eval_limit}" if args.eval_limit else "") + "`")
     rows = []
     for flow in flows:
+        tag = (flow or "none").replace(":", "")
+        res_path = os.path.join(out, f"result-{tag}.json")
+        if os.path.exists(res_path):   # finished in an earlier sitting
+            with open(res_path) as f:
+                row = json.load(f)
+            print(f"  [{_flow_name(flow)}] done before: test -ELBO {row['neg_elbo']:.2f}, -log p(x) {row['nll']:.2f}",
+                  flush=True)
+            rows.append(row)
+            continue
         m = vaec.VAE(784, 40, hidden=(400,), activation="tanh", likelihood="bernoulli", flow=flow,
                      seed=args.seed, threads=args.threads)
-        print(f"rezende-flows: {m!r}, {args.epochs} epochs of batch 100, KL annealing (Rezende)", flush=True)
+        print(f"rezende-flows: {m!r}, {args.epochs} epochs of batch 100 ({args.epochs * -(-len(Xtr) // 100):,} "
+              f"parameter updates), KL annealing (Rezende)", flush=True)
 
         def report(epoch, logs):
             if not args.quiet:
                 print(f"  [{_flow_name(flow)}] epoch {epoch:4d}  beta {logs['beta']:.3f}  "
                       f"train loss {logs['loss']:8.3f}  {logs['examples_per_s']:7.0f} ex/s", flush=True)
 
-        t0 = time.perf_counter()
+        ckdir = os.path.join(out, f"ckpt-{tag}")
+        ckpt = os.path.join(ckdir, "checkpoint.vaec")
         m.fit(Xtr, epochs=args.epochs, batch_size=100, lr=1e-3, warmup="rezende", seed=args.seed,
-              progress=False, verbose=False, callback=report)
-        train_s = time.perf_counter() - t0
-        m.save(os.path.join(out, f"model-{(flow or 'none').replace(':', '')}.vaec"))
+              progress=False, verbose=False, callback=report, checkpoint_dir=ckdir, checkpoint_every=5,
+              resume=ckpt if os.path.exists(ckpt) else None)
+        train_s = float(sum(m.history["seconds"]))   # over every sitting
+        m.save(os.path.join(out, f"model-{tag}.vaec"))
         # the test bound: 10 single-sample ELBOs per image, averaged
         elbo = float(np.mean([m.elbo(Xte, seed=args.seed + r).mean() for r in range(10)]))
         elbo_sub = float(np.mean([m.elbo(Xev, seed=args.seed + r).mean() for r in range(10)]))
@@ -180,24 +198,25 @@ def reproduce_flows(args):
         eval_s = time.perf_counter() - t1
         au = m.active_units(Xte)
         paper = REZENDE_TABLE.get(flow)
-        row = {"flow": flow, "epochs": args.epochs, "neg_elbo": -elbo, "neg_elbo_subset": -elbo_sub, "nll": -ll,
+        row = {"flow": flow, "epochs": args.epochs, "updates": args.epochs * -(-len(Xtr) // 100),
+               "neg_elbo": -elbo, "neg_elbo_subset": -elbo_sub, "nll": -ll,
                "eval_samples": args.eval_samples, "eval_n": len(Xev), "active_units": au, "paper": paper,
                "train_seconds": train_s, "eval_seconds": eval_s}
+        with open(res_path + f".tmp-{os.getpid()}", "w") as f:
+            json.dump(row, f, indent=2)
+        os.replace(res_path + f".tmp-{os.getpid()}", res_path)
         rows.append(row)
         print(f"  [{_flow_name(flow)}] test -ELBO {-elbo:.2f}  on {len(Xev)} images: -ELBO {-elbo_sub:.2f}, "
               f"-log p(x) (IS k={args.eval_samples}) {-ll:.2f}  active units {au}  "
               f"(paper -ELBO {'—' if paper is None else paper})  train {train_s / 60:.1f} min, eval {eval_s / 60:.1f} min",
               flush=True)
-        cmd = (f"`python -m vaec reproduce rezende-flows --epochs {args.epochs}" +
-               (f" --data {args.data}" if args.data else "") + f" --flows {args.flows}" +
-               (f" --eval-limit {args.eval_limit}" if args.eval_limit else "") + "`")
         line = (f"| {datetime.date.today()} | {_flow_name(flow)} | {args.epochs} | {-elbo:.2f} | "
                 f"{'—' if paper is None else f'{paper:.1f}'} | {-elbo_sub:.2f} | {-ll:.2f} ({args.eval_samples}, {len(Xev)}) | "
                 f"{au} | {train_s / 60:.1f} min | {cmd} |")
         _append_result(args.results, line, FLOWS_TITLE, FLOWS_HEADER)
-        with open(os.path.join(out, "result.json"), "w") as f:
-            json.dump({"experiment": "rezende-flows", "rows": rows, "cpu": vaec.cpu_features(),
-                       "python": platform.python_version()}, f, indent=2)
+    with open(os.path.join(out, "result.json"), "w") as f:
+        json.dump({"experiment": "rezende-flows", "rows": rows, "cpu": vaec.cpu_features(),
+                   "python": platform.python_version()}, f, indent=2)
     base = next((r for r in rows if r["flow"] is None), None)
     if base is not None:
         for r in rows:

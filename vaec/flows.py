@@ -32,8 +32,9 @@ import time
 import numpy as np
 
 from . import _core
-from ._base import (ArenaModel, FitPlan, Progress, _data_matrix, _fit_options, _float_arg, _init_seed, _int_arg,
-                    _interactive, _load_as, _seed_arg, _threads_arg, register_kind, run_fit)
+from ._base import (ArenaModel, FitPlan, Progress, _data_matrix, _dist_arg, _fit_options, _float_arg, _init_seed,
+                    _int_arg, _interactive, _load_as, _seed_arg, _threads_arg, fit_settings, register_kind, run_fit,
+                    starting)
 
 __all__ = ["Flow", "Potential", "potentials", "load", "load_flow"]
 
@@ -224,7 +225,7 @@ class Flow(ArenaModel):
         return self._core.nll_step(x=X, lr=_float_arg("lr", lr, 0.0))
 
     def fit(self, X, epochs=10, batch_size=256, lr=1e-3, seed=None, progress=True, shuffle=True, verbose=None,
-            callback=None):
+            callback=None, comm=None):
         """Fit by maximum likelihood (Real NVP) with Adam on mini-batches of X (n, dim).
 
         Returns the history (also ``flow.history``), per-epoch lists: ``loss`` (mean
@@ -232,18 +233,24 @@ class Flow(ArenaModel):
         again appends. (Before version 0.2 these lists were under ``history["fit"]``; that
         key still reads them.) ``seed`` fixes the shuffling. ``callback(epoch, logs)``
         returning True stops training; a NaN or Inf loss raises FloatingPointError naming
-        the epoch and step, the flow keeping its last finite parameters."""
-        self._need_inverse("fit (maximum likelihood)")
-        epochs = _int_arg("epochs", epochs, 0)
-        batch_size = _int_arg("batch_size", batch_size, 1)
-        lr = _float_arg("lr", lr, 0.0)
-        seed = _seed_arg(seed)
-        X = self._check_rows(X, "X")
-        if X.shape[0] == 0:
-            raise ValueError("X: empty data set")
-        _fit_options(callback, None, 1, False)
-        plan = _FlowPlan(self, X, batch_size=batch_size, lr=lr, seed=seed, shuffle=shuffle)
-        return run_fit(self, plan, epochs, progress=progress, verbose=verbose, callback=callback)
+        the epoch and step, the flow keeping its last finite parameters.
+
+        ``comm``: an mpi4py communicator for data-parallel training, as in ``VAE.fit``."""
+        dist = _dist_arg(comm)
+        with starting(dist):
+            self._need_inverse("fit (maximum likelihood)")
+            epochs = _int_arg("epochs", epochs, 0)
+            batch_size = _int_arg("batch_size", batch_size, 1)
+            lr = _float_arg("lr", lr, 0.0)
+            seed = _seed_arg(seed)
+            X = self._check_rows(X, "X")
+            if X.shape[0] == 0:
+                raise ValueError("X: empty data set")
+            _fit_options(callback, None, 1, False)
+            plan = _FlowPlan(self, X, batch_size=batch_size, lr=lr, seed=seed, shuffle=shuffle)
+            plan.settings = fit_settings(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, shuffle=bool(shuffle))
+            plan.data = {"X": X}
+        return run_fit(self, plan, epochs, progress=progress, verbose=verbose, callback=callback, dist=dist)
 
     def _check_rows(self, X, name):
         return _data_matrix(X, name, self.dim, keep_uint8=False, finite=True)
@@ -355,11 +362,15 @@ class _FlowPlan(FitPlan):
         n = self.examples
         order = self.rng.permutation(n) if self.shuffle else np.arange(n)
         for start in range(0, n, self.batch_size):
-            idx = order[start:start + self.batch_size]
-            yield self.X[idx], len(idx)
+            stop = min(start + self.batch_size, n)
+            rows, share = self.share_rows(order, start, stop)
+            yield (self.X[rows], share), stop - start
 
-    def step(self, xb, lr, step):
-        return self.core.nll_step(x=xb, lr=lr), len(xb)
+    def step(self, batch, lr, step):
+        xb, share = batch
+        if share is None:
+            return self.core.nll_step(x=xb, lr=lr), len(xb)
+        return self.core.nll_step(x=xb, lr=lr, n_total=share[1]), share[1]
 
     def message(self, number, logs):
         return f"epoch {number:3d}  -log p(x) {logs['loss']:9.4f}  {logs['seconds']:6.2f}s"

@@ -20,9 +20,9 @@ from __future__ import annotations
 import numpy as np
 
 from . import _core
-from ._base import (ArenaModel, FitPlan, _activation_arg, _binarize_arg, _data_matrix, _fit_options, _float_arg,
-                    _init_seed, _int_arg, _likelihood_arg, _load_as, _seed_arg, _threads_arg, _widths, register_kind,
-                    run_fit)
+from ._base import (ArenaModel, FitPlan, _activation_arg, _binarize_arg, _data_matrix, _dist_arg, _fit_options,
+                    _float_arg, _init_seed, _int_arg, _likelihood_arg, _load_as, _seed_arg, _threads_arg, _widths,
+                    fit_settings, register_kind, run_fit, starting)
 
 __all__ = ["M2", "load_m2"]
 
@@ -169,7 +169,7 @@ class M2(ArenaModel):
 
     def fit(self, X_labeled, y_labeled, X_unlabeled, epochs=10, batch_size=100, lr=1e-3, validation_data=None,
             seed=None, progress=True, binarize=None, labeled_batch_size=None, weighting="balanced", verbose=None,
-            callback=None, *, patience=None, checkpoint_dir=None, checkpoint_every=1, resume=None):
+            callback=None, *, patience=None, checkpoint_dir=None, checkpoint_every=1, resume=None, comm=None):
         """Train with Adam. An epoch is one pass over ``X_unlabeled`` in batches of
         ``batch_size``; every step also takes a labelled batch of ``labeled_batch_size``
         (default ``min(batch_size, n_labeled)``) from the labelled set, which is cycled
@@ -197,7 +197,20 @@ class M2(ArenaModel):
         ``checkpoint_every`` write an atomic ``checkpoint.vaec`` every N epochs and
         ``resume=path`` continues from one, ending exactly where an uninterrupted run
         would; a NaN or Inf loss raises FloatingPointError naming the epoch and step, the
-        model keeping its last finite parameters."""
+        model keeping its last finite parameters.
+
+        ``comm``: an mpi4py communicator for data-parallel training, as in ``VAE.fit``: the
+        labelled and the unlabelled batch of each step are both split over the ranks."""
+        dist = _dist_arg(comm)
+        with starting(dist):
+            plan = self._fit_plan(X_labeled, y_labeled, X_unlabeled, epochs, batch_size, lr, validation_data, seed,
+                                  binarize, labeled_batch_size, weighting, callback, patience, checkpoint_every)
+        return run_fit(self, plan, plan.epochs, progress=progress, verbose=verbose, callback=callback,
+                       patience=plan.patience, checkpoint_dir=checkpoint_dir, checkpoint_every=plan.checkpoint_every,
+                       resume=resume, dist=dist)
+
+    def _fit_plan(self, X_labeled, y_labeled, X_unlabeled, epochs, batch_size, lr, validation_data, seed, binarize,
+                  labeled_batch_size, weighting, callback, patience, checkpoint_every):
         epochs = _int_arg("epochs", epochs, 0)
         batch_size = _int_arg("batch_size", batch_size, 1)
         lr = _float_arg("lr", lr, 0.0)
@@ -225,8 +238,13 @@ class M2(ArenaModel):
         patience, checkpoint_every = _fit_options(callback, patience, checkpoint_every, validation_data is not None)
         plan = _M2Plan(self, X_l, y_l, X_u, X_val, y_val, batch_size=batch_size, labeled_batch_size=lb, lr=lr,
                        seed=seed, bin_flag=bin_flag, weighting=weighting)
-        return run_fit(self, plan, epochs, progress=progress, verbose=verbose, callback=callback, patience=patience,
-                       checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every, resume=resume)
+        plan.epochs, plan.patience, plan.checkpoint_every = epochs, patience, checkpoint_every
+        plan.settings = fit_settings(epochs=epochs, batch_size=batch_size, labeled_batch_size=lb, lr=lr, seed=seed,
+                                     binarize=bin_flag, weighting=weighting, patience=patience,
+                                     checkpoint_every=checkpoint_every)
+        plan.data = {"X_labeled": X_l, "y_labeled": y_l, "X_unlabeled": X_u, "validation_data[0]": X_val,
+                     "validation_data[1]": y_val}
+        return plan
 
     # ---------------------------------------------------------- evaluation
     def predict_log_proba(self, X):
@@ -316,24 +334,38 @@ class _M2Plan(FitPlan):
         self.steps = 0
         order = self.rng.permutation(self.n_u)
         for start in range(0, self.n_u, self.batch_size):
-            ub = self.X_u[order[start:start + self.batch_size]]
-            yield ub, len(ub)
+            stop = min(start + self.batch_size, self.n_u)
+            rows, share = self.share_rows(order, start, stop)
+            yield (self.X_u[rows], share), stop - start
 
-    def step(self, ub, lr, step):
+    def step(self, batch, lr, step):
+        ub, share = batch
+        nu = len(ub) if share is None else share[1]
         lb, n_l = self.lb, self.n_l
         if self.l_pos + lb > n_l:
             self.l_order, self.l_pos = self.rng.permutation(n_l), 0
         li = self.l_order[self.l_pos:self.l_pos + lb]
         self.l_pos += lb
         if self.weighting == "balanced":
-            wl, wu = 1.0 / lb, 1.0 / len(ub)
+            wl, wu = 1.0 / lb, 1.0 / nu
         else:
-            wl, wu = n_l / (self.N * lb), self.n_u / (self.N * len(ub))
+            wl, wu = n_l / (self.N * lb), self.n_u / (self.N * nu)
+        kw = {}
+        if share is not None:   # this rank's share of the labelled batch too
+            rows, (al, _) = self.share_rows(li, 0, lb)
+            li = rows
+            kw = {"row_offset_l": al, "row_offset_u": share[0], "n_total": lb + nu}
         loss, parts = self.core.loss_grad(X_labeled=self.X_l[li], y_labeled=self.y_l[li], X_unlabeled=ub, alpha=self.a,
-                                          wl=wl, wu=wu, binarize=self.bin_flag, lr=lr)
+                                          wl=wl, wu=wu, binarize=self.bin_flag, lr=lr, **kw)
         self.nll += parts[1] / lb
         self.steps += 1
         return loss, 1
+
+    def partials(self):
+        return [self.nll]
+
+    def set_partials(self, values):
+        self.nll = values[0]
 
     def end_epoch(self, logs):
         logs["labeled_nll"] = self.nll / self.steps

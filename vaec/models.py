@@ -12,8 +12,9 @@ import numpy as np
 
 from . import _core
 from ._base import (ACTIVATIONS, LIKELIHOODS, MAX_SAMPLES, ArenaModel, FitPlan, _activation_arg,  # noqa: F401
-                    _binarize_arg, _choice, _data_matrix, _fit_options, _float_arg, _init_seed, _int_arg,
-                    _likelihood_arg, _seed_arg, _threads_arg, _widths, load, register_kind, run_fit)
+                    _binarize_arg, _choice, _data_matrix, _dist_arg, _fit_options, _float_arg, _init_seed, _int_arg,
+                    _likelihood_arg, _seed_arg, _threads_arg, _widths, fit_settings, load, register_kind, run_fit,
+                    starting)
 from ._base import Progress as _Progress  # noqa: F401  (the old name of the progress bar)
 from .layers import conv_preset, from_spec, layer_list
 
@@ -251,7 +252,7 @@ class _Coder(ArenaModel):
             progress=True, samples=1, binarize=None, verbose=None, callback=None, *, iw_samples=None, beta=1.0,
             warmup=None, free_bits=0.0, lr_schedule="constant", lr_decay=0.97, patience=None,
             checkpoint_dir=None, checkpoint_every=1, resume=None, algorithm="aevb", estimator="reparam",
-            baseline=None):
+            baseline=None, comm=None):
         """Train with Adam on mini-batches of X; returns the history (also ``model.history``).
 
         The history is a dict of per-epoch lists: ``loss`` (mean training objective, e.g.
@@ -284,7 +285,28 @@ class _Coder(ArenaModel):
         (terminal or Jupyter); ``verbose`` (default: as ``progress``) prints one line per
         epoch. ``callback(epoch, logs)`` runs after each epoch; returning True stops.
         A NaN or Inf loss raises FloatingPointError naming the epoch and step; the model
-        keeps its last finite parameters and the last checkpoint stays valid."""
+        keeps its last finite parameters and the last checkpoint stays valid.
+
+        ``comm``: an mpi4py communicator for data-parallel training (vaec/distributed.py):
+        every rank calls fit with the same model, data and arguments; each batch is split
+        over the ranks, their gradients summed by one Allreduce, and every rank takes the
+        same step, training the model one process would with the same ``batch_size`` (up
+        to the order of the gradient's sums). Rank 0 alone prints and writes checkpoints;
+        every rank returns the same history. Not with ``free_bits`` (a statistic of whole
+        chunks) nor ``algorithm='wake-sleep'``."""
+        dist = _dist_arg(comm)
+        with starting(dist):
+            plan = self._fit_plan(X, epochs, batch_size, lr, validation_data, shuffle, seed, samples, binarize,
+                                  callback, iw_samples, beta, warmup, free_bits, lr_schedule, lr_decay, patience,
+                                  checkpoint_every, algorithm, estimator, baseline, dist)
+        return run_fit(self, plan, plan.epochs, progress=progress, verbose=verbose, callback=callback,
+                       patience=plan.patience, checkpoint_dir=checkpoint_dir, checkpoint_every=plan.checkpoint_every,
+                       resume=resume, dist=dist)
+
+    def _fit_plan(self, X, epochs, batch_size, lr, validation_data, shuffle, seed, samples, binarize, callback,
+                  iw_samples, beta, warmup, free_bits, lr_schedule, lr_decay, patience, checkpoint_every, algorithm,
+                  estimator, baseline, dist):
+        """fit's arguments checked, as a plan (with the driver's checked options on it)."""
         epochs = _int_arg("epochs", epochs, 0)
         batch_size = _int_arg("batch_size", batch_size, 1)
         lr = _float_arg("lr", lr, 0.0)
@@ -315,11 +337,23 @@ class _Coder(ArenaModel):
         if validation_data is not None:
             X_val = validation_data[0] if isinstance(validation_data, tuple) else validation_data
             X_val = self._check_data(X_val, "validation_data")
+        if dist is not None:
+            if free_bits != 0.0:
+                raise ValueError("free_bits: not with comm (each chunk's mean KL decides the floor, and a rank sees "
+                                 "only its share of a batch); train without free bits or in one process")
+            if algorithm == "wake-sleep":
+                raise ValueError("algorithm: wake-sleep is not data-parallel (its dreams are numbered within each "
+                                 "call); use 'aevb' with comm, or one process")
         plan = _CoderPlan(self, X, X_val, batch_size=batch_size, lr=lr, lr_schedule=lr_schedule, lr_decay=lr_decay,
                           shuffle=shuffle, seed=seed, samples=samples, iw=iw, beta=beta, warmup=warmup,
                           free_bits=free_bits, bin_flag=bin_flag, algorithm=algorithm, score=score, baseline=baseline)
-        return run_fit(self, plan, epochs, progress=progress, verbose=verbose, callback=callback, patience=patience,
-                       checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every, resume=resume)
+        plan.epochs, plan.patience, plan.checkpoint_every = epochs, patience, checkpoint_every
+        plan.settings = fit_settings(epochs=epochs, batch_size=batch_size, lr=lr, lr_schedule=lr_schedule,
+                                     lr_decay=lr_decay, shuffle=bool(shuffle), seed=seed, samples=samples, iw=iw,
+                                     beta=beta, warmup=warmup, binarize=bin_flag, estimator=estimator,
+                                     baseline=baseline, patience=patience, checkpoint_every=checkpoint_every)
+        plan.data = {"X": X, "validation_data": X_val}
+        return plan
 
     def _check_fit_options(self, algorithm, iw, samples, beta, warmup, free_bits, estimator):
         if algorithm == "wake-sleep":
@@ -388,10 +422,13 @@ class _CoderPlan(FitPlan):
         self.beta_t, self.sleep_total = self.beta, 0.0
         order = np.random.default_rng([self.base_seed, epoch]).permutation(n) if self.shuffle else None
         for start in range(0, n, bs):
-            xb = X[order[start:start + bs]] if self.shuffle else X[start:start + bs]
-            yield xb, len(xb)
+            stop = min(start + bs, n)
+            rows, share = self.share_rows(order, start, stop)
+            yield (X[rows], share), stop - start
 
-    def step(self, xb, lr, step):
+    def step(self, batch, lr, step):
+        xb, share = batch
+        n = len(xb) if share is None else share[1]
         self.beta_t = self._beta_at(step)
         if self.algorithm == "wake-sleep":
             loss, sleep_loss = self.core.wake_sleep(x=xb, binarize=self.bin_flag, lr=lr)
@@ -399,11 +436,16 @@ class _CoderPlan(FitPlan):
             return loss, len(xb)
         model, baseline = self.model, self.baseline
         bl = (model._baseline or 0.0) if baseline == "mean" else (baseline or 0.0)
+        kw = {} if share is None else {"row_offset": share[0], "n_total": share[1]}
         loss = self.core.loss_grad(x=xb, samples=self.samples, binarize=self.bin_flag, lr=lr, iw=self.iw,
-                                   beta=self.beta_t, free_bits=self.free_bits, score=self.score, baseline=bl)
-        if baseline == "mean":
+                                   beta=self.beta_t, free_bits=self.free_bits, score=self.score, baseline=bl, **kw)
+        if baseline == "mean" and share is None:
             model._update_baseline(self.core.last_rec())
-        return loss, len(xb)
+        return loss, n
+
+    def after_step(self, dist):
+        if self.baseline == "mean":   # the running mean of the whole batch's log p(x|z): one more (scalar) sum
+            self.model._update_baseline(float(dist.sum([self.core.last_rec()])[0]))
 
     def end_epoch(self, logs):
         val = None
