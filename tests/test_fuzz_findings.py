@@ -150,6 +150,25 @@ def test_picture_header_claiming_a_decompression_bomb(tmp_path):
         datasets.load_images(tmp_path)
 
 
+def test_picture_header_claiming_many_pixels_under_pillows_limit(tmp_path, monkeypatch):
+    """atheris (the 10-minute run), a 12 s timeout and 1.1 GB: a 103-byte PNG (its chunk CRCs
+    recomputed, as the fuzz target does) claiming 4 x
+    16777216 grey pixels (under Pillow's limit) was decoded, converted to RGB and resized
+    before its truncated data showed. Pictures of more than datasets.MAX_IMAGE_PIXELS are
+    refused from their header."""
+    pytest.importorskip("PIL")
+    import shutil
+    found = os.path.join(CORPUS, "images", "found_tall_png.png")
+    shutil.copy(found, tmp_path / "tall.png")
+    with pytest.raises(ValueError, match=r"tall\.png: 4 x 16777216 pixels, more than vaec.datasets.MAX_IMAGE_PIXELS"):
+        datasets.load_images(tmp_path)
+    monkeypatch.setattr(datasets, "MAX_IMAGE_PIXELS", 100)   # the limit is the module's constant
+    from PIL import Image
+    Image.new("L", (11, 10)).save(tmp_path / "tall.png")
+    with pytest.raises(ValueError, match="11 x 10 pixels"):
+        datasets.load_images(tmp_path)
+
+
 @pytest.mark.parametrize("target", ["model_file", "idx", "mat", "images"])
 def test_seed_corpora_are_there(target):
     """The fuzz targets start from committed seeds (tests/fuzz/make_seeds.py writes them)."""

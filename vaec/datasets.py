@@ -921,6 +921,14 @@ if __name__ == "__main__":  # python -m vaec.datasets make-mnist-subset SRC [DST
 # image folders
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+#: The most pixels load_images decodes from one file (2^25: an 8K picture, 7680 x 4320, fits):
+#: a header claiming more is refused before decoding (a 103-byte PNG can claim 4 x 16777216
+#: pixels, under Pillow's own limit, and took 12 s and 1 GB to fail). Raise it for bigger pictures.
+MAX_IMAGE_PIXELS = 1 << 25
+
+
+class _PictureTooLarge(ValueError):
+    pass
 
 
 def load_images(folder, size=(28, 28), mode="L", *, recursive=True, limit=None) -> np.ndarray:
@@ -963,10 +971,15 @@ def load_images(folder, size=(28, 28), mode="L", *, recursive=True, limit=None) 
     for i, f in enumerate(files):
         try:
             with Image.open(f) as im:
+                if im.width * im.height > MAX_IMAGE_PIXELS:
+                    raise _PictureTooLarge(f"{f}: {im.width} x {im.height} pixels, more than "
+                                     f"vaec.datasets.MAX_IMAGE_PIXELS = {MAX_IMAGE_PIXELS}")
                 im = im.convert(mode)
                 if im.size != (W, H):
                     im = im.resize((W, H), Image.BICUBIC)
                 a = np.asarray(im, dtype=np.uint8)
+        except _PictureTooLarge:
+            raise
         except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
             # DecompressionBombError: a header claiming more pixels than Pillow's limit (a 57-byte
             # PNG can claim 40000 x 40000), refused before decoding
