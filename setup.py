@@ -3,7 +3,8 @@
 The default build targets the baseline ISA of the platform: no -march=native. Faster
 kernels (AVX2+FMA, AVX-512) are compiled with per-function target attributes in their own
 files and chosen at run time from CPUID. Set VAEC_SANITIZE=1 to build with
--fsanitize=address,undefined (used by .ci/run), VAEC_DEBUG=1 for -O0 -g.
+-fsanitize=address,undefined (used by .ci/run), VAEC_TSAN=1 with -fsanitize=thread, VAEC_DEBUG=1
+for -O0 -g.
 """
 import os
 import sys
@@ -22,6 +23,9 @@ if os.environ.get("VAEC_SANITIZE"):
     san = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-fno-sanitize-recover=undefined"]
     extra_compile = [f for f in extra_compile if not f.startswith("-O")] + ["-O1", "-g"] + san
     extra_link += san
+if os.environ.get("VAEC_TSAN"):   # ThreadSanitizer (used by .ci/run for the threading tests)
+    extra_compile = [f for f in extra_compile if not f.startswith("-O")] + ["-O1", "-g", "-fsanitize=thread"]
+    extra_link += ["-fsanitize=thread"]
 libraries = [] if sys.platform == "win32" else ["m", "pthread"]
 
 setup(

@@ -11,6 +11,7 @@
 #if defined(__linux__)
 #include <sched.h>
 #endif
+#include <pthread.h>
 #include <unistd.h>
 
 #if defined(VAEC_X86)
@@ -22,9 +23,12 @@ static uint64_t xgetbv0(void) {
 }
 #endif
 
-static int detected = 0;
+/* Detection runs once per process (pthread_once: threads that start at the same time all
+ * wait for it, and none sees the feature string half written); the active path is atomic,
+ * as vaec_cpu_set_isa may change it while other threads read it. */
+static pthread_once_t detect_once = PTHREAD_ONCE_INIT;
 static vaec_isa best_isa = VAEC_ISA_SCALAR;
-static vaec_isa active_isa = VAEC_ISA_SCALAR;
+static _Atomic int active_isa = VAEC_ISA_SCALAR;
 static char features[256] = "";
 
 static void add_feature(const char *name) {
@@ -48,8 +52,7 @@ static vaec_isa clamp_isa(vaec_isa isa) {
     return isa < best_isa ? isa : best_isa;
 }
 
-static void detect(void) {
-    if (detected) return;
+static void detect_now(void) {
     best_isa = VAEC_ISA_SCALAR;
 #if defined(VAEC_X86)
     unsigned a, b, c, d;
@@ -78,9 +81,10 @@ static void detect(void) {
     add_feature("neon");
     best_isa = VAEC_ISA_NEON;
 #endif
-    active_isa = clamp_isa(isa_from_env(best_isa));
-    detected = 1;
+    atomic_store(&active_isa, (int)clamp_isa(isa_from_env(best_isa)));
 }
+
+static void detect(void) { pthread_once(&detect_once, detect_now); }
 
 const char *vaec_isa_name(vaec_isa isa) {
     switch (isa) {
@@ -94,12 +98,16 @@ const char *vaec_isa_name(vaec_isa isa) {
 }
 
 vaec_isa vaec_cpu_best_isa(void) { detect(); return best_isa; }
-vaec_isa vaec_cpu_active_isa(void) { detect(); return active_isa; }
+vaec_isa vaec_cpu_active_isa(void) {
+    detect();
+    return (vaec_isa)atomic_load_explicit(&active_isa, memory_order_relaxed);
+}
 
 vaec_isa vaec_cpu_set_isa(vaec_isa isa) {
     detect();
-    active_isa = clamp_isa(isa);
-    return active_isa;
+    vaec_isa now = clamp_isa(isa);
+    atomic_store(&active_isa, (int)now);
+    return now;
 }
 
 const char *vaec_cpu_features(void) { detect(); return features; }

@@ -398,7 +398,8 @@ vaec_status vaec_flowmodel_load(vaec_flowmodel **out, const char *path, int thre
         c.threads = threads;
         if ((st = check_config(&c)))
             st = vaec_fail(VAEC_ERR_FORMAT, "'%s' holds an invalid flow configuration (%s)", path, vaec_last_error());
-        else if ((st = vaec_flowmodel_create(&m, &c)) == VAEC_OK && (st = vaec_file_apply(&f, &m->arena)) == VAEC_OK) {
+        else if ((vaec_arena_expect(f.nparams, path), st = vaec_flowmodel_create(&m, &c), vaec_arena_expect(-1, NULL), st) == VAEC_OK &&
+                 (st = vaec_file_apply(&f, &m->arena)) == VAEC_OK) {
             m->rng_seed = f.rng_seed;
             m->rng_counter = f.rng_counter;
             st = vaec_file_extra_copy(&f, extra, extra_len);

@@ -14,9 +14,16 @@ vaec_status vaec_fail(vaec_status status, const char *fmt, ...)
 #endif
     ;
 void vaec_clear_error(void);
+/* The errno of a file error, for vaec_last_errno: set right before vaec_fail(VAEC_ERR_IO or
+ * VAEC_ERR_NOTFOUND, ...) (any other status clears it). */
+void vaec_set_errno(int err);
 
 /* 64-byte aligned allocation (zeroed); free with vaec_free. NULL on overflow/failure. */
 void *vaec_alloc(size_t count, size_t size);
+/* The machine's physical memory in bytes (SIZE_MAX when unknown): vaec_alloc refuses any
+ * larger block, and a model whose parameter arena alone would exceed it is refused before
+ * anything is allocated. */
+size_t vaec_memory_size(void);
 void vaec_free(void *p);
 
 /* GEMM blocking shared by every ISA. vaec_sgemm splits C into blocks of at most GEMM_MB
@@ -202,6 +209,11 @@ void vaec_dense_backward_act_strided_naive(vaec_pool *pool, float *din, int64_t 
 /* vaec_arena_adam_step, told whether a gradient is non-finite by a caller that checked
  * every one as it was written (nonfinite 0 or 1); -1: check them here (a pass over the
  * gradients, as vaec_arena_adam_step does). */
+/* While a loader builds the model of the file `path`, holding n parameters (n >= 0; -1 ends
+ * it), vaec_arena_alloc on this thread refuses any other count (VAEC_ERR_FORMAT, naming the
+ * file) before allocating anything of the model's size: a small file whose config declares
+ * a huge model is refused without trying to allocate it. */
+void vaec_arena_expect(int64_t n, const char *path);
 vaec_status vaec_arena_adam_step_ex(vaec_arena *a, vaec_pool *pool, float lr, int nonfinite);
 
 /* ------------------------------------------------------- convolutions (conv.c) */

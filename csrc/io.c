@@ -12,15 +12,20 @@
  *              the arena keeps transposed is written and read back in its (out, in) order)
  *   extra      u32 length, then that many bytes (e.g. a trainer's state; may be empty)
  *   checksum   u32 CRC-32 (zlib's polynomial) of every byte before it
- * Saving writes "<path>.tmp-<pid>", flushes and fsyncs it, then renames it over path,
- * so a reader never sees a half-written file. Reading checks the size, the magic, the
- * version and the checksum before anything is used. */
+ * Saving writes "<path>.tmp-<pid>-<n>" (a name of its own per save), fsyncs it, renames it
+ * over path and fsyncs the folder, so a reader never sees a half-written file, even after a
+ * crash or a power cut; a failed save removes its temporary file and leaves path as it was.
+ * (A process killed while saving can leave its temporary file: never read, safe to delete.)
+ * Reading checks the size, the magic, the version and the checksum before anything is used;
+ * docs/FORMAT.md describes the format and its versions. */
 #define _POSIX_C_SOURCE 200809L
 #include "internal.h"
 #include <errno.h>
 #include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
+#include <fcntl.h>
+#include <pthread.h>
 #include <unistd.h>
 
 #define VAEC_FILE_VERSION 1u
@@ -28,7 +33,10 @@ static const unsigned char MAGIC[8] = {0x89, 'V', 'A', 'E', 'C', '\r', '\n', 0x1
 #define FIXED_HEAD (8 + 4 * 4)           /* magic, version, endian, kind, config length */
 #define ARENA_HEAD (8 + 4 * 4 + 8 + 16)  /* n, adam (3 f32 + pad), step, rng */
 
+/* The CRC table is made once per process, by whichever thread first needs it (pthread_once:
+ * a thread that finds it half made would compute a wrong checksum). */
 static uint32_t crc_table[256];
+static pthread_once_t crc_once = PTHREAD_ONCE_INIT;
 static void crc_init(void) {
     for (uint32_t i = 0; i < 256; i++) {
         uint32_t c = i;
@@ -37,12 +45,30 @@ static void crc_init(void) {
     }
 }
 static uint32_t crc32_update(uint32_t crc, const void *data, size_t n) {
-    if (!crc_table[1]) crc_init();
+    pthread_once(&crc_once, crc_init);
     const unsigned char *p = data;
     crc = ~crc;
     for (size_t i = 0; i < n; i++) crc = crc_table[(crc ^ p[i]) & 0xff] ^ (crc >> 8);
     return ~crc;
 }
+
+/* fsync of the folder holding path (best effort: some file systems refuse it), after which
+ * a rename into it survives a power cut. */
+static void sync_folder(const char *path) {
+    const char *slash = strrchr(path, '/');
+    char dir[4096];
+    if (!slash) snprintf(dir, sizeof dir, ".");
+    else if (slash == path) snprintf(dir, sizeof dir, "/");
+    else if ((size_t)(slash - path) < sizeof dir) snprintf(dir, sizeof dir, "%.*s", (int)(slash - path), path);
+    else return;
+    int fd = open(dir, O_RDONLY | O_CLOEXEC);
+    if (fd >= 0) {
+        (void)fsync(fd);
+        close(fd);
+    }
+}
+
+static vaec_status write_atomic(const char *path, const unsigned char *buf, size_t len);
 
 typedef struct { unsigned char *buf; size_t len; } bytes;
 static void put(bytes *b, const void *p, size_t n) { memcpy(b->buf + b->len, p, n); b->len += n; }
@@ -91,27 +117,48 @@ vaec_status vaec_file_write_ex(const char *path, uint32_t kind, const void *conf
     if (extra_len) put(&b, extra, extra_len);
     PUT(&b, uint32_t, crc32_update(0, b.buf, b.len));
 
-    size_t plen = strlen(path);
-    char *tmp = vaec_alloc(plen + 48, 1);
-    if (!tmp) { vaec_free(b.buf); return vaec_fail(VAEC_ERR_NOMEM, "out of memory"); }
-    snprintf(tmp, plen + 48, "%s.tmp-%ld", path, (long)getpid());
-    vaec_status st = VAEC_OK;
-    FILE *f = fopen(tmp, "wb");
-    if (!f) {
-        st = vaec_fail(errno == ENOENT ? VAEC_ERR_NOTFOUND : VAEC_ERR_IO, "cannot write '%s': %s", path, strerror(errno));
-    } else {
-        int ok = fwrite(b.buf, 1, b.len, f) == b.len;
-        ok = fflush(f) == 0 && ok;
-        ok = fsync(fileno(f)) == 0 && ok;
-        ok = fclose(f) == 0 && ok;
-        if (!ok || rename(tmp, path) != 0) {
-            st = vaec_fail(VAEC_ERR_IO, "cannot write '%s': %s", path, strerror(errno));
-            remove(tmp);
-        }
-    }
-    vaec_free(tmp);
+    vaec_status st = write_atomic(path, b.buf, b.len);
     vaec_free(b.buf);
     return st;
+}
+
+/* Each save's temporary file has a name of its own: the process id and a counter, so that
+ * threads saving to the same path at once never write into one file. */
+static _Atomic unsigned tmp_counter;
+
+/* A failed write: the message names the file and the cause; errno kept for the caller. */
+static vaec_status io_fail(const char *path, int err) {
+    vaec_set_errno(err);
+    return vaec_fail(err == ENOENT ? VAEC_ERR_NOTFOUND : VAEC_ERR_IO, "cannot write '%s': %s", path, strerror(err));
+}
+
+/* buf written to "<path>.tmp-<pid>-<n>" (created exclusively), fsynced, renamed over path,
+ * and the folder fsynced so that the rename itself is durable. Any failure removes the
+ * temporary file and leaves path as it was; the first error's errno is the one reported. */
+static vaec_status write_atomic(const char *path, const unsigned char *buf, size_t len) {
+    size_t plen = strlen(path);
+    char *tmp = vaec_alloc(plen + 64, 1);
+    if (!tmp) return vaec_fail(VAEC_ERR_NOMEM, "out of memory");
+    snprintf(tmp, plen + 64, "%s.tmp-%ld-%u", path, (long)getpid(), atomic_fetch_add(&tmp_counter, 1u));
+    int err = 0;
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
+    if (fd < 0) {
+        err = errno;
+    } else {
+        for (size_t off = 0; off < len && !err;) {
+            ssize_t w = write(fd, buf + off, len - off);
+            if (w > 0) off += (size_t)w;
+            else if (w < 0 && errno != EINTR) err = errno;
+            else if (w == 0) err = EIO;
+        }
+        if (!err && fsync(fd) != 0) err = errno;
+        if (close(fd) != 0 && !err) err = errno;
+        if (!err && rename(tmp, path) != 0) err = errno;
+        if (err) unlink(tmp);
+    }
+    if (!err) sync_folder(path);
+    vaec_free(tmp);
+    return err ? io_fail(path, err) : VAEC_OK;
 }
 
 typedef struct { const unsigned char *p; size_t pos; } reader;
@@ -121,7 +168,7 @@ vaec_status vaec_file_read(vaec_file *out, const char *path) {
     memset(out, 0, sizeof *out);
     snprintf(out->path, sizeof out->path, "%s", path);
     FILE *f = fopen(path, "rb");
-    if (!f) return vaec_fail(errno == ENOENT ? VAEC_ERR_NOTFOUND : VAEC_ERR_IO, "cannot open '%s': %s", path, strerror(errno));
+    if (!f) return vaec_set_errno(errno), vaec_fail(errno == ENOENT ? VAEC_ERR_NOTFOUND : VAEC_ERR_IO, "cannot open '%s': %s", path, strerror(errno));
     unsigned char *buf = NULL;
     vaec_status st = VAEC_OK;
     long size = -1;
@@ -199,7 +246,7 @@ fail:
 
 vaec_status vaec_file_kind(const char *path, uint32_t *kind) {
     FILE *f = fopen(path, "rb");
-    if (!f) return vaec_fail(errno == ENOENT ? VAEC_ERR_NOTFOUND : VAEC_ERR_IO, "cannot open '%s': %s", path, strerror(errno));
+    if (!f) return vaec_set_errno(errno), vaec_fail(errno == ENOENT ? VAEC_ERR_NOTFOUND : VAEC_ERR_IO, "cannot open '%s': %s", path, strerror(errno));
     unsigned char head[FIXED_HEAD];
     size_t got = fread(head, 1, sizeof head, f);
     fclose(f);

@@ -773,7 +773,7 @@ vaec_status vaec_m2_load(vaec_m2 **out, const char *path, int threads, void **ex
         c.threads = threads;
         if ((st = check_config(&c)))
             st = vaec_fail(VAEC_ERR_FORMAT, "'%s' holds an invalid M2 configuration (%s)", path, vaec_last_error());
-        else if ((st = vaec_m2_create(&m, &c)) == VAEC_OK) {
+        else if ((vaec_arena_expect(f.nparams, path), st = vaec_m2_create(&m, &c), vaec_arena_expect(-1, NULL), st) == VAEC_OK) {
             if (v2 && !layers_match(m, rec + 8 + M2_CONFIG_V1, f.config_len - 8 - M2_CONFIG_V1))
                 st = vaec_fail(VAEC_ERR_FORMAT, "'%s' is inconsistent: its layer lists are not those of its "
                                "configuration", path);

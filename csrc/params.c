@@ -82,8 +82,25 @@ vaec_status vaec_arena_add_tensor(vaec_arena *a, int64_t *offset, const char *na
     return vaec_arena_add_tensor_nd(a, offset, name, ndim, shape, init_bound);
 }
 
+/* The parameter count a model file holds, while a loader on this thread builds the model
+ * its config describes (-1: none): vaec_arena_alloc refuses any other count before it
+ * allocates, so that a small file whose config declares a huge model is refused without
+ * trying to allocate that model (and its workspace, planned after the arena). */
+static _Thread_local int64_t expected_n = -1;
+static _Thread_local const char *expected_file;
+void vaec_arena_expect(int64_t n, const char *path) {
+    expected_n = n;
+    expected_file = path;
+}
+
 vaec_status vaec_arena_alloc(vaec_arena *a, uint64_t seed) {
+    if (expected_n >= 0 && a->n != expected_n)
+        return vaec_fail(VAEC_ERR_FORMAT, "'%s' is inconsistent: %lld parameters stored, its configuration has %lld",
+                         expected_file ? expected_file : "the model file", (long long)expected_n, (long long)a->n);
     size_t n = (size_t)(a->n > 0 ? a->n : 1);
+    if (n > vaec_memory_size() / (4 * sizeof(float)))   /* params, grads, two Adam moments */
+        return vaec_fail(VAEC_ERR_NOMEM, "out of memory: a model of %lld parameters needs %.3g GB, this machine has %.3g GB",
+                         (long long)a->n, 16.0 * (double)a->n / 1e9, (double)vaec_memory_size() / 1e9);
     a->params = vaec_alloc(n, sizeof(float));
     a->grads = vaec_alloc(n, sizeof(float));
     a->adam_m = vaec_alloc(n, sizeof(float));

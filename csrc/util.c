@@ -7,14 +7,20 @@
 #include <stdio.h>
 #include <string.h>
 #include <stdint.h>
+#include <unistd.h>
 
 static _Thread_local char err_buf[512];
+static _Thread_local int err_errno;
+
+int vaec_last_errno(void) { return err_errno; }
+void vaec_set_errno(int err) { err_errno = err; }
 
 const char *vaec_last_error(void) { return err_buf; }
 
 void vaec_clear_error(void) { err_buf[0] = '\0'; }
 
 vaec_status vaec_fail(vaec_status status, const char *fmt, ...) {
+    if (status != VAEC_ERR_IO && status != VAEC_ERR_NOTFOUND) err_errno = 0;
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(err_buf, sizeof err_buf, fmt, ap);
@@ -22,9 +28,29 @@ vaec_status vaec_fail(vaec_status status, const char *fmt, ...) {
     return status;
 }
 
+/* The machine's physical memory in bytes (SIZE_MAX when unknown), read once: a benign
+ * race, every thread computes the same value and stores it atomically. */
+static _Atomic size_t phys_bytes;
+size_t vaec_memory_size(void) {
+    size_t b = atomic_load_explicit(&phys_bytes, memory_order_relaxed);
+    if (!b) {
+        b = SIZE_MAX;
+#if defined(_SC_PHYS_PAGES) && defined(_SC_PAGESIZE)
+        long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+        if (pages > 0 && page > 0 && (unsigned long)pages <= SIZE_MAX / (unsigned long)page)
+            b = (size_t)pages * (size_t)page;
+#endif
+        atomic_store_explicit(&phys_bytes, b, memory_order_relaxed);
+    }
+    return b;
+}
+
 void *vaec_alloc(size_t count, size_t size) {
     if (size != 0 && count > (SIZE_MAX - 64) / size) return NULL;
     size_t bytes = count * size;
+    /* more than the machine's memory cannot be used: refused before trying (with Linux's
+     * overcommit such a request may succeed, and the memset below would then be killed) */
+    if (bytes > vaec_memory_size()) return NULL;
     bytes = (bytes + 63) & ~(size_t)63;
     if (bytes == 0) bytes = 64;
     void *p = NULL;

@@ -439,7 +439,11 @@ static vaec_status read_config(const vaec_file *f, const char *path, vaec_vae_co
     for (int i = 0; i < c->n_enc; i++, p += VAEC_LAYER_RECORD) vaec_layer_record_get(p, &c->enc[i]);
     for (int i = 0; i < c->n_dec; i++, p += VAEC_LAYER_RECORD) vaec_layer_record_get(p, &c->dec[i]);
     if (!c->layers) {
-        /* an MLP: its lists follow from hidden/activation, and must be those */
+        /* an MLP: its lists follow from hidden/activation, and must be those (its hidden
+         * layer count checked first: mlp_layers indexes hidden[] and the lists by it) */
+        if (c->n_hidden < 0 || c->n_hidden > VAEC_MAX_HIDDEN)
+            return vaec_fail(VAEC_ERR_FORMAT, "'%s' is inconsistent: %d hidden layers (at most %d)", path, c->n_hidden,
+                             VAEC_MAX_HIDDEN);
         vaec_vae_config d = *c;
         mlp_layers(&d);
         if (d.n_enc != c->n_enc || d.n_dec != c->n_dec || memcmp(d.enc, c->enc, sizeof d.enc) != 0 ||
@@ -467,7 +471,8 @@ vaec_status vaec_vae_load(vaec_vae **out, const char *path, int threads, void **
         else if (c.deterministic != (f.kind == VAEC_KIND_AE))
             st = vaec_fail(VAEC_ERR_FORMAT, "'%s' is inconsistent: file kind %u with deterministic = %d", path, f.kind,
                            c.deterministic);
-        else if ((st = vaec_vae_create(&m, &c)) == VAEC_OK && (st = vaec_file_apply(&f, &m->arena)) == VAEC_OK) {
+        else if ((vaec_arena_expect(f.nparams, path), st = vaec_vae_create(&m, &c), vaec_arena_expect(-1, NULL), st) == VAEC_OK &&
+                 (st = vaec_file_apply(&f, &m->arena)) == VAEC_OK) {
             m->rng_seed = f.rng_seed;
             m->rng_counter = f.rng_counter;
             st = vaec_file_extra_copy(&f, extra, extra_len);

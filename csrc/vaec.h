@@ -77,11 +77,27 @@ typedef enum {
     VAEC_ERR_IO = 3,         /* file could not be opened/read/written   */
     VAEC_ERR_FORMAT = 4,     /* file is corrupted, truncated or foreign */
     VAEC_ERR_NONFINITE = 5,  /* a NaN or Inf appeared                   */
-    VAEC_ERR_NOTFOUND = 6    /* file does not exist                     */
+    VAEC_ERR_NOTFOUND = 6,   /* file does not exist                     */
+    VAEC_ERR_INTERRUPTED = 7 /* stopped by vaec_interrupt_request       */
 } vaec_status;
 
 /* Message describing the last error on this thread ("" if none). */
 const char *vaec_last_error(void);
+/* The errno behind the last VAEC_ERR_IO or VAEC_ERR_NOTFOUND on this thread (e.g. ENOSPC,
+ * EACCES, EROFS), 0 after any other error. */
+int vaec_last_errno(void);
+
+/* ------------------------------------------------------------- interruption */
+/* Long calls (a VAE's ELBO, IWAE bound / log-likelihood and loss over many rows or samples)
+ * check between chunks of about a millisecond whether an interrupt was requested, when the
+ * calling thread has armed itself; they then return VAEC_ERR_INTERRUPTED, leaving the model
+ * as before the call (parameters, Adam state, RNG position; a loss call's gradients are
+ * undefined). Arming clears a pending request. vaec_interrupt_request is async-signal-safe
+ * (for a SIGINT handler) and may come from any thread; it stops every armed call. */
+void vaec_interrupt_arm(int on);
+void vaec_interrupt_request(void);
+/* Whether this thread is armed and a request is pending. */
+int vaec_interrupt_pending(void);
 
 /* ---------------------------------------------------------------- CPU / ISA */
 typedef enum { VAEC_ISA_NAIVE = 0, VAEC_ISA_SCALAR = 1, VAEC_ISA_NEON = 2,
@@ -250,8 +266,9 @@ void vaec_arena_from_rowmajor(const vaec_arena *a, const float *src, float *dst)
 /* --------------------------------------------------------------- model files */
 /* One format for every model: magic "\x89VAEC\r\n\x1a", format version, endian marker,
  * model kind, the kind's config blob, the arena (parameters, Adam moments and state),
- * the RNG state, and a CRC-32 of all that. Written to "<path>.tmp-<pid>", flushed,
- * fsynced and renamed over path. */
+ * the RNG state, and a CRC-32 of all that (docs/FORMAT.md). Written to a temporary file of
+ * its own ("<path>.tmp-<pid>-<n>"), fsynced, renamed over path, the folder fsynced; a failed
+ * write leaves path as it was and no temporary file (vaec_last_errno says why). */
 enum { VAEC_KIND_VAE = 1, VAEC_KIND_M2 = 2, VAEC_KIND_FLOW = 3, VAEC_KIND_AE = 4 };
 vaec_status vaec_file_write(const char *path, uint32_t kind, const void *config, uint32_t config_len,
                             const vaec_arena *a, uint64_t rng_seed, uint64_t rng_counter);

@@ -1,5 +1,6 @@
 /* _common.c -- the shared converters of the binding (see _common.h). */
 #include "_common.h"
+#include <signal.h>
 #include <float.h>
 #include <math.h>
 #include <stdio.h>
@@ -11,12 +12,88 @@ PyObject *vaec_py_raise(vaec_status st) {
     const char *msg = vaec_last_error();
     switch (st) {
     case VAEC_ERR_NOMEM: PyErr_SetString(PyExc_MemoryError, msg); break;
-    case VAEC_ERR_IO: PyErr_SetString(PyExc_OSError, msg); break;
-    case VAEC_ERR_NOTFOUND: PyErr_SetString(PyExc_FileNotFoundError, msg); break;
+    case VAEC_ERR_IO:
+    case VAEC_ERR_NOTFOUND: {
+        /* OSError(errno, message): Python picks the subclass (PermissionError, ...) and e.errno
+         * says ENOSPC, EROFS, ... */
+        int err = vaec_last_errno();
+        PyObject *args = err ? Py_BuildValue("(is)", err, msg) : NULL;
+        if (args) {
+            PyErr_SetObject(PyExc_OSError, args);
+            Py_DECREF(args);
+        } else {
+            PyErr_SetString(st == VAEC_ERR_IO ? PyExc_OSError : PyExc_FileNotFoundError, msg);
+        }
+        break;
+    }
     case VAEC_ERR_NONFINITE: PyErr_SetString(PyExc_FloatingPointError, msg); break;
+    case VAEC_ERR_INTERRUPTED:
+        /* Python's handler was tripped with the request: it raises KeyboardInterrupt */
+        if (PyErr_CheckSignals() == 0) PyErr_SetNone(PyExc_KeyboardInterrupt);
+        break;
     default: PyErr_SetString(PyExc_ValueError, msg); break;
     }
     return NULL;
+}
+
+/* ------------------------------------------------------- Ctrl-C (_common.h) */
+static PyOS_sighandler_t chained_sigint;   /* Python's C-level SIGINT handler, while ours is in */
+
+static void on_sigint(int sig) {
+    vaec_interrupt_request();
+    PyOS_sighandler_t h = chained_sigint;
+    if (h && h != SIG_IGN && h != SIG_DFL) h(sig);
+}
+
+/* Whether this is the main thread and SIGINT has Python's default handler. */
+static int default_sigint_here(void) {
+    static PyObject *getsignal, *default_handler;
+    static unsigned long main_ident;
+    if (!getsignal) {
+        PyObject *sig = PyImport_ImportModule("signal"), *th = PyImport_ImportModule("threading");
+        PyObject *mt = th ? PyObject_CallMethod(th, "main_thread", NULL) : NULL;
+        PyObject *ident = mt ? PyObject_GetAttrString(mt, "ident") : NULL;
+        if (sig && ident) {
+            main_ident = PyLong_AsUnsignedLong(ident);
+            default_handler = PyObject_GetAttrString(sig, "default_int_handler");
+            getsignal = default_handler ? PyObject_GetAttrString(sig, "getsignal") : NULL;
+        }
+        Py_XDECREF(sig);
+        Py_XDECREF(th);
+        Py_XDECREF(mt);
+        Py_XDECREF(ident);
+        if (!getsignal) {
+            PyErr_Clear();
+            return 0;
+        }
+    }
+    if (PyThread_get_thread_ident() != main_ident) return 0;
+    PyObject *h = PyObject_CallFunction(getsignal, "i", SIGINT);
+    int yes = h == default_handler;
+    Py_XDECREF(h);
+    PyErr_Clear();
+    return yes;
+}
+
+int vaec_py_interrupt_begin(vaec_py_interrupt *s) {
+    s->armed = 0;
+    if (!default_sigint_here()) return 0;
+    chained_sigint = PyOS_getsig(SIGINT);
+    s->prev = PyOS_setsig(SIGINT, on_sigint);
+    vaec_interrupt_arm(1);
+    s->armed = 1;
+    if (PyErr_CheckSignals() < 0) {   /* a Ctrl-C that came just before */
+        vaec_py_interrupt_end(s);
+        return -1;
+    }
+    return 0;
+}
+
+void vaec_py_interrupt_end(vaec_py_interrupt *s) {
+    if (!s->armed) return;
+    vaec_interrupt_arm(0);
+    PyOS_setsig(SIGINT, s->prev);
+    s->armed = 0;
 }
 
 /* ---------------------------------------------------------- converters */

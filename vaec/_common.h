@@ -24,6 +24,19 @@
 #define VAEC_PY_BEGIN_ALLOW_THREADS_IF(big) { PyThreadState *vaec_save_ = (big) ? PyEval_SaveThread() : NULL;
 #define VAEC_PY_END_ALLOW_THREADS_IF if (vaec_save_) PyEval_RestoreThread(vaec_save_); }
 
+/* Ctrl-C in a long C call. Python runs its SIGINT handler only between bytecodes, so a call
+ * running without the GIL would finish first (minutes for a log-likelihood with k = 5000).
+ * Around such a call, on the main thread and while SIGINT has Python's default handler
+ * (KeyboardInterrupt), vaec_py_interrupt_begin installs a C handler that requests a C-core
+ * interrupt (vaec_interrupt_request) and then calls Python's own handler, and arms the
+ * thread; the call stops at its next check (within milliseconds), vaec_py_interrupt_end puts
+ * the handler back, and vaec_py_raise(VAEC_ERR_INTERRUPTED) raises the KeyboardInterrupt.
+ * Other threads, and a program with a SIGINT handler of its own, are left as they were.
+ * begin returns -1 with an exception set when a signal was already pending. */
+typedef struct { int armed; PyOS_sighandler_t prev; } vaec_py_interrupt;
+int vaec_py_interrupt_begin(vaec_py_interrupt *s);
+void vaec_py_interrupt_end(vaec_py_interrupt *s);
+
 /* Raise the Python exception for a C status, with vaec_last_error()'s message. */
 PyObject *vaec_py_raise(vaec_status st);
 /* A real-valued (bool/int/float) array view or conversion of obj; TypeError otherwise. */

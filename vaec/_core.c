@@ -164,10 +164,13 @@ static PyObject *VAE_loss_grad(vaec_py_model *self, PyObject *args, PyObject *kw
     a.noise.n_total = n_total;
     double loss = 0.0;
     vaec_status st;
+    vaec_py_interrupt intr;   /* Ctrl-C stops the call (_common.h) */
+    if (vaec_py_interrupt_begin(&intr)) goto done;
     Py_BEGIN_ALLOW_THREADS
     st = lr >= 0.0 ? vaec_vae_train_step(self->m, &a.x, &a.noise, &obj, (float)lr, &loss)
                    : vaec_vae_loss_grad(self->m, &a.x, &a.noise, &obj, &loss);
     Py_END_ALLOW_THREADS
+    vaec_py_interrupt_end(&intr);
     if (st) { vaec_py_raise(st); goto done; }
     res = PyFloat_FromDouble(loss);
 done:
@@ -228,9 +231,12 @@ static PyObject *VAE_bound(vaec_py_model *self, PyObject *args, PyObject *kw, in
     if (!res) goto done;
     double *out = (double *)PyArray_DATA((PyArrayObject *)res);
     vaec_status st;
+    vaec_py_interrupt intr;   /* Ctrl-C stops the call (_common.h) */
+    if (vaec_py_interrupt_begin(&intr)) { Py_CLEAR(res); goto done; }
     Py_BEGIN_ALLOW_THREADS
     st = iwae ? vaec_vae_iwae(self->m, &a.x, &a.noise, out) : vaec_vae_elbo(self->m, &a.x, &a.noise, out);
     Py_END_ALLOW_THREADS
+    vaec_py_interrupt_end(&intr);
     if (st) { Py_CLEAR(res); vaec_py_raise(st); }
 done:
     call_args_clear(&a);

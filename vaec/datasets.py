@@ -25,6 +25,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import math
 import os
 import struct
 import sys
@@ -143,7 +144,10 @@ def _read_exact_into(f, arr: np.ndarray, name) -> None:
         got += n
 
 
-def _read_idx_stream(f, name) -> np.ndarray:
+def _read_idx_stream(f, name, size=None) -> np.ndarray:
+    """The array of an IDX stream; ``size``: the stream's length in bytes when known (a plain
+    file), so that data its header announces but the file cannot hold are refused before
+    anything is allocated (a gzip stream is read as far as it goes instead)."""
     head = f.read(4)
     if len(head) < 4:
         raise ValueError(f"{name}: not an IDX file (truncated before the 4-byte magic number)")
@@ -154,11 +158,32 @@ def _read_idx_stream(f, name) -> np.ndarray:
     if len(raw) < 4 * ndim:
         raise ValueError(f"{name}: truncated IDX header")
     dims = struct.unpack(">" + "I" * ndim, raw)
-    count = int(np.prod(dims, dtype=np.int64))
-    if count * dtype.itemsize > 2**36:
+    count = math.prod(dims)   # exact: a product of up to 255 dimensions overflows int64
+    nbytes = count * dtype.itemsize
+    if nbytes > 2**36:
         raise ValueError(f"{name}: implausible IDX dimensions {dims}")
-    arr = np.empty(count, dtype=dtype)
-    _read_exact_into(f, arr, name)
+    if size is not None and nbytes > size - 4 - 4 * ndim:
+        # checked before allocating: a small file cannot make vaec allocate what its header claims
+        raise ValueError(
+            f"{name}: truncated IDX file: header announces {nbytes} data bytes "
+            f"but only {size - 4 - 4 * ndim} are present"
+        )
+    if size is None:   # a gzip stream: read what is there, at most what the header announces,
+        data = bytearray()   # in blocks (f.read(nbytes) would allocate nbytes first)
+        while len(data) < nbytes:
+            block = f.read(min(nbytes - len(data), 1 << 24))
+            if not block:
+                break
+            data += block
+        if len(data) < nbytes:
+            raise ValueError(
+                f"{name}: truncated IDX file: header announces {nbytes} data bytes "
+                f"but only {len(data)} are present"
+            )
+        arr = np.frombuffer(data, dtype=dtype)   # writable: a bytearray
+    else:
+        arr = np.empty(count, dtype=dtype)
+        _read_exact_into(f, arr, name)
     if f.read(1):
         raise ValueError(
             f"{name}: IDX file is longer than its header announces "
@@ -179,7 +204,7 @@ def read_idx(filename) -> np.ndarray:
         gz = raw.read(2) == b"\x1f\x8b"
         raw.seek(0)
         if not gz:
-            return _read_idx_stream(raw, filename)
+            return _read_idx_stream(raw, filename, os.fstat(raw.fileno()).st_size)
         try:
             with gzip.GzipFile(fileobj=raw, mode="rb") as f:
                 return _read_idx_stream(f, filename)
@@ -551,18 +576,21 @@ def _mat_matrix(buf, start, end, bo, name, cast):
         return None, None
     typ, s, e, pos = _mat_tag(buf, start, end, bo, name)
     flags = _mat_numeric(buf, typ, s, e, bo, name)
-    if flags.size < 1:
+    if flags.size < 1 or flags.dtype.kind not in "iu":   # miUINT32 in the format; never floats
         raise ValueError(f"{name}: malformed MAT-file (array flags)")
     cls, is_complex, is_logical = int(flags[0]) & 0xFF, bool(int(flags[0]) & 0x800), bool(int(flags[0]) & 0x200)
     typ, s, e, pos = _mat_tag(buf, pos, end, bo, name)
-    dims = tuple(int(d) for d in _mat_numeric(buf, typ, s, e, bo, name))
+    dims = _mat_numeric(buf, typ, s, e, bo, name)
+    if dims.dtype.kind not in "iu":   # miINT32 in the format; never floats
+        raise ValueError(f"{name}: malformed MAT-file (dimensions of type {dims.dtype})")
+    dims = tuple(int(d) for d in dims)
     if len(dims) < 2 or any(d < 0 for d in dims):
         raise ValueError(f"{name}: malformed MAT-file (dimensions {dims})")
     typ, s, e, pos = _mat_tag(buf, pos, end, bo, name)
     varname = bytes(buf[s:e]).decode("latin-1")
     if cls not in _MX_CLASSES:
         return varname, None  # cell, struct, char, sparse, object: not needed here
-    count = int(np.prod(dims, dtype=np.int64))
+    count = math.prod(dims)   # exact (np.prod would wrap around in int64)
     typ, s, e, pos = _mat_tag(buf, pos, end, bo, name)
     real = _mat_numeric(buf, typ, s, e, bo, name)
     if real.size != count:
@@ -893,6 +921,14 @@ if __name__ == "__main__":  # python -m vaec.datasets make-mnist-subset SRC [DST
 # image folders
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+#: The most pixels load_images decodes from one file (2^25: an 8K picture, 7680 x 4320, fits):
+#: a header claiming more is refused before decoding (a 103-byte PNG can claim 4 x 16777216
+#: pixels, under Pillow's own limit, and took 12 s and 1 GB to fail). Raise it for bigger pictures.
+MAX_IMAGE_PIXELS = 1 << 25
+
+
+class _PictureTooLarge(ValueError):
+    pass
 
 
 def load_images(folder, size=(28, 28), mode="L", *, recursive=True, limit=None) -> np.ndarray:
@@ -935,11 +971,18 @@ def load_images(folder, size=(28, 28), mode="L", *, recursive=True, limit=None) 
     for i, f in enumerate(files):
         try:
             with Image.open(f) as im:
+                if im.width * im.height > MAX_IMAGE_PIXELS:
+                    raise _PictureTooLarge(f"{f}: {im.width} x {im.height} pixels, more than "
+                                     f"vaec.datasets.MAX_IMAGE_PIXELS = {MAX_IMAGE_PIXELS}")
                 im = im.convert(mode)
                 if im.size != (W, H):
                     im = im.resize((W, H), Image.BICUBIC)
                 a = np.asarray(im, dtype=np.uint8)
-        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+        except _PictureTooLarge:
+            raise
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+            # DecompressionBombError: a header claiming more pixels than Pillow's limit (a 57-byte
+            # PNG can claim 40000 x 40000), refused before decoding
             raise ValueError(f"{f}: not a readable picture ({type(e).__name__}: {e})") from None
         out[i] = a[None] if C == 1 else a.transpose(2, 0, 1)
     return out
