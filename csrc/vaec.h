@@ -22,7 +22,8 @@
  *     and t nets are networks too.
  *   - A model owns:
  *       * one parameter arena: every weight and bias in ONE contiguous float32 buffer,
- *         with gradients and the two Adam moments in buffers of the same layout, so
+ *         with gradients and the optimizer's state (Adam's two moments, or Adagrad's
+ *         sums of squares) in buffers of the same layout, so
  *         the optimizer is one flat loop and a client can expose zero-copy views. The
  *         arena's tensor order (the rule, stated here once): tensors lie in the order the
  *         model plans them -- its networks and flow in the order the model names (the VAE:
@@ -45,7 +46,7 @@
  *   - The pieces below any model (built and tested without one): vaec_sgemm (packed,
  *     register-tiled, ISA chosen at run time from CPUID; its packing buffers are per
  *     thread) under vaec_dense_*; vaec_act_* and the likelihoods on vectorized math
- *     (elem.h); vaec_rng_* (Philox); vaec_arena_* (parameters + Adam); vaec_file_* (one
+ *     (elem.h); vaec_rng_* (Philox); vaec_arena_* (parameters + Adam or Adagrad); vaec_file_* (one
  *     model-file format for every model kind, each kind with a versioned config record).
  *   - Every function returns a vaec_status; on failure vaec_last_error() gives a
  *     human-readable message (per thread).
@@ -179,9 +180,10 @@ int64_t vaec_check_range(const float *x, int64_t n, float lo, float hi, int chec
 
 /* ------------------------------------------------------------ parameter arena */
 /* Every model keeps all its parameters in ONE contiguous float32 buffer, with gradients
- * and the two Adam moments in buffers of the same layout: the optimizer is one flat loop
- * and clients get zero-copy views. Tensors are planned first (vaec_arena_add_*), then
- * vaec_arena_alloc allocates and initializes them. */
+ * and the optimizer's state (Adam's two moments, or Adagrad's sums of squares in adam_v)
+ * in buffers of the same layout: the optimizer is one flat loop and clients get zero-copy
+ * views. Tensors are planned first (vaec_arena_add_*), then vaec_arena_alloc allocates
+ * and initializes them. */
 #define VAEC_MAX_TENSORS 512   /* a VAE with planar:128 needs about 400 */
 
 typedef struct {
@@ -195,8 +197,15 @@ typedef struct {
 } vaec_tensor_info;
 
 typedef struct {
-    float beta1, beta2, eps;   /* torch defaults 0.9, 0.999, 1e-8 */
+    float beta1, beta2, eps;   /* torch defaults 0.9, 0.999, 1e-8; eps is Adagrad's too */
 } vaec_adam_config;
+
+/* The optimizer of an arena's steps (the model file keeps which one its state is for). */
+typedef enum {
+    VAEC_OPT_ADAM = 0,      /* bias-corrected Adam, torch's form: adam_m, adam_v the moments */
+    VAEC_OPT_ADAGRAD = 1    /* Adagrad (Duchi et al. 2011), torch's form without lr decay:
+                               s += g^2 (s in adam_v; adam_m unused, zero), p -= lr g / (sqrt(s) + eps) */
+} vaec_optimizer;
 
 typedef struct {
     int64_t n;                          /* floats in each buffer (groups padded to 16) */
@@ -204,7 +213,11 @@ typedef struct {
     vaec_tensor_info tensors[VAEC_MAX_TENSORS];
     int ntensors;
     vaec_adam_config adam;
-    int64_t step;                       /* Adam steps taken */
+    int64_t step;                       /* optimizer steps taken */
+    vaec_optimizer optimizer;           /* the rule of the steps (VAEC_OPT_ADAM unless set) */
+    float weight_decay;                 /* >= 0: each step uses grad + weight_decay * param (torch's
+                                           L2 weight_decay, for both optimizers); 0 unless set. A
+                                           training option: the model file does not keep it */
 } vaec_arena;
 
 /* A dense layer's place in the arena: W (out, in) at offset W, b (out) at offset b; with
@@ -233,11 +246,27 @@ vaec_status vaec_arena_add_tensor_nd(vaec_arena *a, int64_t *offset, const char 
                                      const int64_t *shape, float init_bound);
 /* Allocate the four buffers and initialize the parameters from `seed`. */
 vaec_status vaec_arena_alloc(vaec_arena *a, uint64_t seed);
+/* Draw every tensor that vaec_arena_alloc initializes at random (init_bound != 0) again,
+ * from N(0, std^2) (Kingma & Welling's N(0, 0.01) with std = 0.01): element k of tensor t
+ * is the k-th normal of t's init stream under `seed` (streams.h). std must be > 0 and
+ * finite. Zero-initialized tensors stay zero; the gradients are zeroed (a model calls it
+ * right after creation), the optimizer's state is untouched. */
+vaec_status vaec_arena_init_normal(vaec_arena *a, uint64_t seed, float std);
 void vaec_arena_free(vaec_arena *a);
 void vaec_arena_zero_grads(vaec_arena *a);
-/* Bias-corrected Adam (torch's form) over the flat buffers; refuses non-finite grads. */
+/* One step of the arena's optimizer (Adam unless vaec_arena_optimizer_set chose Adagrad)
+ * over the flat buffers; refuses non-finite grads (VAEC_ERR_NONFINITE, nothing changed). */
+vaec_status vaec_arena_step(vaec_arena *a, vaec_pool *pool, float lr);
+/* The same on the floats [lo, hi) only (0 <= lo <= hi <= n): a model training some of its
+ * tensors (MCEM trains the decoder alone); the step count advances as for a whole step. */
+vaec_status vaec_arena_step_range(vaec_arena *a, vaec_pool *pool, float lr, int64_t lo, int64_t hi);
+/* vaec_arena_step's name from before Adagrad (it takes the arena's optimizer too). */
 vaec_status vaec_arena_adam_step(vaec_arena *a, vaec_pool *pool, float lr);
 vaec_status vaec_arena_adam_set(vaec_arena *a, vaec_adam_config cfg);
+/* The optimizer of the next steps and the weight decay (finite, >= 0). Only sets them: a
+ * caller switching optimizers resets the state first (vaec_arena_adam_reset). */
+vaec_status vaec_arena_optimizer_set(vaec_arena *a, vaec_optimizer optimizer, float weight_decay);
+/* Zeroes the optimizer's state (both buffers) and the step count. */
 void vaec_arena_adam_reset(vaec_arena *a);
 /* Index of the tensor called name, or -1. */
 int vaec_arena_find(const vaec_arena *a, const char *name);
@@ -249,7 +278,8 @@ void vaec_arena_from_rowmajor(const vaec_arena *a, const float *src, float *dst)
 
 /* --------------------------------------------------------------- model files */
 /* One format for every model: magic "\x89VAEC\r\n\x1a", format version, endian marker,
- * model kind, the kind's config blob, the arena (parameters, Adam moments and state),
+ * model kind, the kind's config blob, the arena (parameters, the optimizer's state and which
+ * optimizer it is for),
  * the RNG state, and a CRC-32 of all that. Written to "<path>.tmp-<pid>", flushed,
  * fsynced and renamed over path. */
 enum { VAEC_KIND_VAE = 1, VAEC_KIND_M2 = 2, VAEC_KIND_FLOW = 3, VAEC_KIND_AE = 4 };
@@ -273,6 +303,7 @@ typedef struct {
     uint32_t extra_len;
     void *buffer;     /* owns the bytes above */
     char path[256];
+    vaec_optimizer optimizer;   /* what adam_m / adam_v hold (VAEC_OPT_ADAM in files of 0.1.0) */
 } vaec_file;
 vaec_status vaec_file_read(vaec_file *f, const char *path);
 /* The model kind from the file's fixed head only (magic, version, byte order checked; the
@@ -355,9 +386,9 @@ void vaec_vae_destroy(vaec_vae *m);
 const vaec_vae_config *vaec_vae_config_get(const vaec_vae *m);
 int vaec_vae_threads(const vaec_vae *m);
 
-/* The model's parameter arena (parameters, gradients, Adam state). */
+/* The model's parameter arena (parameters, gradients, optimizer state). */
 vaec_arena *vaec_vae_arena(vaec_vae *m);
-/* One Adam step over the arena with the current gradients. */
+/* One step of the arena's optimizer (Adam or Adagrad) with the current gradients. */
 vaec_status vaec_vae_adam_step(vaec_vae *m, float lr);
 
 uint64_t vaec_vae_rng_counter(const vaec_vae *m);
@@ -395,7 +426,8 @@ enum { VAEC_EST_REPARAM = 0, VAEC_EST_SCORE = 1 };
  * to the arena's grads. */
 vaec_status vaec_vae_loss_grad(vaec_vae *m, const vaec_input *x, const vaec_noise *noise,
                                const vaec_objective *obj, double *loss);
-/* loss_grad followed by one bias-corrected Adam step with learning rate lr. */
+/* loss_grad followed by one step of the arena's optimizer (Adam unless set to Adagrad)
+ * with learning rate lr. */
 vaec_status vaec_vae_train_step(vaec_vae *m, const vaec_input *x, const vaec_noise *noise,
                                 const vaec_objective *obj, float lr, double *loss);
 /* Mean over the batch of (1/L) sum_l log p(x|z_l) in the last ELBO loss_grad / train_step /

@@ -8,6 +8,7 @@
 #define VAEC_BINDING_MAIN
 #include "_common.h"
 #include "internal.h"   /* the fused dense kernels, for the test hook */
+#include <math.h>
 
 /* ------------------------------------------------------------- the type */
 /* An object is a vaec_py_model (_common.h) whose m is a vaec_vae. */
@@ -67,16 +68,21 @@ static PyObject *layers_tuple(int n, const vaec_layer_spec *l) {
 
 static int VAE_init(vaec_py_model *self, PyObject *args, PyObject *kw) {
     static char *kwlist[] = {"input_dim", "latent_dim", "hidden", "activation", "likelihood", "seed", "threads",
-                             "flow", "deterministic", "input_shape", "encoder", "decoder", NULL};
+                             "flow", "deterministic", "input_shape", "encoder", "decoder", "init_std", NULL};
     long long input_dim, latent_dim;
     unsigned long long seed = 0;
     PyObject *hidden;
     PyObject *act, *lik, *shape = Py_None, *enc = Py_None, *dec = Py_None;
     int threads = 0, deterministic = 0;
     const char *flow = "";
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "LLOUUKi|spOOO", kwlist, &input_dim, &latent_dim, &hidden, &act, &lik,
-                                     &seed, &threads, &flow, &deterministic, &shape, &enc, &dec))
+    float init_std = 0.0f;   /* 0: torch's uniform initialization; > 0: N(0, init_std^2) */
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "LLOUUKi|spOOOf", kwlist, &input_dim, &latent_dim, &hidden, &act, &lik,
+                                     &seed, &threads, &flow, &deterministic, &shape, &enc, &dec, &init_std))
         return -1;
+    if (init_std != 0.0f && !(init_std > 0.0f && isfinite(init_std))) {
+        PyErr_Format(PyExc_ValueError, "init_std: expected a finite number > 0, got %g", (double)init_std);
+        return -1;
+    }
     vaec_vae_config c = {0};
     if ((enc == Py_None) != (dec == Py_None)) {
         PyErr_SetString(PyExc_ValueError, "encoder, decoder: give both layer lists, or neither");
@@ -112,8 +118,9 @@ static int VAE_init(vaec_py_model *self, PyObject *args, PyObject *kw) {
     vaec_status st;
     Py_BEGIN_ALLOW_THREADS
     st = vaec_vae_create(&m, &c);
+    if (!st && init_std > 0.0f) st = vaec_arena_init_normal(vaec_vae_arena(m), c.seed, init_std);
     Py_END_ALLOW_THREADS
-    if (st) { vaec_py_raise(st); return -1; }
+    if (st) { vaec_vae_destroy(m); vaec_py_raise(st); return -1; }
     return vaec_py_model_install(self, m);
 }
 

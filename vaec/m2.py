@@ -21,8 +21,8 @@ import numpy as np
 
 from . import _core
 from ._base import (ArenaModel, FitPlan, _activation_arg, _binarize_arg, _data_matrix, _fit_options, _float_arg,
-                    _init_seed, _int_arg, _likelihood_arg, _load_as, _seed_arg, _threads_arg, _widths, register_kind,
-                    run_fit)
+                    _init_seed, _int_arg, _likelihood_arg, _load_as, _optimizer_args, _seed_arg, _threads_arg, _widths,
+                    register_kind, run_fit)
 
 __all__ = ["M2", "load_m2"]
 
@@ -169,8 +169,10 @@ class M2(ArenaModel):
 
     def fit(self, X_labeled, y_labeled, X_unlabeled, epochs=10, batch_size=100, lr=1e-3, validation_data=None,
             seed=None, progress=True, binarize=None, labeled_batch_size=None, weighting="balanced", verbose=None,
-            callback=None, *, patience=None, checkpoint_dir=None, checkpoint_every=1, resume=None):
-        """Train with Adam. An epoch is one pass over ``X_unlabeled`` in batches of
+            callback=None, *, patience=None, checkpoint_dir=None, checkpoint_every=1, resume=None, optimizer="adam",
+            weight_decay=0.0):
+        """Train with Adam (or ``optimizer="adagrad"``; ``weight_decay``: L2 decay, as in
+        ``VAE.fit``). An epoch is one pass over ``X_unlabeled`` in batches of
         ``batch_size``; every step also takes a labelled batch of ``labeled_batch_size``
         (default ``min(batch_size, n_labeled)``) from the labelled set, which is cycled
         (reshuffled at each pass), and takes one Adam step on one combined loss. With
@@ -203,6 +205,7 @@ class M2(ArenaModel):
         lr = _float_arg("lr", lr, 0.0)
         bin_flag = _binarize_arg(binarize)
         seed = _seed_arg(seed)
+        optimizer, weight_decay = _optimizer_args(optimizer, weight_decay)
         X_l = self._check_data(X_labeled, "X_labeled")
         y_l = self._check_labels(y_labeled, "y_labeled", X_l.shape[0])
         X_u = self._check_data(X_unlabeled, "X_unlabeled")
@@ -225,6 +228,7 @@ class M2(ArenaModel):
         patience, checkpoint_every = _fit_options(callback, patience, checkpoint_every, validation_data is not None)
         plan = _M2Plan(self, X_l, y_l, X_u, X_val, y_val, batch_size=batch_size, labeled_batch_size=lb, lr=lr,
                        seed=seed, bin_flag=bin_flag, weighting=weighting)
+        plan.optimizer, plan.weight_decay = optimizer, weight_decay
         return run_fit(self, plan, epochs, progress=progress, verbose=verbose, callback=callback, patience=patience,
                        checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every, resume=resume)
 

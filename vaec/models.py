@@ -13,7 +13,7 @@ import numpy as np
 from . import _core
 from ._base import (ACTIVATIONS, LIKELIHOODS, MAX_SAMPLES, ArenaModel, FitPlan, _activation_arg,  # noqa: F401
                     _binarize_arg, _choice, _data_matrix, _fit_options, _float_arg, _init_seed, _int_arg,
-                    _likelihood_arg, _seed_arg, _threads_arg, _widths, load, register_kind, run_fit)
+                    _likelihood_arg, _optimizer_args, _seed_arg, _threads_arg, _widths, load, register_kind, run_fit)
 from ._base import Progress as _Progress  # noqa: F401  (the old name of the progress bar)
 from .layers import conv_preset, from_spec, layer_list
 
@@ -89,8 +89,9 @@ class _Coder(ArenaModel):
 
     def __init__(self, input_dim=None, latent_dim=20, hidden=(400,), activation="tanh", likelihood="bernoulli",
                  seed=0, threads=None, flow=None, *, input_shape=None, encoder=None, decoder=None,
-                 architecture=None):
+                 architecture=None, init_std=None):
         latent_dim = _int_arg("latent_dim", latent_dim, 1, 2**20)
+        init = {} if init_std is None else {"init_std": _float_arg("init_std", init_std, 0.0, low_inclusive=False)}
         _likelihood_arg(likelihood)
         seed = _init_seed(seed)
         threads = _threads_arg(threads)
@@ -99,7 +100,7 @@ class _Coder(ArenaModel):
         net = _network_args(input_dim, input_shape, hidden, activation, encoder, decoder, architecture, likelihood,
                             self._deterministic)
         self._attach(self._core_type(latent_dim=latent_dim, likelihood=likelihood, seed=seed, threads=threads,
-                                     flow=flow or "", deterministic=self._deterministic, **net))
+                                     flow=flow or "", deterministic=self._deterministic, **net, **init))
 
     # ------------------------------------------------------------ internals
     def _configure(self, cfg):
@@ -251,8 +252,9 @@ class _Coder(ArenaModel):
             progress=True, samples=1, binarize=None, verbose=None, callback=None, *, iw_samples=None, beta=1.0,
             warmup=None, free_bits=0.0, lr_schedule="constant", lr_decay=0.97, patience=None,
             checkpoint_dir=None, checkpoint_every=1, resume=None, algorithm="aevb", estimator="reparam",
-            baseline=None):
-        """Train with Adam on mini-batches of X; returns the history (also ``model.history``).
+            baseline=None, optimizer="adam", weight_decay=0.0):
+        """Train on mini-batches of X (Adam unless ``optimizer`` says otherwise); returns the
+        history (also ``model.history``).
 
         The history is a dict of per-epoch lists: ``loss`` (mean training objective, e.g.
         -ELBO), ``val_elbo`` (mean validation ELBO, or None), ``lr``, ``beta``, ``seconds``,
@@ -272,6 +274,13 @@ class _Coder(ArenaModel):
         many pairs z ~ p(z), x ~ p(x|z) dreamt by the model (sleep); the history's ``loss``
         is still the batch -ELBO, and ``sleep_loss`` the mean -log q(z|x) of the dreams.
         ``estimator``/``baseline``: as in ``loss_and_grad`` (AEVB only).
+
+        ``optimizer``: ``"adam"`` (torch's defaults unless ``set_optimizer`` changed them) or
+        ``"adagrad"`` (Duchi et al. 2011, as Kingma & Welling trained: s += g^2,
+        p -= lr g / (sqrt(s) + eps)); a fit whose optimizer differs from the model's last one
+        starts from a zeroed state. ``weight_decay``: L2 decay added to every gradient,
+        g + weight_decay * param (torch's form; 1/N for N training examples is a N(0, I) prior
+        on the parameters, as in the paper). Both apply to every algorithm.
 
         Learning rate: ``lr_schedule`` ``"constant"``, ``"exponential"`` (lr * lr_decay^epoch),
         ``"burda"`` (3^i epochs at lr * 10^(-i/7), i = 0..7) or a callable epoch -> lr.
@@ -294,6 +303,7 @@ class _Coder(ArenaModel):
         lr_decay = _float_arg("lr_decay", lr_decay, 0.0, low_inclusive=False)
         bin_flag = _binarize_arg(binarize)
         seed = _seed_arg(seed)
+        optimizer, weight_decay = _optimizer_args(optimizer, weight_decay)
         _choice("algorithm", algorithm, ALGORITHMS)
         iw = False
         if iw_samples is not None:
@@ -318,6 +328,7 @@ class _Coder(ArenaModel):
         plan = _CoderPlan(self, X, X_val, batch_size=batch_size, lr=lr, lr_schedule=lr_schedule, lr_decay=lr_decay,
                           shuffle=shuffle, seed=seed, samples=samples, iw=iw, beta=beta, warmup=warmup,
                           free_bits=free_bits, bin_flag=bin_flag, algorithm=algorithm, score=score, baseline=baseline)
+        plan.optimizer, plan.weight_decay = optimizer, weight_decay
         return run_fit(self, plan, epochs, progress=progress, verbose=verbose, callback=callback, patience=patience,
                        checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every, resume=resume)
 
@@ -450,6 +461,10 @@ class VAE(_Coder):
         ``"planar:K"``, ``"radial:K"`` or ``"realnvp:K"`` (Rezende & Mohamed 2015; Dinh et
         al. 2017). Its parameters are ``flow.{k}.*`` in ``params``. With a flow the KL term
         is estimated by Monte Carlo; ``encode`` returns q0's mean and log-variance.
+    init_std : float or None
+        None: torch's initialization (U(+-1/sqrt(fan_in)) per Linear layer); a number:
+        every weight and bias drawn from N(0, init_std^2) instead (Kingma & Welling's
+        N(0, 0.01) is ``init_std=0.01``), from the same seed.
 
     Parameters live in one contiguous float32 buffer in C; ``params`` and ``grads`` are
     dicts of zero-copy NumPy views on it, named like ``torch.nn.Linear`` modules
@@ -568,9 +583,10 @@ class Autoencoder(_Coder):
     _val_key = "val_loss"
 
     def __init__(self, input_dim=None, latent_dim=2, hidden=(400,), activation="tanh", likelihood="bernoulli",
-                 seed=0, threads=None, *, input_shape=None, encoder=None, decoder=None, architecture=None):
+                 seed=0, threads=None, *, input_shape=None, encoder=None, decoder=None, architecture=None,
+                 init_std=None):
         super().__init__(input_dim, latent_dim, hidden, activation, likelihood, seed, threads, input_shape=input_shape,
-                         encoder=encoder, decoder=decoder, architecture=architecture)
+                         encoder=encoder, decoder=decoder, architecture=architecture, init_std=init_std)
 
     def _check_fit_options(self, algorithm, iw, samples, beta, warmup, free_bits, estimator):
         if algorithm != "aevb" or iw or samples != 1 or beta != 1.0 or warmup is not None or free_bits != 0.0:
