@@ -455,6 +455,63 @@ vaec_status vaec_vae_flow_forward(vaec_vae *m, const float *z, int64_t n, float 
 /* z (n, latent) -> out (n, input_dim): Bernoulli probabilities or Gaussian means. */
 vaec_status vaec_vae_decode(vaec_vae *m, const float *z, int64_t n, float *out);
 
+/* ------------------------------------------------ HMC on the decoder's posterior */
+/* Hamiltonian Monte Carlo on p(z|x), proportional to N(z; 0, I) p(x|z), the decoder's posterior (z is the
+ * decoder's input; the encoder is not used unless a chain starts at its mean), one chain
+ * per example: each transition draws a momentum p ~ N(0, I), takes `leapfrog` steps along
+ * the gradient of U(z) = -log p(z) - log p(x|z) (the decoder's backward to its input) and
+ * accepts the end point by the Metropolis rule. Each chain has its own step size, adapted
+ * after each transition while it adapts, log eps += 0.1 (a - target_accept) with a the
+ * transition's acceptance probability. Random numbers are the HMC streams of streams.h
+ * (call, transition, example), so results do not depend on the thread count. The calls
+ * below other than vaec_vae_mcem_step leave the model's gradients as they were. Not for an
+ * autoencoder (no prior). noise: its seed (use_seed) or the model's stream; `samples`
+ * where a call says; eps must be NULL. */
+typedef struct {
+    int leapfrog;            /* >= 1 leapfrog steps per transition */
+    float target_accept;     /* in (0, 1) */
+    float step_size;         /* > 0: the chains' first step size (where the caller gives none) */
+    int64_t burn_in;         /* >= 0 transitions (the step size adapting) before the first kept state */
+    int init;                /* where the chains start: VAEC_HMC_INIT_* */
+} vaec_hmc_config;
+enum {
+    VAEC_HMC_INIT_PRIOR = 0,    /* z ~ N(0, I) */
+    VAEC_HMC_INIT_ENCODER = 1,  /* the encoder's mean (through the flow, with one) */
+    VAEC_HMC_INIT_GIVEN = 2     /* the caller's points */
+};
+/* noise->samples = L states of each chain after burn_in transitions, one a transition, the
+ * step size fixed after the burn-in: out (L, n, latent). z0 (n, latent): the starting
+ * points for VAEC_HMC_INIT_GIVEN (else unused, may be NULL). accept (n): each chain's mean
+ * acceptance probability over the kept transitions; step (n): its step size; either NULL. */
+vaec_status vaec_vae_hmc_sample(vaec_vae *m, const vaec_input *x, const vaec_noise *noise, const vaec_hmc_config *cfg,
+                                const float *z0, float *out, float *accept, float *step);
+/* The marginal-likelihood estimator of Kingma & Welling (2014), appendix D, per example
+ * into out (n,) float64: after burn_in transitions, L = noise->samples (>= 2) states fit a
+ * full-covariance Gaussian q(z) (their mean and covariance, 1e-6 of the mean variance added
+ * to the diagonal), then L further states z_l of the same chain give
+ *   log p(x) ~= -log (1/L) sum_l q(z_l) / (p(z_l) p(x|z_l))
+ * (E_{p(z|x)}[q(z) / p(x, z)] = 1 / p(x)), a float64 log-sum-exp. accept (n) as above, over
+ * the 2L kept transitions (may be NULL). Chains start as cfg->init says (not GIVEN). */
+vaec_status vaec_vae_hmc_log_likelihood(vaec_vae *m, const vaec_input *x, const vaec_noise *noise,
+                                        const vaec_hmc_config *cfg, double *out, float *accept);
+/* One step of Monte Carlo EM (Kingma & Welling 2014, section 5) on the batch x: the chains
+ * z (n, latent), the examples' persistent states, take one transition from where they are
+ * with step sizes step (n), both updated in place (the step sizes adapted toward
+ * cfg->target_accept; cfg->init and burn_in are not used), then `updates` (>= 1) steps of
+ * the arena's optimizer on the decoder's parameters alone, each on the gradient of the batch
+ * mean of -log p(x|z) at the new states (written to grads; the encoder's are zero). *loss:
+ * the batch mean of -log p(x, z) = U(z) at those states before the updates; *accept: the
+ * mean acceptance probability (either may be NULL). */
+vaec_status vaec_vae_mcem_step(vaec_vae *m, const vaec_input *x, const vaec_noise *noise, const vaec_hmc_config *cfg,
+                               float *z, float *step, int updates, float lr, double *loss, double *accept);
+/* The pieces, for tests: U(z) = -log N(z; 0, I) - log p(x|z) (n,) float64 and its gradient
+ * grad (n, latent) at z (n, latent); and `steps` leapfrog steps of sizes step (n) from
+ * (z, p) (n, latent), both updated in place (no Metropolis rule; reversible: from the end
+ * with p negated they come back). x has n rows (binarized under the model's stream when
+ * x->binarize). */
+vaec_status vaec_vae_hmc_potential(vaec_vae *m, const vaec_input *x, const float *z, double *U, float *grad);
+vaec_status vaec_vae_hmc_leapfrog(vaec_vae *m, const vaec_input *x, float *z, float *p, const float *step, int steps);
+
 /* Model file (see vaec_file_write): config, parameters, optimizer and RNG state, an
  * optional extra record, checksum; written atomically. */
 vaec_status vaec_vae_save(const vaec_vae *m, const char *path, const void *extra, uint32_t extra_len);

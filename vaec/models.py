@@ -21,7 +21,9 @@ __all__ = ["ArenaModel", "VAE", "Autoencoder", "gradient_variance", "load"]
 
 BURDA_STAGES = 8  # 3^i epochs at lr * 10^(-i/7), i = 0..7 (Burda et al. 2016)
 ESTIMATORS = ("reparam", "score")
-ALGORITHMS = ("aevb", "wake-sleep")
+ALGORITHMS = ("aevb", "wake-sleep", "mcem")
+SAMPLE_METHODS = ("hmc",)
+LL_METHODS = ("is", "hmc")
 BASELINE_DECAY = 0.9  # the running-mean baseline: b <- 0.9 b + 0.1 mean log p(x|z)
 
 
@@ -485,24 +487,101 @@ class VAE(_Coder):
         streaming float64 log-sum-exp: memory does not grow with k."""
         return self._importance(X, samples, seed, binarize, batch_size, "samples")
 
-    def log_likelihood(self, X, samples=5000, batch_size=None, seed=None, binarize=None):
-        """Importance-sampled estimate of log p(x) per example, float64 (n,): the IWAE bound
-        with many samples (5000 as in Burda et al.), streamed through cache-sized chunks
-        (never k x n x input_dim in memory). ``batch_size`` rows per call (default 256)."""
-        return self._importance(X, samples, seed, binarize, batch_size, "samples")
+    def log_likelihood(self, X, samples=None, batch_size=None, seed=None, binarize=None, method="is", *,
+                       leapfrog=None, target_accept=None, burn_in=None, step_size=None, init=None,
+                       return_accept=False):
+        """An estimate of log p(x) per example, float64 (n,).
+
+        ``method="is"`` (the default): importance sampling from the encoder's q(z|x), the
+        IWAE bound with many samples (``samples``, default 5000 as in Burda et al.), streamed
+        through cache-sized chunks (never k x n x input_dim in memory).
+
+        ``method="hmc"``: the estimator of Kingma & Welling (2014), appendix D, which needs no
+        encoder: per example, an HMC chain on p(z|x) (as ``sample_posterior``; ``leapfrog``
+        default 4 as in the paper, ``target_accept`` 0.9, ``burn_in`` 100 transitions,
+        ``step_size`` 0.1 to start, ``init`` 'prior') gives ``samples`` (default 1000) states,
+        to which a full-covariance Gaussian q(z) is fitted (their mean and covariance); then
+        ``samples`` further states z_l of the chain give
+        log p(x) ~= -log (1/L) sum_l q(z_l) / (p(z_l) p(x|z_l)). ``return_accept``: also the
+        chains' mean acceptance probabilities, (estimates, acceptance).
+
+        ``batch_size`` rows per call (default 256); each batch draws its own noise (with a
+        ``seed``, the batch index goes into it)."""
+        _choice("method", method, LL_METHODS)
+        hmc = dict(leapfrog=leapfrog, target_accept=target_accept, burn_in=burn_in, step_size=step_size, init=init)
+        if method == "is":
+            given = [k for k, v in hmc.items() if v is not None] + (["return_accept"] if return_accept else [])
+            if given:
+                raise ValueError(f"{given[0]}: only with method='hmc' (importance sampling has no chains)")
+            return self._importance(X, 5000 if samples is None else samples, seed, binarize, batch_size, "samples")
+        cfg = self._hmc_args(4 if leapfrog is None else leapfrog, 0.9 if target_accept is None else target_accept,
+                             100 if burn_in is None else burn_in, 0.1 if step_size is None else step_size,
+                             "prior" if init is None else init)
+        k = _int_arg("samples", 1000 if samples is None else samples, 2, 1_000_000)
+        out, acc = self._batched(X, seed, binarize, batch_size, lambda x, s, b: self._core.hmc_log_likelihood(
+            x=x, samples=k, seed=s, binarize=b, **cfg))
+        return (out, acc) if return_accept else out
 
     def _importance(self, X, samples, seed, binarize, batch_size, name):
         k = _int_arg(name, samples, 1, MAX_SAMPLES)
+        return self._batched(X, seed, binarize, batch_size,
+                             lambda x, s, b: (self._core.iwae(x=x, samples=k, seed=s, binarize=b), None))[0]
+
+    def _batched(self, X, seed, binarize, batch_size, call):
+        """call(x, seed, binarize) -> (per-example float64 values, per-example float32 or None)
+        on X in batches of ``batch_size`` rows (default 256), each batch with its own noise:
+        with a seed, the batch index goes into it."""
         seed = _seed_arg(seed)
         bin_flag = _binarize_arg(binarize)
         X = self._check_data(X, "X")
         bs = 256 if batch_size is None else _int_arg("batch_size", batch_size, 1, 1 << 20)
-        out = np.empty(X.shape[0], np.float64)
+        out, extra = np.empty(X.shape[0], np.float64), np.empty(X.shape[0], np.float32)
         for b, start in enumerate(range(0, X.shape[0], bs)):
-            # independent noise per batch: the batch index goes into the seed
             s = None if seed is None else int(np.random.SeedSequence([seed, b]).generate_state(1, np.uint64)[0])
-            out[start:start + bs] = self._core.iwae(x=X[start:start + bs], samples=k, seed=s, binarize=bin_flag)
-        return out
+            v, e = call(X[start:start + bs], s, bin_flag)
+            out[start:start + bs] = v
+            if e is not None:
+                extra[start:start + bs] = e
+        return out, extra
+
+    @staticmethod
+    def _hmc_args(leapfrog, target_accept, burn_in, step_size, init):
+        """The HMC keywords of the core's calls, checked (the errors name the argument)."""
+        leapfrog = _int_arg("leapfrog", leapfrog, 1, 100_000)
+        target_accept = _float_arg("target_accept", target_accept)
+        if not 0.0 < target_accept < 1.0:
+            raise ValueError(f"target_accept: expected a number in (0, 1), got {target_accept}")
+        burn_in = _int_arg("burn_in", burn_in, 0)
+        step_size = _float_arg("step_size", step_size, 0.0, low_inclusive=False)
+        _choice("init", init, ("prior", "encoder"))
+        return dict(leapfrog=leapfrog, target_accept=target_accept, burn_in=burn_in, step_size=step_size, init=init)
+
+    def sample_posterior(self, X, samples=1, method="hmc", leapfrog=10, target_accept=0.9, burn_in=100, seed=None, *,
+                         step_size=0.1, init="prior", binarize=None, return_accept=False):
+        """Draws from the decoder's posterior p(z|x), proportional to N(z; 0, I) p(x|z),
+        float32 (samples, n, latent_dim): the true posterior of the generative model, not the
+        encoder's approximation (with a flow, of the decoder's input z_K).
+
+        ``method="hmc"``: Hamiltonian Monte Carlo, one chain per example, ``leapfrog``
+        steps per transition (their size jittered by +-20 % at each transition), the
+        Metropolis rule. Each chain's step size starts at ``step_size`` and is adapted during
+        the ``burn_in`` transitions so that the mean acceptance probability approaches
+        ``target_accept``; then it is fixed and every transition gives one of the ``samples``
+        states. Chains start at a draw from the prior (``init="prior"``), at the encoder's
+        mean (``"encoder"``), or at given points (an array (n, latent_dim)). ``seed`` fixes
+        the draws (else the model's stream); the results do not depend on the thread count.
+        ``return_accept``: also each chain's mean acceptance probability, (samples,
+        acceptance)."""
+        _choice("method", method, SAMPLE_METHODS)
+        samples = _int_arg("samples", samples, 1, 1_000_000)
+        z0 = None if isinstance(init, str) else init   # the chains' starting points
+        cfg = self._hmc_args(leapfrog, target_accept, burn_in, step_size, "prior" if z0 is not None else init)
+        if z0 is not None:
+            cfg["init"] = "given"
+        X = self._check_data(X, "X")
+        out, acc, _ = self._core.hmc_sample(x=X, samples=samples, seed=_seed_arg(seed), binarize=_binarize_arg(binarize),
+                                            z0=z0, **cfg)
+        return (out, acc) if return_accept else out
 
     def expected_log_likelihood(self, X, samples=1, seed=None, binarize=None):
         """E_q[log p(x|z)], the reconstruction term of the ELBO (with a flow, at z_K), averaged
