@@ -6,6 +6,7 @@ Autoencoder's arguments and supplies their plan to the shared fit driver
 """
 from __future__ import annotations
 
+import base64
 import numbers
 
 import numpy as np
@@ -25,6 +26,7 @@ ALGORITHMS = ("aevb", "wake-sleep", "mcem")
 SAMPLE_METHODS = ("hmc",)
 LL_METHODS = ("is", "hmc")
 BASELINE_DECAY = 0.9  # the running-mean baseline: b <- 0.9 b + 0.1 mean log p(x|z)
+MCEM_GAIN = 1.0  # MCEM's shared step size: log eps += MCEM_GAIN (batch's mean acceptance - target)
 
 
 def _shape_arg(input_shape):
@@ -254,7 +256,8 @@ class _Coder(ArenaModel):
             progress=True, samples=1, binarize=None, verbose=None, callback=None, *, iw_samples=None, beta=1.0,
             warmup=None, free_bits=0.0, lr_schedule="constant", lr_decay=0.97, patience=None,
             checkpoint_dir=None, checkpoint_every=1, resume=None, algorithm="aevb", estimator="reparam",
-            baseline=None, optimizer="adam", weight_decay=0.0):
+            baseline=None, optimizer="adam", weight_decay=0.0, leapfrog=None, updates=None, target_accept=None,
+            step_size=None):
         """Train on mini-batches of X (Adam unless ``optimizer`` says otherwise); returns the
         history (also ``model.history``).
 
@@ -276,6 +279,20 @@ class _Coder(ArenaModel):
         many pairs z ~ p(z), x ~ p(x|z) dreamt by the model (sleep); the history's ``loss``
         is still the batch -ELBO, and ``sleep_loss`` the mean -log q(z|x) of the dreams.
         ``estimator``/``baseline``: as in ``loss_and_grad`` (AEVB only).
+
+        ``"mcem"``: Monte Carlo EM (Kingma & Welling 2014, section 5), which trains the
+        decoder alone (no encoder: its parameters stay as they are). Each example of X has a
+        persistent HMC chain on its posterior p(z|x), started at a draw from the prior; each
+        step moves the batch's chains by one HMC transition of ``leapfrog`` (default 10)
+        leapfrog steps, then takes ``updates`` (default 5) optimizer steps on the decoder's
+        gradient of the batch mean of -log p(x|z) at those states. The chains share one step
+        size (from ``step_size``, default 0.1), adapted after every batch toward a mean
+        acceptance probability of ``target_accept`` (default 0.9): log eps += (the batch's mean
+        acceptance probability - target). The history's ``loss`` is the mean -log p(x, z) at the chains'
+        states, ``accept`` and ``step_size`` the epoch's mean acceptance and last step size.
+        Without an encoder there is no validation ELBO (use a callback with
+        ``log_likelihood(X, method="hmc")``). Each fit starts its chains anew; checkpoints
+        keep them, so a resumed fit continues them exactly.
 
         ``optimizer``: ``"adam"`` (torch's defaults unless ``set_optimizer`` changed them) or
         ``"adagrad"`` (Duchi et al. 2011, as Kingma & Welling trained: s += g^2,
@@ -317,6 +334,19 @@ class _Coder(ArenaModel):
             warmup = _int_arg("warmup", warmup, 1)
         self._check_fit_options(algorithm, iw, samples, beta, warmup, free_bits, estimator)
         score, _ = self._estimator_args(estimator, baseline, iw)
+        mcem = {"leapfrog": leapfrog, "updates": updates, "target_accept": target_accept, "step_size": step_size}
+        if algorithm != "mcem":
+            given = [k for k, v in mcem.items() if v is not None]
+            if given:
+                raise ValueError(f"{given[0]}: only with algorithm='mcem'")
+        else:
+            if validation_data is not None:
+                raise ValueError("validation_data: MCEM trains no encoder, so there is no validation ELBO "
+                                 "(estimate log p(x) in a callback with log_likelihood(X, method='hmc'))")
+            cfg = self._hmc_args(10 if leapfrog is None else leapfrog, 0.9 if target_accept is None else target_accept,
+                                 0, 0.1 if step_size is None else step_size, "prior")
+            mcem = dict(leapfrog=cfg["leapfrog"], target_accept=cfg["target_accept"], step_size=cfg["step_size"],
+                        updates=_int_arg("updates", 5 if updates is None else updates, 1, 1_000_000))
         if not (callable(lr_schedule) or lr_schedule in ("constant", "exponential", "burda")):
             raise ValueError(f"lr_schedule: expected 'constant', 'exponential', 'burda' or a callable, got {lr_schedule!r}")
         patience, checkpoint_every = _fit_options(callback, patience, checkpoint_every, validation_data is not None)
@@ -329,29 +359,33 @@ class _Coder(ArenaModel):
             X_val = self._check_data(X_val, "validation_data")
         plan = _CoderPlan(self, X, X_val, batch_size=batch_size, lr=lr, lr_schedule=lr_schedule, lr_decay=lr_decay,
                           shuffle=shuffle, seed=seed, samples=samples, iw=iw, beta=beta, warmup=warmup,
-                          free_bits=free_bits, bin_flag=bin_flag, algorithm=algorithm, score=score, baseline=baseline)
+                          free_bits=free_bits, bin_flag=bin_flag, algorithm=algorithm, score=score, baseline=baseline,
+                          mcem=mcem)
         plan.optimizer, plan.weight_decay = optimizer, weight_decay
         return run_fit(self, plan, epochs, progress=progress, verbose=verbose, callback=callback, patience=patience,
                        checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every, resume=resume)
 
     def _check_fit_options(self, algorithm, iw, samples, beta, warmup, free_bits, estimator):
-        if algorithm == "wake-sleep":
-            if self.flow:
-                raise ValueError("algorithm: wake-sleep needs a diagonal Gaussian posterior, not a flow")
-            if iw or samples != 1 or beta != 1.0 or warmup is not None or free_bits != 0.0 or estimator != "reparam":
-                raise ValueError("algorithm: wake-sleep takes none of iw_samples, samples, beta, warmup, free_bits, "
-                                 "estimator")
+        if algorithm == "wake-sleep" and self.flow:
+            raise ValueError("algorithm: wake-sleep needs a diagonal Gaussian posterior, not a flow")
+        if algorithm != "aevb" and (iw or samples != 1 or beta != 1.0 or warmup is not None or free_bits != 0.0 or
+                                    estimator != "reparam"):
+            raise ValueError(f"algorithm: {algorithm} takes none of iw_samples, samples, beta, warmup, free_bits, "
+                             "estimator")
 
 
 class _CoderPlan(FitPlan):
     """The fit of a VAE or an Autoencoder: epoch e's order is
     default_rng([base_seed, e]).permutation(n), base_seed being fit's seed or drawn
     once from the model's RNG position; one step per batch of the objective (AEVB with
-    its estimator, or a wake-sleep pair), its KL weight annealed per step; the
-    validation ELBO (an Autoencoder: loss) under seed 0 after each epoch."""
+    its estimator, or a wake-sleep pair), its KL weight annealed per step, or for MCEM
+    one HMC transition of the batch's chains and the decoder's updates (the chains, one
+    per example of X, drawn from the prior with default_rng([base_seed, 2**32]), and
+    their shared step size are the plan's, saved with each checkpoint); the validation
+    ELBO (an Autoencoder: loss) under seed 0 after each epoch."""
 
     def __init__(self, model, X, X_val, *, batch_size, lr, lr_schedule, lr_decay, shuffle, seed, samples, iw, beta,
-                 warmup, free_bits, bin_flag, algorithm, score, baseline):
+                 warmup, free_bits, bin_flag, algorithm, score, baseline, mcem):
         self.model, self.core = model, model._core
         self.X, self.X_val = X, X_val
         self.examples = X.shape[0]
@@ -361,6 +395,9 @@ class _CoderPlan(FitPlan):
         self.bin_flag, self.algorithm, self.score, self.baseline = bin_flag, algorithm, score, baseline
         self.steps_per_epoch = -(-X.shape[0] // batch_size)
         self.keys = ("loss", model._val_key, "lr", "beta", "seconds", "examples_per_s")
+        self.mcem = mcem if algorithm == "mcem" else None
+        if self.mcem:
+            self.keys += ("accept", "step_size")
 
     # the shuffling: one base seed per run, kept in the checkpoints
     def start(self, state):
@@ -371,9 +408,26 @@ class _CoderPlan(FitPlan):
             [st["rng_seed"], st["rng_counter"]]).generate_state(1, np.uint64)[0])
         state["base_seed"] = int(base)
         self.base_seed = int(base)
+        if self.mcem:   # the chains start at draws from the prior, one per example
+            rng = np.random.default_rng([self.base_seed, 2**32])
+            self.chains = rng.standard_normal((self.X.shape[0], self.model.latent_dim), dtype=np.float32)
+            self.chain_step = self.mcem["step_size"]
 
     def restore(self, state):
         self.base_seed = state["base_seed"]
+        if self.mcem:
+            c = state.get("mcem")
+            if c is None or c["n"] != self.X.shape[0]:
+                raise ValueError("resume: the checkpoint holds no MCEM chains for this data set (it was written by "
+                                 "another algorithm or for other data)")
+            self.chains = np.frombuffer(base64.b64decode(c["z"]), "<f4").astype(np.float32).reshape(
+                self.X.shape[0], self.model.latent_dim)
+            self.chain_step = c["step"]
+
+    def save(self, state):
+        if self.mcem:
+            state["mcem"] = {"n": int(self.X.shape[0]), "step": self.chain_step,
+                             "z": base64.b64encode(self.chains.astype("<f4").tobytes()).decode()}
 
     def lr(self, epoch):
         lr_schedule, lr = self.lr_schedule, self.base_lr
@@ -398,14 +452,28 @@ class _CoderPlan(FitPlan):
 
     def batches(self, epoch):
         X, n, bs = self.X, self.X.shape[0], self.batch_size
-        self.beta_t, self.sleep_total = self.beta, 0.0
+        self.beta_t, self.sleep_total, self.accept_total = self.beta, 0.0, 0.0
         order = np.random.default_rng([self.base_seed, epoch]).permutation(n) if self.shuffle else None
         for start in range(0, n, bs):
-            xb = X[order[start:start + bs]] if self.shuffle else X[start:start + bs]
-            yield xb, len(xb)
+            idx = order[start:start + bs] if self.shuffle else np.arange(start, min(start + bs, n))
+            xb = X[idx] if self.shuffle else X[start:start + bs]
+            yield ((xb, idx) if self.mcem else xb), len(xb)
 
     def step(self, xb, lr, step):
         self.beta_t = self._beta_at(step)
+        if self.mcem:
+            (xb, idx), c = xb, self.mcem
+            z = self.chains[idx]
+            eps = np.full(len(idx), self.chain_step, np.float32)
+            loss, accept = self.core.mcem_step(x=xb, z=z, step=eps, leapfrog=c["leapfrog"],
+                                               target_accept=c["target_accept"], updates=c["updates"], lr=lr,
+                                               binarize=self.bin_flag)
+            self.chains[idx] = z
+            # one step size for all chains (the rows' own adaptation is not kept), adapted by
+            # the batch's mean acceptance probability, Kingma & Welling's acceptance rate
+            self.chain_step = float(np.float32(self.chain_step * np.exp(MCEM_GAIN * (accept - c["target_accept"]))))
+            self.accept_total += accept * len(idx)
+            return loss, len(idx)
         if self.algorithm == "wake-sleep":
             loss, sleep_loss = self.core.wake_sleep(x=xb, binarize=self.bin_flag, lr=lr)
             self.sleep_total += sleep_loss * len(xb)
@@ -427,6 +495,9 @@ class _CoderPlan(FitPlan):
         logs["beta"] = self.beta_t
         if self.algorithm == "wake-sleep":
             logs["sleep_loss"] = self.sleep_total / self.examples
+        if self.mcem:
+            logs["accept"] = self.accept_total / self.examples
+            logs["step_size"] = self.chain_step
         self.val = val
         return val
 
