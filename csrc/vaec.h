@@ -17,7 +17,8 @@
  *     encoder.logvar), optionally a normalizing flow on its posterior (flows.h: one table
  *     of operations per flow type), and a decoder network; its objectives are functions
  *     over them (vae_objectives.c: the ELBO, reparameterized or by the score function, the
- *     ELBO through a flow, the IWAE bound; vae_wake_sleep.c). M2 is three networks
+ *     ELBO through a flow, the IWAE bound; vae_wake_sleep.c; vae_hmc.c: HMC on the decoder's
+ *     posterior, Monte Carlo EM, the appendix-D log-likelihood estimator). M2 is three networks
  *     (classifier, encoder and decoder on [x, onehot(y)] and [z, onehot(y)]); Real NVP's s
  *     and t nets are networks too.
  *   - A model owns:

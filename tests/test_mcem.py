@@ -26,6 +26,7 @@ def small(seed=0, threads=None):
 MCEM = dict(algorithm="mcem", batch_size=50, lr=0.05, optimizer="adagrad", weight_decay=1 / 500, progress=False)
 
 
+@pytest.mark.slow
 def test_mcem_raises_the_marginal_likelihood_on_real_digits(digits):
     X, Xte = digits
     m = small()
