@@ -21,7 +21,8 @@
  *   4 c + 0            the base distribution's draws              row * dim + j
  *   HMC on a VAE's decoder, call c (vae_hmc.c; a family of its own, 2^62 + ..., which the
  *   streams above never reach; its input's binarization is the VAE's 4 c + 1):
- *   2^62 + 4 c + 0     the chains' starting points, z ~ N(0, I)   row * Z + j
+ *   2^62 + 4 c + 0     the chains' starting points, z ~ N(0, I)   (k * n + row) * Z + j, draw k;
+ *                      their resampling's uniforms                2^60 + k * n + row
  *   2^62 + 4 c + 1     the momenta                                (t * n + row) * Z + j
  *   2^62 + 4 c + 2     the Metropolis uniforms                    t * n + row
  *   2^62 + 4 c + 3     the step sizes' jitter                     t * n + row
@@ -37,6 +38,7 @@ enum { M2_STREAM_EPS_L = 0, M2_STREAM_BIN_L = 1, M2_STREAM_EPS_U = 3, M2_STREAM_
 enum { FLOW_STREAM_NOISE = 0 };
 enum { HMC_STREAM_INIT = 0, HMC_STREAM_MOMENTUM = 1, HMC_STREAM_UNIFORM = 2, HMC_STREAM_JITTER = 3 };
 #define HMC_STREAM_BASE ((uint64_t)1 << 62)
+#define HMC_RESAMPLE_OFFSET ((uint64_t)1 << 60)   /* the resampling's uniforms, after the draws */
 #define VAE_DREAM_X_OFFSET ((uint64_t)1 << 40)   /* a dream's pixels are numbered after the codes */
 
 static inline uint64_t vaec_stream_init(int tensor) { return (uint64_t)tensor * 4 + STREAM_INIT; }

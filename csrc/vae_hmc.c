@@ -9,6 +9,9 @@
  *   gradient    grad U(z) = z + grad_z(-log p(x|z)): the decoder forward, the likelihood's
  *               gradient at its output (elem.h's rows, scale 1), the decoder backward to
  *               its input
+ *   start       a draw from the prior, or the one of init_draws such draws chosen with
+ *               probability proportional to p(x|z) (sampling-importance-resampling, one
+ *               candidate at a time), the encoder's mean, or the caller's point
  *   transition  p ~ N(0, I); `leapfrog` steps of size h = eps (1 + JITTER (2u - 1)), u ~
  *               U[0, 1) per transition (a random step size keeps a fixed trajectory from
  *               resonating with the posterior's scale; Neal 2011, 5.4.2.2), each
@@ -235,8 +238,9 @@ static void leapfrog(hmc_run *r, int steps) {
 }
 
 /* ---------------------------------------------------------- transitions */
-/* The chains' starting points into w_z: prior draws, or the caller's points (the encoder's
- * mean is put there by start()). */
+/* The chains' starting points into w_z: prior draw number r->t (as the draws of a
+ * resampling are numbered), or the caller's points (the encoder's mean is put there by
+ * start()). */
 static void init_task(void *ctx, int64_t t, int tid) {
     (void)tid;
     hmc_run *r = ctx;
@@ -250,7 +254,36 @@ static void init_task(void *ctx, int64_t t, int tid) {
         if (r->cfg->init == VAEC_HMC_INIT_GIVEN)
             memcpy(z, r->z0in + row * Z, (size_t)Z * sizeof(float));
         else
-            vaec_rng_normal(z, Z, r->seed, vaec_stream_hmc(r->counter, HMC_STREAM_INIT), (uint64_t)(row * Z));
+            vaec_rng_normal(z, Z, r->seed, vaec_stream_hmc(r->counter, HMC_STREAM_INIT),
+                            (uint64_t)((r->t * r->n + row) * Z));
+    }
+}
+
+/* Sampling-importance-resampling of the start, one candidate at a time (r->t, in w_z with
+ * log p(x|z) in w_lp): it replaces the chain's start (in hmc.z0) with probability
+ * w / (sum of the weights so far), w = p(x|z), the running log-sum in hmc.U0; so the start
+ * ends up being candidate k with probability w_k / sum_j w_j. */
+static void resample_task(void *ctx, int64_t t, int tid) {
+    (void)tid;
+    hmc_run *r = ctx;
+    vaec_vae *m = r->m;
+    const int64_t Z = m->cfg.latent_dim, lz = align16(Z);
+    int64_t a, b;
+    vaec_task_rows(t, r->R, &a, &b);
+    const uint64_t stream = vaec_stream_hmc(r->counter, HMC_STREAM_INIT);
+    for (int64_t i = a; i < b; i++) {
+        const double lw = m->w_lp[i] > -INFINITY ? m->w_lp[i] : -INFINITY;   /* NaN: weight 0 */
+        double s1 = lw, prob = 1.0;   /* the new log-sum of the weights; the candidate's probability */
+        if (r->t > 0) {
+            const double s0 = m->hmc.U0[i];
+            if (!(lw > -INFINITY)) s1 = s0;
+            else if (s0 > -INFINITY) s1 = s0 > lw ? s0 + log1p(exp(lw - s0)) : lw + log1p(exp(s0 - lw));
+            prob = s1 > -INFINITY ? exp(lw - s1) : 0.0;
+        }
+        float u;
+        vaec_rng_uniform(&u, 1, r->seed, stream, HMC_RESAMPLE_OFFSET + (uint64_t)(r->t * r->n + r->r0 + i));
+        if ((double)u < prob) memcpy(m->hmc.z0 + i * lz, m->w_z + i * lz, (size_t)Z * sizeof(float));
+        m->hmc.U0[i] = s1;
     }
 }
 
@@ -278,6 +311,18 @@ static vaec_status start(hmc_run *r) {
             if (st) return st;
             memcpy(m->w_z, m->w_zk, (size_t)(r->R * lz) * sizeof(float));
         }
+    } else if (r->cfg->init == VAEC_HMC_INIT_PRIOR && r->cfg->init_draws > 1) {
+        /* the start resampled from init_draws prior draws (numbered by r->t here) */
+        const int64_t tasks = vaec_ntasks(r->R, ROW_GRAIN);
+        int64_t lo;
+        for (r->t = 0; r->t < r->cfg->init_draws; r->t++) {
+            vaec_pool_run(m->pool, init_task, r, tasks);
+            vaec_net_forward(&m->dec, m->w_z, lz, r->R, &lo);
+            vaec_pool_run(m->pool, lik_task, r, tasks);
+            vaec_pool_run(m->pool, resample_task, r, tasks);
+        }
+        r->t = 0;
+        memcpy(m->w_z, m->hmc.z0, (size_t)(r->R * lz) * sizeof(float));
     } else {
         vaec_pool_run(m->pool, init_task, r, vaec_ntasks(r->R, ROW_GRAIN));
     }
@@ -464,6 +509,8 @@ static vaec_status check_cfg(const vaec_hmc_config *cfg) {
     if (cfg->burn_in < 0) return vaec_fail(VAEC_ERR_ARG, "burn_in must be >= 0, got %lld", (long long)cfg->burn_in);
     if (cfg->init < VAEC_HMC_INIT_PRIOR || cfg->init > VAEC_HMC_INIT_GIVEN)
         return vaec_fail(VAEC_ERR_ARG, "init: unknown code %d", cfg->init);
+    if (cfg->init_draws > 10000000)
+        return vaec_fail(VAEC_ERR_ARG, "init_draws must be at most 10^7, got %d", cfg->init_draws);
     return VAEC_OK;
 }
 
@@ -664,7 +711,7 @@ vaec_status vaec_vae_hmc_potential(vaec_vae *m, const vaec_input *x, const float
     const int64_t n = x->n, Z = m->cfg.latent_dim, lz = align16(Z), chunk = hmc_chunk(m, 0);
     if (n == 0) return VAEC_OK;
     if ((st = hmc_ensure(m, n < chunk ? n : chunk, 0))) return st;
-    vaec_hmc_config cfg = {1, 0.5f, 1.0f, 0, VAEC_HMC_INIT_GIVEN};
+    vaec_hmc_config cfg = {1, 0.5f, 1.0f, 0, VAEC_HMC_INIT_GIVEN, 0};
     int flag;
     keep_grads(m, 0, &flag);
     for (int64_t r0 = 0; r0 < n; r0 += chunk) {
@@ -692,7 +739,7 @@ vaec_status vaec_vae_hmc_leapfrog(vaec_vae *m, const vaec_input *x, float *z, fl
         if (!isfinite(step[i])) return vaec_fail(VAEC_ERR_ARG, "step[%lld] must be finite, got %g", (long long)i, step[i]);
     if (n == 0) return VAEC_OK;
     if ((st = hmc_ensure(m, n < chunk ? n : chunk, 0))) return st;
-    vaec_hmc_config cfg = {steps, 0.5f, 1.0f, 0, VAEC_HMC_INIT_GIVEN};
+    vaec_hmc_config cfg = {steps, 0.5f, 1.0f, 0, VAEC_HMC_INIT_GIVEN, 0};
     int flag;
     keep_grads(m, 0, &flag);
     for (int64_t r0 = 0; r0 < n; r0 += chunk) {

@@ -474,9 +474,13 @@ typedef struct {
     float step_size;         /* > 0: the chains' first step size (where the caller gives none) */
     int64_t burn_in;         /* >= 0 transitions (the step size adapting) before the first kept state */
     int init;                /* where the chains start: VAEC_HMC_INIT_* */
+    int init_draws;          /* VAEC_HMC_INIT_PRIOR: the start is one of this many (<= 1: one) draws
+                                from the prior, chosen with probability proportional to p(x|z)
+                                (sampling-importance-resampling): a chain from a single prior
+                                draw can settle in a mode of little mass and stay there */
 } vaec_hmc_config;
 enum {
-    VAEC_HMC_INIT_PRIOR = 0,    /* z ~ N(0, I) */
+    VAEC_HMC_INIT_PRIOR = 0,    /* z ~ N(0, I) (resampled: init_draws) */
     VAEC_HMC_INIT_ENCODER = 1,  /* the encoder's mean (through the flow, with one) */
     VAEC_HMC_INIT_GIVEN = 2     /* the caller's points */
 };

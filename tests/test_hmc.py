@@ -179,6 +179,21 @@ def test_chains_start_where_asked():
         m.sample_posterior(x, init=np.full((len(x), Z), np.nan, np.float32))
 
 
+def test_the_start_is_resampled_from_prior_draws():
+    """init_draws=K: each chain starts at one of K prior draws chosen with probability
+    proportional to p(x|z), so over many chains of one image the starts follow (nearly) its
+    posterior; a single draw follows the prior."""
+    m, x, ex = linear_gaussian()
+    rep = np.repeat(x[:1], 4000, axis=0)
+    kw = dict(samples=1, burn_in=0, leapfrog=1, step_size=1e-4, seed=2)   # the first state: the start, barely moved
+    sir = m.sample_posterior(rep, init_draws=1000, **kw)[0].astype(np.float64)
+    one = m.sample_posterior(rep, init_draws=1, **kw)[0].astype(np.float64)
+    se = np.sqrt(np.diag(ex["cov"]) / len(rep))
+    assert np.all(np.abs(sir.mean(0) - ex["mean"][0]) < 6 * se + 0.01), (sir.mean(0), ex["mean"][0])
+    assert np.all(np.abs(np.cov(sir.T) - ex["cov"]) < 0.1)
+    assert np.all(np.abs(one.mean(0)) < 5 / np.sqrt(len(rep))) and np.all(np.abs(one.std(0) - 1) < 0.05)
+
+
 def test_inference_leaves_the_gradients_as_they_were():
     m, x, _ = linear_gaussian()
     m.loss_and_grad(x, seed=0)
@@ -203,7 +218,8 @@ def test_flow_posteriors_and_the_encoder_start():
     ({"leapfrog": 0}, "leapfrog"), ({"leapfrog": 2.5}, "leapfrog"), ({"target_accept": 1.0}, "target_accept"),
     ({"target_accept": 0.0}, "target_accept"), ({"target_accept": -0.5}, "target_accept"),
     ({"method": "nuts"}, "method"), ({"burn_in": -1}, "burn_in"), ({"step_size": 0.0}, "step_size"),
-    ({"init": "zeros"}, "init"), ({"samples": 0}, "samples")])
+    ({"init": "zeros"}, "init"), ({"samples": 0}, "samples"), ({"init_draws": 0}, "init_draws"),
+    ({"init": "encoder", "init_draws": 10}, "init_draws")])
 def test_bad_arguments_name_themselves(kw, match):
     m, x, _ = linear_gaussian()
     with pytest.raises((ValueError, TypeError), match=match):

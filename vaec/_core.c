@@ -217,7 +217,8 @@ static const char *const hmc_inits[] = {"prior", "encoder", "given"};
 
 /* cfg from the keyword values; ValueError naming a bad one (the C core checks them too). */
 static int parse_hmc(vaec_hmc_config *cfg, int leapfrog, float target, float step_size, long long burn_in,
-                     const char *init) {
+                     const char *init, int init_draws) {
+    cfg->init_draws = init_draws;
     cfg->leapfrog = leapfrog;
     cfg->target_accept = target;
     cfg->step_size = step_size;
@@ -274,17 +275,17 @@ static float *inout_rows(PyObject *obj, const char *name, int64_t n, int64_t col
  * acceptance (n,), step sizes (n,)) */
 static PyObject *VAE_hmc_sample(vaec_py_model *self, PyObject *args, PyObject *kw) {
     static char *kwlist[] = {"x", "samples", "leapfrog", "target_accept", "step_size", "burn_in", "init", "z0",
-                             "seed", "binarize", NULL};
+                             "seed", "binarize", "init_draws", NULL};
     PyObject *x, *samples = Py_None, *z0 = Py_None, *seed = Py_None;
-    int leapfrog = 10, binarize = 0;
+    int leapfrog = 10, binarize = 0, init_draws = 1;
     float target = 0.9f, step_size = 0.1f;
     long long burn_in = 100;
     const char *init = "prior";
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|OiffLsOOp", kwlist, &x, &samples, &leapfrog, &target, &step_size,
-                                     &burn_in, &init, &z0, &seed, &binarize))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|OiffLsOOpi", kwlist, &x, &samples, &leapfrog, &target, &step_size,
+                                     &burn_in, &init, &z0, &seed, &binarize, &init_draws))
         return NULL;
     vaec_hmc_config cfg;
-    if (parse_hmc(&cfg, leapfrog, target, step_size, burn_in, init)) return NULL;
+    if (parse_hmc(&cfg, leapfrog, target, step_size, burn_in, init, init_draws)) return NULL;
     if (vaec_py_acquire(self)) return NULL;
     call_args a;
     PyArrayObject *zk = NULL;
@@ -322,17 +323,17 @@ done:
  * burn_in=100, init='prior', seed=None, binarize=False) -> (log p(x) (n,), acceptance (n,)) */
 static PyObject *VAE_hmc_log_likelihood(vaec_py_model *self, PyObject *args, PyObject *kw) {
     static char *kwlist[] = {"x", "samples", "leapfrog", "target_accept", "step_size", "burn_in", "init", "seed",
-                             "binarize", NULL};
+                             "binarize", "init_draws", NULL};
     PyObject *x, *samples = NULL, *seed = Py_None;
-    int leapfrog = 4, binarize = 0;
+    int leapfrog = 4, binarize = 0, init_draws = 1;
     float target = 0.9f, step_size = 0.1f;
     long long burn_in = 100;
     const char *init = "prior";
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|OiffLsOp", kwlist, &x, &samples, &leapfrog, &target, &step_size,
-                                     &burn_in, &init, &seed, &binarize))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|OiffLsOpi", kwlist, &x, &samples, &leapfrog, &target, &step_size,
+                                     &burn_in, &init, &seed, &binarize, &init_draws))
         return NULL;
     vaec_hmc_config cfg;
-    if (parse_hmc(&cfg, leapfrog, target, step_size, burn_in, init)) return NULL;
+    if (parse_hmc(&cfg, leapfrog, target, step_size, burn_in, init, init_draws)) return NULL;
     if (vaec_py_acquire(self)) return NULL;
     call_args a;
     PyObject *out = NULL, *acc = NULL, *res = NULL, *dflt = NULL;
@@ -370,7 +371,7 @@ static PyObject *VAE_mcem_step(vaec_py_model *self, PyObject *args, PyObject *kw
                                      &seed, &binarize))
         return NULL;
     vaec_hmc_config cfg;
-    if (parse_hmc(&cfg, leapfrog, target, 1.0f, 0, "given")) return NULL;
+    if (parse_hmc(&cfg, leapfrog, target, 1.0f, 0, "given", 1)) return NULL;
     if (vaec_py_acquire(self)) return NULL;
     call_args a;
     PyObject *res = NULL;

@@ -27,6 +27,7 @@ SAMPLE_METHODS = ("hmc",)
 LL_METHODS = ("is", "hmc")
 BASELINE_DECAY = 0.9  # the running-mean baseline: b <- 0.9 b + 0.1 mean log p(x|z)
 MCEM_GAIN = 1.0  # MCEM's shared step size: log eps += MCEM_GAIN (batch's mean acceptance - target)
+HMC_INIT_DRAWS = 1000  # a chain's start: resampled from this many prior draws by p(x|z)
 
 
 def _shape_arg(input_shape):
@@ -559,7 +560,7 @@ class VAE(_Coder):
         return self._importance(X, samples, seed, binarize, batch_size, "samples")
 
     def log_likelihood(self, X, samples=None, batch_size=None, seed=None, binarize=None, method="is", *,
-                       leapfrog=None, target_accept=None, burn_in=None, step_size=None, init=None,
+                       leapfrog=None, target_accept=None, burn_in=None, step_size=None, init=None, init_draws=None,
                        return_accept=False):
         """An estimate of log p(x) per example, float64 (n,).
 
@@ -570,7 +571,8 @@ class VAE(_Coder):
         ``method="hmc"``: the estimator of Kingma & Welling (2014), appendix D, which needs no
         encoder: per example, an HMC chain on p(z|x) (as ``sample_posterior``; ``leapfrog``
         default 4 as in the paper, ``target_accept`` 0.9, ``burn_in`` 100 transitions,
-        ``step_size`` 0.1 to start, ``init`` 'prior') gives ``samples`` (default 1000) states,
+        ``step_size`` 0.1 to start, ``init`` 'prior' with ``init_draws`` 1000) gives ``samples``
+        (default 1000) states,
         to which a full-covariance Gaussian q(z) is fitted (their mean and covariance); then
         ``samples`` further states z_l of the chain give
         log p(x) ~= -log (1/L) sum_l q(z_l) / (p(z_l) p(x|z_l)). ``return_accept``: also the
@@ -579,7 +581,8 @@ class VAE(_Coder):
         ``batch_size`` rows per call (default 256); each batch draws its own noise (with a
         ``seed``, the batch index goes into it)."""
         _choice("method", method, LL_METHODS)
-        hmc = dict(leapfrog=leapfrog, target_accept=target_accept, burn_in=burn_in, step_size=step_size, init=init)
+        hmc = dict(leapfrog=leapfrog, target_accept=target_accept, burn_in=burn_in, step_size=step_size, init=init,
+                   init_draws=init_draws)
         if method == "is":
             given = [k for k, v in hmc.items() if v is not None] + (["return_accept"] if return_accept else [])
             if given:
@@ -587,7 +590,7 @@ class VAE(_Coder):
             return self._importance(X, 5000 if samples is None else samples, seed, binarize, batch_size, "samples")
         cfg = self._hmc_args(4 if leapfrog is None else leapfrog, 0.9 if target_accept is None else target_accept,
                              100 if burn_in is None else burn_in, 0.1 if step_size is None else step_size,
-                             "prior" if init is None else init)
+                             "prior" if init is None else init, init_draws)
         k = _int_arg("samples", 1000 if samples is None else samples, 2, 1_000_000)
         out, acc = self._batched(X, seed, binarize, batch_size, lambda x, s, b: self._core.hmc_log_likelihood(
             x=x, samples=k, seed=s, binarize=b, **cfg))
@@ -616,8 +619,9 @@ class VAE(_Coder):
         return out, extra
 
     @staticmethod
-    def _hmc_args(leapfrog, target_accept, burn_in, step_size, init):
-        """The HMC keywords of the core's calls, checked (the errors name the argument)."""
+    def _hmc_args(leapfrog, target_accept, burn_in, step_size, init, init_draws=None):
+        """The HMC keywords of the core's calls, checked (the errors name the argument);
+        init_draws None: 1000 for init 'prior'."""
         leapfrog = _int_arg("leapfrog", leapfrog, 1, 100_000)
         target_accept = _float_arg("target_accept", target_accept)
         if not 0.0 < target_accept < 1.0:
@@ -625,10 +629,14 @@ class VAE(_Coder):
         burn_in = _int_arg("burn_in", burn_in, 0)
         step_size = _float_arg("step_size", step_size, 0.0, low_inclusive=False)
         _choice("init", init, ("prior", "encoder"))
-        return dict(leapfrog=leapfrog, target_accept=target_accept, burn_in=burn_in, step_size=step_size, init=init)
+        if init_draws is not None and init != "prior":
+            raise ValueError("init_draws: only with init='prior' (the draws the start is resampled from)")
+        draws = _int_arg("init_draws", HMC_INIT_DRAWS if init_draws is None else init_draws, 1, 10_000_000)
+        return dict(leapfrog=leapfrog, target_accept=target_accept, burn_in=burn_in, step_size=step_size, init=init,
+                    init_draws=draws)
 
     def sample_posterior(self, X, samples=1, method="hmc", leapfrog=10, target_accept=0.9, burn_in=100, seed=None, *,
-                         step_size=0.1, init="prior", binarize=None, return_accept=False):
+                         step_size=0.1, init="prior", init_draws=None, binarize=None, return_accept=False):
         """Draws from the decoder's posterior p(z|x), proportional to N(z; 0, I) p(x|z),
         float32 (samples, n, latent_dim): the true posterior of the generative model, not the
         encoder's approximation (with a flow, of the decoder's input z_K).
@@ -638,15 +646,21 @@ class VAE(_Coder):
         Metropolis rule. Each chain's step size starts at ``step_size`` and is adapted during
         the ``burn_in`` transitions so that the mean acceptance probability approaches
         ``target_accept``; then it is fixed and every transition gives one of the ``samples``
-        states. Chains start at a draw from the prior (``init="prior"``), at the encoder's
-        mean (``"encoder"``), or at given points (an array (n, latent_dim)). ``seed`` fixes
+        states. Chains start (``init="prior"``) at one of ``init_draws`` (default 1000) draws
+        from the prior, chosen with probability proportional to p(x|z) (sampling-importance-
+        resampling: a chain started at a single prior draw can settle in a mode of little
+        mass and stay there; ``init_draws=1`` is that single draw), at the encoder's mean
+        (``"encoder"``), or at given points (an array (n, latent_dim)). ``seed`` fixes
         the draws (else the model's stream); the results do not depend on the thread count.
         ``return_accept``: also each chain's mean acceptance probability, (samples,
         acceptance)."""
         _choice("method", method, SAMPLE_METHODS)
         samples = _int_arg("samples", samples, 1, 1_000_000)
         z0 = None if isinstance(init, str) else init   # the chains' starting points
-        cfg = self._hmc_args(leapfrog, target_accept, burn_in, step_size, "prior" if z0 is not None else init)
+        if z0 is not None and init_draws is not None:
+            raise ValueError("init_draws: only with init='prior' (the draws the start is resampled from)")
+        cfg = self._hmc_args(leapfrog, target_accept, burn_in, step_size, "prior" if z0 is not None else init,
+                             init_draws)
         if z0 is not None:
             cfg["init"] = "given"
         X = self._check_data(X, "X")

@@ -76,7 +76,7 @@ static void hmc_kinds(vaec_vae_config cfg, const float *x) {
     if (vaec_vae_create(&c.m, &cfg)) { check(0, vaec_last_error(), 0); return; }
     vaec_arena_optimizer_set(vaec_vae_arena(c.m), VAEC_OPT_ADAGRAD, 1e-3f);
     c.in = (vaec_input){x, VAEC_F32, 200, cfg.input_dim, 1};
-    c.hmc = (vaec_hmc_config){10, 0.9f, 0.1f, 3, VAEC_HMC_INIT_PRIOR};
+    c.hmc = (vaec_hmc_config){10, 0.9f, 0.1f, 3, VAEC_HMC_INIT_PRIOR, 20};
     for (int i = 0; i < 200; i++) c.step[i] = 0.1f;
     for (int i = 0; i < 200 * 8; i++) c.z[i] = (float)((i * 37) % 101) / 50.0f - 1.0f;
     warm("10 warm steps: MCEM (Adagrad, weight decay)", mcem_step, &c);

@@ -215,7 +215,7 @@ static void hmc_posterior(void) {
     if (!m1 || !m2 || !out1 || !out2) { check(0, "HMC: the linear-Gaussian model"); return; }
     vaec_input in = {x, VAEC_F32, HN, HD, 0};
     vaec_noise noise = {NULL, HL, 1, 5};
-    vaec_hmc_config cfg = {10, 0.9f, 0.1f, 200, VAEC_HMC_INIT_PRIOR};
+    vaec_hmc_config cfg = {10, 0.9f, 0.1f, 200, VAEC_HMC_INIT_PRIOR, 1};
     int st = vaec_vae_hmc_sample(m1, &in, &noise, &cfg, NULL, out1, NULL, NULL) |
              vaec_vae_hmc_sample(m2, &in, &noise, &cfg, NULL, out2, NULL, NULL);
     /* the exact posterior: P = I + 2 W^T W (2 x 2), S = P^-1, mean = S W^T 2 (x - b) */
