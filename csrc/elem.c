@@ -9,12 +9,13 @@ typedef struct {
     void (*gaussian_rows)(int64_t, int64_t, const float *, int64_t, const float *, int64_t, float,
                           float *, int64_t, double *);
     void (*adam)(int64_t, float *, const float *, float *, float *, const vaec_elem_adam_args *);
+    void (*adagrad)(int64_t, float *, const float *, float *, const vaec_elem_adagrad_args *);
     void (*test_fn)(int, float *, const float *, int64_t);
 } elem_ops;
 
 #define ELEM_OPS(sfx)                                                                        \
     { vaec_elem_act_forward##sfx, vaec_elem_act_backward##sfx, vaec_elem_bernoulli_rows##sfx, \
-      vaec_elem_gaussian_rows##sfx, vaec_elem_adam##sfx, vaec_elem_test_fn##sfx }
+      vaec_elem_gaussian_rows##sfx, vaec_elem_adam##sfx, vaec_elem_adagrad##sfx, vaec_elem_test_fn##sfx }
 
 static const elem_ops ops_naive = ELEM_OPS(_naive);
 static const elem_ops ops_scalar = ELEM_OPS(_scalar);
@@ -62,6 +63,10 @@ void vaec_elem_gaussian_rows(int64_t R, int64_t D, const float *ml, int64_t ldml
 
 void vaec_elem_adam(int64_t n, float *p, const float *g, float *m, float *v, const vaec_elem_adam_args *a) {
     if (n > 0) ops()->adam(n, p, g, m, v, a);
+}
+
+void vaec_elem_adagrad(int64_t n, float *p, const float *g, float *s, const vaec_elem_adagrad_args *a) {
+    if (n > 0) ops()->adagrad(n, p, g, s, a);
 }
 
 void vaec_elem_test_fn(int which, float *y, const float *x, int64_t n) {

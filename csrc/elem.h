@@ -37,8 +37,13 @@ void vaec_elem_gaussian_rows(int64_t R, int64_t D, const float *ml, int64_t ldml
  * every path. torch's p -= lr/bc1 * m / (sqrt(v)/sqrt(bc2) + eps) is computed as
  * p -= step * m / (sqrt(v) + eps_bc2) with step = lr sqrt(bc2)/bc1, eps_bc2 = eps sqrt(bc2):
  * the same value, one division fewer (the divider, not memory, bounds this loop). */
-typedef struct { float beta1, beta2, eps_bc2, step; } vaec_elem_adam_args;
+typedef struct { float beta1, beta2, eps_bc2, step, wd; } vaec_elem_adam_args;
 void vaec_elem_adam(int64_t n, float *p, const float *g, float *m, float *v, const vaec_elem_adam_args *a);
+/* Adagrad (Duchi et al. 2011; torch.optim.Adagrad without lr decay) over n parameters, the
+ * same bits on every path: s += g g; p -= (lr g) / (sqrt(s) + eps). Both optimizers take
+ * torch's L2 weight decay, g = grad + wd p, when wd != 0 (wd 0: the gradient as it is). */
+typedef struct { float lr, eps, wd; } vaec_elem_adagrad_args;
+void vaec_elem_adagrad(int64_t n, float *p, const float *g, float *s, const vaec_elem_adagrad_args *a);
 
 /* Test hook: y = f(x) for f = VAEC_ELEM_FN_* on the active path (naive: libm float). */
 enum { VAEC_ELEM_FN_EXP = 0, VAEC_ELEM_FN_EXPM1, VAEC_ELEM_FN_LOG1P, VAEC_ELEM_FN_TANH,
@@ -57,6 +62,8 @@ void vaec_elem_test_fn(int which, float *y, const float *x, int64_t n);
                                       int64_t lddml, double *logp_add);                           \
     void vaec_elem_adam##sfx(int64_t n, float *p, const float *g, float *m, float *v,             \
                              const vaec_elem_adam_args *a);                                       \
+    void vaec_elem_adagrad##sfx(int64_t n, float *p, const float *g, float *s,                    \
+                                const vaec_elem_adagrad_args *a);                                 \
     void vaec_elem_test_fn##sfx(int which, float *y, const float *x, int64_t n);
 VAEC_ELEM_DECLARE(_naive)
 VAEC_ELEM_DECLARE(_scalar)

@@ -101,8 +101,17 @@ void vaec_elem_test_fn_naive(int which, float *y, const float *x, int64_t n) {
 
 void vaec_elem_adam_naive(int64_t n, float *p, const float *g, float *m, float *v, const vaec_elem_adam_args *a) {
     for (int64_t i = 0; i < n; i++) {
-        m[i] = a->beta1 * m[i] + (1.0f - a->beta1) * g[i];
-        v[i] = a->beta2 * v[i] + (1.0f - a->beta2) * g[i] * g[i];
+        float gi = a->wd != 0.0f ? g[i] + a->wd * p[i] : g[i];
+        m[i] = a->beta1 * m[i] + (1.0f - a->beta1) * gi;
+        v[i] = a->beta2 * v[i] + (1.0f - a->beta2) * gi * gi;
         p[i] -= a->step * m[i] / (sqrtf(v[i]) + a->eps_bc2);
+    }
+}
+
+void vaec_elem_adagrad_naive(int64_t n, float *p, const float *g, float *s, const vaec_elem_adagrad_args *a) {
+    for (int64_t i = 0; i < n; i++) {
+        float gi = a->wd != 0.0f ? g[i] + a->wd * p[i] : g[i];
+        s[i] += gi * gi;
+        p[i] -= a->lr * gi / (sqrtf(s[i]) + a->eps);
     }
 }

@@ -206,15 +206,17 @@ void vaec_dense_backward_act_strided_naive(vaec_pool *pool, float *din, int64_t 
                                            const float *W, int wt, vaec_act act, int64_t B, int64_t IN,
                                            int64_t OUT);
 
-/* vaec_arena_adam_step, told whether a gradient is non-finite by a caller that checked
- * every one as it was written (nonfinite 0 or 1); -1: check them here (a pass over the
- * gradients, as vaec_arena_adam_step does). */
 /* While a loader builds the model of the file `path`, holding n parameters (n >= 0; -1 ends
  * it), vaec_arena_alloc on this thread refuses any other count (VAEC_ERR_FORMAT, naming the
  * file) before allocating anything of the model's size: a small file whose config declares
  * a huge model is refused without trying to allocate it. */
 void vaec_arena_expect(int64_t n, const char *path);
+/* vaec_arena_step, told whether a gradient is non-finite by a caller that checked
+ * every one as it was written (nonfinite 0 or 1); -1: check them here (a pass over the
+ * gradients, as vaec_arena_step does). */
 vaec_status vaec_arena_adam_step_ex(vaec_arena *a, vaec_pool *pool, float lr, int nonfinite);
+/* The same for vaec_arena_step_range. */
+vaec_status vaec_arena_step_range_ex(vaec_arena *a, vaec_pool *pool, float lr, int64_t lo, int64_t hi, int nonfinite);
 
 /* ------------------------------------------------------- convolutions (conv.c) */
 /* An example's input (C, H, W) under a kernel (kh, kw) at stride (sh, sw) with zero padding

@@ -6,9 +6,13 @@
  *   endian     u32      0x01020304
  *   kind       u32      VAEC_KIND_VAE, ...
  *   config     u32 length, then that many bytes (the kind's own config record)
- *   arena      i64 n, f32 beta1, f32 beta2, f32 eps, i32 0, i64 step
+ *   arena      i64 n, f32 beta1, f32 beta2, f32 eps, i32 optimizer, i64 step
+ *              (optimizer: what adam_m / adam_v hold, vaec_optimizer: 0 Adam, 1 Adagrad;
+ *              the field was a zero pad before Adagrad, so files of 0.1.0 read as Adam;
+ *              the weight decay is a training option, not kept)
  *   rng        u64 seed, u64 counter
- *   data       f32 params[n], f32 adam_m[n], f32 adam_v[n], every tensor row-major (one
+ *   data       f32 params[n], f32 adam_m[n], f32 adam_v[n] (the optimizer's state),
+ *              every tensor row-major (one
  *              the arena keeps transposed is written and read back in its (out, in) order)
  *   extra      u32 length, then that many bytes (e.g. a trainer's state; may be empty)
  *   checksum   u32 CRC-32 (zlib's polynomial) of every byte before it
@@ -100,7 +104,7 @@ vaec_status vaec_file_write_ex(const char *path, uint32_t kind, const void *conf
     PUT(&b, float, a->adam.beta1);
     PUT(&b, float, a->adam.beta2);
     PUT(&b, float, a->adam.eps);
-    PUT(&b, int32_t, 0);
+    PUT(&b, int32_t, (int32_t)a->optimizer);
     PUT(&b, int64_t, a->step);
     PUT(&b, uint64_t, rng_seed);
     PUT(&b, uint64_t, rng_counter);
@@ -208,12 +212,17 @@ vaec_status vaec_file_read(vaec_file *out, const char *path) {
     out->config = buf + r.pos;
     out->config_len = clen;
     r.pos += clen;
-    int32_t pad;
+    int32_t optimizer;
     take(&r, &out->nparams, 8);
     take(&r, &out->adam.beta1, 4);
     take(&r, &out->adam.beta2, 4);
     take(&r, &out->adam.eps, 4);
-    take(&r, &pad, 4);
+    take(&r, &optimizer, 4);
+    if (optimizer != VAEC_OPT_ADAM && optimizer != VAEC_OPT_ADAGRAD) {
+        st = vaec_fail(VAEC_ERR_FORMAT, "'%s' holds the state of an unknown optimizer (code %d)", path, (int)optimizer);
+        goto fail;
+    }
+    out->optimizer = (vaec_optimizer)optimizer;
     take(&r, &out->step, 8);
     take(&r, &out->rng_seed, 8);
     take(&r, &out->rng_counter, 8);
@@ -289,6 +298,7 @@ vaec_status vaec_file_apply(const vaec_file *f, vaec_arena *a) {
     }
     vaec_free(rm);
     a->step = f->step;
+    a->optimizer = f->optimizer;
     return VAEC_OK;
 }
 

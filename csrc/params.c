@@ -1,5 +1,6 @@
 /* params.c -- the parameter arena: planning named tensors, allocation with torch-style
- * initialization, and bias-corrected Adam as one flat loop over the buffers. */
+ * initialization (or N(0, std^2) on request), and the optimizers, bias-corrected Adam or
+ * Adagrad with optional L2 weight decay, as one flat loop over the buffers. */
 #include "internal.h"
 #include "elem.h"
 #include <math.h>
@@ -111,6 +112,8 @@ vaec_status vaec_arena_alloc(vaec_arena *a, uint64_t seed) {
     }
     a->adam = (vaec_adam_config){0.9f, 0.999f, 1e-8f};
     a->step = 0;
+    a->optimizer = VAEC_OPT_ADAM;
+    a->weight_decay = 0.0f;
     for (int t = 0; t < a->ntensors; t++) {
         const vaec_tensor_info *ti = &a->tensors[t];
         int64_t count = tensor_size(ti);
@@ -122,6 +125,25 @@ vaec_status vaec_arena_alloc(vaec_arena *a, uint64_t seed) {
         for (int64_t i = 0; i < count; i++) p[i] = (2.0f * p[i] - 1.0f) * ti->init_bound;
     }
     vaec_arena_from_rowmajor(a, a->grads, a->params);
+    memset(a->grads, 0, (size_t)a->n * sizeof(float));   /* no gradient yet */
+    return VAEC_OK;
+}
+
+vaec_status vaec_arena_init_normal(vaec_arena *a, uint64_t seed, float std) {
+    if (!(std > 0.0f) || !isfinite(std)) return vaec_fail(VAEC_ERR_ARG, "init_std must be a finite number > 0, got %g", std);
+    /* drawn row-major into the gradient buffer, then placed (a transposed tensor through
+     * its row-major copy there) */
+    vaec_arena_to_rowmajor(a, a->params, a->grads);
+    for (int t = 0; t < a->ntensors; t++) {
+        const vaec_tensor_info *ti = &a->tensors[t];
+        if (ti->init_bound == 0.0f) continue;  /* zeros stay zeros */
+        float *p = a->grads + ti->offset;
+        int64_t count = tensor_size(ti);
+        vaec_rng_normal(p, count, seed, INIT_STREAM(t), 0);
+        for (int64_t i = 0; i < count; i++) p[i] *= std;
+        if (!ti->transposed) memcpy(a->params + ti->offset, p, (size_t)count * sizeof(float));
+    }
+    vaec_arena_from_rowmajor(a, a->grads, a->params);   /* the transposed ones */
     memset(a->grads, 0, (size_t)a->n * sizeof(float));   /* no gradient yet */
     return VAEC_OK;
 }
@@ -185,14 +207,37 @@ void vaec_arena_adam_reset(vaec_arena *a) {
     a->step = 0;
 }
 
-typedef struct { vaec_arena *a; vaec_elem_adam_args args; _Atomic int bad; } adam_job;
+vaec_status vaec_arena_optimizer_set(vaec_arena *a, vaec_optimizer optimizer, float weight_decay) {
+    if (optimizer != VAEC_OPT_ADAM && optimizer != VAEC_OPT_ADAGRAD)
+        return vaec_fail(VAEC_ERR_ARG, "optimizer: unknown code %d", (int)optimizer);
+    if (!(weight_decay >= 0.0f) || !isfinite(weight_decay))
+        return vaec_fail(VAEC_ERR_ARG, "weight_decay must be a finite number >= 0, got %g", weight_decay);
+    a->optimizer = optimizer;
+    a->weight_decay = weight_decay;
+    return VAEC_OK;
+}
+
+/* A step over the floats [lo, hi), in tasks of ADAM_GRAIN floats from lo. */
+typedef struct {
+    vaec_arena *a;
+    int64_t lo, hi;
+    vaec_elem_adam_args adam;
+    vaec_elem_adagrad_args adagrad;
+    _Atomic int bad;
+} step_job;
+
+static void task_range(const step_job *j, int64_t t, int64_t *a0, int64_t *a1) {
+    *a0 = j->lo + t * ADAM_GRAIN;
+    *a1 = *a0 + ADAM_GRAIN < j->hi ? *a0 + ADAM_GRAIN : j->hi;
+}
 
 /* a task's slice: check finiteness first (an exponent of all ones is Inf or NaN); an
  * integer OR-reduction, so the compiler vectorizes it */
 static void finite_task(void *ctx, int64_t t, int tid) {
     (void)tid;
-    adam_job *j = ctx;
-    int64_t a0 = t * ADAM_GRAIN, a1 = a0 + ADAM_GRAIN < j->a->n ? a0 + ADAM_GRAIN : j->a->n;
+    step_job *j = ctx;
+    int64_t a0, a1;
+    task_range(j, t, &a0, &a1);
     const float *g = j->a->grads;
     /* An all-ones exponent (Inf or NaN) is the only one that carries into bit 31 when
      * 2^23 is added to it: a branch-free OR reduction the compiler vectorizes. */
@@ -207,27 +252,59 @@ static void finite_task(void *ctx, int64_t t, int tid) {
 
 static void adam_task(void *ctx, int64_t t, int tid) {
     (void)tid;
-    adam_job *j = ctx;
+    step_job *j = ctx;
     vaec_arena *a = j->a;
-    int64_t a0 = t * ADAM_GRAIN, a1 = a0 + ADAM_GRAIN < a->n ? a0 + ADAM_GRAIN : a->n;
-    vaec_elem_adam(a1 - a0, a->params + a0, a->grads + a0, a->adam_m + a0, a->adam_v + a0, &j->args);
+    int64_t a0, a1;
+    task_range(j, t, &a0, &a1);
+    vaec_elem_adam(a1 - a0, a->params + a0, a->grads + a0, a->adam_m + a0, a->adam_v + a0, &j->adam);
 }
 
-vaec_status vaec_arena_adam_step(vaec_arena *a, vaec_pool *pool, float lr) {
-    return vaec_arena_adam_step_ex(a, pool, lr, -1);
+static void adagrad_task(void *ctx, int64_t t, int tid) {
+    (void)tid;
+    step_job *j = ctx;
+    vaec_arena *a = j->a;
+    int64_t a0, a1;
+    task_range(j, t, &a0, &a1);
+    vaec_elem_adagrad(a1 - a0, a->params + a0, a->grads + a0, a->adam_v + a0, &j->adagrad);
 }
 
-vaec_status vaec_arena_adam_step_ex(vaec_arena *a, vaec_pool *pool, float lr, int nonfinite) {
+/* The step on [lo, hi); nonfinite 0 or 1 from a caller that checked the gradients as they
+ * were written, -1 to check them here. */
+static vaec_status arena_step(vaec_arena *a, vaec_pool *pool, float lr, int64_t lo, int64_t hi, int nonfinite) {
     if (!(lr >= 0.0f) || !isfinite(lr)) return vaec_fail(VAEC_ERR_ARG, "lr must be a finite number >= 0, got %g", lr);
-    adam_job j = {a, {a->adam.beta1, a->adam.beta2, 0.0f, 0.0f}, 0};
-    int64_t tasks = vaec_ntasks(a->n, ADAM_GRAIN);
+    if (lo < 0 || hi > a->n || lo > hi)
+        return vaec_fail(VAEC_ERR_ARG, "step: the range [%lld, %lld) is not within the arena's %lld floats",
+                         (long long)lo, (long long)hi, (long long)a->n);
+    step_job j = {a, lo, hi, {a->adam.beta1, a->adam.beta2, 0.0f, 0.0f, a->weight_decay},
+                  {lr, a->adam.eps, a->weight_decay}, 0};
+    int64_t tasks = vaec_ntasks(hi - lo, ADAM_GRAIN);
     if (nonfinite < 0) vaec_pool_run(pool, finite_task, &j, tasks);
     else atomic_store(&j.bad, nonfinite);
     if (atomic_load(&j.bad)) return vaec_fail(VAEC_ERR_NONFINITE, "a gradient is NaN or Inf; the step was not taken");
     a->step++;
+    if (a->optimizer == VAEC_OPT_ADAGRAD) {
+        vaec_pool_run(pool, adagrad_task, &j, tasks);
+        return VAEC_OK;
+    }
     double sqrt_bc2 = sqrt(1.0 - pow(a->adam.beta2, (double)a->step));
-    j.args.step = (float)(lr * sqrt_bc2 / (1.0 - pow(a->adam.beta1, (double)a->step)));
-    j.args.eps_bc2 = (float)(a->adam.eps * sqrt_bc2);
+    j.adam.step = (float)(lr * sqrt_bc2 / (1.0 - pow(a->adam.beta1, (double)a->step)));
+    j.adam.eps_bc2 = (float)(a->adam.eps * sqrt_bc2);
     vaec_pool_run(pool, adam_task, &j, tasks);
     return VAEC_OK;
+}
+
+vaec_status vaec_arena_step(vaec_arena *a, vaec_pool *pool, float lr) { return arena_step(a, pool, lr, 0, a->n, -1); }
+
+vaec_status vaec_arena_step_range(vaec_arena *a, vaec_pool *pool, float lr, int64_t lo, int64_t hi) {
+    return arena_step(a, pool, lr, lo, hi, -1);
+}
+
+vaec_status vaec_arena_step_range_ex(vaec_arena *a, vaec_pool *pool, float lr, int64_t lo, int64_t hi, int nonfinite) {
+    return arena_step(a, pool, lr, lo, hi, nonfinite);
+}
+
+vaec_status vaec_arena_adam_step(vaec_arena *a, vaec_pool *pool, float lr) { return arena_step(a, pool, lr, 0, a->n, -1); }
+
+vaec_status vaec_arena_adam_step_ex(vaec_arena *a, vaec_pool *pool, float lr, int nonfinite) {
+    return arena_step(a, pool, lr, 0, a->n, nonfinite);
 }

@@ -9,9 +9,9 @@
  *
  * This file holds the model: its networks, its workspace plan, the input's preparation,
  * encode / decode, and the model file. The objectives are in vae_objectives.c, wake-sleep
- * in vae_wake_sleep.c. Batches are processed in chunks of at most VAE_CHUNK rows; tasks
- * are split by rows or output tiles, never by reduction order, so the results are bitwise
- * identical for every thread count. */
+ * in vae_wake_sleep.c, HMC and Monte Carlo EM in vae_hmc.c. Batches are processed in
+ * chunks of at most VAE_CHUNK rows; tasks are split by rows or output tiles, never by
+ * reduction order, so the results are bitwise identical for every thread count. */
 #include "vae_impl.h"
 #include <math.h>
 #include <string.h>
@@ -159,6 +159,7 @@ void vaec_vae_destroy(vaec_vae *m) {
     vaec_arena_free(&m->arena);
     vaec_free(m->ws);
     vaec_free(m->w_lw);
+    vaec_free(m->hmc_mem);
     vaec_free(m);
 }
 

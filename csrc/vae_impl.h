@@ -2,7 +2,9 @@
  *   vae.c             the model: its networks, workspace plan, input, encode/decode, files
  *   vae_objectives.c  the training objectives and bounds: ELBO (reparameterized or score
  *                     function), ELBO through a flow, IWAE
- *   vae_wake_sleep.c  wake-sleep (Hinton et al. 1995) */
+ *   vae_wake_sleep.c  wake-sleep (Hinton et al. 1995)
+ *   vae_hmc.c         HMC on the decoder's posterior, Monte Carlo EM and the marginal-
+ *                     likelihood estimator of Kingma & Welling's appendix D */
 #ifndef VAEC_VAE_IMPL_H
 #define VAEC_VAE_IMPL_H
 #include "internal.h"
@@ -42,6 +44,21 @@ struct vaec_vae {
     double *w_lw;                   /* (rows, lw_cap) log weights for IWAE training */
     int64_t lw_cap;
     double rec_sum, last_rec;       /* sum / batch mean of (1/L) sum_l log p(x|z_l) of a call */
+    /* HMC's own workspace (vae_hmc.c lays it out; hmc_mem owns it): hmc_rows chains */
+    struct {
+        float *z0, *g0, *g, *p;     /* rows x lz: the chain's state and its grad U; the
+                                       proposal's grad U and momentum (its position: w_z) */
+        float *eps, *h;             /* rows: step sizes; this transition's (eps jittered) */
+        double *U0, *U, *K0, *acc;  /* rows: U of the state and of the proposal, |p|^2/2 at
+                                       the start, the summed acceptance probabilities */
+        double *mean, *fit, *ldet;  /* the estimator's fit per row: mean (Z), the co-moment,
+                                       then Sigma, and its Cholesky factor (2 Z x Z), log det */
+        double *ytmp;               /* rows x Z: a triangular solve's result */
+        double *mx, *sm;            /* rows: the estimator's streamed log-sum-exp */
+        float *dec_grads;           /* the decoder's gradients, kept over an inference call */
+    } hmc;
+    void *hmc_mem;
+    int64_t hmc_rows, hmc_stat_rows;  /* chains laid out; of them with room for the fit */
 };
 
 /* vae.c */

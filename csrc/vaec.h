@@ -17,12 +17,14 @@
  *     encoder.logvar), optionally a normalizing flow on its posterior (flows.h: one table
  *     of operations per flow type), and a decoder network; its objectives are functions
  *     over them (vae_objectives.c: the ELBO, reparameterized or by the score function, the
- *     ELBO through a flow, the IWAE bound; vae_wake_sleep.c). M2 is three networks
+ *     ELBO through a flow, the IWAE bound; vae_wake_sleep.c; vae_hmc.c: HMC on the decoder's
+ *     posterior, Monte Carlo EM, the appendix-D log-likelihood estimator). M2 is three networks
  *     (classifier, encoder and decoder on [x, onehot(y)] and [z, onehot(y)]); Real NVP's s
  *     and t nets are networks too.
  *   - A model owns:
  *       * one parameter arena: every weight and bias in ONE contiguous float32 buffer,
- *         with gradients and the two Adam moments in buffers of the same layout, so
+ *         with gradients and the optimizer's state (Adam's two moments, or Adagrad's
+ *         sums of squares) in buffers of the same layout, so
  *         the optimizer is one flat loop and a client can expose zero-copy views. The
  *         arena's tensor order (the rule, stated here once): tensors lie in the order the
  *         model plans them -- its networks and flow in the order the model names (the VAE:
@@ -45,7 +47,7 @@
  *   - The pieces below any model (built and tested without one): vaec_sgemm (packed,
  *     register-tiled, ISA chosen at run time from CPUID; its packing buffers are per
  *     thread) under vaec_dense_*; vaec_act_* and the likelihoods on vectorized math
- *     (elem.h); vaec_rng_* (Philox); vaec_arena_* (parameters + Adam); vaec_file_* (one
+ *     (elem.h); vaec_rng_* (Philox); vaec_arena_* (parameters + Adam or Adagrad); vaec_file_* (one
  *     model-file format for every model kind, each kind with a versioned config record).
  *   - Every function returns a vaec_status; on failure vaec_last_error() gives a
  *     human-readable message (per thread).
@@ -195,9 +197,10 @@ int64_t vaec_check_range(const float *x, int64_t n, float lo, float hi, int chec
 
 /* ------------------------------------------------------------ parameter arena */
 /* Every model keeps all its parameters in ONE contiguous float32 buffer, with gradients
- * and the two Adam moments in buffers of the same layout: the optimizer is one flat loop
- * and clients get zero-copy views. Tensors are planned first (vaec_arena_add_*), then
- * vaec_arena_alloc allocates and initializes them. */
+ * and the optimizer's state (Adam's two moments, or Adagrad's sums of squares in adam_v)
+ * in buffers of the same layout: the optimizer is one flat loop and clients get zero-copy
+ * views. Tensors are planned first (vaec_arena_add_*), then vaec_arena_alloc allocates
+ * and initializes them. */
 #define VAEC_MAX_TENSORS 512   /* a VAE with planar:128 needs about 400 */
 
 typedef struct {
@@ -211,8 +214,15 @@ typedef struct {
 } vaec_tensor_info;
 
 typedef struct {
-    float beta1, beta2, eps;   /* torch defaults 0.9, 0.999, 1e-8 */
+    float beta1, beta2, eps;   /* torch defaults 0.9, 0.999, 1e-8; eps is Adagrad's too */
 } vaec_adam_config;
+
+/* The optimizer of an arena's steps (the model file keeps which one its state is for). */
+typedef enum {
+    VAEC_OPT_ADAM = 0,      /* bias-corrected Adam, torch's form: adam_m, adam_v the moments */
+    VAEC_OPT_ADAGRAD = 1    /* Adagrad (Duchi et al. 2011), torch's form without lr decay:
+                               s += g^2 (s in adam_v; adam_m unused, zero), p -= lr g / (sqrt(s) + eps) */
+} vaec_optimizer;
 
 typedef struct {
     int64_t n;                          /* floats in each buffer (groups padded to 16) */
@@ -220,7 +230,11 @@ typedef struct {
     vaec_tensor_info tensors[VAEC_MAX_TENSORS];
     int ntensors;
     vaec_adam_config adam;
-    int64_t step;                       /* Adam steps taken */
+    int64_t step;                       /* optimizer steps taken */
+    vaec_optimizer optimizer;           /* the rule of the steps (VAEC_OPT_ADAM unless set) */
+    float weight_decay;                 /* >= 0: each step uses grad + weight_decay * param (torch's
+                                           L2 weight_decay, for both optimizers); 0 unless set. A
+                                           training option: the model file does not keep it */
 } vaec_arena;
 
 /* A dense layer's place in the arena: W (out, in) at offset W, b (out) at offset b; with
@@ -249,11 +263,27 @@ vaec_status vaec_arena_add_tensor_nd(vaec_arena *a, int64_t *offset, const char 
                                      const int64_t *shape, float init_bound);
 /* Allocate the four buffers and initialize the parameters from `seed`. */
 vaec_status vaec_arena_alloc(vaec_arena *a, uint64_t seed);
+/* Draw every tensor that vaec_arena_alloc initializes at random (init_bound != 0) again,
+ * from N(0, std^2) (Kingma & Welling's N(0, 0.01) with std = 0.01): element k of tensor t
+ * is the k-th normal of t's init stream under `seed` (streams.h). std must be > 0 and
+ * finite. Zero-initialized tensors stay zero; the gradients are zeroed (a model calls it
+ * right after creation), the optimizer's state is untouched. */
+vaec_status vaec_arena_init_normal(vaec_arena *a, uint64_t seed, float std);
 void vaec_arena_free(vaec_arena *a);
 void vaec_arena_zero_grads(vaec_arena *a);
-/* Bias-corrected Adam (torch's form) over the flat buffers; refuses non-finite grads. */
+/* One step of the arena's optimizer (Adam unless vaec_arena_optimizer_set chose Adagrad)
+ * over the flat buffers; refuses non-finite grads (VAEC_ERR_NONFINITE, nothing changed). */
+vaec_status vaec_arena_step(vaec_arena *a, vaec_pool *pool, float lr);
+/* The same on the floats [lo, hi) only (0 <= lo <= hi <= n): a model training some of its
+ * tensors (MCEM trains the decoder alone); the step count advances as for a whole step. */
+vaec_status vaec_arena_step_range(vaec_arena *a, vaec_pool *pool, float lr, int64_t lo, int64_t hi);
+/* vaec_arena_step's name from before Adagrad (it takes the arena's optimizer too). */
 vaec_status vaec_arena_adam_step(vaec_arena *a, vaec_pool *pool, float lr);
 vaec_status vaec_arena_adam_set(vaec_arena *a, vaec_adam_config cfg);
+/* The optimizer of the next steps and the weight decay (finite, >= 0). Only sets them: a
+ * caller switching optimizers resets the state first (vaec_arena_adam_reset). */
+vaec_status vaec_arena_optimizer_set(vaec_arena *a, vaec_optimizer optimizer, float weight_decay);
+/* Zeroes the optimizer's state (both buffers) and the step count. */
 void vaec_arena_adam_reset(vaec_arena *a);
 /* Index of the tensor called name, or -1. */
 int vaec_arena_find(const vaec_arena *a, const char *name);
@@ -265,10 +295,11 @@ void vaec_arena_from_rowmajor(const vaec_arena *a, const float *src, float *dst)
 
 /* --------------------------------------------------------------- model files */
 /* One format for every model: magic "\x89VAEC\r\n\x1a", format version, endian marker,
- * model kind, the kind's config blob, the arena (parameters, Adam moments and state),
- * the RNG state, and a CRC-32 of all that (docs/FORMAT.md). Written to a temporary file of
- * its own ("<path>.tmp-<pid>-<n>"), fsynced, renamed over path, the folder fsynced; a failed
- * write leaves path as it was and no temporary file (vaec_last_errno says why). */
+ * model kind, the kind's config blob, the arena (parameters, the optimizer's state and which
+ * optimizer it is for), the RNG state, and a CRC-32 of all that (docs/FORMAT.md). Written to
+ * a temporary file of its own ("<path>.tmp-<pid>-<n>"), fsynced, renamed over path, the
+ * folder fsynced; a failed write leaves path as it was and no temporary file
+ * (vaec_last_errno says why). */
 enum { VAEC_KIND_VAE = 1, VAEC_KIND_M2 = 2, VAEC_KIND_FLOW = 3, VAEC_KIND_AE = 4 };
 vaec_status vaec_file_write(const char *path, uint32_t kind, const void *config, uint32_t config_len,
                             const vaec_arena *a, uint64_t rng_seed, uint64_t rng_counter);
@@ -290,6 +321,7 @@ typedef struct {
     uint32_t extra_len;
     void *buffer;     /* owns the bytes above */
     char path[256];
+    vaec_optimizer optimizer;   /* what adam_m / adam_v hold (VAEC_OPT_ADAM in files of 0.1.0) */
 } vaec_file;
 vaec_status vaec_file_read(vaec_file *f, const char *path);
 /* The model kind from the file's fixed head only (magic, version, byte order checked; the
@@ -373,9 +405,9 @@ void vaec_vae_destroy(vaec_vae *m);
 const vaec_vae_config *vaec_vae_config_get(const vaec_vae *m);
 int vaec_vae_threads(const vaec_vae *m);
 
-/* The model's parameter arena (parameters, gradients, Adam state). */
+/* The model's parameter arena (parameters, gradients, optimizer state). */
 vaec_arena *vaec_vae_arena(vaec_vae *m);
-/* One Adam step over the arena with the current gradients. */
+/* One step of the arena's optimizer (Adam or Adagrad) with the current gradients. */
 vaec_status vaec_vae_adam_step(vaec_vae *m, float lr);
 
 uint64_t vaec_vae_rng_counter(const vaec_vae *m);
@@ -425,7 +457,8 @@ enum { VAEC_EST_REPARAM = 0, VAEC_EST_SCORE = 1 };
  * to the arena's grads. */
 vaec_status vaec_vae_loss_grad(vaec_vae *m, const vaec_input *x, const vaec_noise *noise,
                                const vaec_objective *obj, double *loss);
-/* loss_grad followed by one bias-corrected Adam step with learning rate lr. */
+/* loss_grad followed by one step of the arena's optimizer (Adam unless set to Adagrad)
+ * with learning rate lr. */
 vaec_status vaec_vae_train_step(vaec_vae *m, const vaec_input *x, const vaec_noise *noise,
                                 const vaec_objective *obj, float lr, double *loss);
 /* Mean over the batch of (1/L) sum_l log p(x|z_l) in the last ELBO loss_grad / train_step /
@@ -452,6 +485,67 @@ vaec_status vaec_vae_encode(vaec_vae *m, const vaec_input *x, float *mu, float *
 vaec_status vaec_vae_flow_forward(vaec_vae *m, const float *z, int64_t n, float *zk, double *logdet);
 /* z (n, latent) -> out (n, input_dim): Bernoulli probabilities or Gaussian means. */
 vaec_status vaec_vae_decode(vaec_vae *m, const float *z, int64_t n, float *out);
+
+/* ------------------------------------------------ HMC on the decoder's posterior */
+/* Hamiltonian Monte Carlo on p(z|x), proportional to N(z; 0, I) p(x|z), the decoder's posterior (z is the
+ * decoder's input; the encoder is not used unless a chain starts at its mean), one chain
+ * per example: each transition draws a momentum p ~ N(0, I), takes `leapfrog` steps along
+ * the gradient of U(z) = -log p(z) - log p(x|z) (the decoder's backward to its input) and
+ * accepts the end point by the Metropolis rule. Each chain has its own step size, adapted
+ * after each transition while it adapts, log eps += 0.1 (a - target_accept) with a the
+ * transition's acceptance probability. Random numbers are the HMC streams of streams.h
+ * (call, transition, example), so results do not depend on the thread count. The calls
+ * below other than vaec_vae_mcem_step leave the model's gradients as they were. Not for an
+ * autoencoder (no prior). noise: its seed (use_seed) or the model's stream; `samples`
+ * where a call says; eps must be NULL. */
+typedef struct {
+    int leapfrog;            /* >= 1 leapfrog steps per transition */
+    float target_accept;     /* in (0, 1) */
+    float step_size;         /* > 0: the chains' first step size (where the caller gives none) */
+    int64_t burn_in;         /* >= 0 transitions (the step size adapting) before the first kept state */
+    int init;                /* where the chains start: VAEC_HMC_INIT_* */
+    int init_draws;          /* VAEC_HMC_INIT_PRIOR: the start is one of this many (<= 1: one) draws
+                                from the prior, chosen with probability proportional to p(x|z)
+                                (sampling-importance-resampling): a chain from a single prior
+                                draw can settle in a mode of little mass and stay there */
+} vaec_hmc_config;
+enum {
+    VAEC_HMC_INIT_PRIOR = 0,    /* z ~ N(0, I) (resampled: init_draws) */
+    VAEC_HMC_INIT_ENCODER = 1,  /* the encoder's mean (through the flow, with one) */
+    VAEC_HMC_INIT_GIVEN = 2     /* the caller's points */
+};
+/* noise->samples = L states of each chain after burn_in transitions, one a transition, the
+ * step size fixed after the burn-in: out (L, n, latent). z0 (n, latent): the starting
+ * points for VAEC_HMC_INIT_GIVEN (else unused, may be NULL). accept (n): each chain's mean
+ * acceptance probability over the kept transitions; step (n): its step size; either NULL. */
+vaec_status vaec_vae_hmc_sample(vaec_vae *m, const vaec_input *x, const vaec_noise *noise, const vaec_hmc_config *cfg,
+                                const float *z0, float *out, float *accept, float *step);
+/* The marginal-likelihood estimator of Kingma & Welling (2014), appendix D, per example
+ * into out (n,) float64: after burn_in transitions, L = noise->samples (>= 2) states fit a
+ * full-covariance Gaussian q(z) (their mean and covariance, 1e-6 of the mean variance added
+ * to the diagonal), then L further states z_l of the same chain give
+ *   log p(x) ~= -log (1/L) sum_l q(z_l) / (p(z_l) p(x|z_l))
+ * (E_{p(z|x)}[q(z) / p(x, z)] = 1 / p(x)), a float64 log-sum-exp. accept (n) as above, over
+ * the 2L kept transitions (may be NULL). Chains start as cfg->init says (not GIVEN). */
+vaec_status vaec_vae_hmc_log_likelihood(vaec_vae *m, const vaec_input *x, const vaec_noise *noise,
+                                        const vaec_hmc_config *cfg, double *out, float *accept);
+/* One step of Monte Carlo EM (Kingma & Welling 2014, section 5) on the batch x: the chains
+ * z (n, latent), the examples' persistent states, take one transition from where they are
+ * with step sizes step (n), both updated in place (the step sizes adapted toward
+ * cfg->target_accept; cfg->init and burn_in are not used), then `updates` (>= 1) steps of
+ * the arena's optimizer on the decoder's parameters alone, each on the gradient of the batch
+ * mean of -log p(x|z) at the new states (written to grads; the encoder's are zero). *loss:
+ * the batch mean of -log p(x, z) = U(z) at those states before the updates; *accept: the
+ * mean acceptance probability (either may be NULL). */
+vaec_status vaec_vae_mcem_step(vaec_vae *m, const vaec_input *x, const vaec_noise *noise, const vaec_hmc_config *cfg,
+                               float *z, float *step, int updates, float lr, double *loss, double *accept);
+/* The pieces, for tests: U(z) = -log N(z; 0, I) - log p(x|z) (n,) float64 and its gradient
+ * grad (n, latent) at z (n, latent); and `steps` leapfrog steps of sizes step (n) from
+ * (z, p) (n, latent), both updated in place (no Metropolis rule; reversible: from the end
+ * with p negated they come back). x has n rows (binarized under the model's stream when
+ * x->binarize). */
+vaec_status vaec_vae_hmc_potential(vaec_vae *m, const vaec_input *x, const float *z, double *U, float *grad);
+vaec_status vaec_vae_hmc_leapfrog(vaec_vae *m, const vaec_input *x, float *z, float *p, const float *step, int steps);
 
 /* Model file (see vaec_file_write): config, parameters, optimizer and RNG state, an
  * optional extra record, checksum; written atomically. */

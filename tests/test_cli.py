@@ -216,6 +216,30 @@ def test_reproduce_wake_sleep_records_curves(tmp_path):
     assert bad.returncode == 2 and "--latents" in bad.stderr
 
 
+def test_reproduce_mcem_records_curves_and_resumes(tmp_path):
+    results = tmp_path / "RESULTS.md"
+    args = ("reproduce", "kingma-mcem", "--train-sizes", "100", "--examples", "600", "--lrs", "0.02,0.1",
+            "--pilot-examples", "100", "--eval-limit", "20", "--hmc-samples", "10", "--points", "2",
+            "--out", str(tmp_path / "out"), "--results", str(results), "--threads", "1")
+    r = run(*args)
+    assert r.returncode == 0, r.stderr
+    curves = json.loads((tmp_path / "out" / "curves.json").read_text())
+    assert set(curves["100"]) == {"aevb", "wake-sleep", "mcem"}
+    for algo, c in curves["100"].items():
+        assert c["examples"] == [100, 600] and c["lr"] in (0.02, 0.1) and set(c["pilot"]) == {"0.02", "0.1"}, algo
+        assert all(-800 < v < 0 for v in c["train_ll"] + c["test_ll"]) and all(0.5 < a <= 1 for a in c["accept"])
+    assert (tmp_path / "out" / "fig3.png").exists()
+    rows = [line for line in results.read_text().splitlines() if line.startswith("| 2")]
+    assert [row.split("|")[3].strip() for row in rows] == ["AEVB", "wake-sleep", "MCEM"]
+    assert all("python -m vaec reproduce kingma-mcem --examples 600" in row for row in rows)
+    # a second call finds every run done: no training, no estimate
+    r2 = run(*args)
+    assert r2.returncode == 0 and "examples: log p(x)" not in r2.stdout and "pilot" not in r2.stdout
+    bad = run("reproduce", "kingma-mcem", "--train-sizes", "1000,x", "--out", str(tmp_path / "o2"), "--results",
+              str(results))
+    assert bad.returncode == 2 and "--train-sizes" in bad.stderr
+
+
 def test_reproduce_runs_and_records_its_result(tmp_path):
     results = tmp_path / "RESULTS.md"
     r = run("reproduce", "burda-iwae", "--epochs", "1", "--k", "2", "--eval-samples", "20", "--eval-limit", "30",

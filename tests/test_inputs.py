@@ -330,7 +330,7 @@ def test_an_uninitialised_core_refuses_every_call(type_name, tmp_path):
     what = "flow" if type_name == "FlowCore" else "model"
     path = tmp_path / "m.vaec"
     calls = {"set_rng": (1, 2, 3), "state": (), "save": (str(path),), "arena": ("params",), "tensors": (),
-             "set_adam": (), "reset_optimizer": (), "adam_step": (1e-3,), "config": ()}
+             "set_adam": (), "set_optimizer": (), "reset_optimizer": (), "adam_step": (1e-3,), "config": ()}
     for name, args in calls.items():
         with pytest.raises(RuntimeError, match=f"the {what} is not initialised"):
             getattr(core, name)(*args)

@@ -13,6 +13,15 @@ import pytest
 
 import vaec
 
+
+
+def _sigint_default():
+    """The children start with SIGINT at its default, so Python installs its KeyboardInterrupt
+    handler: a test run started in the background (``pytest &``, nohup) passes SIGINT down
+    ignored, and a child would then never see the Ctrl-C these tests send."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 ENV = dict(os.environ, PYTHONPATH=os.pathsep.join(
     [os.path.dirname(os.path.dirname(os.path.abspath(vaec.__file__)))] + os.environ.get("PYTHONPATH", "").split(os.pathsep)))
 
@@ -76,7 +85,8 @@ except KeyboardInterrupt:
 def interrupt(script, ready, wait_after, budget=30.0):
     """Run script in a child; once it printed `ready` (a line starting with it), wait, send
     SIGINT; return (time sent, the child's last JSON line)."""
-    p = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, env=ENV)
+    p = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, env=ENV,
+                         preexec_fn=_sigint_default)
     try:
         seen = 0
         for line in p.stdout:
@@ -124,7 +134,8 @@ threading.Timer(0.1, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
 out = m.log_likelihood(X, samples=8000)
 print(json.dumps({"n": int(np.isfinite(out).sum()), "hits": len(hits)}))
 """
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=ENV, timeout=120)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=ENV, timeout=120,
+                         preexec_fn=_sigint_default)
     r = json.loads(out.stdout.strip().splitlines()[-1])
     assert r == {"n": 300, "hits": 1}, (r, out.stderr)
 
@@ -154,6 +165,7 @@ except KeyboardInterrupt:
     done.wait()
 print(json.dumps({"main": main, "error": got.get("error"), "n": int(np.isfinite(got["v"]).sum()) if "v" in got else 0}))
 """
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=ENV, timeout=120)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=ENV, timeout=120,
+                         preexec_fn=_sigint_default)
     r = json.loads(out.stdout.strip().splitlines()[-1])
     assert r == {"main": "KeyboardInterrupt", "error": None, "n": 200}, (r, out.stderr)

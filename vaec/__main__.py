@@ -152,10 +152,13 @@ def build_parser():
                                    "test log p(x) by importance sampling (k=5000). rezende-flows: Rezende & Mohamed (2015) "
                                    "Table 2, the same 784-400-40 VAE with each posterior of --flows on binarized MNIST, "
                                    "KL annealing, same epochs. kingma-wake-sleep: Kingma & Welling (2014) Fig. 2, AEVB against "
-                                   "wake-sleep for several latent sizes on MNIST and Frey faces. conv-flows: a convolutional "
+                                   "wake-sleep for several latent sizes on MNIST and Frey faces. kingma-mcem: Kingma & "
+                                   "Welling (2014) Fig. 3, AEVB against wake-sleep and Monte Carlo EM on the marginal "
+                                   "likelihood (HMC estimator), 3 latent dimensions, N_train 1000 and 50000. conv-flows: a convolutional "
                                    "VAE with each posterior of --flows (plain, planar 4-40, Real NVP 2-20) on binarized MNIST, "
                                    "beside an MLP VAE trained for the same time. Appends to docs/RESULTS.md.")
-    r.add_argument("experiment", choices=("burda-vae", "burda-iwae", "rezende-flows", "kingma-wake-sleep", "conv-flows"))
+    r.add_argument("experiment", choices=("burda-vae", "burda-iwae", "rezende-flows", "kingma-wake-sleep", "kingma-mcem",
+                                          "conv-flows"))
     r.add_argument("--data", metavar="PATH", help="folder holding MNIST (binarized MNIST for rezende-flows)")
     r.add_argument("--epochs", type=_positive_int, default=None,
                    help="epoch budget (burda: default 13, the first three stages of the paper's 3280; rezende-flows "
@@ -165,13 +168,25 @@ def build_parser():
                         "none,planar:10,realnvp:4; conv-flows: none,planar:4,planar:10,planar:20,planar:40,realnvp:2,"
                         "realnvp:5,realnvp:10,realnvp:20)")
     r.add_argument("--examples", type=_positive_int, default=1_000_000,
-                   help="kingma-wake-sleep: training examples per model (default 1,000,000)")
+                   help="kingma-wake-sleep, kingma-mcem: training examples per model (default 1,000,000)")
+    r.add_argument("--train-sizes", default=None, metavar="N,N,...",
+                   help="kingma-mcem: training-set sizes (default the paper's 1000,50000)")
+    r.add_argument("--lrs", default=None, metavar="LR,LR,...",
+                   help="kingma-mcem: Adagrad step sizes to choose from by a pilot run (default 0.01,0.02,0.1)")
+    r.add_argument("--pilot-examples", type=_positive_int, default=50_000,
+                   help="kingma-mcem: training examples of each pilot run (default 50,000)")
+    r.add_argument("--hmc-samples", type=_positive_int, default=300,
+                   help="kingma-mcem: HMC states per image to fit q(z), and as many for the estimate (default 300)")
+    r.add_argument("--points", type=_positive_int, default=9,
+                   help="kingma-mcem: estimates along each curve, log-spaced (default 9)")
     r.add_argument("--datasets", default="mnist,frey", help="kingma-wake-sleep: mnist and/or frey (default both)")
     r.add_argument("--latents", default=None, metavar="Z,Z,...",
                    help="kingma-wake-sleep: latent sizes (default the paper's: 3,5,10,20,200 for MNIST, 2,5,10,20 for Frey)")
     r.add_argument("--k", type=_positive_int, default=50, help="IWAE samples for burda-iwae (paper: 5 or 50)")
     r.add_argument("--eval-samples", type=_positive_int, default=5000)
-    r.add_argument("--eval-limit", type=_positive_int, default=None, help="evaluate on the first N test images")
+    r.add_argument("--eval-limit", type=_positive_int, default=None,
+                   help="evaluate on the first N test images (kingma-mcem: the first N training and test images, "
+                        "default 1000)")
     r.add_argument("--seed", type=_nonneg_int, default=0)
     r.add_argument("--threads", type=_positive_int, default=None)
     r.add_argument("--out", metavar="DIR", default=None)

@@ -22,6 +22,7 @@ import numpy as np
 from . import _core
 
 ACTIVATIONS = ("tanh", "relu", "softplus", "sigmoid", "elu", "leaky_relu")
+OPTIMIZERS = ("adam", "adagrad")
 LIKELIHOODS = ("bernoulli", "gaussian")
 MAX_SAMPLES = 10_000_000
 
@@ -124,6 +125,11 @@ def _data_matrix(X, name, width, *, keep_uint8=True, finite=False):
     if finite and not np.all(np.isfinite(arr)):
         raise ValueError(f"{name}: contains NaN or Inf; expected finite values")
     return arr
+
+
+def _optimizer_args(optimizer, weight_decay):
+    """fit's optimizer ('adam' or 'adagrad') and weight decay (a number >= 0), checked."""
+    return _choice("optimizer", optimizer, OPTIMIZERS), _float_arg("weight_decay", weight_decay, 0.0)
 
 
 def _binarize_arg(binarize):
@@ -279,9 +285,20 @@ class ArenaModel:
         return out
 
     def _restore_position(self, state):
-        """Adam's settings and step, and the RNG stream position, from a state() dict."""
+        """The optimizer's settings and step, and the RNG stream position, from a state()
+        dict (one from before Adagrad: Adam without weight decay); the optimizer's state
+        buffers are the caller's to copy."""
         self._core.set_adam(beta1=state["beta1"], beta2=state["beta2"], eps=state["adam_eps"])
+        self._core.set_optimizer(optimizer=state.get("optimizer", "adam"), weight_decay=state.get("weight_decay", 0.0))
         self._core.set_rng(seed=state["rng_seed"], counter=state["rng_counter"], step=state["step"])
+
+    def _use_optimizer(self, optimizer, weight_decay):
+        """The optimizer and weight decay of the next steps; switching optimizers zeroes
+        the state (one's moments are not the other's sums of squares)."""
+        if self._core.state()["optimizer"] != optimizer:
+            self._core.set_optimizer(optimizer=optimizer)
+            self._core.reset_optimizer()
+        self._core.set_optimizer(weight_decay=weight_decay)
 
     @property
     def threads(self):
@@ -327,18 +344,33 @@ class ArenaModel:
         for name, arr in staged.items():
             self.params[name][...] = arr
 
-    def set_optimizer(self, beta1=0.9, beta2=0.999, eps=1e-8, reset=False):
-        """Adam's hyper-parameters (kept in the model file); ``reset`` zeroes its moments.
-        ``eps`` must be at least 1e-30 (Adam adds eps * sqrt(1 - beta2^t), which has to stay
-        a normal float)."""
+    def set_optimizer(self, beta1=0.9, beta2=0.999, eps=1e-8, reset=False, *, optimizer=None, weight_decay=None):
+        """Adam's hyper-parameters (kept in the model file); ``reset`` zeroes the optimizer's
+        state. ``eps`` must be at least 1e-30 (Adam adds eps * sqrt(1 - beta2^t), which has to
+        stay a normal float); Adagrad uses the same ``eps`` (its sqrt(s) + eps).
+
+        ``optimizer``: ``"adam"`` or ``"adagrad"`` for the next steps (``train_step``,
+        ``adam_step``; ``fit`` sets its own); switching zeroes the state. ``weight_decay``:
+        L2 weight decay, grad + weight_decay * param in every step (torch's form, either
+        optimizer). None keeps either as it is. The model file keeps which optimizer its
+        state belongs to, not the weight decay."""
+        if optimizer is not None:
+            _choice("optimizer", optimizer, OPTIMIZERS)
+        if weight_decay is not None:
+            weight_decay = _float_arg("weight_decay", weight_decay, 0.0)
         self._core.set_adam(beta1=_float_arg("beta1", beta1, 0.0), beta2=_float_arg("beta2", beta2, 0.0),
                             eps=_float_arg("eps", eps, 0.0, low_inclusive=False))
+        if optimizer is not None:
+            self._use_optimizer(optimizer, self._core.state()["weight_decay"] if weight_decay is None else weight_decay)
+        elif weight_decay is not None:
+            self._core.set_optimizer(weight_decay=weight_decay)
         if reset:
             self._core.reset_optimizer()
 
     @property
     def optimizer_state(self):
-        """Adam's step count and hyper-parameters, and the RNG stream position."""
+        """The optimizer (``"adam"`` or ``"adagrad"``), its step count, Adam's
+        hyper-parameters, the weight decay, and the RNG stream position."""
         return self._core.state()
 
     # ----------------------------------------------------------------- I/O
@@ -438,7 +470,8 @@ class FitPlan:
     takes one optimizer step and returns (loss, weight), the epoch's loss being the
     weighted mean; ``end_epoch(logs)`` adds the model's own entries to ``logs`` and returns
     the validation score for early stopping (higher is better; None without one);
-    ``message(number, logs)`` is the verbose line.
+    ``message(number, logs)`` is the verbose line. ``optimizer``/``weight_decay``: what the
+    run's steps use (``_base.OPTIMIZERS``), set by the driver before the first step.
 
     Data-parallel training (``dist``, set by the driver before ``start``/``restore``: a
     ``vaec.distributed.Dist`` or None): ``batches`` then yields this rank's share of each
@@ -456,6 +489,8 @@ class FitPlan:
     dist = None
     settings = {}
     data = {}
+    optimizer = "adam"    # the optimizer and weight decay of the run's steps (run_fit sets them)
+    weight_decay = 0.0
 
     def start(self, state):
         pass
@@ -574,7 +609,9 @@ def run_fit(model, plan, epochs, *, progress=True, verbose=None, callback=None, 
     return the history, a flat dict of per-epoch lists (also ``model.history``; a new
     fit continues it, a resumed one continues the checkpoint's).
 
-    Each epoch: the plan's batches, one optimizer step each, under a progress bar; then
+    The plan's optimizer (Adam or Adagrad; switching from the model's zeroes its state) and
+    weight decay are set first. Each epoch: the plan's batches, one optimizer step each (or
+    the plan's own updates), under a progress bar; then
     the history's entries, early stopping (``patience`` epochs without a better
     validation score; the best parameters are restored at the end and the history gets
     ``best_epoch``), the verbose line, a checkpoint (``checkpoint_dir``/checkpoint.vaec
@@ -605,6 +642,7 @@ def run_fit(model, plan, epochs, *, progress=True, verbose=None, callback=None, 
         state = {"epoch": 0, "step": 0, "best_val": None, "best_epoch": None, "bad_epochs": 0, "history": history}
         plan.start(state)
         best_params = None
+    model._use_optimizer(plan.optimizer, plan.weight_decay)
     if dist is not None:
         dist.check_params(model, "at the start")
     hist = state["history"]

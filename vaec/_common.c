@@ -409,11 +409,30 @@ PyObject *vaec_py_arena_tensors(const vaec_arena *a) {
     return list;
 }
 
+static const char *const optimizer_names[] = {"adam", "adagrad"};
+
 PyObject *vaec_py_arena_state(const vaec_arena *a, uint64_t rng_seed, uint64_t rng_counter, int threads) {
-    return Py_BuildValue("{s:L,s:f,s:f,s:f,s:K,s:K,s:i}", "step", (long long)a->step, "beta1", (double)a->adam.beta1,
-                         "beta2", (double)a->adam.beta2, "adam_eps", (double)a->adam.eps,
+    return Py_BuildValue("{s:L,s:f,s:f,s:f,s:K,s:K,s:i,s:s,s:f}", "step", (long long)a->step, "beta1",
+                         (double)a->adam.beta1, "beta2", (double)a->adam.beta2, "adam_eps", (double)a->adam.eps,
                          "rng_seed", (unsigned long long)rng_seed, "rng_counter", (unsigned long long)rng_counter,
-                         "threads", threads);
+                         "threads", threads, "optimizer", optimizer_names[a->optimizer == VAEC_OPT_ADAGRAD],
+                         "weight_decay", (double)a->weight_decay);
+}
+
+PyObject *vaec_py_arena_set_optimizer(vaec_arena *a, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"optimizer", "weight_decay", NULL};
+    const char *name = NULL;
+    float wd = a->weight_decay;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "|zf", kwlist, &name, &wd)) return NULL;
+    vaec_optimizer opt = a->optimizer;
+    if (name) {
+        if (strcmp(name, "adam") == 0) opt = VAEC_OPT_ADAM;
+        else if (strcmp(name, "adagrad") == 0) opt = VAEC_OPT_ADAGRAD;
+        else return PyErr_Format(PyExc_ValueError, "optimizer: expected 'adam' or 'adagrad', got '%s'", name);
+    }
+    vaec_status st = vaec_arena_optimizer_set(a, opt, wd);
+    if (st) return vaec_py_raise(st);
+    Py_RETURN_NONE;
 }
 
 PyObject *vaec_py_arena_set_adam(vaec_arena *a, PyObject *args, PyObject *kw) {
@@ -550,6 +569,14 @@ PyObject *vaec_py_model_set_adam(PyObject *op, PyObject *args, PyObject *kw) {
     vaec_py_model *self = (vaec_py_model *)op;
     if (vaec_py_acquire(self)) return NULL;
     PyObject *res = vaec_py_arena_set_adam(self->ops->arena(self->m), args, kw);
+    vaec_py_release(self);
+    return res;
+}
+
+PyObject *vaec_py_model_set_optimizer(PyObject *op, PyObject *args, PyObject *kw) {
+    vaec_py_model *self = (vaec_py_model *)op;
+    if (vaec_py_acquire(self)) return NULL;
+    PyObject *res = vaec_py_arena_set_optimizer(self->ops->arena(self->m), args, kw);
     vaec_py_release(self);
     return res;
 }

@@ -71,10 +71,13 @@ PyObject *vaec_py_arena_view(PyObject *owner, vaec_arena *a, const char *which);
 /* [(name, offset, shape, transposed)]: transposed tensors are stored (shape[1], shape[0]). */
 PyObject *vaec_py_arena_tensors(const vaec_arena *a);
 /* The optimizer and RNG state as a dict: step, beta1, beta2, adam_eps, rng_seed,
- * rng_counter, threads. */
+ * rng_counter, threads, optimizer ('adam' or 'adagrad'), weight_decay. */
 PyObject *vaec_py_arena_state(const vaec_arena *a, uint64_t rng_seed, uint64_t rng_counter, int threads);
 /* set_adam(beta1=, beta2=, eps=): the arena's Adam settings, unchanged ones kept. */
 PyObject *vaec_py_arena_set_adam(vaec_arena *a, PyObject *args, PyObject *kw);
+/* set_optimizer(optimizer=None, weight_decay=<kept>): the rule of the next steps ('adam' or
+ * 'adagrad'; None keeps it) and the weight decay; the state is not reset. */
+PyObject *vaec_py_arena_set_optimizer(vaec_arena *a, PyObject *args, PyObject *kw);
 
 /* ------------------------------------------------------ the model types */
 /* What differs between the model types in the methods they share: the C model's
@@ -165,6 +168,7 @@ PyObject *vaec_py_model_arena(PyObject *self, PyObject *args, PyObject *kw);
 PyObject *vaec_py_model_tensors(PyObject *self, PyObject *noargs);
 PyObject *vaec_py_model_state(PyObject *self, PyObject *noargs);
 PyObject *vaec_py_model_set_adam(PyObject *self, PyObject *args, PyObject *kw);
+PyObject *vaec_py_model_set_optimizer(PyObject *self, PyObject *args, PyObject *kw);
 PyObject *vaec_py_model_reset_optimizer(PyObject *self, PyObject *noargs);
 PyObject *vaec_py_model_adam_step(PyObject *self, PyObject *args, PyObject *kw);
 PyObject *vaec_py_model_set_rng(PyObject *self, PyObject *args, PyObject *kw);
@@ -172,12 +176,14 @@ PyObject *vaec_py_model_save(PyObject *self, PyObject *args, PyObject *kw);
 /* A method table entry's function and flags for a method taking keywords. */
 #define VAEC_PY_KW(f) (PyCFunction)(void (*)(void))(f), METH_VARARGS | METH_KEYWORDS
 #define VAEC_PY_MODEL_METHODS                                                                              \
-    {"adam_step", VAEC_PY_KW(vaec_py_model_adam_step), "adam_step(lr): Adam on the current grads."},       \
+    {"adam_step", VAEC_PY_KW(vaec_py_model_adam_step), "adam_step(lr): the optimizer on the current grads."}, \
     {"arena", VAEC_PY_KW(vaec_py_model_arena), "arena(which) -> zero-copy float32 view"},                  \
     {"tensors", vaec_py_model_tensors, METH_NOARGS, "[(name, offset, shape, transposed)]"},                \
     {"state", vaec_py_model_state, METH_NOARGS, "optimizer and RNG state"},                                \
     {"set_adam", VAEC_PY_KW(vaec_py_model_set_adam), "set_adam(beta1, beta2, eps)"},                       \
-    {"reset_optimizer", vaec_py_model_reset_optimizer, METH_NOARGS, "zero Adam moments and step"},         \
+    {"set_optimizer", VAEC_PY_KW(vaec_py_model_set_optimizer),                                             \
+     "set_optimizer(optimizer=None, weight_decay=<kept>): 'adam' or 'adagrad' (state not reset)"},          \
+    {"reset_optimizer", vaec_py_model_reset_optimizer, METH_NOARGS, "zero the optimizer's state and step"},\
     {"set_rng", VAEC_PY_KW(vaec_py_model_set_rng),                                                         \
      "set_rng(seed, counter, step=-1): RNG stream position (and Adam step count)"},                        \
     {"save", VAEC_PY_KW(vaec_py_model_save),                                                               \

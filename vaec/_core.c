@@ -8,6 +8,7 @@
 #define VAEC_BINDING_MAIN
 #include "_common.h"
 #include "internal.h"   /* the fused dense kernels, for the test hook */
+#include <math.h>
 
 /* ------------------------------------------------------------- the type */
 /* An object is a vaec_py_model (_common.h) whose m is a vaec_vae. */
@@ -67,16 +68,21 @@ static PyObject *layers_tuple(int n, const vaec_layer_spec *l) {
 
 static int VAE_init(vaec_py_model *self, PyObject *args, PyObject *kw) {
     static char *kwlist[] = {"input_dim", "latent_dim", "hidden", "activation", "likelihood", "seed", "threads",
-                             "flow", "deterministic", "input_shape", "encoder", "decoder", NULL};
+                             "flow", "deterministic", "input_shape", "encoder", "decoder", "init_std", NULL};
     long long input_dim, latent_dim;
     unsigned long long seed = 0;
     PyObject *hidden;
     PyObject *act, *lik, *shape = Py_None, *enc = Py_None, *dec = Py_None;
     int threads = 0, deterministic = 0;
     const char *flow = "";
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "LLOUUKi|spOOO", kwlist, &input_dim, &latent_dim, &hidden, &act, &lik,
-                                     &seed, &threads, &flow, &deterministic, &shape, &enc, &dec))
+    float init_std = 0.0f;   /* 0: torch's uniform initialization; > 0: N(0, init_std^2) */
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "LLOUUKi|spOOOf", kwlist, &input_dim, &latent_dim, &hidden, &act, &lik,
+                                     &seed, &threads, &flow, &deterministic, &shape, &enc, &dec, &init_std))
         return -1;
+    if (init_std != 0.0f && !(init_std > 0.0f && isfinite(init_std))) {
+        PyErr_Format(PyExc_ValueError, "init_std: expected a finite number > 0, got %g", (double)init_std);
+        return -1;
+    }
     vaec_vae_config c = {0};
     if ((enc == Py_None) != (dec == Py_None)) {
         PyErr_SetString(PyExc_ValueError, "encoder, decoder: give both layer lists, or neither");
@@ -112,8 +118,9 @@ static int VAE_init(vaec_py_model *self, PyObject *args, PyObject *kw) {
     vaec_status st;
     Py_BEGIN_ALLOW_THREADS
     st = vaec_vae_create(&m, &c);
+    if (!st && init_std > 0.0f) st = vaec_arena_init_normal(vaec_vae_arena(m), c.seed, init_std);
     Py_END_ALLOW_THREADS
-    if (st) { vaec_py_raise(st); return -1; }
+    if (st) { vaec_vae_destroy(m); vaec_py_raise(st); return -1; }
     return vaec_py_model_install(self, m);
 }
 
@@ -209,6 +216,239 @@ done:
     call_args_clear(&a);
     vaec_py_release(self);
     return res;
+}
+
+/* ------------------------------------------------------------------ HMC */
+static const char *const hmc_inits[] = {"prior", "encoder", "given"};
+
+/* cfg from the keyword values; ValueError naming a bad one (the C core checks them too). */
+static int parse_hmc(vaec_hmc_config *cfg, int leapfrog, float target, float step_size, long long burn_in,
+                     const char *init, int init_draws) {
+    cfg->init_draws = init_draws;
+    cfg->leapfrog = leapfrog;
+    cfg->target_accept = target;
+    cfg->step_size = step_size;
+    cfg->burn_in = burn_in;
+    cfg->init = -1;
+    for (int i = 0; i < 3; i++)
+        if (init && strcmp(init, hmc_inits[i]) == 0) cfg->init = i;
+    if (cfg->init < 0) {
+        PyErr_Format(PyExc_ValueError, "init: expected 'prior', 'encoder' or 'given', got '%s'", init ? init : "None");
+        return -1;
+    }
+    return 0;
+}
+
+/* A float32 (n, cols) array (cols 0: (n,)) converted from obj, finite; *keep owns it. */
+static float *latent_rows(PyObject *obj, const char *name, int64_t n, int64_t cols, PyArrayObject **keep) {
+    PyArrayObject *a = vaec_py_real_array(obj, name), *f = NULL;
+    *keep = NULL;
+    if (!a) return NULL;
+    char expected[64];
+    if (cols) snprintf(expected, sizeof expected, "an array of shape (%lld, %lld)", (long long)n, (long long)cols);
+    else snprintf(expected, sizeof expected, "an array of shape (%lld,)", (long long)n);
+    int ok = cols ? PyArray_NDIM(a) == 2 && PyArray_DIM(a, 0) == n && PyArray_DIM(a, 1) == cols
+                  : PyArray_NDIM(a) == 1 && PyArray_DIM(a, 0) == n;
+    if (!ok) vaec_py_wrong_shape(a, name, expected);
+    else if ((f = vaec_py_as_f32(a)) && vaec_py_check_values(f, name, 0, "")) Py_CLEAR(f);
+    Py_DECREF(a);
+    *keep = f;
+    return f ? (float *)PyArray_DATA(f) : NULL;
+}
+
+/* An array the call writes into: float32, C-contiguous, writeable, of shape (n, cols) or (n,). */
+static float *inout_rows(PyObject *obj, const char *name, int64_t n, int64_t cols) {
+    if (!PyArray_Check(obj) || PyArray_TYPE((PyArrayObject *)obj) != NPY_FLOAT32 ||
+        !PyArray_IS_C_CONTIGUOUS((PyArrayObject *)obj) || !PyArray_ISWRITEABLE((PyArrayObject *)obj)) {
+        PyErr_Format(PyExc_TypeError, "%s: expected a writeable C-contiguous float32 array (updated in place)", name);
+        return NULL;
+    }
+    PyArrayObject *a = (PyArrayObject *)obj;
+    int ok = cols ? PyArray_NDIM(a) == 2 && PyArray_DIM(a, 0) == n && PyArray_DIM(a, 1) == cols
+                  : PyArray_NDIM(a) == 1 && PyArray_DIM(a, 0) == n;
+    if (!ok) {
+        char expected[64];
+        if (cols) snprintf(expected, sizeof expected, "shape (%lld, %lld)", (long long)n, (long long)cols);
+        else snprintf(expected, sizeof expected, "shape (%lld,)", (long long)n);
+        vaec_py_wrong_shape(a, name, expected);
+        return NULL;
+    }
+    return (float *)PyArray_DATA(a);
+}
+
+/* hmc_sample(x, samples=1, leapfrog=10, target_accept=0.9, step_size=0.1, burn_in=100,
+ * init='prior', z0=None, seed=None, binarize=False) -> (states (L, n, latent), mean
+ * acceptance (n,), step sizes (n,)) */
+static PyObject *VAE_hmc_sample(vaec_py_model *self, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"x", "samples", "leapfrog", "target_accept", "step_size", "burn_in", "init", "z0",
+                             "seed", "binarize", "init_draws", NULL};
+    PyObject *x, *samples = Py_None, *z0 = Py_None, *seed = Py_None;
+    int leapfrog = 10, binarize = 0, init_draws = 1;
+    float target = 0.9f, step_size = 0.1f;
+    long long burn_in = 100;
+    const char *init = "prior";
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|OiffLsOOpi", kwlist, &x, &samples, &leapfrog, &target, &step_size,
+                                     &burn_in, &init, &z0, &seed, &binarize, &init_draws))
+        return NULL;
+    vaec_hmc_config cfg;
+    if (parse_hmc(&cfg, leapfrog, target, step_size, burn_in, init, init_draws)) return NULL;
+    if (vaec_py_acquire(self)) return NULL;
+    call_args a;
+    PyArrayObject *zk = NULL;
+    PyObject *out = NULL, *acc = NULL, *stp = NULL, *res = NULL;
+    const float *zp = NULL;
+    if (parse_call(self, &a, x, Py_None, samples, seed, binarize)) goto done;
+    const int64_t Z = vaec_vae_config_get(self->m)->latent_dim, n = a.x.n;
+    if (z0 != Py_None && !(zp = latent_rows(z0, "z0", n, Z, &zk))) goto done;
+    if ((z0 != Py_None) != (cfg.init == VAEC_HMC_INIT_GIVEN)) {
+        PyErr_SetString(PyExc_ValueError, "z0: give the starting points exactly when init is 'given'");
+        goto done;
+    }
+    npy_intp d3[3] = {a.noise.samples, (npy_intp)n, (npy_intp)Z}, d1[1] = {(npy_intp)n};
+    if (!(out = PyArray_SimpleNew(3, d3, NPY_FLOAT32)) || !(acc = PyArray_SimpleNew(1, d1, NPY_FLOAT32)) ||
+        !(stp = PyArray_SimpleNew(1, d1, NPY_FLOAT32)))
+        goto done;
+    vaec_status st;
+    Py_BEGIN_ALLOW_THREADS
+    st = vaec_vae_hmc_sample(self->m, &a.x, &a.noise, &cfg, zp, PyArray_DATA((PyArrayObject *)out),
+                             PyArray_DATA((PyArrayObject *)acc), PyArray_DATA((PyArrayObject *)stp));
+    Py_END_ALLOW_THREADS
+    if (st) { vaec_py_raise(st); goto done; }
+    res = PyTuple_Pack(3, out, acc, stp);
+done:
+    Py_XDECREF(out);
+    Py_XDECREF(acc);
+    Py_XDECREF(stp);
+    Py_XDECREF(zk);
+    call_args_clear(&a);
+    vaec_py_release(self);
+    return res;
+}
+
+/* hmc_log_likelihood(x, samples=1000, leapfrog=4, target_accept=0.9, step_size=0.1,
+ * burn_in=100, init='prior', seed=None, binarize=False) -> (log p(x) (n,), acceptance (n,)) */
+static PyObject *VAE_hmc_log_likelihood(vaec_py_model *self, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"x", "samples", "leapfrog", "target_accept", "step_size", "burn_in", "init", "seed",
+                             "binarize", "init_draws", NULL};
+    PyObject *x, *samples = NULL, *seed = Py_None;
+    int leapfrog = 4, binarize = 0, init_draws = 1;
+    float target = 0.9f, step_size = 0.1f;
+    long long burn_in = 100;
+    const char *init = "prior";
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|OiffLsOpi", kwlist, &x, &samples, &leapfrog, &target, &step_size,
+                                     &burn_in, &init, &seed, &binarize, &init_draws))
+        return NULL;
+    vaec_hmc_config cfg;
+    if (parse_hmc(&cfg, leapfrog, target, step_size, burn_in, init, init_draws)) return NULL;
+    if (vaec_py_acquire(self)) return NULL;
+    call_args a;
+    PyObject *out = NULL, *acc = NULL, *res = NULL, *dflt = NULL;
+    if (!samples && !(samples = dflt = PyLong_FromLong(1000))) goto done_early;
+    if (parse_call(self, &a, x, Py_None, samples, seed, binarize)) goto done;
+    npy_intp d1[1] = {(npy_intp)a.x.n};
+    if (!(out = PyArray_SimpleNew(1, d1, NPY_FLOAT64)) || !(acc = PyArray_SimpleNew(1, d1, NPY_FLOAT32))) goto done;
+    vaec_status st;
+    Py_BEGIN_ALLOW_THREADS
+    st = vaec_vae_hmc_log_likelihood(self->m, &a.x, &a.noise, &cfg, PyArray_DATA((PyArrayObject *)out),
+                                     PyArray_DATA((PyArrayObject *)acc));
+    Py_END_ALLOW_THREADS
+    if (st) { vaec_py_raise(st); goto done; }
+    res = PyTuple_Pack(2, out, acc);
+done:
+    Py_XDECREF(out);
+    Py_XDECREF(acc);
+    call_args_clear(&a);
+done_early:
+    Py_XDECREF(dflt);
+    vaec_py_release(self);
+    return res;
+}
+
+/* mcem_step(x, z, step, leapfrog=10, target_accept=0.9, updates=5, lr=0.01, seed=None,
+ * binarize=False) -> (mean -log p(x, z), mean acceptance); z (n, latent) and step (n,),
+ * float32, updated in place. */
+static PyObject *VAE_mcem_step(vaec_py_model *self, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"x", "z", "step", "leapfrog", "target_accept", "updates", "lr", "seed", "binarize", NULL};
+    PyObject *x, *zo, *so, *seed = Py_None;
+    int leapfrog = 10, updates = 5, binarize = 0;
+    float target = 0.9f;
+    double lr = 0.01;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOO|ifidOp", kwlist, &x, &zo, &so, &leapfrog, &target, &updates, &lr,
+                                     &seed, &binarize))
+        return NULL;
+    vaec_hmc_config cfg;
+    if (parse_hmc(&cfg, leapfrog, target, 1.0f, 0, "given", 1)) return NULL;
+    if (vaec_py_acquire(self)) return NULL;
+    call_args a;
+    PyObject *res = NULL;
+    if (parse_call(self, &a, x, Py_None, Py_None, seed, binarize)) goto done;
+    const int64_t Z = vaec_vae_config_get(self->m)->latent_dim, n = a.x.n;
+    float *z = inout_rows(zo, "z", n, Z), *step = z ? inout_rows(so, "step", n, 0) : NULL;
+    if (!step) goto done;
+    double loss = 0.0, accept = 0.0;
+    vaec_status st;
+    Py_BEGIN_ALLOW_THREADS
+    st = vaec_vae_mcem_step(self->m, &a.x, &a.noise, &cfg, z, step, updates, (float)lr, &loss, &accept);
+    Py_END_ALLOW_THREADS
+    if (st) { vaec_py_raise(st); goto done; }
+    res = Py_BuildValue("(dd)", loss, accept);
+done:
+    call_args_clear(&a);
+    vaec_py_release(self);
+    return res;
+}
+
+/* hmc_potential(x, z) -> (U (n,), grad U (n, latent)); hmc_leapfrog(x, z, p, step, steps)
+ * -> (z, p) after the steps: the pieces, for tests. */
+static PyObject *VAE_hmc_pieces(vaec_py_model *self, PyObject *args, PyObject *kw, int leap) {
+    static char *kwlist[] = {"x", "z", "p", "step", "steps", "binarize", NULL};
+    PyObject *x, *zo, *po = Py_None, *so = Py_None;
+    int steps = 1, binarize = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, leap ? "OOOO|ip" : "OO|OOip", kwlist, &x, &zo, &po, &so, &steps,
+                                     &binarize))
+        return NULL;
+    if (vaec_py_acquire(self)) return NULL;
+    call_args a;
+    PyArrayObject *zk = NULL, *pk = NULL, *sk = NULL;
+    PyObject *o1 = NULL, *o2 = NULL, *res = NULL;
+    if (parse_call(self, &a, x, Py_None, Py_None, Py_None, binarize)) goto done;
+    const int64_t Z = vaec_vae_config_get(self->m)->latent_dim, n = a.x.n;
+    const float *z = latent_rows(zo, "z", n, Z, &zk), *p = NULL, *step = NULL;
+    if (!z || (leap && (!(p = latent_rows(po, "p", n, Z, &pk)) || !(step = latent_rows(so, "step", n, 0, &sk)))))
+        goto done;
+    npy_intp d2[2] = {(npy_intp)n, (npy_intp)Z}, d1[1] = {(npy_intp)n};
+    vaec_status st;
+    if (leap) {
+        if (!(o1 = PyArray_NewCopy(zk, NPY_CORDER)) || !(o2 = PyArray_NewCopy(pk, NPY_CORDER))) goto done;
+        Py_BEGIN_ALLOW_THREADS
+        st = vaec_vae_hmc_leapfrog(self->m, &a.x, PyArray_DATA((PyArrayObject *)o1), PyArray_DATA((PyArrayObject *)o2),
+                                   step, steps);
+        Py_END_ALLOW_THREADS
+    } else {
+        if (!(o1 = PyArray_SimpleNew(1, d1, NPY_FLOAT64)) || !(o2 = PyArray_SimpleNew(2, d2, NPY_FLOAT32))) goto done;
+        Py_BEGIN_ALLOW_THREADS
+        st = vaec_vae_hmc_potential(self->m, &a.x, z, PyArray_DATA((PyArrayObject *)o1),
+                                    PyArray_DATA((PyArrayObject *)o2));
+        Py_END_ALLOW_THREADS
+    }
+    if (st) { vaec_py_raise(st); goto done; }
+    res = PyTuple_Pack(2, o1, o2);
+done:
+    Py_XDECREF(o1);
+    Py_XDECREF(o2);
+    Py_XDECREF(zk);
+    Py_XDECREF(pk);
+    Py_XDECREF(sk);
+    call_args_clear(&a);
+    vaec_py_release(self);
+    return res;
+}
+
+static PyObject *VAE_hmc_potential(vaec_py_model *self, PyObject *args, PyObject *kw) {
+    return VAE_hmc_pieces(self, args, kw, 0);
+}
+static PyObject *VAE_hmc_leapfrog(vaec_py_model *self, PyObject *args, PyObject *kw) {
+    return VAE_hmc_pieces(self, args, kw, 1);
 }
 
 static PyObject *VAE_last_rec(vaec_py_model *self, PyObject *noargs) {
@@ -354,6 +594,17 @@ static PyMethodDef VAE_methods[] = {
     {"wake_sleep", (PyCFunction)(void (*)(void))VAE_wake_sleep, METH_VARARGS | METH_KEYWORDS,
      "wake_sleep(x, seed=None, binarize=False, lr=-1, dreams=0) -> (wake loss, sleep loss); gradients in grads"},
     {"last_rec", (PyCFunction)VAE_last_rec, METH_NOARGS, "mean log p(x|z) of the last loss_grad call"},
+    {"hmc_sample", VAEC_PY_KW(VAE_hmc_sample),
+     "hmc_sample(x, samples=1, leapfrog=10, target_accept=0.9, step_size=0.1, burn_in=100, init='prior', z0=None,\n"
+     "           seed=None, binarize=False) -> (states (L, n, latent), acceptance (n,), step sizes (n,))"},
+    {"hmc_log_likelihood", VAEC_PY_KW(VAE_hmc_log_likelihood),
+     "hmc_log_likelihood(x, samples=1000, leapfrog=4, target_accept=0.9, step_size=0.1, burn_in=100, init='prior',\n"
+     "                   seed=None, binarize=False) -> (log p(x) (n,), acceptance (n,)): Kingma & Welling's app. D"},
+    {"mcem_step", VAEC_PY_KW(VAE_mcem_step),
+     "mcem_step(x, z, step, leapfrog=10, target_accept=0.9, updates=5, lr=0.01, seed=None, binarize=False)\n"
+     "-> (mean -log p(x, z), mean acceptance); z, step (float32) updated in place"},
+    {"hmc_potential", VAEC_PY_KW(VAE_hmc_potential), "hmc_potential(x, z) -> (U (n,), grad U (n, latent))"},
+    {"hmc_leapfrog", VAEC_PY_KW(VAE_hmc_leapfrog), "hmc_leapfrog(x, z, p, step, steps=1) -> (z, p) after the steps"},
     {"elbo", (PyCFunction)(void (*)(void))VAE_elbo, METH_VARARGS | METH_KEYWORDS,
      "elbo(x, eps=None, samples=None, seed=None, binarize=False) -> float64 (n,)"},
     {"iwae", (PyCFunction)(void (*)(void))VAE_iwae, METH_VARARGS | METH_KEYWORDS,

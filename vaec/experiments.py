@@ -1,5 +1,5 @@
 """Published experiments, rerun: ``python -m vaec reproduce burda-vae | burda-iwae | rezende-flows |
-kingma-wake-sleep``."""
+kingma-wake-sleep | kingma-mcem | conv-flows``."""
 from __future__ import annotations
 
 import datetime
@@ -30,6 +30,8 @@ def reproduce(args):
         return reproduce_flows(args)
     if args.experiment == "kingma-wake-sleep":
         return reproduce_wake_sleep(args)
+    if args.experiment == "kingma-mcem":
+        return reproduce_mcem(args)
     import vaec
     from .commands import evaluate, load_dataset
 
@@ -369,6 +371,220 @@ def reproduce_wake_sleep(args):
                     f"{w['test_elbo'][-1]:.2f} | {a['test_elbo'][-1] - w['test_elbo'][-1]:+.2f} | "
                     f"{a['seconds'] / 60:.1f} + {w['seconds'] / 60:.1f} min | {cmd} |")
             _append_result(args.results, line, WS_TITLE, WS_HEADER)
+    print(f"curves and figure in {out}; {(time.perf_counter() - t0) / 60:.1f} min in all")
+    return 0
+
+
+# ------------------------------------------------------------------------------- kingma-mcem
+# Kingma & Welling (2014), Fig. 3: AEVB against wake-sleep and Monte Carlo EM on the marginal
+# likelihood: MNIST, 100 hidden units, 3 latent dimensions, N_train = 1000 and 50000.
+FIG3_SIZES = (1000, 50000)
+FIG3_ALGOS = ("aevb", "wake-sleep", "mcem")
+FIG3_LRS = (0.01, 0.02, 0.1)
+FIG3_NAMES = {"aevb": "AEVB", "wake-sleep": "wake-sleep", "mcem": "MCEM"}
+
+
+def _write_json(path, obj):
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1)
+    os.replace(tmp, path)
+
+
+def _fig3_model(seed, threads):
+    import vaec
+    return vaec.VAE(784, 3, hidden=(100,), activation="tanh", likelihood="bernoulli", seed=seed, threads=threads,
+                    init_std=0.01)
+
+
+def _fig3_fit(m, X, algo, lr, epochs, seed, **kw):
+    """The paper's training: Adagrad at ``lr``, batch 100, weight decay 1/N (a N(0, I)
+    prior on the parameters), one sample per example; MCEM with 10 leapfrog steps and 5
+    updates per batch."""
+    extra = dict(leapfrog=10, updates=5, target_accept=0.9) if algo == "mcem" else {}
+    return m.fit(X, epochs=epochs, batch_size=100, lr=lr, optimizer="adagrad", weight_decay=1.0 / len(X),
+                 algorithm=algo, seed=seed, progress=False, verbose=False, **extra, **kw)
+
+
+def _fig3_estimate(m, X, samples, burn_in, seed):
+    """The appendix-D estimate (HMC, 4 leapfrog steps) of each example's log p(x): (mean,
+    mean acceptance)."""
+    ll, acc = m.log_likelihood(X, method="hmc", samples=samples, burn_in=burn_in, leapfrog=4, init_draws=1000,
+                               seed=seed, batch_size=len(X), return_accept=True)
+    return float(ll.mean()), float(acc.mean())
+
+
+def marginal_likelihood_curves(Xtr, Xte, sizes=FIG3_SIZES, examples=10_000_000, *, algorithms=FIG3_ALGOS,
+                               lrs=FIG3_LRS, pilot=50_000, points=9, eval_n=1000, hmc_samples=300, burn_in=100,
+                               seed=0, threads=1, out=None, log=print):
+    """Kingma & Welling's Fig. 3: for each training-set size N (the first N rows of the
+    binary ``Xtr``) and each algorithm, a 784-100-3 tanh VAE (Bernoulli decoder, weights
+    from N(0, 0.01)) trained by Adagrad (batch 100, weight decay 1/N) on ``examples``
+    training examples, its marginal log-likelihood estimated by the appendix-D HMC estimator
+    (each chain started at one of 1000 prior draws resampled by p(x|z), ``burn_in``
+    transitions, ``hmc_samples`` states to fit q, as many for the estimate, 4 leapfrog
+    steps) on the first ``eval_n`` training and test images at about ``points``
+    log-spaced numbers of examples seen (from 10^4, or 1 % of the budget, or one epoch on). The step size is the
+    one of ``lrs`` whose model, after ``pilot`` examples, has the highest estimate on the
+    first 100 training images (the paper chose from {0.01, 0.02, 0.1} by the training
+    performance of the first iterations).
+
+    Each run is trained in segments, from one estimate to the next, through its checkpoint
+    (resumed exactly: the same as one run). With ``out`` (a folder), every run keeps its
+    checkpoint and its curve there (``n<N>-<algorithm>/``): a call cut off resumes where it
+    stopped, and finished runs are read back (else a temporary folder). Returns {N: {algorithm: {"examples", "train_ll", "test_ll", "accept", "lr",
+    "pilot", "train_seconds", "eval_seconds"}}}."""
+    import tempfile
+
+    if out is None:   # the runs are trained in segments through checkpoints, even without a folder
+        with tempfile.TemporaryDirectory() as tmp:
+            return marginal_likelihood_curves(Xtr, Xte, sizes, examples, algorithms=algorithms, lrs=lrs, pilot=pilot,
+                                              points=points, eval_n=eval_n, hmc_samples=hmc_samples, burn_in=burn_in,
+                                              seed=seed, threads=threads, out=tmp, log=log)
+    Xtr, Xte = np.asarray(Xtr, np.float32), np.asarray(Xte, np.float32)
+    ev_tr, ev_te = Xtr[:eval_n], Xte[:eval_n]
+    curves = {}
+    for N in sizes:
+        X = Xtr[:N]
+        epochs = max(1, -(-int(examples) // N))
+        first = max(1, min(epochs, -(-min(10_000, int(examples) // 100) // N)))   # 10^4 examples, or fewer
+        marks = sorted(set(np.unique(np.geomspace(first, epochs, points).round().astype(np.int64)).tolist()) | {epochs})
+        curves[N] = {}
+        for algo in algorithms:
+            run = os.path.join(out, f"n{N}-{algo}")
+            path = os.path.join(run, "curve.json")
+            if os.path.exists(path):
+                with open(path) as f:
+                    curve = json.load(f)
+            else:
+                curve = {"examples": [], "train_ll": [], "test_ll": [], "accept": [], "lr": None, "pilot": {},
+                         "train_seconds": 0.0, "eval_seconds": 0.0, "marks": marks}
+            os.makedirs(run, exist_ok=True)
+            if curve["lr"] is None:   # the pilot: the best of the step sizes after `pilot` examples
+                for lr in lrs:
+                    m = _fig3_model(seed, threads)
+                    _fig3_fit(m, X, algo, lr, max(1, -(-int(pilot) // N)), seed)
+                    curve["pilot"][str(lr)] = _fig3_estimate(m, ev_tr[:100], 100, 50, seed)[0]
+                curve["lr"] = float(max(lrs, key=lambda lr: curve["pilot"][str(lr)]))
+                log(f"N={N} {algo}: pilot estimates {curve['pilot']} -> lr {curve['lr']}")
+                _write_json(path, curve)
+            m = _fig3_model(seed, threads)
+            ckdir = os.path.join(run, "ckpt")
+            ckpt = os.path.join(ckdir, "checkpoint.vaec")
+            for e in marks:
+                if e * N in curve["examples"]:
+                    continue
+                t0 = time.perf_counter()
+                # up to epoch e (from the last checkpoint: the same as one uninterrupted run)
+                _fig3_fit(m, X, algo, curve["lr"], e, seed, checkpoint_dir=ckdir, checkpoint_every=10**9,
+                          resume=ckpt if os.path.exists(ckpt) else None)
+                t1 = time.perf_counter()
+                tr, acc = _fig3_estimate(m, ev_tr, hmc_samples, burn_in, seed)
+                te, _ = _fig3_estimate(m, ev_te, hmc_samples, burn_in, seed + 1)
+                curve["train_seconds"] += t1 - t0
+                curve["eval_seconds"] += time.perf_counter() - t1
+                curve["examples"].append(int(e * N))
+                curve["train_ll"].append(tr)
+                curve["test_ll"].append(te)
+                curve["accept"].append(acc)
+                _write_json(path, curve)
+                log(f"N={N:6d} {algo:10s} {e * N:>11,} examples: log p(x) train {tr:9.2f}  test {te:9.2f}  "
+                    f"(acceptance {acc:.2f}; {t1 - t0:.0f} s training, {time.perf_counter() - t1:.0f} s estimating)")
+            curves[N][algo] = curve
+    return curves
+
+
+def marginal_likelihood_figure(curves):
+    """Kingma & Welling's Fig. 3 layout: one panel per training-set size, the estimated
+    marginal log-likelihood of the training (solid) and test (dashed) images against the
+    training examples seen (log scale), for each algorithm."""
+    from matplotlib.ticker import NullFormatter
+
+    from .plot import _figure
+
+    fig = _figure(figsize=(5.0 * len(curves), 3.8))
+    axes = fig.subplots(1, len(curves), squeeze=False)[0]
+    colors = {"aevb": "C0", "wake-sleep": "C1", "mcem": "C2"}
+    for ax, (N, by_algo) in zip(axes, curves.items()):
+        for algo, cv in by_algo.items():
+            name = FIG3_NAMES.get(algo, algo)
+            ax.plot(cv["examples"], cv["train_ll"], "-", marker="o", ms=3, color=colors.get(algo), label=f"{name} (train)")
+            ax.plot(cv["examples"], cv["test_ll"], "--", marker="o", ms=3, color=colors.get(algo), label=f"{name} (test)")
+        ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_title(f"MNIST, $N_{{train}}$ = {int(N):,}", fontsize=10)
+        ax.set_xlabel("training examples seen", fontsize=9)
+        ax.set_ylabel("marginal log-likelihood (nats)", fontsize=9)
+        ax.tick_params(labelsize=8)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+MCEM_TITLE = "## AEVB, wake-sleep and Monte Carlo EM on the marginal likelihood (Kingma & Welling 2014, Fig. 3)"
+MCEM_HEADER = MCEM_TITLE + """ — `python -m vaec reproduce kingma-mcem`
+
+The paper's setup: MNIST (binarized once, the training set with seed 0, the test set with seed
+1), a 784-100-3 VAE with tanh hidden units and a Bernoulli decoder, weights drawn from
+N(0, 0.01²), Adagrad on batches of 100 with weight decay 1/N_train (a N(0, I) prior on the
+parameters) and the step size of {0.01, 0.02, 0.1} whose model scores best on 100 training
+images after a pilot run. AEVB takes one sample per example; wake-sleep dreams as many pairs as
+the batch has images; MCEM (no encoder) moves each example's persistent HMC chain by one
+transition of 10 leapfrog steps, the chains sharing a step size tuned toward 90 % acceptance,
+then takes 5 decoder updates. The marginal log-likelihood is the mean over the first 1000
+training and the first 1000 test images of the appendix-D estimator: per image an HMC chain
+(4 leapfrog steps) started at one of 1000 prior draws resampled by p(x|z), 100 burn-in
+transitions, L states to fit a full-covariance Gaussian q(z), L more for the estimate. The paper trains to 10^8 examples; the budget here is in the table.
+
+| date | N_train | algorithm | examples seen | lr | log p(x) train | log p(x) test | train − test | best test (at examples) | time (train + estimates) | command |
+|---|---|---|---|---|---|---|---|---|---|---|
+"""
+
+
+def reproduce_mcem(args):
+    from . import datasets
+    from .commands import load_dataset
+
+    try:
+        sizes = tuple(int(v) for v in (args.train_sizes or "1000,50000").split(","))
+        lrs = tuple(float(v) for v in (args.lrs or "0.01,0.02,0.1").split(","))
+    except ValueError:
+        raise ValueError(f"--train-sizes, --lrs: expected comma-separated numbers, got {args.train_sizes!r}, "
+                         f"{args.lrs!r}") from None
+    if min(sizes) < 1 or min(lrs) <= 0:
+        raise ValueError("--train-sizes, --lrs: expected positive numbers")
+    Xtr, _, Xte, _ = load_dataset("mnist", args.data)
+    if max(sizes) > len(Xtr):
+        raise ValueError(f"--train-sizes: {max(sizes)} training images asked for, the data set has {len(Xtr)}")
+    n_eval = args.eval_limit or 1000
+    # binary images once (as floats: binarize's uint8 0/1 would be read as grey levels / 255)
+    Xtr = datasets.binarize(Xtr[:max(max(sizes), n_eval)], "static", seed=0).astype(np.float32)
+    Xte = datasets.binarize(Xte[:n_eval], "static", seed=1).astype(np.float32)
+    out = args.out or os.path.join("runs", f"kingma-mcem-{datetime.datetime.now():%Y%m%d-%H%M%S}")
+    os.makedirs(out, exist_ok=True)
+    t0 = time.perf_counter()
+    log = (lambda *a: None) if args.quiet else (lambda msg: print(msg, flush=True))
+    curves = marginal_likelihood_curves(Xtr, Xte, sizes, args.examples, lrs=lrs, pilot=args.pilot_examples,
+                                        points=args.points, eval_n=n_eval, hmc_samples=args.hmc_samples,
+                                        seed=args.seed, threads=args.threads or 1, out=out, log=log)
+    _write_json(os.path.join(out, "curves.json"), {str(N): c for N, c in curves.items()})
+    try:
+        marginal_likelihood_figure(curves).savefig(os.path.join(out, "fig3.png"), dpi=110)
+    except ImportError:
+        pass
+    cmd = (f"`python -m vaec reproduce kingma-mcem --examples {args.examples}"
+           + (f" --train-sizes {args.train_sizes}" if args.train_sizes else "")
+           + (f" --lrs {args.lrs}" if args.lrs else "") + f" --hmc-samples {args.hmc_samples}"
+           + (f" --eval-limit {args.eval_limit}" if args.eval_limit else "")
+           + (f" --data {args.data}" if args.data else "") + "`")
+    for N, by_algo in curves.items():
+        for algo, c in by_algo.items():
+            best = int(np.argmax(c["test_ll"]))
+            line = (f"| {datetime.date.today()} | {N:,} | {FIG3_NAMES[algo]} | {c['examples'][-1]:,} | {c['lr']:g} | "
+                    f"{c['train_ll'][-1]:.2f} | {c['test_ll'][-1]:.2f} | {c['train_ll'][-1] - c['test_ll'][-1]:+.2f} | "
+                    f"{c['test_ll'][best]:.2f} ({c['examples'][best]:,}) | "
+                    f"{c['train_seconds'] / 60:.1f} + {c['eval_seconds'] / 60:.1f} min | {cmd} |")
+            _append_result(args.results, line, MCEM_TITLE, MCEM_HEADER)
     print(f"curves and figure in {out}; {(time.perf_counter() - t0) / 60:.1f} min in all")
     return 0
 

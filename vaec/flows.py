@@ -33,8 +33,8 @@ import numpy as np
 
 from . import _core
 from ._base import (ArenaModel, FitPlan, Progress, _data_matrix, _dist_arg, _fit_options, _float_arg, _init_seed,
-                    _int_arg, _interactive, _load_as, _seed_arg, _threads_arg, fit_settings, register_kind, run_fit,
-                    starting)
+                    _int_arg, _interactive, _load_as, _optimizer_args, _seed_arg, _threads_arg, fit_settings,
+                    register_kind, run_fit, starting)
 
 __all__ = ["Flow", "Potential", "potentials", "load", "load_flow"]
 
@@ -225,8 +225,9 @@ class Flow(ArenaModel):
         return self._core.nll_step(x=X, lr=_float_arg("lr", lr, 0.0))
 
     def fit(self, X, epochs=10, batch_size=256, lr=1e-3, seed=None, progress=True, shuffle=True, verbose=None,
-            callback=None, comm=None):
-        """Fit by maximum likelihood (Real NVP) with Adam on mini-batches of X (n, dim).
+            callback=None, comm=None, *, optimizer="adam", weight_decay=0.0):
+        """Fit by maximum likelihood (Real NVP) with Adam (or ``optimizer="adagrad"``;
+        ``weight_decay``: L2 decay, as in ``VAE.fit``) on mini-batches of X (n, dim).
 
         Returns the history (also ``flow.history``), per-epoch lists: ``loss`` (mean
         −log p(x) over the epoch, nats), ``lr``, ``seconds``, ``examples_per_s``; calling fit
@@ -243,12 +244,15 @@ class Flow(ArenaModel):
             batch_size = _int_arg("batch_size", batch_size, 1)
             lr = _float_arg("lr", lr, 0.0)
             seed = _seed_arg(seed)
+            optimizer, weight_decay = _optimizer_args(optimizer, weight_decay)
             X = self._check_rows(X, "X")
             if X.shape[0] == 0:
                 raise ValueError("X: empty data set")
             _fit_options(callback, None, 1, False)
             plan = _FlowPlan(self, X, batch_size=batch_size, lr=lr, seed=seed, shuffle=shuffle)
-            plan.settings = fit_settings(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, shuffle=bool(shuffle))
+            plan.optimizer, plan.weight_decay = optimizer, weight_decay
+            plan.settings = fit_settings(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, shuffle=bool(shuffle),
+                                         optimizer=optimizer, weight_decay=weight_decay)
             plan.data = {"X": X}
         return run_fit(self, plan, epochs, progress=progress, verbose=verbose, callback=callback, dist=dist)
 

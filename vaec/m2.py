@@ -21,8 +21,8 @@ import numpy as np
 
 from . import _core
 from ._base import (ArenaModel, FitPlan, _activation_arg, _binarize_arg, _data_matrix, _dist_arg, _fit_options,
-                    _float_arg, _init_seed, _int_arg, _likelihood_arg, _load_as, _seed_arg, _threads_arg, _widths,
-                    fit_settings, register_kind, run_fit, starting)
+                    _float_arg, _init_seed, _int_arg, _likelihood_arg, _load_as, _optimizer_args, _seed_arg,
+                    _threads_arg, _widths, fit_settings, register_kind, run_fit, starting)
 
 __all__ = ["M2", "load_m2"]
 
@@ -169,8 +169,10 @@ class M2(ArenaModel):
 
     def fit(self, X_labeled, y_labeled, X_unlabeled, epochs=10, batch_size=100, lr=1e-3, validation_data=None,
             seed=None, progress=True, binarize=None, labeled_batch_size=None, weighting="balanced", verbose=None,
-            callback=None, *, patience=None, checkpoint_dir=None, checkpoint_every=1, resume=None, comm=None):
-        """Train with Adam. An epoch is one pass over ``X_unlabeled`` in batches of
+            callback=None, *, patience=None, checkpoint_dir=None, checkpoint_every=1, resume=None, optimizer="adam",
+            weight_decay=0.0, comm=None):
+        """Train with Adam (or ``optimizer="adagrad"``; ``weight_decay``: L2 decay, as in
+        ``VAE.fit``). An epoch is one pass over ``X_unlabeled`` in batches of
         ``batch_size``; every step also takes a labelled batch of ``labeled_batch_size``
         (default ``min(batch_size, n_labeled)``) from the labelled set, which is cycled
         (reshuffled at each pass), and takes one Adam step on one combined loss. With
@@ -204,18 +206,20 @@ class M2(ArenaModel):
         dist = _dist_arg(comm)
         with starting(dist):
             plan = self._fit_plan(X_labeled, y_labeled, X_unlabeled, epochs, batch_size, lr, validation_data, seed,
-                                  binarize, labeled_batch_size, weighting, callback, patience, checkpoint_every)
+                                  binarize, labeled_batch_size, weighting, callback, patience, checkpoint_every,
+                                  optimizer, weight_decay)
         return run_fit(self, plan, plan.epochs, progress=progress, verbose=verbose, callback=callback,
                        patience=plan.patience, checkpoint_dir=checkpoint_dir, checkpoint_every=plan.checkpoint_every,
                        resume=resume, dist=dist)
 
     def _fit_plan(self, X_labeled, y_labeled, X_unlabeled, epochs, batch_size, lr, validation_data, seed, binarize,
-                  labeled_batch_size, weighting, callback, patience, checkpoint_every):
+                  labeled_batch_size, weighting, callback, patience, checkpoint_every, optimizer, weight_decay):
         epochs = _int_arg("epochs", epochs, 0)
         batch_size = _int_arg("batch_size", batch_size, 1)
         lr = _float_arg("lr", lr, 0.0)
         bin_flag = _binarize_arg(binarize)
         seed = _seed_arg(seed)
+        optimizer, weight_decay = _optimizer_args(optimizer, weight_decay)
         X_l = self._check_data(X_labeled, "X_labeled")
         y_l = self._check_labels(y_labeled, "y_labeled", X_l.shape[0])
         X_u = self._check_data(X_unlabeled, "X_unlabeled")
@@ -238,10 +242,11 @@ class M2(ArenaModel):
         patience, checkpoint_every = _fit_options(callback, patience, checkpoint_every, validation_data is not None)
         plan = _M2Plan(self, X_l, y_l, X_u, X_val, y_val, batch_size=batch_size, labeled_batch_size=lb, lr=lr,
                        seed=seed, bin_flag=bin_flag, weighting=weighting)
+        plan.optimizer, plan.weight_decay = optimizer, weight_decay
         plan.epochs, plan.patience, plan.checkpoint_every = epochs, patience, checkpoint_every
         plan.settings = fit_settings(epochs=epochs, batch_size=batch_size, labeled_batch_size=lb, lr=lr, seed=seed,
                                      binarize=bin_flag, weighting=weighting, patience=patience,
-                                     checkpoint_every=checkpoint_every)
+                                     checkpoint_every=checkpoint_every, optimizer=optimizer, weight_decay=weight_decay)
         plan.data = {"X_labeled": X_l, "y_labeled": y_l, "X_unlabeled": X_u, "validation_data[0]": X_val,
                      "validation_data[1]": y_val}
         return plan

@@ -6,6 +6,7 @@ Autoencoder's arguments and supplies their plan to the shared fit driver
 """
 from __future__ import annotations
 
+import base64
 import numbers
 
 import numpy as np
@@ -13,8 +14,8 @@ import numpy as np
 from . import _core
 from ._base import (ACTIVATIONS, LIKELIHOODS, MAX_SAMPLES, ArenaModel, FitPlan, _activation_arg,  # noqa: F401
                     _binarize_arg, _choice, _data_matrix, _dist_arg, _fit_options, _float_arg, _init_seed, _int_arg,
-                    _likelihood_arg, _seed_arg, _threads_arg, _widths, fit_settings, load, register_kind, run_fit,
-                    starting)
+                    _likelihood_arg, _optimizer_args, _seed_arg, _threads_arg, _widths, fit_settings, load,
+                    register_kind, run_fit, starting)
 from ._base import Progress as _Progress  # noqa: F401  (the old name of the progress bar)
 from .layers import conv_preset, from_spec, layer_list
 
@@ -22,8 +23,12 @@ __all__ = ["ArenaModel", "VAE", "Autoencoder", "gradient_variance", "load"]
 
 BURDA_STAGES = 8  # 3^i epochs at lr * 10^(-i/7), i = 0..7 (Burda et al. 2016)
 ESTIMATORS = ("reparam", "score")
-ALGORITHMS = ("aevb", "wake-sleep")
+ALGORITHMS = ("aevb", "wake-sleep", "mcem")
+SAMPLE_METHODS = ("hmc",)
+LL_METHODS = ("is", "hmc")
 BASELINE_DECAY = 0.9  # the running-mean baseline: b <- 0.9 b + 0.1 mean log p(x|z)
+MCEM_GAIN = 1.0  # MCEM's shared step size: log eps += MCEM_GAIN (batch's mean acceptance - target)
+HMC_INIT_DRAWS = 1000  # a chain's start: resampled from this many prior draws by p(x|z)
 
 
 def _shape_arg(input_shape):
@@ -90,8 +95,9 @@ class _Coder(ArenaModel):
 
     def __init__(self, input_dim=None, latent_dim=20, hidden=(400,), activation="tanh", likelihood="bernoulli",
                  seed=0, threads=None, flow=None, *, input_shape=None, encoder=None, decoder=None,
-                 architecture=None):
+                 architecture=None, init_std=None):
         latent_dim = _int_arg("latent_dim", latent_dim, 1, 2**20)
+        init = {} if init_std is None else {"init_std": _float_arg("init_std", init_std, 0.0, low_inclusive=False)}
         _likelihood_arg(likelihood)
         seed = _init_seed(seed)
         threads = _threads_arg(threads)
@@ -100,7 +106,7 @@ class _Coder(ArenaModel):
         net = _network_args(input_dim, input_shape, hidden, activation, encoder, decoder, architecture, likelihood,
                             self._deterministic)
         self._attach(self._core_type(latent_dim=latent_dim, likelihood=likelihood, seed=seed, threads=threads,
-                                     flow=flow or "", deterministic=self._deterministic, **net))
+                                     flow=flow or "", deterministic=self._deterministic, **net, **init))
 
     # ------------------------------------------------------------ internals
     def _configure(self, cfg):
@@ -252,8 +258,10 @@ class _Coder(ArenaModel):
             progress=True, samples=1, binarize=None, verbose=None, callback=None, *, iw_samples=None, beta=1.0,
             warmup=None, free_bits=0.0, lr_schedule="constant", lr_decay=0.97, patience=None,
             checkpoint_dir=None, checkpoint_every=1, resume=None, algorithm="aevb", estimator="reparam",
-            baseline=None, comm=None):
-        """Train with Adam on mini-batches of X; returns the history (also ``model.history``).
+            baseline=None, optimizer="adam", weight_decay=0.0, leapfrog=None, updates=None, target_accept=None,
+            step_size=None, comm=None):
+        """Train on mini-batches of X (Adam unless ``optimizer`` says otherwise); returns the
+        history (also ``model.history``).
 
         The history is a dict of per-epoch lists: ``loss`` (mean training objective, e.g.
         -ELBO), ``val_elbo`` (mean validation ELBO, or None), ``lr``, ``beta``, ``seconds``,
@@ -274,6 +282,27 @@ class _Coder(ArenaModel):
         is still the batch -ELBO, and ``sleep_loss`` the mean -log q(z|x) of the dreams.
         ``estimator``/``baseline``: as in ``loss_and_grad`` (AEVB only).
 
+        ``"mcem"``: Monte Carlo EM (Kingma & Welling 2014, section 5), which trains the
+        decoder alone (no encoder: its parameters stay as they are). Each example of X has a
+        persistent HMC chain on its posterior p(z|x), started at a draw from the prior; each
+        step moves the batch's chains by one HMC transition of ``leapfrog`` (default 10)
+        leapfrog steps, then takes ``updates`` (default 5) optimizer steps on the decoder's
+        gradient of the batch mean of -log p(x|z) at those states. The chains share one step
+        size (from ``step_size``, default 0.1), adapted after every batch toward a mean
+        acceptance probability of ``target_accept`` (default 0.9): log eps += (the batch's mean
+        acceptance probability - target). The history's ``loss`` is the mean -log p(x, z) at the chains'
+        states, ``accept`` and ``step_size`` the epoch's mean acceptance and last step size.
+        Without an encoder there is no validation ELBO (use a callback with
+        ``log_likelihood(X, method="hmc")``). Each fit starts its chains anew; checkpoints
+        keep them, so a resumed fit continues them exactly.
+
+        ``optimizer``: ``"adam"`` (torch's defaults unless ``set_optimizer`` changed them) or
+        ``"adagrad"`` (Duchi et al. 2011, as Kingma & Welling trained: s += g^2,
+        p -= lr g / (sqrt(s) + eps)); a fit whose optimizer differs from the model's last one
+        starts from a zeroed state. ``weight_decay``: L2 decay added to every gradient,
+        g + weight_decay * param (torch's form; 1/N for N training examples is a N(0, I) prior
+        on the parameters, as in the paper). Both apply to every algorithm.
+
         Learning rate: ``lr_schedule`` ``"constant"``, ``"exponential"`` (lr * lr_decay^epoch),
         ``"burda"`` (3^i epochs at lr * 10^(-i/7), i = 0..7) or a callable epoch -> lr.
         ``patience``: stop when the validation ELBO has not improved for that many epochs and
@@ -293,19 +322,21 @@ class _Coder(ArenaModel):
         same step, training the model one process would with the same ``batch_size`` (up
         to the order of the gradient's sums). Rank 0 alone prints and writes checkpoints;
         every rank returns the same history. Not with ``free_bits`` (a statistic of whole
-        chunks) nor ``algorithm='wake-sleep'``."""
+        chunks) nor ``algorithm='wake-sleep'`` or ``'mcem'``."""
         dist = _dist_arg(comm)
         with starting(dist):
             plan = self._fit_plan(X, epochs, batch_size, lr, validation_data, shuffle, seed, samples, binarize,
                                   callback, iw_samples, beta, warmup, free_bits, lr_schedule, lr_decay, patience,
-                                  checkpoint_every, algorithm, estimator, baseline, dist)
+                                  checkpoint_every, algorithm, estimator, baseline, dist, optimizer, weight_decay,
+                                  dict(leapfrog=leapfrog, updates=updates, target_accept=target_accept,
+                                       step_size=step_size))
         return run_fit(self, plan, plan.epochs, progress=progress, verbose=verbose, callback=callback,
                        patience=plan.patience, checkpoint_dir=checkpoint_dir, checkpoint_every=plan.checkpoint_every,
                        resume=resume, dist=dist)
 
     def _fit_plan(self, X, epochs, batch_size, lr, validation_data, shuffle, seed, samples, binarize, callback,
                   iw_samples, beta, warmup, free_bits, lr_schedule, lr_decay, patience, checkpoint_every, algorithm,
-                  estimator, baseline, dist):
+                  estimator, baseline, dist, optimizer, weight_decay, mcem):
         """fit's arguments checked, as a plan (with the driver's checked options on it)."""
         epochs = _int_arg("epochs", epochs, 0)
         batch_size = _int_arg("batch_size", batch_size, 1)
@@ -316,6 +347,7 @@ class _Coder(ArenaModel):
         lr_decay = _float_arg("lr_decay", lr_decay, 0.0, low_inclusive=False)
         bin_flag = _binarize_arg(binarize)
         seed = _seed_arg(seed)
+        optimizer, weight_decay = _optimizer_args(optimizer, weight_decay)
         _choice("algorithm", algorithm, ALGORITHMS)
         iw = False
         if iw_samples is not None:
@@ -327,6 +359,20 @@ class _Coder(ArenaModel):
             warmup = _int_arg("warmup", warmup, 1)
         self._check_fit_options(algorithm, iw, samples, beta, warmup, free_bits, estimator)
         score, _ = self._estimator_args(estimator, baseline, iw)
+        leapfrog, updates, target_accept, step_size = (mcem[k] for k in ("leapfrog", "updates", "target_accept",
+                                                                          "step_size"))
+        if algorithm != "mcem":
+            given = [k for k, v in mcem.items() if v is not None]
+            if given:
+                raise ValueError(f"{given[0]}: only with algorithm='mcem'")
+        else:
+            if validation_data is not None:
+                raise ValueError("validation_data: MCEM trains no encoder, so there is no validation ELBO "
+                                 "(estimate log p(x) in a callback with log_likelihood(X, method='hmc'))")
+            cfg = self._hmc_args(10 if leapfrog is None else leapfrog, 0.9 if target_accept is None else target_accept,
+                                 0, 0.1 if step_size is None else step_size, "prior")
+            mcem = dict(leapfrog=cfg["leapfrog"], target_accept=cfg["target_accept"], step_size=cfg["step_size"],
+                        updates=_int_arg("updates", 5 if updates is None else updates, 1, 1_000_000))
         if not (callable(lr_schedule) or lr_schedule in ("constant", "exponential", "burda")):
             raise ValueError(f"lr_schedule: expected 'constant', 'exponential', 'burda' or a callable, got {lr_schedule!r}")
         patience, checkpoint_every = _fit_options(callback, patience, checkpoint_every, validation_data is not None)
@@ -344,35 +390,44 @@ class _Coder(ArenaModel):
             if algorithm == "wake-sleep":
                 raise ValueError("algorithm: wake-sleep is not data-parallel (its dreams are numbered within each "
                                  "call); use 'aevb' with comm, or one process")
+            if algorithm == "mcem":
+                raise ValueError("algorithm: mcem is not data-parallel (its chains and their shared step size live "
+                                 "in one process); use 'aevb' with comm, or one process")
         plan = _CoderPlan(self, X, X_val, batch_size=batch_size, lr=lr, lr_schedule=lr_schedule, lr_decay=lr_decay,
                           shuffle=shuffle, seed=seed, samples=samples, iw=iw, beta=beta, warmup=warmup,
-                          free_bits=free_bits, bin_flag=bin_flag, algorithm=algorithm, score=score, baseline=baseline)
+                          free_bits=free_bits, bin_flag=bin_flag, algorithm=algorithm, score=score, baseline=baseline,
+                          mcem=mcem)
+        plan.optimizer, plan.weight_decay = optimizer, weight_decay
         plan.epochs, plan.patience, plan.checkpoint_every = epochs, patience, checkpoint_every
         plan.settings = fit_settings(epochs=epochs, batch_size=batch_size, lr=lr, lr_schedule=lr_schedule,
                                      lr_decay=lr_decay, shuffle=bool(shuffle), seed=seed, samples=samples, iw=iw,
                                      beta=beta, warmup=warmup, binarize=bin_flag, estimator=estimator,
-                                     baseline=baseline, patience=patience, checkpoint_every=checkpoint_every)
+                                     baseline=baseline, patience=patience, checkpoint_every=checkpoint_every,
+                                     optimizer=optimizer, weight_decay=weight_decay)
         plan.data = {"X": X, "validation_data": X_val}
         return plan
 
     def _check_fit_options(self, algorithm, iw, samples, beta, warmup, free_bits, estimator):
-        if algorithm == "wake-sleep":
-            if self.flow:
-                raise ValueError("algorithm: wake-sleep needs a diagonal Gaussian posterior, not a flow")
-            if iw or samples != 1 or beta != 1.0 or warmup is not None or free_bits != 0.0 or estimator != "reparam":
-                raise ValueError("algorithm: wake-sleep takes none of iw_samples, samples, beta, warmup, free_bits, "
-                                 "estimator")
+        if algorithm == "wake-sleep" and self.flow:
+            raise ValueError("algorithm: wake-sleep needs a diagonal Gaussian posterior, not a flow")
+        if algorithm != "aevb" and (iw or samples != 1 or beta != 1.0 or warmup is not None or free_bits != 0.0 or
+                                    estimator != "reparam"):
+            raise ValueError(f"algorithm: {algorithm} takes none of iw_samples, samples, beta, warmup, free_bits, "
+                             "estimator")
 
 
 class _CoderPlan(FitPlan):
     """The fit of a VAE or an Autoencoder: epoch e's order is
     default_rng([base_seed, e]).permutation(n), base_seed being fit's seed or drawn
     once from the model's RNG position; one step per batch of the objective (AEVB with
-    its estimator, or a wake-sleep pair), its KL weight annealed per step; the
-    validation ELBO (an Autoencoder: loss) under seed 0 after each epoch."""
+    its estimator, or a wake-sleep pair), its KL weight annealed per step, or for MCEM
+    one HMC transition of the batch's chains and the decoder's updates (the chains, one
+    per example of X, drawn from the prior with default_rng([base_seed, 2**32]), and
+    their shared step size are the plan's, saved with each checkpoint); the validation
+    ELBO (an Autoencoder: loss) under seed 0 after each epoch."""
 
     def __init__(self, model, X, X_val, *, batch_size, lr, lr_schedule, lr_decay, shuffle, seed, samples, iw, beta,
-                 warmup, free_bits, bin_flag, algorithm, score, baseline):
+                 warmup, free_bits, bin_flag, algorithm, score, baseline, mcem):
         self.model, self.core = model, model._core
         self.X, self.X_val = X, X_val
         self.examples = X.shape[0]
@@ -382,6 +437,9 @@ class _CoderPlan(FitPlan):
         self.bin_flag, self.algorithm, self.score, self.baseline = bin_flag, algorithm, score, baseline
         self.steps_per_epoch = -(-X.shape[0] // batch_size)
         self.keys = ("loss", model._val_key, "lr", "beta", "seconds", "examples_per_s")
+        self.mcem = mcem if algorithm == "mcem" else None
+        if self.mcem:
+            self.keys += ("accept", "step_size")
 
     # the shuffling: one base seed per run, kept in the checkpoints
     def start(self, state):
@@ -392,9 +450,26 @@ class _CoderPlan(FitPlan):
             [st["rng_seed"], st["rng_counter"]]).generate_state(1, np.uint64)[0])
         state["base_seed"] = int(base)
         self.base_seed = int(base)
+        if self.mcem:   # the chains start at draws from the prior, one per example
+            rng = np.random.default_rng([self.base_seed, 2**32])
+            self.chains = rng.standard_normal((self.X.shape[0], self.model.latent_dim), dtype=np.float32)
+            self.chain_step = self.mcem["step_size"]
 
     def restore(self, state):
         self.base_seed = state["base_seed"]
+        if self.mcem:
+            c = state.get("mcem")
+            if c is None or c["n"] != self.X.shape[0]:
+                raise ValueError("resume: the checkpoint holds no MCEM chains for this data set (it was written by "
+                                 "another algorithm or for other data)")
+            self.chains = np.frombuffer(base64.b64decode(c["z"]), "<f4").astype(np.float32).reshape(
+                self.X.shape[0], self.model.latent_dim)
+            self.chain_step = c["step"]
+
+    def save(self, state):
+        if self.mcem:
+            state["mcem"] = {"n": int(self.X.shape[0]), "step": self.chain_step,
+                             "z": base64.b64encode(self.chains.astype("<f4").tobytes()).decode()}
 
     def lr(self, epoch):
         lr_schedule, lr = self.lr_schedule, self.base_lr
@@ -419,10 +494,14 @@ class _CoderPlan(FitPlan):
 
     def batches(self, epoch):
         X, n, bs = self.X, self.X.shape[0], self.batch_size
-        self.beta_t, self.sleep_total = self.beta, 0.0
+        self.beta_t, self.sleep_total, self.accept_total = self.beta, 0.0, 0.0
         order = np.random.default_rng([self.base_seed, epoch]).permutation(n) if self.shuffle else None
         for start in range(0, n, bs):
             stop = min(start + bs, n)
+            if self.mcem:   # the batch's rows index its chains (one process: comm is refused)
+                idx = order[start:stop] if self.shuffle else np.arange(start, stop)
+                yield ((X[idx], idx), None), stop - start
+                continue
             rows, share = self.share_rows(order, start, stop)
             yield (X[rows], share), stop - start
 
@@ -430,6 +509,19 @@ class _CoderPlan(FitPlan):
         xb, share = batch
         n = len(xb) if share is None else share[1]
         self.beta_t = self._beta_at(step)
+        if self.mcem:
+            (xb, idx), c = xb, self.mcem
+            z = self.chains[idx]
+            eps = np.full(len(idx), self.chain_step, np.float32)
+            loss, accept = self.core.mcem_step(x=xb, z=z, step=eps, leapfrog=c["leapfrog"],
+                                               target_accept=c["target_accept"], updates=c["updates"], lr=lr,
+                                               binarize=self.bin_flag)
+            self.chains[idx] = z
+            # one step size for all chains (the rows' own adaptation is not kept), adapted by
+            # the batch's mean acceptance probability, Kingma & Welling's acceptance rate
+            self.chain_step = float(np.float32(self.chain_step * np.exp(MCEM_GAIN * (accept - c["target_accept"]))))
+            self.accept_total += accept * len(idx)
+            return loss, len(idx)
         if self.algorithm == "wake-sleep":
             loss, sleep_loss = self.core.wake_sleep(x=xb, binarize=self.bin_flag, lr=lr)
             self.sleep_total += sleep_loss * len(xb)
@@ -456,6 +548,9 @@ class _CoderPlan(FitPlan):
         logs["beta"] = self.beta_t
         if self.algorithm == "wake-sleep":
             logs["sleep_loss"] = self.sleep_total / self.examples
+        if self.mcem:
+            logs["accept"] = self.accept_total / self.examples
+            logs["step_size"] = self.chain_step
         self.val = val
         return val
 
@@ -492,6 +587,10 @@ class VAE(_Coder):
         ``"planar:K"``, ``"radial:K"`` or ``"realnvp:K"`` (Rezende & Mohamed 2015; Dinh et
         al. 2017). Its parameters are ``flow.{k}.*`` in ``params``. With a flow the KL term
         is estimated by Monte Carlo; ``encode`` returns q0's mean and log-variance.
+    init_std : float or None
+        None: torch's initialization (U(+-1/sqrt(fan_in)) per Linear layer); a number:
+        every weight and bias drawn from N(0, init_std^2) instead (Kingma & Welling's
+        N(0, 0.01) is ``init_std=0.01``), from the same seed.
 
     Parameters live in one contiguous float32 buffer in C; ``params`` and ``grads`` are
     dicts of zero-copy NumPy views on it, named like ``torch.nn.Linear`` modules
@@ -512,24 +611,114 @@ class VAE(_Coder):
         streaming float64 log-sum-exp: memory does not grow with k."""
         return self._importance(X, samples, seed, binarize, batch_size, "samples")
 
-    def log_likelihood(self, X, samples=5000, batch_size=None, seed=None, binarize=None):
-        """Importance-sampled estimate of log p(x) per example, float64 (n,): the IWAE bound
-        with many samples (5000 as in Burda et al.), streamed through cache-sized chunks
-        (never k x n x input_dim in memory). ``batch_size`` rows per call (default 256)."""
-        return self._importance(X, samples, seed, binarize, batch_size, "samples")
+    def log_likelihood(self, X, samples=None, batch_size=None, seed=None, binarize=None, method="is", *,
+                       leapfrog=None, target_accept=None, burn_in=None, step_size=None, init=None, init_draws=None,
+                       return_accept=False):
+        """An estimate of log p(x) per example, float64 (n,).
+
+        ``method="is"`` (the default): importance sampling from the encoder's q(z|x), the
+        IWAE bound with many samples (``samples``, default 5000 as in Burda et al.), streamed
+        through cache-sized chunks (never k x n x input_dim in memory).
+
+        ``method="hmc"``: the estimator of Kingma & Welling (2014), appendix D, which needs no
+        encoder: per example, an HMC chain on p(z|x) (as ``sample_posterior``; ``leapfrog``
+        default 4 as in the paper, ``target_accept`` 0.9, ``burn_in`` 100 transitions,
+        ``step_size`` 0.1 to start, ``init`` 'prior' with ``init_draws`` 1000) gives ``samples``
+        (default 1000) states,
+        to which a full-covariance Gaussian q(z) is fitted (their mean and covariance); then
+        ``samples`` further states z_l of the chain give
+        log p(x) ~= -log (1/L) sum_l q(z_l) / (p(z_l) p(x|z_l)). ``return_accept``: also the
+        chains' mean acceptance probabilities, (estimates, acceptance).
+
+        ``batch_size`` rows per call (default 256); each batch draws its own noise (with a
+        ``seed``, the batch index goes into it)."""
+        _choice("method", method, LL_METHODS)
+        hmc = dict(leapfrog=leapfrog, target_accept=target_accept, burn_in=burn_in, step_size=step_size, init=init,
+                   init_draws=init_draws)
+        if method == "is":
+            given = [k for k, v in hmc.items() if v is not None] + (["return_accept"] if return_accept else [])
+            if given:
+                raise ValueError(f"{given[0]}: only with method='hmc' (importance sampling has no chains)")
+            return self._importance(X, 5000 if samples is None else samples, seed, binarize, batch_size, "samples")
+        cfg = self._hmc_args(4 if leapfrog is None else leapfrog, 0.9 if target_accept is None else target_accept,
+                             100 if burn_in is None else burn_in, 0.1 if step_size is None else step_size,
+                             "prior" if init is None else init, init_draws)
+        k = _int_arg("samples", 1000 if samples is None else samples, 2, 1_000_000)
+        out, acc = self._batched(X, seed, binarize, batch_size, lambda x, s, b: self._core.hmc_log_likelihood(
+            x=x, samples=k, seed=s, binarize=b, **cfg))
+        return (out, acc) if return_accept else out
 
     def _importance(self, X, samples, seed, binarize, batch_size, name):
         k = _int_arg(name, samples, 1, MAX_SAMPLES)
+        return self._batched(X, seed, binarize, batch_size,
+                             lambda x, s, b: (self._core.iwae(x=x, samples=k, seed=s, binarize=b), None))[0]
+
+    def _batched(self, X, seed, binarize, batch_size, call):
+        """call(x, seed, binarize) -> (per-example float64 values, per-example float32 or None)
+        on X in batches of ``batch_size`` rows (default 256), each batch with its own noise:
+        with a seed, the batch index goes into it."""
         seed = _seed_arg(seed)
         bin_flag = _binarize_arg(binarize)
         X = self._check_data(X, "X")
         bs = 256 if batch_size is None else _int_arg("batch_size", batch_size, 1, 1 << 20)
-        out = np.empty(X.shape[0], np.float64)
+        out, extra = np.empty(X.shape[0], np.float64), np.empty(X.shape[0], np.float32)
         for b, start in enumerate(range(0, X.shape[0], bs)):
-            # independent noise per batch: the batch index goes into the seed
             s = None if seed is None else int(np.random.SeedSequence([seed, b]).generate_state(1, np.uint64)[0])
-            out[start:start + bs] = self._core.iwae(x=X[start:start + bs], samples=k, seed=s, binarize=bin_flag)
-        return out
+            v, e = call(X[start:start + bs], s, bin_flag)
+            out[start:start + bs] = v
+            if e is not None:
+                extra[start:start + bs] = e
+        return out, extra
+
+    @staticmethod
+    def _hmc_args(leapfrog, target_accept, burn_in, step_size, init, init_draws=None):
+        """The HMC keywords of the core's calls, checked (the errors name the argument);
+        init_draws None: 1000 for init 'prior'."""
+        leapfrog = _int_arg("leapfrog", leapfrog, 1, 100_000)
+        target_accept = _float_arg("target_accept", target_accept)
+        if not 0.0 < target_accept < 1.0:
+            raise ValueError(f"target_accept: expected a number in (0, 1), got {target_accept}")
+        burn_in = _int_arg("burn_in", burn_in, 0)
+        step_size = _float_arg("step_size", step_size, 0.0, low_inclusive=False)
+        _choice("init", init, ("prior", "encoder"))
+        if init_draws is not None and init != "prior":
+            raise ValueError("init_draws: only with init='prior' (the draws the start is resampled from)")
+        draws = _int_arg("init_draws", HMC_INIT_DRAWS if init_draws is None else init_draws, 1, 10_000_000)
+        return dict(leapfrog=leapfrog, target_accept=target_accept, burn_in=burn_in, step_size=step_size, init=init,
+                    init_draws=draws)
+
+    def sample_posterior(self, X, samples=1, method="hmc", leapfrog=10, target_accept=0.9, burn_in=100, seed=None, *,
+                         step_size=0.1, init="prior", init_draws=None, binarize=None, return_accept=False):
+        """Draws from the decoder's posterior p(z|x), proportional to N(z; 0, I) p(x|z),
+        float32 (samples, n, latent_dim): the true posterior of the generative model, not the
+        encoder's approximation (with a flow, of the decoder's input z_K).
+
+        ``method="hmc"``: Hamiltonian Monte Carlo, one chain per example, ``leapfrog``
+        steps per transition (their size jittered by +-20 % at each transition), the
+        Metropolis rule. Each chain's step size starts at ``step_size`` and is adapted during
+        the ``burn_in`` transitions so that the mean acceptance probability approaches
+        ``target_accept``; then it is fixed and every transition gives one of the ``samples``
+        states. Chains start (``init="prior"``) at one of ``init_draws`` (default 1000) draws
+        from the prior, chosen with probability proportional to p(x|z) (sampling-importance-
+        resampling: a chain started at a single prior draw can settle in a mode of little
+        mass and stay there; ``init_draws=1`` is that single draw), at the encoder's mean
+        (``"encoder"``), or at given points (an array (n, latent_dim)). ``seed`` fixes
+        the draws (else the model's stream); the results do not depend on the thread count.
+        ``return_accept``: also each chain's mean acceptance probability, (samples,
+        acceptance)."""
+        _choice("method", method, SAMPLE_METHODS)
+        samples = _int_arg("samples", samples, 1, 1_000_000)
+        z0 = None if isinstance(init, str) else init   # the chains' starting points
+        if z0 is not None and init_draws is not None:
+            raise ValueError("init_draws: only with init='prior' (the draws the start is resampled from)")
+        cfg = self._hmc_args(leapfrog, target_accept, burn_in, step_size, "prior" if z0 is not None else init,
+                             init_draws)
+        if z0 is not None:
+            cfg["init"] = "given"
+        X = self._check_data(X, "X")
+        out, acc, _ = self._core.hmc_sample(x=X, samples=samples, seed=_seed_arg(seed), binarize=_binarize_arg(binarize),
+                                            z0=z0, **cfg)
+        return (out, acc) if return_accept else out
 
     def expected_log_likelihood(self, X, samples=1, seed=None, binarize=None):
         """E_q[log p(x|z)], the reconstruction term of the ELBO (with a flow, at z_K), averaged
@@ -610,9 +799,10 @@ class Autoencoder(_Coder):
     _val_key = "val_loss"
 
     def __init__(self, input_dim=None, latent_dim=2, hidden=(400,), activation="tanh", likelihood="bernoulli",
-                 seed=0, threads=None, *, input_shape=None, encoder=None, decoder=None, architecture=None):
+                 seed=0, threads=None, *, input_shape=None, encoder=None, decoder=None, architecture=None,
+                 init_std=None):
         super().__init__(input_dim, latent_dim, hidden, activation, likelihood, seed, threads, input_shape=input_shape,
-                         encoder=encoder, decoder=decoder, architecture=architecture)
+                         encoder=encoder, decoder=decoder, architecture=architecture, init_std=init_std)
 
     def _check_fit_options(self, algorithm, iw, samples, beta, warmup, free_bits, estimator):
         if algorithm != "aevb" or iw or samples != 1 or beta != 1.0 or warmup is not None or free_bits != 0.0:

@@ -3,8 +3,8 @@
  * --wrap=aligned_alloc) and counted while a warm VAE (784-400-20, 2 threads) takes training
  * steps at batch 1, 20, 100 and 1000 and encodes one example, and while every other model
  * kind takes warm steps: the autoencoder, VAEs with planar and Real NVP posteriors, the IWAE
- * objective, wake-sleep, a VAE given as layer lists, M2, and the stand-alone flow (maximum
- * likelihood and energy). The first step of a cold model must allocate (its workspace),
+ * objective, wake-sleep, Monte Carlo EM and HMC sampling, a VAE given as layer lists, M2,
+ * and the stand-alone flow (maximum likelihood and energy). The first step of a cold model must allocate (its workspace),
  * which shows the counter sees vaec's allocations.
  * Prints "alloc_check: N passed, M failed" and exits non-zero on failure. */
 #include "vaec.h"
@@ -61,6 +61,30 @@ static void vae_kind(const char *what, vaec_vae_config cfg, const float *x, int 
     vaec_vae_destroy(c.m);
 }
 
+/* Monte Carlo EM on 200 examples' chains, and HMC sampling on the same (vae_hmc.c) */
+typedef struct { vaec_vae *m; vaec_input in; vaec_hmc_config hmc; float z[200 * 8], step[200], out[2 * 200 * 8]; int sample; } mcem_ctx;
+static int mcem_step(void *p) {
+    mcem_ctx *c = p;
+    double loss, accept;
+    vaec_noise noise = {NULL, 2, 0, 0};
+    if (c->sample) return vaec_vae_hmc_sample(c->m, &c->in, &noise, &c->hmc, NULL, c->out, NULL, NULL);
+    return vaec_vae_mcem_step(c->m, &c->in, NULL, &c->hmc, c->z, c->step, 5, 1e-2f, &loss, &accept);
+}
+
+static void hmc_kinds(vaec_vae_config cfg, const float *x) {
+    static mcem_ctx c;
+    if (vaec_vae_create(&c.m, &cfg)) { check(0, vaec_last_error(), 0); return; }
+    vaec_arena_optimizer_set(vaec_vae_arena(c.m), VAEC_OPT_ADAGRAD, 1e-3f);
+    c.in = (vaec_input){x, VAEC_F32, 200, cfg.input_dim, 1};
+    c.hmc = (vaec_hmc_config){10, 0.9f, 0.1f, 3, VAEC_HMC_INIT_PRIOR, 20};
+    for (int i = 0; i < 200; i++) c.step[i] = 0.1f;
+    for (int i = 0; i < 200 * 8; i++) c.z[i] = (float)((i * 37) % 101) / 50.0f - 1.0f;
+    warm("10 warm steps: MCEM (Adagrad, weight decay)", mcem_step, &c);
+    c.sample = 1;
+    warm("10 warm calls: HMC samples", mcem_step, &c);
+    vaec_vae_destroy(c.m);
+}
+
 typedef struct { vaec_m2 *m; vaec_m2_batch b; } m2_ctx;
 static int m2_step(void *p) {
     m2_ctx *c = p;
@@ -91,6 +115,7 @@ static void other_kinds(const float *x) {
     vae_kind("10 warm steps: VAE with realnvp:2", nvp, x, 0, 1, 0);
     vae_kind("10 warm steps: IWAE, k = 5", cfg, x, 1, 5, 0);
     vae_kind("10 warm steps: wake-sleep", cfg, x, 0, 1, 1);
+    hmc_kinds(cfg, x);
     vaec_vae_config list = cfg;
     list.layers = 1;
     list.input_shape[0] = 784; list.input_shape[1] = list.input_shape[2] = 1;

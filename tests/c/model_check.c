@@ -5,7 +5,10 @@
  *     the MLP of the same widths bit for bit (the activations fuse into the Linear layers;
  *     only the tensors' names differ: they follow the list's positions);
  *   - the gradient of a list with activation layers that run alone (one after another,
- *     one first) matches central finite differences of the loss.
+ *     one first) matches central finite differences of the loss;
+ *   - HMC on a linear-Gaussian model (no hidden layer, Gaussian decoder of constant
+ *     variance) draws from its exact posterior (mean and variances within Monte Carlo
+ *     error), the same bits on 1 and 2 threads, and MCEM steps lower -log p(x, z).
  * Prints "model_check: N passed, M failed" and exits non-zero on failure. */
 #include "vaec.h"
 #include <math.h>
@@ -179,8 +182,84 @@ static void conv_vae_trains(void) {
     free(x);
 }
 
+/* x = W z + b + N(0, 1/2 I): posterior N(S W^T 2 (x - b), S), S = (I + 2 W^T W)^-1 */
+enum { HD = 6, HZ = 2, HN = 4, HL = 4000 };
+static vaec_vae *linear_gaussian(int threads, float W[HD][HZ], float *b) {
+    vaec_vae_config c = {0};
+    c.input_dim = HD; c.latent_dim = HZ; c.n_hidden = 0; c.activation = VAEC_ACT_TANH;
+    c.likelihood = VAEC_LIK_GAUSSIAN; c.seed = 3; c.threads = threads;
+    vaec_vae *m = NULL;
+    if (vaec_vae_create(&m, &c)) return NULL;
+    vaec_arena *a = vaec_vae_arena(m);
+    float *p = a->params;
+    int64_t w = a->tensors[vaec_arena_find(a, "decoder.out.weight")].offset;
+    int64_t bo = a->tensors[vaec_arena_find(a, "decoder.out.bias")].offset;
+    int64_t lw = a->tensors[vaec_arena_find(a, "decoder.logvar.weight")].offset;
+    int64_t lb = a->tensors[vaec_arena_find(a, "decoder.logvar.bias")].offset;
+    for (int d = 0; d < HD; d++) {
+        for (int k = 0; k < HZ; k++) { p[w + d * HZ + k] = W[d][k]; p[lw + d * HZ + k] = 0.0f; }
+        p[bo + d] = b[d];
+        p[lb + d] = logf(0.5f);
+    }
+    return m;
+}
+
+static void hmc_posterior(void) {
+    float W[HD][HZ], b[HD], x[HN * HD];
+    unsigned s = 11;
+    for (int i = 0; i < HD * HZ; i++) { s = s * 1664525u + 1013904223u; W[i / HZ][i % HZ] = (float)(s >> 8) / 16777216.0f - 0.5f; }
+    for (int d = 0; d < HD; d++) b[d] = 0.1f * (float)d;
+    for (int i = 0; i < HN * HD; i++) { s = s * 1664525u + 1013904223u; x[i] = 2.0f * ((float)(s >> 8) / 16777216.0f) - 1.0f; }
+    vaec_vae *m1 = linear_gaussian(1, W, b), *m2 = linear_gaussian(2, W, b);
+    float *out1 = malloc(sizeof(float) * HL * HN * HZ), *out2 = malloc(sizeof(float) * HL * HN * HZ);
+    if (!m1 || !m2 || !out1 || !out2) { check(0, "HMC: the linear-Gaussian model"); return; }
+    vaec_input in = {x, VAEC_F32, HN, HD, 0};
+    vaec_noise noise = {NULL, HL, 1, 5};
+    vaec_hmc_config cfg = {10, 0.9f, 0.1f, 200, VAEC_HMC_INIT_PRIOR, 1};
+    int st = vaec_vae_hmc_sample(m1, &in, &noise, &cfg, NULL, out1, NULL, NULL) |
+             vaec_vae_hmc_sample(m2, &in, &noise, &cfg, NULL, out2, NULL, NULL);
+    /* the exact posterior: P = I + 2 W^T W (2 x 2), S = P^-1, mean = S W^T 2 (x - b) */
+    double P[2][2] = {{1, 0}, {0, 1}};
+    for (int d = 0; d < HD; d++)
+        for (int i = 0; i < 2; i++)
+            for (int j = 0; j < 2; j++) P[i][j] += 2.0 * W[d][i] * W[d][j];
+    double det = P[0][0] * P[1][1] - P[0][1] * P[1][0];
+    double S[2][2] = {{P[1][1] / det, -P[0][1] / det}, {-P[1][0] / det, P[0][0] / det}};
+    int ok = st == 0;
+    for (int r = 0; r < HN && ok; r++) {
+        double v[2] = {0, 0}, mean[2], m[2] = {0, 0}, q[2] = {0, 0};
+        for (int d = 0; d < HD; d++)
+            for (int k = 0; k < 2; k++) v[k] += 2.0 * W[d][k] * (x[r * HD + d] - b[d]);
+        for (int k = 0; k < 2; k++) mean[k] = S[k][0] * v[0] + S[k][1] * v[1];
+        for (int l = 0; l < HL; l++)
+            for (int k = 0; k < 2; k++) m[k] += out1[(l * HN + r) * HZ + k];
+        for (int k = 0; k < 2; k++) m[k] /= HL;
+        for (int l = 0; l < HL; l++)
+            for (int k = 0; k < 2; k++) { double e = out1[(l * HN + r) * HZ + k] - m[k]; q[k] += e * e; }
+        for (int k = 0; k < 2; k++) {
+            double var = q[k] / (HL - 1), se = sqrt(S[k][k] / (HL / 4.0));   /* ESS >= L/4 allowed */
+            ok = ok && fabs(m[k] - mean[k]) < 5 * se && fabs(var - S[k][k]) < 5 * S[k][k] * sqrt(2.0 / (HL / 4.0));
+        }
+    }
+    check(ok, "HMC draws a linear-Gaussian model's exact posterior");
+    check(st == 0 && memcmp(out1, out2, sizeof(float) * HL * HN * HZ) == 0, "HMC: the same chains on 1 and 2 threads");
+    /* MCEM: the chains from the samples' last states, 20 steps */
+    float z[HN * HZ], step[HN];
+    for (int i = 0; i < HN * HZ; i++) z[i] = 0.0f;
+    for (int r = 0; r < HN; r++) step[r] = 0.2f;
+    double first = 0, last = 0, acc;
+    for (int i = 0; i < 20 && st == 0; i++)
+        st = vaec_vae_mcem_step(m1, &in, NULL, &cfg, z, step, 5, 0.05f, i ? &last : &first, &acc);
+    check(st == 0 && last < first, "MCEM steps lower -log p(x, z)");
+    vaec_vae_destroy(m1);
+    vaec_vae_destroy(m2);
+    free(out1);
+    free(out2);
+}
+
 int main(void) {
     vae_trains();
+    hmc_posterior();
     conv_vae_trains();
     list_is_mlp();
     standalone_activations();
