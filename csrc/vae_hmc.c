@@ -297,6 +297,12 @@ static void settle(hmc_run *r) {
     memcpy(m->hmc.z0, m->w_z, (size_t)(r->R * lz) * sizeof(float));
 }
 
+/* VAEC_ERR_INTERRUPTED once Ctrl-C asked this (armed) thread to stop (interrupt.c), checked
+ * before every transition of a chunk's chains. */
+static vaec_status interrupted(void) {
+    return vaec_interrupt_pending() ? vaec_fail(VAEC_ERR_INTERRUPTED, "interrupted") : VAEC_OK;
+}
+
 /* Start the chunk's chains where cfg->init says; then their U and grad U. */
 static vaec_status start(hmc_run *r) {
     vaec_vae *m = r->m;
@@ -316,6 +322,10 @@ static vaec_status start(hmc_run *r) {
         const int64_t tasks = vaec_ntasks(r->R, ROW_GRAIN);
         int64_t lo;
         for (r->t = 0; r->t < r->cfg->init_draws; r->t++) {
+            if (vaec_interrupt_pending()) {   /* a decoder pass per draw: check before each */
+                r->t = 0;
+                return vaec_fail(VAEC_ERR_INTERRUPTED, "interrupted");
+            }
             vaec_pool_run(m->pool, init_task, r, tasks);
             vaec_net_forward(&m->dec, m->w_z, lz, r->R, &lo);
             vaec_pool_run(m->pool, lik_task, r, tasks);
@@ -585,20 +595,22 @@ vaec_status vaec_vae_hmc_sample(vaec_vae *m, const vaec_input *x, const vaec_noi
         const int64_t R = n - r0 < chunk ? n - r0 : chunk;
         hmc_run r = chunk_run(m, x, seed, counter, r0, R, cfg, z0);
         if ((st = start(&r))) break;
-        for (int64_t b = 0; b < cfg->burn_in; b++) transition(&r);
+        for (int64_t b = 0; b < cfg->burn_in && !(st = interrupted()); b++) transition(&r);
         r.adapt = ADAPT_OFF;
         for (int64_t i = 0; i < R; i++) m->hmc.acc[i] = 0.0;
-        for (int64_t l = 0; l < L; l++) {
+        for (int64_t l = 0; l < L && !st && !(st = interrupted()); l++) {
             transition(&r);
             for (int64_t i = 0; i < R; i++)
                 memcpy(out + (l * n + r0 + i) * Z, m->hmc.z0 + i * lz, (size_t)Z * sizeof(float));
         }
+        if (st) break;
         for (int64_t i = 0; i < R; i++) {
             if (accept) accept[r0 + i] = (float)(m->hmc.acc[i] / (double)L);
             if (step) step[r0 + i] = m->hmc.eps[i];
         }
     }
     if (n > 0) keep_grads(m, 1, &flag);
+    if (st == VAEC_ERR_INTERRUPTED && !(noise && noise->use_seed)) m->rng_counter = counter;   /* as before */
     return st;
 }
 
@@ -621,28 +633,31 @@ vaec_status vaec_vae_hmc_log_likelihood(vaec_vae *m, const vaec_input *x, const 
         const int64_t R = n - r0 < chunk ? n - r0 : chunk, tasks = vaec_ntasks(R, ROW_GRAIN);
         hmc_run r = chunk_run(m, x, seed, counter, r0, R, cfg, NULL);
         if ((st = start(&r))) break;
-        for (int64_t b = 0; b < cfg->burn_in; b++) transition(&r);
+        for (int64_t b = 0; b < cfg->burn_in && !(st = interrupted()); b++) transition(&r);
         r.adapt = ADAPT_OFF;
         for (int64_t i = 0; i < R; i++) m->hmc.acc[i] = 0.0;
         memset(m->hmc.mean, 0, (size_t)(R * Z) * sizeof(double));
         memset(m->hmc.fit, 0, (size_t)(R * 2 * Z * Z) * sizeof(double));
         stat_job sj = {&r, 0};
-        for (int64_t l = 0; l < L; l++) {   /* the states q(z) is fitted to */
+        for (int64_t l = 0; l < L && !st && !(st = interrupted()); l++) {   /* the states q(z) is fitted to */
             transition(&r);
             sj.count = l + 1;
             vaec_pool_run(m->pool, stat_task, &sj, tasks);
         }
+        if (st) break;
         vaec_pool_run(m->pool, fit_task, &sj, tasks);
-        for (int64_t l = 0; l < L; l++) {   /* the states of the estimate */
+        for (int64_t l = 0; l < L && !(st = interrupted()); l++) {   /* the states of the estimate */
             transition(&r);
             vaec_pool_run(m->pool, lse_task, &sj, tasks);
         }
+        if (st) break;
         for (int64_t i = 0; i < R; i++) {
             out[r0 + i] = log((double)L) - (m->hmc.mx[i] + log(m->hmc.sm[i]));
             if (accept) accept[r0 + i] = (float)(m->hmc.acc[i] / (double)(2 * L));
         }
     }
     if (n > 0) keep_grads(m, 1, &flag);
+    if (st == VAEC_ERR_INTERRUPTED && !(noise && noise->use_seed)) m->rng_counter = counter;   /* as before */
     return st;
 }
 

@@ -35,7 +35,7 @@ def digest():
 before = (digest(), m.optimizer_state, m.elbo(X[:50], seed=3).tolist())
 print("start", flush=True)
 try:
-    m.log_likelihood(X, samples=5000)
+    CALL
     print(json.dumps({"finished": True}), flush=True)
 except KeyboardInterrupt:
     t = time.time()
@@ -105,8 +105,13 @@ def interrupt(script, ready, wait_after, budget=30.0):
     return sent, json.loads(out.strip().splitlines()[-1])
 
 
-def test_ctrl_c_stops_a_long_log_likelihood_within_a_second():
-    sent, r = interrupt(LOG_LIKELIHOOD, "start", (1, 1.0), budget=20)
+@pytest.mark.parametrize("call", [
+    "m.log_likelihood(X, samples=5000)",                                  # importance sampling
+    "m.log_likelihood(X[:2000], samples=1000, method='hmc')",             # HMC chains (appendix D)
+    "m.sample_posterior(X[:2000], samples=1000, method='hmc')",
+])
+def test_ctrl_c_stops_a_long_log_likelihood_within_a_second(call):
+    sent, r = interrupt(LOG_LIKELIHOOD.replace("CALL", call), "start", (1, 1.0), budget=20)
     assert "caught" in r, r
     assert r["caught"] - sent < 1.0, f"stopped {r['caught'] - sent:.2f} s after SIGINT"
     assert r["unchanged"] and r["works"], r

@@ -309,10 +309,13 @@ static PyObject *VAE_hmc_sample(vaec_py_model *self, PyObject *args, PyObject *k
         !(stp = PyArray_SimpleNew(1, d1, NPY_FLOAT32)))
         goto done;
     vaec_status st;
+    vaec_py_interrupt intr;   /* Ctrl-C stops the call (_common.h) */
+    if (vaec_py_interrupt_begin(&intr)) goto done;
     Py_BEGIN_ALLOW_THREADS
     st = vaec_vae_hmc_sample(self->m, &a.x, &a.noise, &cfg, zp, PyArray_DATA((PyArrayObject *)out),
                              PyArray_DATA((PyArrayObject *)acc), PyArray_DATA((PyArrayObject *)stp));
     Py_END_ALLOW_THREADS
+    vaec_py_interrupt_end(&intr);
     if (st) { vaec_py_raise(st); goto done; }
     res = PyTuple_Pack(3, out, acc, stp);
 done:
@@ -348,10 +351,13 @@ static PyObject *VAE_hmc_log_likelihood(vaec_py_model *self, PyObject *args, PyO
     npy_intp d1[1] = {(npy_intp)a.x.n};
     if (!(out = PyArray_SimpleNew(1, d1, NPY_FLOAT64)) || !(acc = PyArray_SimpleNew(1, d1, NPY_FLOAT32))) goto done;
     vaec_status st;
+    vaec_py_interrupt intr;   /* Ctrl-C stops the call (_common.h) */
+    if (vaec_py_interrupt_begin(&intr)) goto done;
     Py_BEGIN_ALLOW_THREADS
     st = vaec_vae_hmc_log_likelihood(self->m, &a.x, &a.noise, &cfg, PyArray_DATA((PyArrayObject *)out),
                                      PyArray_DATA((PyArrayObject *)acc));
     Py_END_ALLOW_THREADS
+    vaec_py_interrupt_end(&intr);
     if (st) { vaec_py_raise(st); goto done; }
     res = PyTuple_Pack(2, out, acc);
 done:
