@@ -77,6 +77,18 @@ def test_idx_dimensions_whose_product_overflows(tmp_path):
         datasets.read_idx(os.path.join(CORPUS, "idx", "found_gz_dims_overflow.idx.gz"))
 
 
+def test_idx_shape_with_a_zero_and_huge_other_dimensions(tmp_path):
+    """atheris (a 5-minute run): 17 dimensions, one of them 0 and the others 0xffffffff,
+    announce 0 data bytes, but NumPy's reshape refused the shape ('array is too big')
+    without the file's name; and NumPy cannot hold more than 32 (2.x: 64) dimensions."""
+    with pytest.raises(ValueError, match="found_zero_dim_with_huge_others.idx: implausible IDX dimensions"):
+        datasets.read_idx(os.path.join(CORPUS, "idx", "found_zero_dim_with_huge_others.idx"))
+    head = struct.pack(">BBBB", 0, 0, 0x08, 40) + struct.pack(">" + "I" * 40, *([1] * 40))
+    (tmp_path / "deep-idx").write_bytes(head + b"\0")
+    with pytest.raises(ValueError, match="deep-idx: implausible IDX dimensions"):
+        datasets.read_idx(tmp_path / "deep-idx")
+
+
 def test_idx_header_announcing_more_than_the_file_holds_allocates_nothing(tmp_path):
     """A 20-byte file announcing 32 GB (under the 64 GB plausibility cap) is refused from its
     size before the array is allocated (it was allocated, then found truncated)."""

@@ -160,7 +160,9 @@ def _read_idx_stream(f, name, size=None) -> np.ndarray:
     dims = struct.unpack(">" + "I" * ndim, raw)
     count = math.prod(dims)   # exact: a product of up to 255 dimensions overflows int64
     nbytes = count * dtype.itemsize
-    if nbytes > 2**36:
+    # NumPy refuses more than 32 dimensions (64 in 2.x), and a shape whose nonzero sizes
+    # overflow its index type even when another size is 0 (the fuzzer's 17 x 0xffffffff)
+    if nbytes > 2**36 or ndim > 32 or math.prod(d for d in dims if d) * dtype.itemsize > 2**62:
         raise ValueError(f"{name}: implausible IDX dimensions {dims}")
     if size is not None and nbytes > size - 4 - 4 * ndim:
         # checked before allocating: a small file cannot make vaec allocate what its header claims
