@@ -58,7 +58,7 @@ def test_todays_files_are_the_newest_record_versions(tmp_path):
         assert classify(tmp_path / "m.vaec") in WRITTEN
 
 
-@pytest.mark.parametrize("name", ["vae_mlp_record2", "vae_conv_record2", "ae_record2", "m2_record2"])
+@pytest.mark.parametrize("name", ["vae_mlp_record2", "vae_conv_record2", "ae_record2", "m2_record2", "vae_adagrad"])
 def test_record2_fixtures_load_to_what_they_held(name):
     expected = np.load(os.path.join(FORMAT, "expected.npz"))
     m = vaec.load(os.path.join(FORMAT, name + ".vaec"), threads=1)
@@ -75,7 +75,12 @@ def test_record2_fixtures_load_to_what_they_held(name):
     got = {"vae_mlp_record2": lambda: {"elbo": m.elbo(X, seed=1), "mu": m.encode(X)[0]},
            "vae_conv_record2": lambda: {"elbo": m.elbo(X, seed=1), "mu": m.encode(X)[0]},
            "ae_record2": lambda: {"code": m.encode(X), "loss": m.loss(X)},
-           "m2_record2": lambda: {"proba": m.predict_proba(X), "elbo": m.elbo(X, Y, seed=1)}}[name]()
+           "m2_record2": lambda: {"proba": m.predict_proba(X), "elbo": m.elbo(X, Y, seed=1)},
+           "vae_adagrad": lambda: {"elbo": m.elbo(X, seed=1), "mu": m.encode(X)[0]}}[name]()
+    if name == "vae_adagrad":   # the optimizer field: the state is Adagrad's sums, loaded as such
+        assert m.optimizer_state["optimizer"] == "adagrad"
+        assert np.array_equal(m._arenas["adam_v"], expected["vae_adagrad/adagrad_sums"])
+        assert m._arenas["adam_v"].any()
     for k, v in got.items():   # computed: to the last few bits of the kernel path
         np.testing.assert_allclose(v, expected[f"{name}/{k}"], rtol=2e-5, atol=1e-5, err_msg=k)
 

@@ -2,7 +2,7 @@
 writes, and what each gives (expected.npz), for tests/test_format.py: run once, when a
 record version is added (docs/FORMAT.md lists them; the files of earlier versions stay).
 
-    python tests/data/format/make.py
+    python tests/data/format/make.py [NAME ...]     # only those (a new fixture), the others kept
 
 Written at format version 1 with config records of version 2 (VAE, autoencoder, M2); the
 version-1 records and the flow's record are kept by the older fixtures in tests/data."""
@@ -34,14 +34,29 @@ def models():
     yield "ae_record2", a, lambda: {"code": a.encode(X), "loss": a.loss(X)}
     q = vaec.M2(16, n_classes=3, latent_dim=2, hidden=(7,), classifier_hidden=(5,), seed=4, threads=1)
     yield "m2_record2", q, lambda: {"proba": q.predict_proba(X), "elbo": q.elbo(X, Y, seed=1)}
+    # the optimizer field (0.1.0's pad): a VAE whose state is Adagrad's (added with MCEM)
+    g = vaec.VAE(16, latent_dim=3, hidden=(8,), seed=5, threads=1)
+    yield "vae_adagrad", g, lambda: {"elbo": g.elbo(X, seed=1), "mu": g.encode(X)[0],
+                                     "adagrad_sums": g._arenas["adam_v"].copy()}
 
 
-def main():
+def main(only=None):
+    """Writes the fixtures named in ``only`` (all when None), keeping what expected.npz holds
+    for the others: a fixture once committed is not rewritten."""
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=HERE).stdout.strip()
+    path = os.path.join(HERE, "expected.npz")
     out = {"meta/commit": np.array(commit)}
+    if only and os.path.exists(path):
+        old = np.load(path)
+        out = {k: old[k] for k in old.files}
+        out[f"meta/commit/{'+'.join(only)}"] = np.array(commit)
     for name, m, numbers in models():
+        if only and name not in only:
+            continue
         # a few steps, so that the Adam moments and step count are not the initial ones
-        if isinstance(m, vaec.M2):
+        if name == "vae_adagrad":
+            m.fit(X, epochs=1, batch_size=2, lr=1e-2, seed=0, progress=False, optimizer="adagrad", weight_decay=0.01)
+        elif isinstance(m, vaec.M2):
             for s in range(3):
                 m.loss_and_grad(X[:3], Y[:3], X[3:], seed=s)
                 m._core.adam_step(lr=1e-2)
@@ -54,9 +69,9 @@ def main():
         for k, v in m.params.items():
             out[f"{name}/param/{k}"] = v.copy()
         out[f"{name}/step"] = np.array(m.optimizer_state["step"])
-    np.savez_compressed(os.path.join(HERE, "expected.npz"), **out)
+    np.savez_compressed(path, **out)
     print(commit, sorted(f for f in os.listdir(HERE) if f.endswith(".vaec")))
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:] or None)   # e.g. `make.py vae_adagrad`: that fixture alone
