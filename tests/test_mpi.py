@@ -285,6 +285,7 @@ def test_refused_options_are_refused_on_every_rank():
     X = _data(60, 30)
     m = vaec.VAE(30, 3, hidden=(8,), seed=1, threads=1)
     out = [_outcome(lambda: m.fit(X, epochs=1, free_bits=0.5, progress=False, comm=COMM)),
-           _outcome(lambda: m.fit(X, epochs=1, algorithm="wake-sleep", progress=False, comm=COMM))]
-    for results, word in zip(out, ["free_bits", "wake-sleep"]):
+           _outcome(lambda: m.fit(X, epochs=1, algorithm="wake-sleep", progress=False, comm=COMM)),
+           _outcome(lambda: m.fit(X, epochs=1, algorithm="mcem", progress=False, comm=COMM))]
+    for results, word in zip(out, ["free_bits", "wake-sleep", "mcem"]):
         assert all(kind == "ValueError" and word in msg for kind, msg in results), results
