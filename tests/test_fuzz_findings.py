@@ -162,6 +162,18 @@ def test_picture_header_claiming_a_decompression_bomb(tmp_path):
         datasets.load_images(tmp_path)
 
 
+def test_tiff_whose_strip_offsets_are_doubles(tmp_path):
+    """atheris (a 5-minute run): a 186-byte TIFF (named .png, as the target writes every
+    input) whose StripOffsets tag has the type DOUBLE made Pillow's loader raise TypeError
+    ('float' object cannot be interpreted as an integer), which load_images let through.
+    Whatever Pillow raises on a malformed file is now the ValueError naming it."""
+    pytest.importorskip("PIL")
+    import shutil
+    shutil.copy(os.path.join(CORPUS, "images", "found_tiff_double_offsets.png"), tmp_path / "strips.png")
+    with pytest.raises(ValueError, match=r"strips\.png: not a readable picture \(TypeError"):
+        datasets.load_images(tmp_path, size=(8, 6), mode="RGB")
+
+
 def test_picture_header_claiming_many_pixels_under_pillows_limit(tmp_path, monkeypatch):
     """atheris (the 10-minute run), a 12 s timeout and 1.1 GB: a 103-byte PNG (its chunk CRCs
     recomputed, as the fuzz target does) claiming 4 x

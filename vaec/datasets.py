@@ -980,11 +980,13 @@ def load_images(folder, size=(28, 28), mode="L", *, recursive=True, limit=None) 
                 if im.size != (W, H):
                     im = im.resize((W, H), Image.BICUBIC)
                 a = np.asarray(im, dtype=np.uint8)
-        except _PictureTooLarge:
+        except (_PictureTooLarge, MemoryError):
             raise
-        except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-            # DecompressionBombError: a header claiming more pixels than Pillow's limit (a 57-byte
-            # PNG can claim 40000 x 40000), refused before decoding
+        except Exception as e:
+            # Pillow's decoders raise what a malformed file leads them to: UnidentifiedImageError,
+            # OSError, SyntaxError, DecompressionBombError (a header claiming more pixels than its
+            # limit: a 57-byte PNG can claim 40000 x 40000), and also TypeError (a TIFF whose strip
+            # offsets are stored as doubles, found by a 5-minute atheris run), struct.error, ...
             raise ValueError(f"{f}: not a readable picture ({type(e).__name__}: {e})") from None
         out[i] = a[None] if C == 1 else a.transpose(2, 0, 1)
     return out
