@@ -107,6 +107,11 @@ def cases(tmp):
         "VAE.state_dict": lambda: m.load_state_dict(m.state_dict()),
         # (a new fit continues the model's history, which grows by design: cleared each time)
         "VAE.fit": lambda: (setattr(m, "history", {}), m.fit(X, epochs=1, batch_size=20, progress=False, lr=1e-5)),
+        "VAE.sample_posterior": lambda: m.sample_posterior(X[:5], samples=3, leapfrog=2, burn_in=2),
+        "VAE.log_likelihood(hmc)": lambda: m.log_likelihood(X[:4], samples=4, method="hmc", burn_in=2),
+        "VAE.fit(mcem, adagrad)": lambda: (setattr(m, "history", {}), m.fit(
+            X, epochs=1, batch_size=20, progress=False, lr=1e-5, algorithm="mcem", optimizer="adagrad",
+            leapfrog=2, updates=2)),
         "VAE+flow.code": lambda: f.code(X),
         "VAE+flow.flow_transform": lambda: f.flow_transform(Z),
         "VAE+flow.train_step": lambda: f.train_step(X, lr=1e-4),
@@ -146,7 +151,8 @@ NAMES = _names()
 
 
 # calls per case in CI (a save fsyncs: 150 of them take seconds); 3000 for the others
-FEWER = {"save": 150, "load": 400, "pickle": 400, "VAE.fit": 300, "error: corrupt file": 800, "VAE.log_likelihood": 1000}
+FEWER = {"save": 150, "load": 400, "pickle": 400, "VAE.fit": 300, "error: corrupt file": 800, "VAE.log_likelihood": 1000,
+         "VAE.fit(mcem, adagrad)": 300, "VAE.log_likelihood(hmc)": 1000, "VAE.sample_posterior": 1000}
 
 
 @pytest.mark.parametrize("name", NAMES)
