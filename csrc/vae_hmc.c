@@ -322,9 +322,10 @@ static vaec_status start(hmc_run *r) {
         const int64_t tasks = vaec_ntasks(r->R, ROW_GRAIN);
         int64_t lo;
         for (r->t = 0; r->t < r->cfg->init_draws; r->t++) {
-            if (vaec_interrupt_pending()) {   /* a decoder pass per draw: check before each */
+            vaec_status st = interrupted();   /* a decoder pass per draw: checked before each */
+            if (st) {
                 r->t = 0;
-                return vaec_fail(VAEC_ERR_INTERRUPTED, "interrupted");
+                return st;
             }
             vaec_pool_run(m->pool, init_task, r, tasks);
             vaec_net_forward(&m->dec, m->w_z, lz, r->R, &lo);

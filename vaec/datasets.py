@@ -946,7 +946,7 @@ def load_images(folder, size=(28, 28), mode="L", *, recursive=True, limit=None) 
         m = vaec.VAE(input_shape=X.shape[1:], architecture="conv", likelihood="gaussian")
     """
     try:
-        from PIL import Image, UnidentifiedImageError
+        from PIL import Image
     except ImportError as e:  # pragma: no cover - depends on the machine
         raise ImportError("load_images needs Pillow: pip install 'vaec[images]' (or pip install pillow)") from e
     if mode not in ("L", "RGB"):
