@@ -206,6 +206,9 @@ void vaec_dense_backward_act_strided_naive(vaec_pool *pool, float *din, int64_t 
                                            const float *W, int wt, vaec_act act, int64_t B, int64_t IN,
                                            int64_t OUT);
 
+/* A long call's check (interrupt.c): VAEC_ERR_INTERRUPTED, with its message, once this armed
+ * thread was asked to stop; VAEC_OK otherwise. */
+vaec_status vaec_interrupt_check(void);
 /* While a loader builds the model of the file `path`, holding n parameters (n >= 0; -1 ends
  * it), vaec_arena_alloc on this thread refuses any other count (VAEC_ERR_FORMAT, naming the
  * file) before allocating anything of the model's size: a small file whose config declares

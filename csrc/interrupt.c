@@ -18,3 +18,7 @@ void vaec_interrupt_arm(int on) {
 void vaec_interrupt_request(void) { atomic_store_explicit(&requested, 1, memory_order_relaxed); }
 
 int vaec_interrupt_pending(void) { return armed && atomic_load_explicit(&requested, memory_order_relaxed); }
+
+vaec_status vaec_interrupt_check(void) {
+    return vaec_interrupt_pending() ? vaec_fail(VAEC_ERR_INTERRUPTED, "interrupted") : VAEC_OK;
+}

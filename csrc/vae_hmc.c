@@ -297,12 +297,6 @@ static void settle(hmc_run *r) {
     memcpy(m->hmc.z0, m->w_z, (size_t)(r->R * lz) * sizeof(float));
 }
 
-/* VAEC_ERR_INTERRUPTED once Ctrl-C asked this (armed) thread to stop (interrupt.c), checked
- * before every transition of a chunk's chains. */
-static vaec_status interrupted(void) {
-    return vaec_interrupt_pending() ? vaec_fail(VAEC_ERR_INTERRUPTED, "interrupted") : VAEC_OK;
-}
-
 /* Start the chunk's chains where cfg->init says; then their U and grad U. */
 static vaec_status start(hmc_run *r) {
     vaec_vae *m = r->m;
@@ -322,7 +316,7 @@ static vaec_status start(hmc_run *r) {
         const int64_t tasks = vaec_ntasks(r->R, ROW_GRAIN);
         int64_t lo;
         for (r->t = 0; r->t < r->cfg->init_draws; r->t++) {
-            vaec_status st = interrupted();   /* a decoder pass per draw: checked before each */
+            vaec_status st = vaec_interrupt_check();   /* a decoder pass per draw: checked before each */
             if (st) {
                 r->t = 0;
                 return st;
@@ -596,10 +590,10 @@ vaec_status vaec_vae_hmc_sample(vaec_vae *m, const vaec_input *x, const vaec_noi
         const int64_t R = n - r0 < chunk ? n - r0 : chunk;
         hmc_run r = chunk_run(m, x, seed, counter, r0, R, cfg, z0);
         if ((st = start(&r))) break;
-        for (int64_t b = 0; b < cfg->burn_in && !(st = interrupted()); b++) transition(&r);
+        for (int64_t b = 0; b < cfg->burn_in && !(st = vaec_interrupt_check()); b++) transition(&r);
         r.adapt = ADAPT_OFF;
         for (int64_t i = 0; i < R; i++) m->hmc.acc[i] = 0.0;
-        for (int64_t l = 0; l < L && !st && !(st = interrupted()); l++) {
+        for (int64_t l = 0; l < L && !st && !(st = vaec_interrupt_check()); l++) {
             transition(&r);
             for (int64_t i = 0; i < R; i++)
                 memcpy(out + (l * n + r0 + i) * Z, m->hmc.z0 + i * lz, (size_t)Z * sizeof(float));
@@ -611,7 +605,7 @@ vaec_status vaec_vae_hmc_sample(vaec_vae *m, const vaec_input *x, const vaec_noi
         }
     }
     if (n > 0) keep_grads(m, 1, &flag);
-    if (st == VAEC_ERR_INTERRUPTED && !(noise && noise->use_seed)) m->rng_counter = counter;   /* as before */
+    vae_call_end(m, st, noise, counter);
     return st;
 }
 
@@ -634,20 +628,20 @@ vaec_status vaec_vae_hmc_log_likelihood(vaec_vae *m, const vaec_input *x, const 
         const int64_t R = n - r0 < chunk ? n - r0 : chunk, tasks = vaec_ntasks(R, ROW_GRAIN);
         hmc_run r = chunk_run(m, x, seed, counter, r0, R, cfg, NULL);
         if ((st = start(&r))) break;
-        for (int64_t b = 0; b < cfg->burn_in && !(st = interrupted()); b++) transition(&r);
+        for (int64_t b = 0; b < cfg->burn_in && !(st = vaec_interrupt_check()); b++) transition(&r);
         r.adapt = ADAPT_OFF;
         for (int64_t i = 0; i < R; i++) m->hmc.acc[i] = 0.0;
         memset(m->hmc.mean, 0, (size_t)(R * Z) * sizeof(double));
         memset(m->hmc.fit, 0, (size_t)(R * 2 * Z * Z) * sizeof(double));
         stat_job sj = {&r, 0};
-        for (int64_t l = 0; l < L && !st && !(st = interrupted()); l++) {   /* the states q(z) is fitted to */
+        for (int64_t l = 0; l < L && !st && !(st = vaec_interrupt_check()); l++) {   /* the states q(z) is fitted to */
             transition(&r);
             sj.count = l + 1;
             vaec_pool_run(m->pool, stat_task, &sj, tasks);
         }
         if (st) break;
         vaec_pool_run(m->pool, fit_task, &sj, tasks);
-        for (int64_t l = 0; l < L && !(st = interrupted()); l++) {   /* the states of the estimate */
+        for (int64_t l = 0; l < L && !(st = vaec_interrupt_check()); l++) {   /* the states of the estimate */
             transition(&r);
             vaec_pool_run(m->pool, lse_task, &sj, tasks);
         }
@@ -658,7 +652,7 @@ vaec_status vaec_vae_hmc_log_likelihood(vaec_vae *m, const vaec_input *x, const 
         }
     }
     if (n > 0) keep_grads(m, 1, &flag);
-    if (st == VAEC_ERR_INTERRUPTED && !(noise && noise->use_seed)) m->rng_counter = counter;   /* as before */
+    vae_call_end(m, st, noise, counter);
     return st;
 }
 

@@ -310,7 +310,8 @@ static void lik_task(void *ctx, int64_t t, int tid) {
  * gradient scaled by `scale` or by rs per row into the decoder's output gradient. */
 static vaec_status decode_samples(vaec_vae *m, const noise_plan *np, const float *xin, int64_t ldx, int64_t n,
                                   int64_t r0, int64_t R, int l, int S, int grad, float scale, const float *rs) {
-    if (vaec_interrupt_pending()) return vaec_fail(VAEC_ERR_INTERRUPTED, "interrupted");   /* every sample loop */
+    const vaec_status stop = vaec_interrupt_check();   /* every sample loop */
+    if (stop) return stop;
     const int64_t lz = align16(m->cfg.latent_dim);
     reparam_job rj = {m, R * S, NULL, 0.0f, 0, 0.0f, R, np, n, r0, l};
     const int64_t rows = R * S;
@@ -534,7 +535,7 @@ static vaec_status run_objective(vaec_vae *m, const vaec_input *x, const vaec_no
         else st = elbo_chunk(m, xin, ldx, np.n, r0, R, &np, rp, out, &sum);
     }
     if (rp->grad) vaec_nets_grads_end(nets, nn);
-    if (st == VAEC_ERR_INTERRUPTED && !(noise && noise->use_seed)) m->rng_counter = np.counter;   /* as before */
+    vae_call_end(m, st, noise, np.counter);
     if (st) return st;
     if (loss) *loss = np.n > 0 ? sum / (double)np.n : 0.0;
     m->last_rec = np.n > 0 ? m->rec_sum / (double)np.n : 0.0;
