@@ -21,7 +21,6 @@
 #include "internal.h"
 #include <string.h>
 
-static int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 
 int64_t vaec_conv_out_size(int64_t in, int k, int s, int p) { return (in + 2 * (int64_t)p - k) / s + 1; }
 
@@ -227,29 +226,34 @@ void vaec_conv_col2im(vaec_pool *pool, const vaec_conv_geom *g, const float *col
 /* --------------------------------------------------------------- layouts */
 typedef struct { const float *src; int64_t lds; float *dst; int64_t ldd; int64_t P, Cn; } tr_job;
 
+/* d[c * ldd + p] = s[p * lds + c] for p < P, c < Cn, in 8 x 8 tiles: each tile reads and
+ * writes 8 runs of 8 floats, so both sides stay in a few cache lines */
+static void transpose_tiles(const float *restrict s, int64_t lds, float *restrict d, int64_t ldd, int64_t P,
+                            int64_t Cn) {
+    int64_t p0 = 0;
+    for (; p0 + 8 <= P; p0 += 8) {
+        int64_t c0 = 0;
+        for (; c0 + 8 <= Cn; c0 += 8)
+            for (int c = 0; c < 8; c++)
+                for (int p = 0; p < 8; p++) d[(c0 + c) * ldd + p0 + p] = s[(p0 + p) * lds + c0 + c];
+        for (int64_t c = c0; c < Cn; c++)
+            for (int p = 0; p < 8; p++) d[c * ldd + p0 + p] = s[(p0 + p) * lds + c];
+    }
+    for (int64_t p = p0; p < P; p++)
+        for (int64_t c = 0; c < Cn; c++) d[c * ldd + p] = s[p * lds + c];
+}
+
 /* example n: src (P, Cn) channels last -> dst (Cn, P) channels first */
 static void nhwc_to_nchw_task(void *ctx, int64_t n, int tid) {
     (void)tid;
     tr_job *j = ctx;
-    const float *s = j->src + n * j->lds;
-    float *d = j->dst + n * j->ldd;
-    for (int64_t p0 = 0; p0 < j->P; p0 += 16) {
-        const int64_t p1 = min64(p0 + 16, j->P);
-        for (int64_t c = 0; c < j->Cn; c++)
-            for (int64_t p = p0; p < p1; p++) d[c * j->P + p] = s[p * j->Cn + c];
-    }
+    transpose_tiles(j->src + n * j->lds, j->Cn, j->dst + n * j->ldd, j->P, j->P, j->Cn);
 }
 
 static void nchw_to_nhwc_task(void *ctx, int64_t n, int tid) {
     (void)tid;
     tr_job *j = ctx;
-    const float *s = j->src + n * j->lds;
-    float *d = j->dst + n * j->ldd;
-    for (int64_t p0 = 0; p0 < j->P; p0 += 16) {
-        const int64_t p1 = min64(p0 + 16, j->P);
-        for (int64_t c = 0; c < j->Cn; c++)
-            for (int64_t p = p0; p < p1; p++) d[p * j->Cn + c] = s[c * j->P + p];
-    }
+    transpose_tiles(j->src + n * j->lds, j->P, j->dst + n * j->ldd, j->Cn, j->Cn, j->P);
 }
 
 void vaec_conv_nhwc_to_nchw(vaec_pool *pool, const float *src, int64_t lds, float *dst, int64_t ldd, int64_t G,

@@ -3,25 +3,24 @@
  * channels, so no transpose follows it, and the next layer's patches are runs of C floats.
  *
  * Conv2d(out, k, stride, padding): torch's weight (Cout, C, kh, kw), bias (Cout).
- *   forward   per block of G examples: col = im2col(x) (G HoWo, C kh kw), in (c, i, j) order
+ *   forward   per group of examples: col = im2col(x) (m HoWo, C kh kw), in (c, i, j) order
  *             for a channels-first input (the data), (i, j, c) for a channels-last one, with
  *             the weight permuted to match (Wp);
- *             y = act(col . Wp^T + b) (G HoWo, Cout), bias and activation in the epilogue.
- *   backward  dWp (+)= g^T . col (col from the forward, or made again), put back in torch's
- *             order; db (+)= colsum(g); din = col2im(g . Wp) * in_act'(x).
+ *             y = act(col . Wp^T + b) (m HoWo, Cout), bias and activation in the epilogue.
+ *   backward  per group: col = im2col(x) again; dWp_lane (+)= g^T . col; db_lane += the
+ *             sums of g; din = col2im(g . Wp) * in_act'(x); then dWp = the lanes' sum, put
+ *             back in torch's order, db likewise.
  * ConvTranspose2d(out, k, stride, padding, output_padding): torch's weight (Cin, Cout, kh,
  *   kw), bias (Cout). It is the data gradient of the Conv2d from its output shape to its
  *   input shape (`geom` is that convolution: C = Cout, (H, W) = the output's, channels last):
- *   forward   x_nhwc = x channels last (as it is, or transposed from channels first);
- *             col = x_nhwc . Wtp (G H W, kh kw Cout) with the weight permuted to (i, j, c);
- *             y = act(col2im(col) + b) (bias and activation in a pass after col2im);
- *   backward  colg = im2col(g); dWtp (+)= x_nhwc^T . colg, put back; db (+)= the sums of g per
- *             channel; din = (colg . Wtp^T, in x's layout) * in_act'(x).
- * The blocks hold G examples, G fixed by the shapes (about 2^24 floats of columns), so the
- * sums run in the same order whatever the number of threads; the first block's gradient
- * products write or add by the gradient protocol, the later ones add. When one block
- * holds the whole call, the backward uses the columns (Conv2d) or the channels-last input
- * (ConvTranspose2d) its forward left in the workspace instead of making them again. */
+ *   forward   per group: x_nhwc = x channels last (as it is, or transposed from channels
+ *             first); col = x_nhwc . Wtp (m H W, kh kw Cout) with the weight permuted to
+ *             (i, j, c); y = act(col2im(col) + b) (bias and activation in a pass after col2im);
+ *   backward  per group: colg = im2col(g); dWtp_lane (+)= x_nhwc^T . colg; db_lane += the
+ *             sums of g per channel; din = (colg . Wtp^T, in x's layout) * in_act'(x); then
+ *             the lanes' sums as for Conv2d.
+ * A group is one task from its columns to its gradients (below), so the sums run in the
+ * same order whatever the number of threads. */
 #define _POSIX_C_SOURCE 200809L
 #include "net.h"
 #include <math.h>
@@ -29,7 +28,7 @@
 #include <string.h>
 #include <time.h>
 
-#define COL_BUDGET ((int64_t)1 << 24)   /* floats of columns a block holds (64 MB) */
+#define COL_BUDGET ((int64_t)1 << 18)   /* floats of columns a group holds (1 MB) */
 
 /* The optional account of the time spent in the convolution layers and their multiply-adds
  * (vaec_conv_timing), for the benchmark's figure; off costs a relaxed load per call. */
@@ -86,30 +85,92 @@ static vaec_status check_spec(vaec_layer *L, int transposed) {
     return VAEC_OK;
 }
 
-/* the block size: about COL_BUDGET floats of columns, at least one example */
+/* The work is split into groups of examples, each group a task of one thread from its
+ * columns to its gradients, so the columns are made, used and dropped while they are in
+ * that core's cache, with no barrier between the steps. A group holds about COL_BUDGET
+ * floats of columns. Groups go round-robin to at most CONV_LANES lanes; a lane runs its
+ * groups in order and adds their weight and bias gradients into partial sums of its own,
+ * which are then added lane by lane. The groups and lanes depend on the number of rows
+ * only, so the sums run in the same order whatever the number of threads. */
+#define CONV_LANES 8
 static int64_t group_of(int64_t col_per_example) {
     int64_t G = COL_BUDGET / (col_per_example > 0 ? col_per_example : 1);
     return G < 1 ? 1 : G;
 }
 
 static int64_t up16(int64_t n) { return (n + 15) & ~(int64_t)15; }
+static int64_t cdiv64(int64_t n, int64_t k) { return (n + k - 1) / k; }
 
-/* The workspace of both kinds, laid out the same way: G rows of columns; G rows of a
- * channels-last matrix (Conv2d: its output or gradient when the layer's rows are not
- * contiguous; ConvTranspose2d: its input); the permuted weight and its gradient. */
-typedef struct { float *col, *mat, *wp, *dwp; } conv_ws;
+/* R rows in groups of `size` (at most G, at least min(R, CONV_LANES) groups), on `lanes` */
+typedef struct { int64_t size, count, lanes; } conv_split;
+static conv_split split_of(int64_t G, int64_t R) {
+    conv_split p = {1, 0, 0};
+    if (R <= 0) return p;
+    int64_t n = cdiv64(R, G);
+    if (n < min64(R, CONV_LANES)) n = min64(R, CONV_LANES);
+    p.size = cdiv64(R, n);
+    p.count = cdiv64(R, p.size);
+    p.lanes = min64(p.count, CONV_LANES);
+    return p;
+}
+
+/* The workspace of both kinds: the permuted weight and its gradient, then per lane: G
+ * rows of columns; G rows of a channels-last matrix (Conv2d: its output or gradient when
+ * the layer's rows are not contiguous; ConvTranspose2d: its input or the input's gradient);
+ * the lane's weight gradient (nwk floats) and bias gradient (nb doubles). */
+typedef struct { float *col, *mat, *dw; double *db; } conv_lane;
+typedef struct { float *wp, *dwp; conv_lane lane[CONV_LANES]; } conv_ws;
 static int64_t conv_layout(const vaec_layer *L, float *buf, int64_t rows, int64_t col_row, int64_t mat_row,
-                           int64_t nw, conv_ws *w) {
-    const int64_t G = min64(L->group, rows);
+                           int64_t nw, int64_t nwk, int64_t nb, conv_ws *w) {
+    const int64_t G = min64(L->group, rows), lanes = min64(rows, CONV_LANES);
     int64_t off = 0;
-    float *p[4];
-    const int64_t n[4] = {G * col_row, G * mat_row, nw, nw};
-    for (int k = 0; k < 4; k++) {
-        p[k] = buf ? buf + off : NULL;
-        off += up16(n[k]);
+#define CONV_TAKE(ptr, n) do { if (w) (ptr) = buf ? buf + off : NULL; off += up16(n); } while (0)
+    float *dbf = NULL;
+    if (w) *w = (conv_ws){0};
+    CONV_TAKE(w->wp, nw);
+    CONV_TAKE(w->dwp, nw);
+    for (int64_t l = 0; l < lanes; l++) {
+        CONV_TAKE(w->lane[l].col, G * col_row);
+        CONV_TAKE(w->lane[l].mat, G * mat_row);
+        CONV_TAKE(w->lane[l].dw, nwk);
+        CONV_TAKE(dbf, 2 * nb);
+        if (w) w->lane[l].db = (double *)dbf;
     }
-    if (w) *w = (conv_ws){p[0], p[1], p[2], p[3]};
+#undef CONV_TAKE
     return off;
+}
+
+/* the lanes' sums: out (+)= sum_l lane[l].dw (nwk floats), db (+)= sum_l lane[l].db, each
+ * element's terms in lane order; flags a non-finite result */
+typedef struct { const conv_ws *w; int64_t lanes, n, chunk; float *out; int add; } lane_sum_job;
+static void lane_sum_task(void *ctx, int64_t t, int tid) {
+    (void)tid;
+    const lane_sum_job *j = ctx;
+    const int64_t e0 = t * j->chunk, e1 = min64(e0 + j->chunk, j->n);
+    for (int64_t e = e0; e < e1; e++) {
+        float s = j->add ? j->out[e] : 0.0f;
+        float p = j->w->lane[0].dw[e];
+        for (int64_t l = 1; l < j->lanes; l++) p += j->w->lane[l].dw[e];
+        j->out[e] = s + p;
+    }
+}
+static void lanes_reduce(vaec_net *net, const conv_ws *w, int64_t lanes, float *dW, int64_t nwk, int addW, float *db,
+                         int64_t nb, int addb) {
+    lane_sum_job j = {w, lanes, nwk, 4096, dW, addW};
+    vaec_pool_run(nwk * lanes > (1 << 15) ? net->pool : NULL, lane_sum_task, &j, cdiv64(nwk, j.chunk));
+    for (int64_t c = 0; c < nb; c++) {
+        double t = 0.0;
+        for (int64_t l = 0; l < lanes; l++) t += w->lane[l].db[c];
+        db[c] = addb ? db[c] + (float)t : (float)t;
+    }
+    if (vaec_check_range(dW, nwk, 0.0f, 0.0f, 0) >= 0 || vaec_check_range(db, nb, 0.0f, 0.0f, 0) >= 0)
+        atomic_store(&net->nonfinite, 1);
+}
+
+/* db[c] += the sums of g's rows (rows x C, row stride ld) per channel, in row order */
+static void chan_sums(double *db, const float *g, int64_t ld, int64_t rows, int64_t C) {
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t c = 0; c < C; c++) db[c] += g[r * ld + c];
 }
 
 /* -------------------------------------------------------------------- Conv2d */
@@ -156,38 +217,88 @@ static int conv_permuted(const vaec_layer *L) { return L->geom.nhwc && L->geom.C
 static int64_t conv_plan(vaec_layer *L, float *buf, int64_t rows) {
     const vaec_conv_geom *g = &L->geom;
     const int64_t P = g->Ho * g->Wo, K = g->C * g->kh * g->kw, Cout = L->spec.out;
-    return conv_layout(L, buf, rows, P * K, P * Cout, conv_permuted(L) ? Cout * K : 0, NULL);
+    return conv_layout(L, buf, rows, P * K, P * Cout, conv_permuted(L) ? Cout * K : 0, Cout * K, Cout, NULL);
+}
+
+typedef struct {
+    vaec_net *net;
+    const vaec_layer *L;
+    const conv_ws *w;
+    conv_split sp;
+    const float *W, *x, *g;
+    float *y, *din;
+    int64_t ldx, ldy, ldg, lddin, R;
+    vaec_act in_act;
+} conv_job;
+
+/* lane l: its groups' rows [n0, n0 + m) */
+#define FOR_LANE_GROUPS(j, l, n0, m)                                                                  \
+    for (int64_t gi_ = (l), n0, m; gi_ < (j)->sp.count &&                                             \
+                                   (n0 = gi_ * (j)->sp.size, m = min64((j)->sp.size, (j)->R - n0), 1); \
+         gi_ += (j)->sp.lanes)
+
+static void conv_forward_lane(void *ctx, int64_t l, int tid) {
+    (void)tid;
+    const conv_job *j = ctx;
+    const vaec_conv_geom *g = &j->L->geom;
+    const int64_t K = g->C * g->kh * g->kw, Cout = j->L->spec.out, Np = g->Ho * g->Wo;
+    const conv_lane *ln = &j->w->lane[l];
+    const int direct = j->ldy == Np * Cout;
+    vaec_gemm_epilogue e = {j->net->arena->params + j->L->lin.b, j->L->act, NULL, 0, NULL};
+    FOR_LANE_GROUPS(j, l, n0, m) {
+        float *out = direct ? j->y + n0 * j->ldy : ln->mat;
+        vaec_conv_im2col(NULL, g, j->x + n0 * j->ldx, j->ldx, m, ln->col);
+        vaec_sgemm_fused(NULL, 0, 1, m * Np, Cout, K, ln->col, K, j->W, K, 0.0f, out, Cout, &e);
+        if (!direct)
+            for (int64_t n = 0; n < m; n++)
+                memcpy(j->y + (n0 + n) * j->ldy, out + n * Np * Cout, (size_t)(Np * Cout) * sizeof(float));
+    }
 }
 
 /* y(R, (Ho, Wo, Cout)) = act(conv(x(R, (C, H, W) or (H, W, C))) + b) */
 static void conv_forward(vaec_net *net, vaec_layer *L, float *y, int64_t ldy, const float *x, int64_t ldx,
                          int64_t R) {
     const vaec_conv_geom *g = &L->geom;
-    const float *P = net->arena->params;
     const int64_t K = g->C * g->kh * g->kw, Cout = L->spec.out, Np = g->Ho * g->Wo;
-    const int64_t G = min64(L->group, net->rows);
     conv_ws w;
-    conv_layout(L, L->ws, net->rows, Np * K, Np * Cout, conv_permuted(L) ? Cout * K : 0, &w);
-    const float *W = P + L->lin.W;
+    conv_layout(L, L->ws, net->rows, Np * K, Np * Cout, conv_permuted(L) ? Cout * K : 0, Cout * K, Cout, &w);
+    const float *W = net->arena->params + L->lin.W;
     if (conv_permuted(L)) {
         vaec_conv_weight_to_ijc(W, w.wp, Cout, g->C, g->kh, g->kw);
         W = w.wp;
     }
-    /* the rows of y are the GEMM's output as they are when they follow one another */
-    const int direct = ldy == Np * Cout;
-    vaec_gemm_epilogue e = {P + L->lin.b, L->act, NULL, 0, NULL};
     TIMING_START;
-    for (int64_t n0 = 0; n0 < R; n0 += G) {
-        const int64_t m = min64(G, R - n0);
-        float *out = direct ? y + n0 * ldy : w.mat;
-        vaec_conv_im2col(net->pool, g, x + n0 * ldx, ldx, m, w.col);
-        vaec_sgemm_fused(net->pool, 0, 1, m * Np, Cout, K, w.col, K, W, K, 0.0f, out, Cout, &e);
-        if (!direct)
-            for (int64_t n = 0; n < m; n++) memcpy(y + (n0 + n) * ldy, out + n * Np * Cout, (size_t)(Np * Cout) * sizeof(float));
-    }
-    L->sp_for = R <= G ? x : NULL;   /* the columns of all of x stay in the workspace */
-    L->sp_rows = R;
+    conv_job j = {net, L, &w, split_of(min64(L->group, net->rows), R), W, x, NULL, y, NULL, ldx, ldy, 0, 0, R, 0};
+    vaec_pool_run(net->pool, conv_forward_lane, &j, j.sp.lanes);
     TIMING_END(R * Np * Cout * K);
+}
+
+static void conv_backward_lane(void *ctx, int64_t l, int tid) {
+    (void)tid;
+    const conv_job *j = ctx;
+    const vaec_conv_geom *geo = &j->L->geom;
+    const int64_t K = geo->C * geo->kh * geo->kw, Cout = j->L->spec.out, Np = geo->Ho * geo->Wo;
+    const conv_lane *ln = &j->w->lane[l];
+    const int direct = j->ldg == Np * Cout;
+    for (int64_t c = 0; c < Cout; c++) ln->db[c] = 0.0;
+    int first = 1;
+    FOR_LANE_GROUPS(j, l, n0, m) {
+        const float *gn = j->g + n0 * j->ldg;
+        if (!direct) {
+            for (int64_t n = 0; n < m; n++)
+                memcpy(ln->mat + n * Np * Cout, j->g + (n0 + n) * j->ldg, (size_t)(Np * Cout) * sizeof(float));
+            gn = ln->mat;
+        }
+        vaec_conv_im2col(NULL, geo, j->x + n0 * j->ldx, j->ldx, m, ln->col);
+        vaec_sgemm(NULL, 1, 0, Cout, K, m * Np, gn, Cout, ln->col, K, first ? 0.0f : 1.0f, ln->dw, K);
+        chan_sums(ln->db, gn, Cout, m * Np, Cout);
+        first = 0;
+        if (!j->din) continue;
+        vaec_sgemm(NULL, 0, 0, m * Np, K, Cout, gn, Cout, j->W, K, 0.0f, ln->col, K);
+        vaec_conv_col2im(NULL, geo, ln->col, m, j->din + n0 * j->lddin, j->lddin);
+        vaec_rows_act_backward(NULL, j->in_act, j->din + n0 * j->lddin, j->lddin, j->x + n0 * j->ldx, j->ldx, m,
+                               geo->C * geo->H * geo->W);
+    }
 }
 
 /* dW (+)= g^T . col, db (+)= colsum(g), din(R, x's shape) = col2im(g . W) * in_act'(x) */
@@ -196,41 +307,23 @@ static void conv_backward(vaec_net *net, vaec_layer *L, float *din, int64_t lddi
     const vaec_conv_geom *geo = &L->geom;
     float *Gr = net->arena->grads;
     const int64_t K = geo->C * geo->kh * geo->kw, Cout = L->spec.out, Np = geo->Ho * geo->Wo;
-    const int64_t G = min64(L->group, net->rows);
     const int perm = conv_permuted(L);
     conv_ws w;
-    conv_layout(L, L->ws, net->rows, Np * K, Np * Cout, perm ? Cout * K : 0, &w);
+    conv_layout(L, L->ws, net->rows, Np * K, Np * Cout, perm ? Cout * K : 0, Cout * K, Cout, &w);
     const float *W = perm ? w.wp : net->arena->params + L->lin.W;   /* the forward permuted it */
-    float *dW = perm ? w.dwp : Gr + L->lin.W;
-    const int direct = ldg == Np * Cout;
-    vaec_gemm_epilogue chk = {NULL, VAEC_ACT_IDENTITY, NULL, 0, &net->nonfinite};
     TIMING_START;
-    if (R <= 0 && !accumulate) {
-        memset(Gr + L->lin.W, 0, (size_t)(Cout * K) * sizeof(float));
-        memset(Gr + L->lin.b, 0, (size_t)Cout * sizeof(float));
-    }
-    for (int64_t n0 = 0; n0 < R; n0 += G) {
-        const int64_t m = min64(G, R - n0);
-        /* a permuted weight's gradient is made apart and put back once: its blocks add up
-         * from zero there, so the first block writes whatever the protocol says */
-        const int add = n0 > 0 || (accumulate && !perm);
-        const float *gn = g + n0 * ldg;
-        if (!direct) {
-            for (int64_t n = 0; n < m; n++)
-                memcpy(w.mat + n * Np * Cout, g + (n0 + n) * ldg, (size_t)(Np * Cout) * sizeof(float));
-            gn = w.mat;
+    if (R <= 0) {
+        if (!accumulate) {
+            memset(Gr + L->lin.W, 0, (size_t)(Cout * K) * sizeof(float));
+            memset(Gr + L->lin.b, 0, (size_t)Cout * sizeof(float));
         }
-        if (!(L->sp_for == x && L->sp_rows == R)) vaec_conv_im2col(net->pool, geo, x + n0 * ldx, ldx, m, w.col);
-        vaec_sgemm_fused(net->pool, 1, 0, Cout, K, m * Np, gn, Cout, w.col, K, add ? 1.0f : 0.0f, dW, K, &chk);
-        vaec_dense_bias_grad(net->pool, Gr + L->lin.b, gn, Cout, m * Np, Cout, n0 > 0 || accumulate, &net->nonfinite);
-        if (!din) continue;
-        L->sp_for = NULL;   /* the columns give way to their gradient */
-        vaec_sgemm(net->pool, 0, 0, m * Np, K, Cout, gn, Cout, W, K, 0.0f, w.col, K);
-        vaec_conv_col2im(net->pool, geo, w.col, m, din + n0 * lddin, lddin);
-        vaec_rows_act_backward(net->pool, in_act, din + n0 * lddin, lddin, x + n0 * ldx, ldx, m,
-                               geo->C * geo->H * geo->W);
+        return;
     }
-    if (perm && R > 0) vaec_conv_weight_from_ijc(w.dwp, Gr + L->lin.W, Cout, geo->C, geo->kh, geo->kw, accumulate);
+    conv_job j = {net, L, &w, split_of(min64(L->group, net->rows), R), W, x, g, NULL, din, ldx, 0, ldg, lddin, R, in_act};
+    vaec_pool_run(net->pool, conv_backward_lane, &j, j.sp.lanes);
+    lanes_reduce(net, &w, j.sp.lanes, perm ? w.dwp : Gr + L->lin.W, Cout * K, accumulate && !perm, Gr + L->lin.b, Cout,
+                 accumulate);
+    if (perm) vaec_conv_weight_from_ijc(w.dwp, Gr + L->lin.W, Cout, geo->C, geo->kh, geo->kw, accumulate);
     TIMING_END(R * Np * Cout * K * (din ? 2 : 1));
 }
 
@@ -257,7 +350,7 @@ static vaec_status convt_shape(vaec_layer *L) {
     *g = (vaec_conv_geom){s->out, Ho, Wo, s->kernel[0], s->kernel[1], s->stride[0], s->stride[1], s->padding[0],
                           s->padding[1], L->in.h, L->in.w, 1};
     L->out = vaec_dims_nhwc(s->out, Ho, Wo);
-    L->group = group_of(L->in.h * L->in.w * (s->out * g->kh * g->kw + 2 * L->in.c));
+    L->group = group_of(L->in.h * L->in.w * (s->out * g->kh * g->kw + L->in.c));
     return VAEC_OK;
 }
 
@@ -284,80 +377,90 @@ static int convt_permuted(const vaec_layer *L) { return L->spec.out > 1; }
 static int convt_input_nhwc(const vaec_layer *L) { return L->in.nhwc || L->in.c == 1; }
 
 static int64_t convt_plan(vaec_layer *L, float *buf, int64_t rows) {
-    const int64_t HW = L->in.h * L->in.w;
-    return conv_layout(L, buf, rows, HW * L->lin.out, HW * L->in.c, convt_permuted(L) ? L->in.c * L->lin.out : 0, NULL);
+    const int64_t HW = L->in.h * L->in.w, Cin = L->in.c, K = L->lin.out;
+    return conv_layout(L, buf, rows, HW * K, HW * Cin, convt_permuted(L) ? Cin * K : 0, Cin * K, L->spec.out, NULL);
 }
 
-typedef struct { const float *b; vaec_act act; float *y; int64_t ldy, C, P; } bias_act_job;
-/* y[p, c] = act(y[p, c] + b[c]) (channels last), one example a task */
-static void bias_act_task(void *ctx, int64_t n, int tid) {
-    (void)tid;
-    bias_act_job *j = ctx;
-    float *y = j->y + n * j->ldy;
-    for (int64_t p = 0; p < j->P; p++) {
-        float *yp = y + p * j->C;
-        for (int64_t c = 0; c < j->C; c++) yp[c] += j->b[c];
-    }
-    if (j->act != VAEC_ACT_IDENTITY) vaec_act_forward(j->act, y, y, j->C * j->P);
-}
-
-/* the rows [n0, n0+m) of x channels last: x itself, or transposed into w->mat */
-static const float *convt_input(vaec_net *net, const vaec_layer *L, const conv_ws *w, const float *x, int64_t ldx,
-                                int64_t n0, int64_t m, int64_t *ld) {
+/* the rows [n0, n0+m) of x channels last: x itself, or put into `mat` */
+static const float *convt_input(const vaec_layer *L, float *mat, const float *x, int64_t ldx, int64_t n0, int64_t m) {
     const int64_t HW = L->in.h * L->in.w, Cin = L->in.c;
-    if (convt_input_nhwc(L) && ldx == HW * Cin) {
-        *ld = Cin;
-        return x + n0 * ldx;
-    }
+    if (convt_input_nhwc(L) && ldx == HW * Cin) return x + n0 * ldx;
     if (convt_input_nhwc(L))
-        for (int64_t n = 0; n < m; n++) memcpy(w->mat + n * HW * Cin, x + (n0 + n) * ldx, (size_t)(HW * Cin) * sizeof(float));
+        for (int64_t n = 0; n < m; n++) memcpy(mat + n * HW * Cin, x + (n0 + n) * ldx, (size_t)(HW * Cin) * sizeof(float));
     else
-        vaec_conv_nchw_to_nhwc(net->pool, x + n0 * ldx, ldx, w->mat, HW * Cin, m, HW, Cin);
-    *ld = Cin;
-    return w->mat;
+        vaec_conv_nchw_to_nhwc(NULL, x + n0 * ldx, ldx, mat, HW * Cin, m, HW, Cin);
+    return mat;
+}
+
+static void convt_forward_lane(void *ctx, int64_t l, int tid) {
+    (void)tid;
+    const conv_job *j = ctx;
+    const vaec_layer *L = j->L;
+    const vaec_conv_geom *g = &L->geom;
+    const int64_t Cin = L->in.c, HW = L->in.h * L->in.w, K = L->lin.out, C = g->C, P = g->H * g->W;
+    const float *b = j->net->arena->params + L->lin.b;
+    const conv_lane *ln = &j->w->lane[l];
+    FOR_LANE_GROUPS(j, l, n0, m) {
+        const float *xn = convt_input(L, ln->mat, j->x, j->ldx, n0, m);
+        vaec_sgemm(NULL, 0, 0, m * HW, K, Cin, xn, Cin, j->W, K, 0.0f, ln->col, K);
+        vaec_conv_col2im(NULL, g, ln->col, m, j->y + n0 * j->ldy, j->ldy);
+        for (int64_t n = 0; n < m; n++) {   /* y[p, c] = act(y[p, c] + b[c]), channels last */
+            float *y = j->y + (n0 + n) * j->ldy;
+            for (int64_t p = 0; p < P; p++)
+                for (int64_t c = 0; c < C; c++) y[p * C + c] += b[c];
+            if (L->act != VAEC_ACT_IDENTITY) vaec_act_forward(L->act, y, y, C * P);
+        }
+    }
 }
 
 /* y(R, (Ho, Wo, Cout)) = act(col2im(x_nhwc . W) + b) */
 static void convt_forward(vaec_net *net, vaec_layer *L, float *y, int64_t ldy, const float *x, int64_t ldx,
                           int64_t R) {
     const vaec_conv_geom *g = &L->geom;
-    const float *P = net->arena->params;
     const int64_t Cin = L->in.c, HW = L->in.h * L->in.w, K = L->lin.out;
-    const int64_t G = min64(L->group, net->rows);
     conv_ws w;
-    conv_layout(L, L->ws, net->rows, HW * K, HW * Cin, convt_permuted(L) ? Cin * K : 0, &w);
-    const float *W = P + L->lin.W;
+    conv_layout(L, L->ws, net->rows, HW * K, HW * Cin, convt_permuted(L) ? Cin * K : 0, Cin * K, L->spec.out, &w);
+    const float *W = net->arena->params + L->lin.W;
     if (convt_permuted(L)) {
         vaec_conv_weight_to_ijc(W, w.wp, Cin, g->C, g->kh, g->kw);
         W = w.wp;
     }
     TIMING_START;
-    for (int64_t n0 = 0; n0 < R; n0 += G) {
-        const int64_t m = min64(G, R - n0);
-        int64_t ldn;
-        const float *xn = convt_input(net, L, &w, x, ldx, n0, m, &ldn);
-        vaec_sgemm(net->pool, 0, 0, m * HW, K, Cin, xn, ldn, W, K, 0.0f, w.col, K);
-        vaec_conv_col2im(net->pool, g, w.col, m, y + n0 * ldy, ldy);
-        bias_act_job j = {P + L->lin.b, L->act, y + n0 * ldy, ldy, g->C, g->H * g->W};
-        vaec_pool_run(net->pool, bias_act_task, &j, m);
-    }
-    /* x channels last stays in the workspace when it was put there for all of x */
-    L->sp_for = R <= G && !(convt_input_nhwc(L) && ldx == HW * Cin) ? x : NULL;
-    L->sp_rows = R;
+    conv_job j = {net, L, &w, split_of(min64(L->group, net->rows), R), W, x, NULL, y, NULL, ldx, ldy, 0, 0, R, 0};
+    vaec_pool_run(net->pool, convt_forward_lane, &j, j.sp.lanes);
     TIMING_END(R * HW * Cin * K);
 }
 
-typedef struct { const float *g; int64_t ldg, C, P; double *acc; } chan_sum_job;
-/* the sums of g (channels last) over the positions of each channel, example n into
- * acc[n C + c], positions in order */
-static void chan_sum_task(void *ctx, int64_t n, int tid) {
+static void convt_backward_lane(void *ctx, int64_t l, int tid) {
     (void)tid;
-    chan_sum_job *j = ctx;
-    double *a = j->acc + n * j->C;
-    for (int64_t c = 0; c < j->C; c++) a[c] = 0.0;
-    const float *g = j->g + n * j->ldg;
-    for (int64_t p = 0; p < j->P; p++)
-        for (int64_t c = 0; c < j->C; c++) a[c] += g[p * j->C + c];
+    const conv_job *j = ctx;
+    const vaec_layer *L = j->L;
+    const vaec_conv_geom *geo = &L->geom;
+    const int64_t Cin = L->in.c, HW = L->in.h * L->in.w, K = L->lin.out, Cout = L->spec.out;
+    const conv_lane *ln = &j->w->lane[l];
+    const int din_direct = convt_input_nhwc(L) && j->lddin == HW * Cin;
+    for (int64_t c = 0; c < Cout; c++) ln->db[c] = 0.0;
+    int first = 1;
+    FOR_LANE_GROUPS(j, l, n0, m) {
+        const float *gn = j->g + n0 * j->ldg;
+        for (int64_t n = 0; n < m; n++) chan_sums(ln->db, gn + n * j->ldg, Cout, geo->H * geo->W, Cout);
+        vaec_conv_im2col(NULL, geo, gn, j->ldg, m, ln->col);
+        const float *xn = convt_input(L, ln->mat, j->x, j->ldx, n0, m);
+        vaec_sgemm(NULL, 1, 0, Cin, K, m * HW, xn, Cin, ln->col, K, first ? 0.0f : 1.0f, ln->dw, K);
+        first = 0;
+        if (!j->din) continue;
+        float *dn = din_direct ? j->din + n0 * j->lddin : ln->mat;   /* the input is done with */
+        vaec_sgemm(NULL, 0, 1, m * HW, Cin, K, ln->col, K, j->W, K, 0.0f, dn, Cin);
+        if (!din_direct) {
+            if (convt_input_nhwc(L))
+                for (int64_t n = 0; n < m; n++)
+                    memcpy(j->din + (n0 + n) * j->lddin, dn + n * HW * Cin, (size_t)(HW * Cin) * sizeof(float));
+            else
+                vaec_conv_nhwc_to_nchw(NULL, dn, HW * Cin, j->din + n0 * j->lddin, j->lddin, m, HW, Cin);
+        }
+        vaec_rows_act_backward(NULL, j->in_act, j->din + n0 * j->lddin, j->lddin, j->x + n0 * j->ldx, j->ldx, m,
+                               Cin * HW);
+    }
 }
 
 /* dW (+)= x_nhwc^T . im2col(g), db (+)= sum(g), din = (im2col(g) . W^T, x's layout) * in_act'(x) */
@@ -366,56 +469,23 @@ static void convt_backward(vaec_net *net, vaec_layer *L, float *din, int64_t ldd
     const vaec_conv_geom *geo = &L->geom;
     float *Gr = net->arena->grads;
     const int64_t Cin = L->in.c, HW = L->in.h * L->in.w, K = L->lin.out, Cout = L->spec.out;
-    const int64_t G = min64(L->group, net->rows);
     const int perm = convt_permuted(L);
     conv_ws w;
-    conv_layout(L, L->ws, net->rows, HW * K, HW * Cin, perm ? Cin * K : 0, &w);
+    conv_layout(L, L->ws, net->rows, HW * K, HW * Cin, perm ? Cin * K : 0, Cin * K, Cout, &w);
     const float *W = perm ? w.wp : net->arena->params + L->lin.W;   /* the forward permuted it */
-    float *dW = perm ? w.dwp : Gr + L->lin.W;
-    vaec_gemm_epilogue chk = {NULL, VAEC_ACT_IDENTITY, NULL, 0, &net->nonfinite};
     TIMING_START;
-    if (R <= 0 && !accumulate) {
-        memset(Gr + L->lin.W, 0, (size_t)(Cin * K) * sizeof(float));
-        memset(Gr + L->lin.b, 0, (size_t)Cout * sizeof(float));
-    }
-    /* the bias: per channel, the examples' sums in example order (float64), once */
-    if (R > 0) {
-        double *acc = (double *)w.col;   /* the columns are free until the first block */
-        chan_sum_job cj = {g, ldg, Cout, geo->H * geo->W, acc};
-        float *db = Gr + L->lin.b;
-        for (int64_t n0 = 0; n0 < R; n0 += G) {
-            const int64_t m = min64(G, R - n0);
-            cj.g = g + n0 * ldg;
-            vaec_pool_run(net->pool, chan_sum_task, &cj, m);
-            for (int64_t c = 0; c < Cout; c++) {
-                double s = 0.0;
-                for (int64_t n = 0; n < m; n++) s += acc[n * Cout + c];
-                db[c] = accumulate || n0 > 0 ? db[c] + (float)s : (float)s;
-            }
+    if (R <= 0) {
+        if (!accumulate) {
+            memset(Gr + L->lin.W, 0, (size_t)(Cin * K) * sizeof(float));
+            memset(Gr + L->lin.b, 0, (size_t)Cout * sizeof(float));
         }
-        if (vaec_check_range(db, Cout, 0.0f, 0.0f, 0) >= 0) atomic_store(&net->nonfinite, 1);
+        return;
     }
-    const int din_direct = convt_input_nhwc(L) && lddin == HW * Cin;
-    for (int64_t n0 = 0; n0 < R; n0 += G) {
-        const int64_t m = min64(G, R - n0);
-        const int add = n0 > 0 || (accumulate && !perm);
-        vaec_conv_im2col(net->pool, geo, g + n0 * ldg, ldg, m, w.col);
-        int64_t ldn = Cin;
-        const float *xn = L->sp_for == x && L->sp_rows == R ? w.mat : convt_input(net, L, &w, x, ldx, n0, m, &ldn);
-        vaec_sgemm_fused(net->pool, 1, 0, Cin, K, m * HW, xn, ldn, w.col, K, add ? 1.0f : 0.0f, dW, K, &chk);
-        if (!din) continue;
-        L->sp_for = NULL;   /* the input gives way to its gradient */
-        float *dn = din_direct ? din + n0 * lddin : w.mat;
-        vaec_sgemm(net->pool, 0, 1, m * HW, Cin, K, w.col, K, W, K, 0.0f, dn, Cin);
-        if (!din_direct) {
-            if (convt_input_nhwc(L))
-                for (int64_t n = 0; n < m; n++) memcpy(din + (n0 + n) * lddin, dn + n * HW * Cin, (size_t)(HW * Cin) * sizeof(float));
-            else
-                vaec_conv_nhwc_to_nchw(net->pool, dn, HW * Cin, din + n0 * lddin, lddin, m, HW, Cin);
-        }
-        vaec_rows_act_backward(net->pool, in_act, din + n0 * lddin, lddin, x + n0 * ldx, ldx, m, Cin * HW);
-    }
-    if (perm && R > 0) vaec_conv_weight_from_ijc(w.dwp, Gr + L->lin.W, Cin, Cout, geo->kh, geo->kw, accumulate);
+    conv_job j = {net, L, &w, split_of(min64(L->group, net->rows), R), W, x, g, NULL, din, ldx, 0, ldg, lddin, R, in_act};
+    vaec_pool_run(net->pool, convt_backward_lane, &j, j.sp.lanes);
+    lanes_reduce(net, &w, j.sp.lanes, perm ? w.dwp : Gr + L->lin.W, Cin * K, accumulate && !perm, Gr + L->lin.b, Cout,
+                 accumulate);
+    if (perm) vaec_conv_weight_from_ijc(w.dwp, Gr + L->lin.W, Cin, Cout, geo->kh, geo->kw, accumulate);
     TIMING_END(R * HW * Cin * K * (din ? 2 : 1));
 }
 
