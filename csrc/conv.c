@@ -63,7 +63,9 @@ NO_MEMCPY_IDIOM static void im2col_example_nhwc(const vaec_conv_geom *g, const f
                 }
                 const float *src = x + (ih * W + w0) * C;
                 if (cols_inside) {
-                    for (int64_t q = 0; q < run; q++) row[q] = src[q];
+                    if (run >= 16) memcpy(row, src, (size_t)run * sizeof(float));   /* the library's widest copy */
+                    else
+                        for (int64_t q = 0; q < run; q++) row[q] = src[q];
                     continue;
                 }
                 for (int64_t j = 0; j < kw; j++) {

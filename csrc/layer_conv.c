@@ -229,7 +229,18 @@ typedef struct {
     float *y, *din;
     int64_t ldx, ldy, ldg, lddin, R;
     vaec_act in_act;
+    _Atomic unsigned busy;   /* the scratch slots in use */
 } conv_job;
+
+/* A task's scratch (columns, matrix) is a free slot's, the lowest: the threads keep using
+ * the same few buffers, which stay in their caches, whichever lanes they run. At most
+ * CONV_LANES tasks run at once, so one is always free. Only the buffers depend on it. */
+static int slot_take(conv_job *j) {
+    for (;;)
+        for (int s = 0; s < CONV_LANES; s++)
+            if (!(atomic_fetch_or(&j->busy, 1u << s) & (1u << s))) return s;
+}
+static void slot_give(conv_job *j, int s) { atomic_fetch_and(&j->busy, ~(1u << s)); }
 
 /* lane l: its groups' rows [n0, n0 + m) */
 #define FOR_LANE_GROUPS(j, l, n0, m)                                                                  \
@@ -239,20 +250,22 @@ typedef struct {
 
 static void conv_forward_lane(void *ctx, int64_t l, int tid) {
     (void)tid;
-    const conv_job *j = ctx;
+    conv_job *j = ctx;
     const vaec_conv_geom *g = &j->L->geom;
     const int64_t K = g->C * g->kh * g->kw, Cout = j->L->spec.out, Np = g->Ho * g->Wo;
-    const conv_lane *ln = &j->w->lane[l];
+    const int slot = slot_take(j);
+    float *col = j->w->lane[slot].col, *mat = j->w->lane[slot].mat;
     const int direct = j->ldy == Np * Cout;
     vaec_gemm_epilogue e = {j->net->arena->params + j->L->lin.b, j->L->act, NULL, 0, NULL};
     FOR_LANE_GROUPS(j, l, n0, m) {
-        float *out = direct ? j->y + n0 * j->ldy : ln->mat;
-        vaec_conv_im2col(NULL, g, j->x + n0 * j->ldx, j->ldx, m, ln->col);
-        vaec_sgemm_fused(NULL, 0, 1, m * Np, Cout, K, ln->col, K, j->W, K, 0.0f, out, Cout, &e);
+        float *out = direct ? j->y + n0 * j->ldy : mat;
+        vaec_conv_im2col(NULL, g, j->x + n0 * j->ldx, j->ldx, m, col);
+        vaec_sgemm_fused(NULL, 0, 1, m * Np, Cout, K, col, K, j->W, K, 0.0f, out, Cout, &e);
         if (!direct)
             for (int64_t n = 0; n < m; n++)
                 memcpy(j->y + (n0 + n) * j->ldy, out + n * Np * Cout, (size_t)(Np * Cout) * sizeof(float));
     }
+    slot_give(j, slot);
 }
 
 /* y(R, (Ho, Wo, Cout)) = act(conv(x(R, (C, H, W) or (H, W, C))) + b) */
@@ -268,17 +281,19 @@ static void conv_forward(vaec_net *net, vaec_layer *L, float *y, int64_t ldy, co
         W = w.wp;
     }
     TIMING_START;
-    conv_job j = {net, L, &w, split_of(min64(L->group, net->rows), R), W, x, NULL, y, NULL, ldx, ldy, 0, 0, R, 0};
+    conv_job j = {net, L, &w, split_of(min64(L->group, net->rows), R), W, x, NULL, y, NULL, ldx, ldy, 0, 0, R, 0, 0};
     vaec_pool_run(net->pool, conv_forward_lane, &j, j.sp.lanes);
     TIMING_END(R * Np * Cout * K);
 }
 
 static void conv_backward_lane(void *ctx, int64_t l, int tid) {
     (void)tid;
-    const conv_job *j = ctx;
+    conv_job *j = ctx;
     const vaec_conv_geom *geo = &j->L->geom;
     const int64_t K = geo->C * geo->kh * geo->kw, Cout = j->L->spec.out, Np = geo->Ho * geo->Wo;
     const conv_lane *ln = &j->w->lane[l];
+    const int slot = slot_take(j);
+    float *col = j->w->lane[slot].col, *mat = j->w->lane[slot].mat;
     const int direct = j->ldg == Np * Cout;
     for (int64_t c = 0; c < Cout; c++) ln->db[c] = 0.0;
     int first = 1;
@@ -286,19 +301,20 @@ static void conv_backward_lane(void *ctx, int64_t l, int tid) {
         const float *gn = j->g + n0 * j->ldg;
         if (!direct) {
             for (int64_t n = 0; n < m; n++)
-                memcpy(ln->mat + n * Np * Cout, j->g + (n0 + n) * j->ldg, (size_t)(Np * Cout) * sizeof(float));
-            gn = ln->mat;
+                memcpy(mat + n * Np * Cout, j->g + (n0 + n) * j->ldg, (size_t)(Np * Cout) * sizeof(float));
+            gn = mat;
         }
-        vaec_conv_im2col(NULL, geo, j->x + n0 * j->ldx, j->ldx, m, ln->col);
-        vaec_sgemm(NULL, 1, 0, Cout, K, m * Np, gn, Cout, ln->col, K, first ? 0.0f : 1.0f, ln->dw, K);
+        vaec_conv_im2col(NULL, geo, j->x + n0 * j->ldx, j->ldx, m, col);
+        vaec_sgemm(NULL, 1, 0, Cout, K, m * Np, gn, Cout, col, K, first ? 0.0f : 1.0f, ln->dw, K);
         chan_sums(ln->db, gn, Cout, m * Np, Cout);
         first = 0;
         if (!j->din) continue;
-        vaec_sgemm(NULL, 0, 0, m * Np, K, Cout, gn, Cout, j->W, K, 0.0f, ln->col, K);
-        vaec_conv_col2im(NULL, geo, ln->col, m, j->din + n0 * j->lddin, j->lddin);
+        vaec_sgemm(NULL, 0, 0, m * Np, K, Cout, gn, Cout, j->W, K, 0.0f, col, K);
+        vaec_conv_col2im(NULL, geo, col, m, j->din + n0 * j->lddin, j->lddin);
         vaec_rows_act_backward(NULL, j->in_act, j->din + n0 * j->lddin, j->lddin, j->x + n0 * j->ldx, j->ldx, m,
                                geo->C * geo->H * geo->W);
     }
+    slot_give(j, slot);
 }
 
 /* dW (+)= g^T . col, db (+)= colsum(g), din(R, x's shape) = col2im(g . W) * in_act'(x) */
@@ -319,7 +335,7 @@ static void conv_backward(vaec_net *net, vaec_layer *L, float *din, int64_t lddi
         }
         return;
     }
-    conv_job j = {net, L, &w, split_of(min64(L->group, net->rows), R), W, x, g, NULL, din, ldx, 0, ldg, lddin, R, in_act};
+    conv_job j = {net, L, &w, split_of(min64(L->group, net->rows), R), W, x, g, NULL, din, ldx, 0, ldg, lddin, R, in_act, 0};
     vaec_pool_run(net->pool, conv_backward_lane, &j, j.sp.lanes);
     lanes_reduce(net, &w, j.sp.lanes, perm ? w.dwp : Gr + L->lin.W, Cout * K, accumulate && !perm, Gr + L->lin.b, Cout,
                  accumulate);
@@ -394,16 +410,17 @@ static const float *convt_input(const vaec_layer *L, float *mat, const float *x,
 
 static void convt_forward_lane(void *ctx, int64_t l, int tid) {
     (void)tid;
-    const conv_job *j = ctx;
+    conv_job *j = ctx;
     const vaec_layer *L = j->L;
     const vaec_conv_geom *g = &L->geom;
     const int64_t Cin = L->in.c, HW = L->in.h * L->in.w, K = L->lin.out, C = g->C, P = g->H * g->W;
     const float *b = j->net->arena->params + L->lin.b;
-    const conv_lane *ln = &j->w->lane[l];
+    const int slot = slot_take(j);
+    float *col = j->w->lane[slot].col, *mat = j->w->lane[slot].mat;
     FOR_LANE_GROUPS(j, l, n0, m) {
-        const float *xn = convt_input(L, ln->mat, j->x, j->ldx, n0, m);
-        vaec_sgemm(NULL, 0, 0, m * HW, K, Cin, xn, Cin, j->W, K, 0.0f, ln->col, K);
-        vaec_conv_col2im(NULL, g, ln->col, m, j->y + n0 * j->ldy, j->ldy);
+        const float *xn = convt_input(L, mat, j->x, j->ldx, n0, m);
+        vaec_sgemm(NULL, 0, 0, m * HW, K, Cin, xn, Cin, j->W, K, 0.0f, col, K);
+        vaec_conv_col2im(NULL, g, col, m, j->y + n0 * j->ldy, j->ldy);
         for (int64_t n = 0; n < m; n++) {   /* y[p, c] = act(y[p, c] + b[c]), channels last */
             float *y = j->y + (n0 + n) * j->ldy;
             for (int64_t p = 0; p < P; p++)
@@ -411,6 +428,7 @@ static void convt_forward_lane(void *ctx, int64_t l, int tid) {
             if (L->act != VAEC_ACT_IDENTITY) vaec_act_forward(L->act, y, y, C * P);
         }
     }
+    slot_give(j, slot);
 }
 
 /* y(R, (Ho, Wo, Cout)) = act(col2im(x_nhwc . W) + b) */
@@ -426,31 +444,33 @@ static void convt_forward(vaec_net *net, vaec_layer *L, float *y, int64_t ldy, c
         W = w.wp;
     }
     TIMING_START;
-    conv_job j = {net, L, &w, split_of(min64(L->group, net->rows), R), W, x, NULL, y, NULL, ldx, ldy, 0, 0, R, 0};
+    conv_job j = {net, L, &w, split_of(min64(L->group, net->rows), R), W, x, NULL, y, NULL, ldx, ldy, 0, 0, R, 0, 0};
     vaec_pool_run(net->pool, convt_forward_lane, &j, j.sp.lanes);
     TIMING_END(R * HW * Cin * K);
 }
 
 static void convt_backward_lane(void *ctx, int64_t l, int tid) {
     (void)tid;
-    const conv_job *j = ctx;
+    conv_job *j = ctx;
     const vaec_layer *L = j->L;
     const vaec_conv_geom *geo = &L->geom;
     const int64_t Cin = L->in.c, HW = L->in.h * L->in.w, K = L->lin.out, Cout = L->spec.out;
     const conv_lane *ln = &j->w->lane[l];
+    const int slot = slot_take(j);
+    float *col = j->w->lane[slot].col, *mat = j->w->lane[slot].mat;
     const int din_direct = convt_input_nhwc(L) && j->lddin == HW * Cin;
     for (int64_t c = 0; c < Cout; c++) ln->db[c] = 0.0;
     int first = 1;
     FOR_LANE_GROUPS(j, l, n0, m) {
         const float *gn = j->g + n0 * j->ldg;
         for (int64_t n = 0; n < m; n++) chan_sums(ln->db, gn + n * j->ldg, Cout, geo->H * geo->W, Cout);
-        vaec_conv_im2col(NULL, geo, gn, j->ldg, m, ln->col);
-        const float *xn = convt_input(L, ln->mat, j->x, j->ldx, n0, m);
-        vaec_sgemm(NULL, 1, 0, Cin, K, m * HW, xn, Cin, ln->col, K, first ? 0.0f : 1.0f, ln->dw, K);
+        vaec_conv_im2col(NULL, geo, gn, j->ldg, m, col);
+        const float *xn = convt_input(L, mat, j->x, j->ldx, n0, m);
+        vaec_sgemm(NULL, 1, 0, Cin, K, m * HW, xn, Cin, col, K, first ? 0.0f : 1.0f, ln->dw, K);
         first = 0;
         if (!j->din) continue;
-        float *dn = din_direct ? j->din + n0 * j->lddin : ln->mat;   /* the input is done with */
-        vaec_sgemm(NULL, 0, 1, m * HW, Cin, K, ln->col, K, j->W, K, 0.0f, dn, Cin);
+        float *dn = din_direct ? j->din + n0 * j->lddin : mat;   /* the input is done with */
+        vaec_sgemm(NULL, 0, 1, m * HW, Cin, K, col, K, j->W, K, 0.0f, dn, Cin);
         if (!din_direct) {
             if (convt_input_nhwc(L))
                 for (int64_t n = 0; n < m; n++)
@@ -461,6 +481,7 @@ static void convt_backward_lane(void *ctx, int64_t l, int tid) {
         vaec_rows_act_backward(NULL, j->in_act, j->din + n0 * j->lddin, j->lddin, j->x + n0 * j->ldx, j->ldx, m,
                                Cin * HW);
     }
+    slot_give(j, slot);
 }
 
 /* dW (+)= x_nhwc^T . im2col(g), db (+)= sum(g), din = (im2col(g) . W^T, x's layout) * in_act'(x) */
@@ -481,7 +502,7 @@ static void convt_backward(vaec_net *net, vaec_layer *L, float *din, int64_t ldd
         }
         return;
     }
-    conv_job j = {net, L, &w, split_of(min64(L->group, net->rows), R), W, x, g, NULL, din, ldx, 0, ldg, lddin, R, in_act};
+    conv_job j = {net, L, &w, split_of(min64(L->group, net->rows), R), W, x, g, NULL, din, ldx, 0, ldg, lddin, R, in_act, 0};
     vaec_pool_run(net->pool, convt_backward_lane, &j, j.sp.lanes);
     lanes_reduce(net, &w, j.sp.lanes, perm ? w.dwp : Gr + L->lin.W, Cin * K, accumulate && !perm, Gr + L->lin.b, Cout,
                  accumulate);
