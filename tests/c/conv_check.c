@@ -188,6 +188,12 @@ int main(void) {
         {1, 3, 4, 7, 2, 3, 2, 2, 3, 0, 1, 1, 2, 3, 1},
         {1, 2, 5, 5, 4, 1, 1, 1, 1, 0, 0, 0, 0, 2, 0},
         {1, 7, 3, 3, 6, 5, 4, 3, 2, 2, 1, 2, 1, 4, 1},
+        /* channels last with C a multiple of 8: the indirect GEMMs (taps partly outside,
+         * odd sizes, more rows than one GEMM block; ConvTranspose2d's taps are Cout's) */
+        {0, 8, 9, 7, 5, 3, 3, 2, 1, 1, 1, 0, 0, 3, 1},
+        {0, 16, 11, 10, 7, 5, 3, 1, 2, 2, 0, 0, 0, 6, 1},
+        {1, 3, 5, 6, 16, 3, 3, 2, 2, 1, 1, 1, 0, 3, 1},
+        {1, 9, 4, 3, 24, 4, 2, 3, 1, 0, 1, 2, 0, 5, 1},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) run_case(&cases[i], pool, pool1);
     vaec_pool_destroy(pool);
