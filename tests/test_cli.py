@@ -109,6 +109,34 @@ def test_eval_reports_bounds_log_likelihood_and_active_units(tmp_path):
     assert figures(r1.stdout) == figures(r2.stdout) == figures(r.stdout)
 
 
+def test_compare_gives_paired_differences_with_standard_errors(tmp_path):
+    """compare: the first model against itself differs by exactly 0; a trained model against
+    an untrained one by the difference of their mean bounds, with a positive standard error
+    that the thread count does not change; mismatched models are refused."""
+    from vaec import commands
+    X = vaec.datasets.load_mnist("test")[0][:200]
+    a = vaec.VAE(784, 4, hidden=(32,), seed=0)
+    b = vaec.VAE(784, 4, hidden=(32,), seed=0)
+    b.fit(X, epochs=3, batch_size=50, verbose=False)
+    a.save(tmp_path / "a.vaec")
+    b.save(tmp_path / "b.vaec")
+    rows = commands.compare([a, a, b], X[:60], samples=3, out=lambda *_: None)
+    assert rows[1]["diff"] == 0.0 and rows[1]["se"] == 0.0
+    ea = -np.mean([a.elbo(X[:60], seed=s, binarize="dynamic") for s in range(3)], axis=0)
+    eb = -np.mean([b.elbo(X[:60], seed=s, binarize="dynamic") for s in range(3)], axis=0)
+    assert np.isclose(rows[2]["diff"], (eb - ea).mean()) and rows[2]["diff"] < 0 < rows[2]["se"]
+    outs = []
+    for t in ("1", "2"):
+        r = run("compare", str(tmp_path / "a.vaec"), str(tmp_path / "b.vaec"), "--samples", "3", "--limit", "60",
+                "--threads", t)
+        assert r.returncode == 0, r.stderr
+        outs.append([line for line in r.stdout.splitlines() if "-ELBO " in line and "std err" in line])
+    assert outs[0] == outs[1] and len(outs[0]) == 2 and "+0.000 +- 0.000" in outs[0][0]
+    vaec.VAE(784, 3, hidden=(8,), likelihood="gaussian").save(tmp_path / "g.vaec")
+    r = run("compare", str(tmp_path / "a.vaec"), str(tmp_path / "g.vaec"), "--limit", "10")
+    assert r.returncode == 2 and "different likelihoods" in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
 def test_a_source_tree_without_the_extension_says_how_to_build_it(tmp_path):
     """`python -m vaec` inside a clone finds the source folder first; without the built
     extension it must say so, not fail with a bare ModuleNotFoundError."""

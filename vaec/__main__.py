@@ -1,4 +1,4 @@
-"""The command line: ``python -m vaec train | sample | eval | bench | reproduce``.
+"""The command line: ``python -m vaec train | sample | eval | compare | bench | reproduce``.
 
 This module parses the command line and dispatches to the commands (vaec/commands.py).
 Errors in arguments or files print one line and exit with status 2 (no traceback).
@@ -12,7 +12,7 @@ import sys
 import numpy as np
 
 # evaluate and load_dataset stay importable from here for callers of earlier versions
-from .commands import (DATASETS, UsageError, cmd_bench, cmd_eval, cmd_reproduce, cmd_sample,  # noqa: F401
+from .commands import (DATASETS, UsageError, cmd_bench, cmd_compare, cmd_eval, cmd_reproduce, cmd_sample,  # noqa: F401
                        cmd_train, evaluate, load_dataset)
 
 
@@ -61,7 +61,7 @@ def _hidden(s):
 
 def build_parser():
     p = _Parser(prog="python -m vaec", description="Variational autoencoders with a C core.")
-    sub = p.add_subparsers(dest="command", metavar="{train,sample,eval,bench,reproduce}", parser_class=_Parser)
+    sub = p.add_subparsers(dest="command", metavar="{train,sample,eval,compare,bench,reproduce}", parser_class=_Parser)
 
     t = sub.add_parser("train", help="train a VAE and write the model, metrics and pictures",
                        description="Train a VAE. With no arguments: MNIST (the full set if found in "
@@ -136,6 +136,19 @@ def build_parser():
     e.add_argument("--threads", type=_positive_int, default=None,
                    help="threads (default: all cores; the figures do not depend on it)")
     e.set_defaults(func=cmd_eval)
+
+    c = sub.add_parser("compare", help="paired test -ELBO differences between trained models, with standard errors")
+    c.add_argument("models", metavar="MODEL", nargs="+", help=".vaec files written by train; differences are from the first")
+    c.add_argument("--dataset", choices=DATASETS, default=None)
+    c.add_argument("--data", metavar="PATH")
+    c.add_argument("--samples", type=_positive_int, default=10,
+                   help="single-sample bounds averaged per image (the same seeds for every model)")
+    c.add_argument("--limit", type=_positive_int, default=None, help="only the first N test images")
+    c.add_argument("--seed", type=_nonneg_int, default=0)
+    c.add_argument("--no-binarize", action="store_true", help="evaluate on grey levels")
+    c.add_argument("--threads", type=_positive_int, default=None,
+                   help="threads (default: all cores; the figures do not depend on it)")
+    c.set_defaults(func=cmd_compare)
 
     b = sub.add_parser("bench", help="vaec against PyTorch on the same VAE: throughput, latency, %% of peak",
                        description="Trains and evaluates a 784-400-20 tanh/Bernoulli VAE with Adam in vaec and "

@@ -365,6 +365,50 @@ def cmd_eval(args):
     return 0
 
 
+def compare(models, X, samples=10, seed=0, binarize=True, names=None, out=print):
+    """Paired comparison of models on the same images: each image's -ELBO is the mean of
+    `samples` single-sample bounds (seeds seed, seed+1, ... for every model), and each model's
+    mean difference from the first model's comes with its standard error over the images.
+    Returns a list of dicts (name, neg_elbo, diff, se)."""
+    b = "dynamic" if binarize else None
+    names = names or [f"model {i}" for i in range(len(models))]
+    per = [-np.mean([m.elbo(X, seed=seed + s, binarize=b) for s in range(samples)], axis=0) for m in models]
+    n = len(X)
+    rows = []
+    for name, v in zip(names, per):
+        d = v - per[0]
+        se = float(d.std(ddof=1) / np.sqrt(n)) if n > 1 else float("nan")
+        rows.append({"name": name, "neg_elbo": float(v.mean()), "diff": float(d.mean()), "se": se})
+    w = max(len(r["name"]) for r in rows)
+    out(f"{n} test images; each image's -ELBO is the mean of {samples} single-sample bounds (seeds {seed}.."
+        f"{seed + samples - 1}); differences are from {rows[0]['name']}, paired over the images")
+    for r in rows:
+        out(f"{r['name']:{w}s}  -ELBO {r['neg_elbo']:9.3f}   difference {r['diff']:+8.3f} +- {r['se']:.3f} (std err)")
+    return rows
+
+
+def cmd_compare(args):
+    models = [_load_model(p, "compare", threads=args.threads) for p in args.models]
+    dims = {m.input_dim for m in models}
+    if len(dims) != 1:
+        raise UsageError("compare: the models take different inputs: " +
+                         ", ".join(f"{p} {m.input_dim}" for p, m in zip(args.models, models)))
+    lik = {m.likelihood for m in models}
+    if len(lik) != 1:
+        raise UsageError("compare: the models have different likelihoods: " +
+                         ", ".join(f"{p} {m.likelihood}" for p, m in zip(args.models, models)))
+    dataset = args.dataset or ("frey" if models[0].input_dim == 560 else "mnist")
+    _, _, Xte, _ = load_dataset(dataset, args.data)
+    if Xte.shape[1] != models[0].input_dim:
+        raise UsageError(f"compare: the models take {models[0].input_dim} inputs, {dataset} has {Xte.shape[1]}")
+    if args.limit:
+        Xte = Xte[:args.limit]
+    binarize = models[0].likelihood == "bernoulli" and not args.no_binarize
+    print(f"{dataset} test set: {len(Xte)} images, binarize={'dynamic' if binarize else 'none'}")
+    compare(models, Xte, args.samples, seed=args.seed, binarize=binarize, names=[os.path.basename(p) for p in args.models])
+    return 0
+
+
 def cmd_bench(args):
     from . import bench
 
