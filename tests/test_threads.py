@@ -21,7 +21,16 @@ def data(seed, n=200, d=64):
 def workload(i):
     """Build, train, evaluate, save and load a model: every array it gives."""
     X = data(i)
-    m = vaec.VAE(64, latent_dim=4, hidden=(32 + i,), seed=i, threads=2, flow="planar:2" if i % 2 else None)
+    if i % 3 == 2:   # a conv VAE on 8x8 images: the conv layers' lanes and scratch slots
+        from vaec import layers as L
+        enc = [L.Conv2d(8, 3, padding=1), L.ReLU(), L.Conv2d(16, 3, stride=2, padding=1), L.ReLU(), L.Flatten(),
+               L.Linear(16 + i), L.ReLU()]
+        dec = [L.Linear(16 * 4 * 4), L.ReLU(), L.Unflatten(16, 4, 4), L.ConvTranspose2d(8, 4, stride=2, padding=1),
+               L.ReLU(), L.Conv2d(1, 3, padding=1)]
+        m = vaec.VAE(input_shape=(1, 8, 8), latent_dim=4, encoder=enc, decoder=dec, seed=i, threads=2,
+                     flow="planar:2" if i % 2 else None)
+    else:
+        m = vaec.VAE(64, latent_dim=4, hidden=(32 + i,), seed=i, threads=2, flow="planar:2" if i % 2 else None)
     for s in range(6):
         m.train_step(X[:100], lr=1e-2, seed=s)
     hist = m.fit(X, epochs=2, batch_size=50, seed=i, progress=False)
