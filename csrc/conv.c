@@ -21,7 +21,6 @@
 #include "internal.h"
 #include <string.h>
 
-
 int64_t vaec_conv_out_size(int64_t in, int k, int s, int p) { return (in + 2 * (int64_t)p - k) / s + 1; }
 
 /* ------------------------------------------------------------------ im2col */

@@ -114,10 +114,11 @@ static conv_split split_of(int64_t G, int64_t R) {
     return p;
 }
 
-/* The workspace of both kinds: the permuted weight and its gradient, then per lane: G
- * rows of columns; G rows of a channels-last matrix (Conv2d: its output or gradient when
- * the layer's rows are not contiguous; ConvTranspose2d: its input or the input's gradient);
- * the lane's weight gradient (nwk floats) and bias gradient (nb doubles). */
+/* The workspace of both kinds: the permuted weight and its gradient, then min(rows,
+ * CONV_LANES) times: a scratch slot (G rows of columns; G rows of a channels-last matrix,
+ * for Conv2d its output or gradient when the layer's rows are not contiguous, for
+ * ConvTranspose2d its input or the input's gradient), and a lane's weight gradient (nwk
+ * floats) and bias gradient (nb doubles). A task uses its lane's sums and a free slot. */
 typedef struct { float *col, *mat, *dw; double *db; } conv_lane;
 typedef struct { float *wp, *dwp; conv_lane lane[CONV_LANES]; } conv_ws;
 static int64_t conv_layout(const vaec_layer *L, float *buf, int64_t rows, int64_t col_row, int64_t mat_row,
