@@ -243,6 +243,28 @@ static int slot_take(conv_job *j) {
 }
 static void slot_give(conv_job *j, int s) { atomic_fetch_and(&j->busy, ~(1u << s)); }
 
+/* The backward of both kinds, its job set up: the lanes (`lane`), then their sums into the
+ * weight gradient (wrows x K, torch's order; through the permuted one when `perm`) and the
+ * bias gradient (nb); no rows: zero gradients, or nothing added. */
+static void backward_run(conv_job *j, vaec_task_fn lane, int perm, int64_t wrows, int64_t K, int64_t nb,
+                         int accumulate) {
+    const vaec_layer *L = j->L;
+    float *Gr = j->net->arena->grads;
+    if (j->R <= 0) {
+        if (!accumulate) {
+            memset(Gr + L->lin.W, 0, (size_t)(wrows * K) * sizeof(float));
+            memset(Gr + L->lin.b, 0, (size_t)nb * sizeof(float));
+        }
+        return;
+    }
+    vaec_pool_run(j->net->pool, lane, j, j->sp.lanes);
+    lanes_reduce(j->net, j->w, j->sp.lanes, perm ? j->w->dwp : Gr + L->lin.W, wrows * K, accumulate && !perm,
+                 Gr + L->lin.b, nb, accumulate);
+    if (perm)
+        vaec_conv_weight_from_ijc(j->w->dwp, Gr + L->lin.W, wrows, K / (L->geom.kh * L->geom.kw), L->geom.kh,
+                                  L->geom.kw, accumulate);
+}
+
 /* lane l: its groups' rows [n0, n0 + m) */
 #define FOR_LANE_GROUPS(j, l, n0, m)                                                                  \
     for (int64_t gi_ = (l), n0, m; gi_ < (j)->sp.count &&                                             \
@@ -322,25 +344,14 @@ static void conv_backward_lane(void *ctx, int64_t l, int tid) {
 static void conv_backward(vaec_net *net, vaec_layer *L, float *din, int64_t lddin, vaec_act in_act, const float *g,
                           int64_t ldg, const float *x, int64_t ldx, int64_t R, int accumulate) {
     const vaec_conv_geom *geo = &L->geom;
-    float *Gr = net->arena->grads;
     const int64_t K = geo->C * geo->kh * geo->kw, Cout = L->spec.out, Np = geo->Ho * geo->Wo;
     const int perm = conv_permuted(L);
     conv_ws w;
     conv_layout(L, L->ws, net->rows, Np * K, Np * Cout, perm ? Cout * K : 0, Cout * K, Cout, &w);
     const float *W = perm ? w.wp : net->arena->params + L->lin.W;   /* the forward permuted it */
     TIMING_START;
-    if (R <= 0) {
-        if (!accumulate) {
-            memset(Gr + L->lin.W, 0, (size_t)(Cout * K) * sizeof(float));
-            memset(Gr + L->lin.b, 0, (size_t)Cout * sizeof(float));
-        }
-        return;
-    }
     conv_job j = {net, L, &w, split_of(min64(L->group, net->rows), R), W, x, g, NULL, din, ldx, 0, ldg, lddin, R, in_act, 0};
-    vaec_pool_run(net->pool, conv_backward_lane, &j, j.sp.lanes);
-    lanes_reduce(net, &w, j.sp.lanes, perm ? w.dwp : Gr + L->lin.W, Cout * K, accumulate && !perm, Gr + L->lin.b, Cout,
-                 accumulate);
-    if (perm) vaec_conv_weight_from_ijc(w.dwp, Gr + L->lin.W, Cout, geo->C, geo->kh, geo->kw, accumulate);
+    backward_run(&j, conv_backward_lane, perm, Cout, K, Cout, accumulate);
     TIMING_END(R * Np * Cout * K * (din ? 2 : 1));
 }
 
@@ -488,26 +499,14 @@ static void convt_backward_lane(void *ctx, int64_t l, int tid) {
 /* dW (+)= x_nhwc^T . im2col(g), db (+)= sum(g), din = (im2col(g) . W^T, x's layout) * in_act'(x) */
 static void convt_backward(vaec_net *net, vaec_layer *L, float *din, int64_t lddin, vaec_act in_act, const float *g,
                            int64_t ldg, const float *x, int64_t ldx, int64_t R, int accumulate) {
-    const vaec_conv_geom *geo = &L->geom;
-    float *Gr = net->arena->grads;
     const int64_t Cin = L->in.c, HW = L->in.h * L->in.w, K = L->lin.out, Cout = L->spec.out;
     const int perm = convt_permuted(L);
     conv_ws w;
     conv_layout(L, L->ws, net->rows, HW * K, HW * Cin, perm ? Cin * K : 0, Cin * K, Cout, &w);
     const float *W = perm ? w.wp : net->arena->params + L->lin.W;   /* the forward permuted it */
     TIMING_START;
-    if (R <= 0) {
-        if (!accumulate) {
-            memset(Gr + L->lin.W, 0, (size_t)(Cin * K) * sizeof(float));
-            memset(Gr + L->lin.b, 0, (size_t)Cout * sizeof(float));
-        }
-        return;
-    }
     conv_job j = {net, L, &w, split_of(min64(L->group, net->rows), R), W, x, g, NULL, din, ldx, 0, ldg, lddin, R, in_act, 0};
-    vaec_pool_run(net->pool, convt_backward_lane, &j, j.sp.lanes);
-    lanes_reduce(net, &w, j.sp.lanes, perm ? w.dwp : Gr + L->lin.W, Cin * K, accumulate && !perm, Gr + L->lin.b, Cout,
-                 accumulate);
-    if (perm) vaec_conv_weight_from_ijc(w.dwp, Gr + L->lin.W, Cin, Cout, geo->kh, geo->kw, accumulate);
+    backward_run(&j, convt_backward_lane, perm, Cin, K, Cout, accumulate);
     TIMING_END(R * HW * Cin * K * (din ? 2 : 1));
 }
 

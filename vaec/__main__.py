@@ -124,30 +124,25 @@ def build_parser():
     s.add_argument("--shape", type=_positive_int, nargs=2, metavar=("H", "W"), default=None)
     s.set_defaults(func=cmd_sample)
 
+    def test_set_options(q, samples_default, samples_help):
+        """the options eval and compare share: which test set, how many samples, seed, threads"""
+        q.add_argument("--dataset", choices=DATASETS, default=None)
+        q.add_argument("--data", metavar="PATH")
+        q.add_argument("--samples", type=_positive_int, default=samples_default, help=samples_help)
+        q.add_argument("--limit", type=_positive_int, default=None, help="only the first N test images")
+        q.add_argument("--seed", type=_nonneg_int, default=0)
+        q.add_argument("--no-binarize", action="store_true", help="evaluate on grey levels")
+        q.add_argument("--threads", type=_positive_int, default=None,
+                       help="threads (default: all cores; the figures do not depend on it)")
+
     e = sub.add_parser("eval", help="evaluate a trained model on a test set")
     e.add_argument("model", metavar="MODEL", help="a .vaec file written by train")
-    e.add_argument("--dataset", choices=DATASETS, default=None)
-    e.add_argument("--data", metavar="PATH")
-    e.add_argument("--samples", type=_positive_int, default=1,
-                   help="importance samples for log p(x) (e.g. 5000); also reports IWAE bounds k=5, 50 below it")
-    e.add_argument("--limit", type=_positive_int, default=None, help="only the first N test images")
-    e.add_argument("--seed", type=_nonneg_int, default=0)
-    e.add_argument("--no-binarize", action="store_true", help="evaluate on grey levels")
-    e.add_argument("--threads", type=_positive_int, default=None,
-                   help="threads (default: all cores; the figures do not depend on it)")
+    test_set_options(e, 1, "importance samples for log p(x) (e.g. 5000); also reports IWAE bounds k=5, 50 below it")
     e.set_defaults(func=cmd_eval)
 
     c = sub.add_parser("compare", help="paired test -ELBO differences between trained models, with standard errors")
     c.add_argument("models", metavar="MODEL", nargs="+", help=".vaec files written by train; differences are from the first")
-    c.add_argument("--dataset", choices=DATASETS, default=None)
-    c.add_argument("--data", metavar="PATH")
-    c.add_argument("--samples", type=_positive_int, default=10,
-                   help="single-sample bounds averaged per image (the same seeds for every model)")
-    c.add_argument("--limit", type=_positive_int, default=None, help="only the first N test images")
-    c.add_argument("--seed", type=_nonneg_int, default=0)
-    c.add_argument("--no-binarize", action="store_true", help="evaluate on grey levels")
-    c.add_argument("--threads", type=_positive_int, default=None,
-                   help="threads (default: all cores; the figures do not depend on it)")
+    test_set_options(c, 10, "single-sample bounds averaged per image (the same seeds for every model)")
     c.set_defaults(func=cmd_compare)
 
     b = sub.add_parser("bench", help="vaec against PyTorch on the same VAE: throughput, latency, %% of peak",
