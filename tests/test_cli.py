@@ -290,6 +290,21 @@ def test_bench_quick_prints_the_table(tmp_path):
     assert "| training ex/s, batch 100 |" in (tmp_path / "PERF.md").read_text()
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("compile_torch", [True, False])
+def test_bench_table_rows_fill_its_columns_with_and_without_torch_compile(compile_torch):
+    pytest.importorskip("torch")
+    from vaec import bench
+    lines = bench.run(threads=1, batches=(20,), conv_batches=(20,), quick=True, out=lambda *_: None,
+                      compile_torch=compile_torch)
+    table = [line for line in lines if line.startswith("|")]
+    assert len({line.count("|") for line in table}) == 1, table
+    assert ("vaec / torch.compile" in table[0]) == compile_torch and table[0].count("|") == (9 if compile_torch else 7)
+    row = next(line for line in table if line.startswith("| training ex/s, batch 20 |"))
+    if compile_torch:   # the compiled model's rate and the paired ratio are there
+        assert row.split("|")[5].strip() not in ("", "—") and "×" in row.split("|")[6]
+
+
 def test_bench_ratio_is_the_median_of_paired_ratios():
     from vaec.bench import _paired_ratio
     # the third pair ran in a slow spell on both sides: its ratio is ordinary

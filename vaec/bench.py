@@ -70,7 +70,7 @@ class _Torch:
         self.params = [p for m in (self.enc, self.heads, self.dec, self.out) for p in m.parameters()]
         self.opt = torch.optim.Adam(self.params, lr=1e-3)
 
-    def step(self, x):
+    def loss(self, x):
         t = self.torch
         h = t.tanh(self.enc(x))
         mu, lv = self.heads(h).chunk(2, dim=1)
@@ -78,11 +78,15 @@ class _Torch:
         logits = self.out(t.tanh(self.dec(z)))
         rec = t.nn.functional.binary_cross_entropy_with_logits(logits, x, reduction="sum")
         kl = 0.5 * (mu * mu + lv.exp() - 1 - lv).sum()
-        loss = (rec + kl) / x.shape[0]
+        return (rec + kl) / x.shape[0]
+
+    def step(self, x):
+        loss = self.loss(x)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
         return loss
+
 
     def encode(self, x):
         with self.torch.no_grad():
@@ -108,6 +112,16 @@ class _Torch:
                 lw = t.cat(lws)
                 out.append(t.logsumexp(lw, 0) - np.log(k))
             return t.stack(out)
+
+
+class _TorchCompiled(_Torch):
+    """The same model and step with the loss (forward and, through AOTAutograd, backward)
+    compiled by torch.compile; the optimizer stays eager. Each batch size compiles on its
+    first call, which the benchmark makes before timing."""
+
+    def __init__(self, threads):
+        super().__init__(threads)
+        self.loss = self.torch.compile(self.loss, dynamic=False)
 
 
 def conv_network():
@@ -200,7 +214,8 @@ def _paired_ratio(num, den):
     return f"{statistics.median(r):.2f}× ({min(r):.2f}–{max(r):.2f})"
 
 
-def run(threads=None, vs_torch=True, quick=False, batches=(1, 20, 100, 1000), out=print, conv_batches=(20, 100, 1000)):
+def run(threads=None, vs_torch=True, quick=False, batches=(1, 20, 100, 1000), out=print, conv_batches=(20, 100, 1000),
+        compile_torch=True):
     import vaec
     from . import _core
 
@@ -208,12 +223,19 @@ def run(threads=None, vs_torch=True, quick=False, batches=(1, 20, 100, 1000), ou
     seconds = 0.3 if quick else 1.0
     repeats = 3 if quick else 5
     X = _data(4000)
-    torch_model = None
+    torch_model = compiled = None
     if vs_torch:
         try:
             torch_model = _Torch(threads)
         except ImportError:
             out("(PyTorch is not installed: vaec alone)")
+    if torch_model and compile_torch:
+        try:
+            compiled = _TorchCompiled(threads)
+            compiled.step(torch_model.torch.from_numpy(X[:2]))   # fails here when it cannot compile
+        except Exception as e:   # no C++ compiler, an unsupported platform: the column stays empty
+            out(f"(torch.compile is not usable here: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})")
+            compiled = None
     peak1 = _core.peak_gflops(1, 0.3 if quick else 1.0)
     peak = _core.peak_gflops(threads, 0.3 if quick else 1.0)
     probe_s = 0.1 if quick else 0.2
@@ -245,7 +267,16 @@ def run(threads=None, vs_torch=True, quick=False, batches=(1, 20, 100, 1000), ou
             torch_model.step(tx[it["t"] % len(tx)])
             it["t"] += 1
 
-        v, t, peaks, dense = [], [], [], []
+        use_c = compiled is not None and sparse is None
+
+        def c_step():
+            compiled.step(tx[it["c"] % len(tx)])
+            it["c"] += 1
+
+        it["c"] = 0
+        if use_c:
+            compiled.step(tx[0])   # this batch size's compilation, outside the timing
+        v, t, c, peaks, dense = [], [], [], [], []
         before = vaec.set_sparse_input(sparse) if sparse else None
         try:
             for _ in range(repeats):  # interleaved, each repeat after a short peak probe: the
@@ -258,11 +289,13 @@ def run(threads=None, vs_torch=True, quick=False, batches=(1, 20, 100, 1000), ou
                     dense.append((gemm_flops / gemm_s / 1e9, peaks[-1]))
                 if torch_model:
                     t.append(rate(t_step, B))
+                if use_c:
+                    c.append(rate(c_step, B))
         finally:
             _core.gemm_timing(False)
             if before:
                 vaec.set_sparse_input(before)
-        rows.append(("train", B, v, t, _train_macs(1), sparse, peaks))
+        rows.append(("train", B, v, t, _train_macs(1), sparse, peaks, c))
         if sparse == "off" and dense:
             dense_row = (B, dense)
 
@@ -344,40 +377,45 @@ def run(threads=None, vs_torch=True, quick=False, batches=(1, 20, 100, 1000), ou
                  f"{feats['features']}), {threads} thread(s); "
                  + (f"PyTorch {torch_model.torch.__version__}" if torch_model else "no PyTorch"))
     during = [p for row in rows for p in row[6]]
+    cc = compiled is not None
     lines.append(f"measured FP32 FMA peak: {peak1:.0f} GFLOP/s on 1 thread, {peak:.0f} GFLOP/s on {threads}"
                  + (f"; {min(during):.0f}–{max(during):.0f} GFLOP/s on {threads} in the probes between the "
                     "training repeats" if during else ""))
     lines.append("")
-    lines.append("| measure | vaec | PyTorch | vaec / PyTorch | vaec GFLOP/s | % of peak |")
-    lines.append("|---|---|---|---|---|---|")
-    for kind, B, v, t, macs, sparse, peaks in rows:
+    # the torch.compile columns only when it ran: "| a | b |" -> "| a | b | c | d |" on every row
+    comp = (lambda cells: cells) if cc else (lambda cells: "")
+    lines.append("| measure | vaec | PyTorch | vaec / PyTorch |" + comp(" torch.compile | vaec / torch.compile |")
+                 + " vaec GFLOP/s | % of peak |")
+    lines.append("|---|---|---|---|" + comp("---|---|") + "---|---|")
+    for kind, B, v, t, macs, sparse, peaks, c in rows:
         gf = statistics.median(v) * macs * 2 / 1e9
         pct = statistics.median(r * macs * 2 / 1e9 / p for r, p in zip(v, peaks))
         ratio = _paired_ratio(v, t)
         what = f"batch {B}, zeros not skipped" if sparse == "off" else f"batch {B}"
-        lines.append(f"| training ex/s, {what} | {fmt(v)} | {fmt(t)} | {ratio} | {gf:.1f} | {100 * pct:.0f} % |")
+        lines.append(f"| training ex/s, {what} | {fmt(v)} | {fmt(t)} | {ratio} |"
+                     + comp(f" {fmt(c)} | {_paired_ratio(v, c)} |") + f" {gf:.1f} | {100 * pct:.0f} % |")
     if dense_row:
         B, dense = dense_row
         gf = statistics.median(g for g, _ in dense)
         pcts = [g / p for g, p in dense]
-        lines.append(f"| dense layers alone (their GEMMs' time in vaec), batch {B}, zeros not skipped | | | | "
-                     f"{gf:.1f} | {100 * statistics.median(pcts):.0f} % ({100 * min(pcts):.0f}–"
+        lines.append(f"| dense layers alone (their GEMMs' time in vaec), batch {B}, zeros not skipped | | | |"
+                     + comp(" | |") + f" {gf:.1f} | {100 * statistics.median(pcts):.0f} % ({100 * min(pcts):.0f}–"
                      f"{100 * max(pcts):.0f}) |")
     for B, v, t, macs, peaks, convs in conv_rows:
         gf = statistics.median(v) * macs * 2 / 1e9
         pct = statistics.median(r * macs * 2 / 1e9 / p for r, p in zip(v, peaks))
-        lines.append(f"| conv VAE training ex/s, batch {B} | {fmt(v)} | {fmt(t)} | {_paired_ratio(v, t)} | {gf:.1f} | "
-                     f"{100 * pct:.0f} % |")
+        lines.append(f"| conv VAE training ex/s, batch {B} | {fmt(v)} | {fmt(t)} | {_paired_ratio(v, t)} |"
+                     + comp(" | |") + f" {gf:.1f} | {100 * pct:.0f} % |")
         if convs:
             cg = statistics.median(g for g, _ in convs)
             cp = [g / p for g, p in convs]
-            lines.append(f"| conv VAE: its convolution layers alone (all their work), batch {B} | | | | {cg:.1f} | "
-                         f"{100 * statistics.median(cp):.0f} % ({100 * min(cp):.0f}–{100 * max(cp):.0f}) |")
+            lines.append(f"| conv VAE: its convolution layers alone (all their work), batch {B} | | | |" + comp(" | |")
+                         + f" {cg:.1f} | {100 * statistics.median(cp):.0f} % ({100 * min(cp):.0f}–{100 * max(cp):.0f}) |")
     ratio = _paired_ratio(lat_t, lat_v)
     lines.append(f"| encode one example, µs (lower is better) | {fmt(lat_v).replace(',', '')} | "
-                 f"{fmt(lat_t).replace(',', '')} | {ratio} | | |")
+                 f"{fmt(lat_t).replace(',', '')} | {ratio} |" + comp(" | |") + " | |")
     ratio = _paired_ratio(ll_v, ll_t)
-    lines.append(f"| log-likelihood ex/s, k = {k} | {fmt(ll_v)} | {fmt(ll_t)} | {ratio} | | |")
+    lines.append(f"| log-likelihood ex/s, k = {k} | {fmt(ll_v)} | {fmt(ll_t)} | {ratio} |" + comp(" | |") + " | |")
     lines.append("")
     lines.append(f"Medians of {repeats} interleaved repeats of about {seconds:g} s each (min–max in brackets); "
                  f"vaec / PyTorch is the median of the {repeats} ratios of back-to-back pairs; "
@@ -390,7 +428,10 @@ def run(threads=None, vs_torch=True, quick=False, batches=(1, 20, 100, 1000), ou
                  "the products are done. The conv VAE is the convolutional issue's (Conv2d 32 and 64, 4x4 "
                  "stride 2; Linear 256; the mirror with ConvTranspose2d; latent 32) against the same layers "
                  "in PyTorch (vaec.to_torch's module); its convolution-layer row times everything those "
-                 "layers do (im2col, the GEMMs, col2im, the layout changes) against their multiply-adds.")
+                 "layers do (im2col, the GEMMs, col2im, the layout changes) against their multiply-adds."
+                 + (" torch.compile: the same PyTorch model with its loss (forward and backward) compiled, "
+                    "Adam eager, each batch size compiled before its timing; on the training rows with "
+                    "the zeros skipped, interleaved with the others." if cc else ""))
     for l in lines:
         out(l)
     return lines
