@@ -296,13 +296,25 @@ def test_bench_table_rows_fill_its_columns_with_and_without_torch_compile(compil
     pytest.importorskip("torch")
     from vaec import bench
     lines = bench.run(threads=1, batches=(20,), conv_batches=(20,), quick=True, out=lambda *_: None,
-                      compile_torch=compile_torch)
+                      compile_torch=compile_torch, gemm_batches=())
     table = [line for line in lines if line.startswith("|")]
     assert len({line.count("|") for line in table}) == 1, table
     assert ("vaec / torch.compile" in table[0]) == compile_torch and table[0].count("|") == (9 if compile_torch else 7)
     row = next(line for line in table if line.startswith("| training ex/s, batch 20 |"))
     if compile_torch:   # the compiled model's rate and the paired ratio are there
         assert row.split("|")[5].strip() not in ("", "—") and "×" in row.split("|")[6]
+
+
+def test_bench_gemm_table_has_every_product_of_the_step_and_encode():
+    from vaec import bench
+    lines = bench.gemm_table(1, batches=(20,), repeats=1, seconds=0.01)
+    table = [line for line in lines if line.startswith("|")]
+    assert len({line.count("|") for line in table}) == 1
+    names = [line.split("|")[1].strip() for line in table[2:]]
+    assert names == [f"{p[0]}, 20" for p in bench._step_products(20)] + ["encode (the tanh layer and both heads), 20"]
+    for line in table[2:]:   # both sides timed, and a paired ratio
+        cells = [c.strip() for c in line.split("|")[1:-1]]
+        assert float(cells[2].replace(",", "")) > 0 and float(cells[3].replace(",", "")) > 0 and "×" in cells[4]
 
 
 def test_bench_ratio_is_the_median_of_paired_ratios():

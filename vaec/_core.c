@@ -9,6 +9,7 @@
 #include "_common.h"
 #include "internal.h"   /* the fused dense kernels, for the test hook */
 #include <math.h>
+#include <time.h>
 
 /* ------------------------------------------------------------- the type */
 /* An object is a vaec_py_model (_common.h) whose m is a vaec_vae. */
@@ -769,11 +770,15 @@ static PyObject *mod_sparse_input(PyObject *module, PyObject *noargs) {
 
 /* sgemm(A, B, transA, transB, C=None, naive=False) -> C = op(A) op(B) (+ C): for tests. */
 static PyObject *mod_sgemm(PyObject *module, PyObject *args, PyObject *kw) {
-    static char *kwlist[] = {"A", "B", "transA", "transB", "C", "naive", "threads", NULL};
+    static char *kwlist[] = {"A", "B", "transA", "transB", "C", "naive", "threads", "calls", NULL};
     PyObject *Ao, *Bo, *Co = Py_None;
-    int ta = 0, tb = 0, naive = 0, threads = 1;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|ppOpi", kwlist, &Ao, &Bo, &ta, &tb, &Co, &naive, &threads))
+    int ta = 0, tb = 0, naive = 0, threads = 1, calls = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|ppOpii", kwlist, &Ao, &Bo, &ta, &tb, &Co, &naive, &threads, &calls))
         return NULL;
+    if (calls < 0) {
+        PyErr_Format(PyExc_ValueError, "calls must be >= 0, got %d", calls);
+        return NULL;
+    }
     PyArrayObject *A = NULL, *B = NULL, *C = NULL, *Ar = NULL, *Br = NULL, *Cr = NULL;
     PyObject *res = NULL;
     if (!(Ar = vaec_py_real_array(Ao, "A")) || !(Br = vaec_py_real_array(Bo, "B"))) goto done;
@@ -805,12 +810,22 @@ static PyObject *mod_sgemm(PyObject *module, PyObject *args, PyObject *kw) {
     const float *a = PyArray_DATA(A), *b = PyArray_DATA(B);
     float *c = PyArray_DATA(C);
     int64_t lda = PyArray_DIM(A, 1), ldb = PyArray_DIM(B, 1);
+    double per_call = 0.0;
     Py_BEGIN_ALLOW_THREADS
     if (naive) vaec_sgemm_naive(ta, tb, M, N, K, a, lda, b, ldb, beta, c, N);
     else vaec_sgemm(pool, ta, tb, M, N, K, a, lda, b, ldb, beta, c, N);
+    if (calls > 0) {   /* the benchmark's timing: `calls` more products on the same pool (C = op(A) op(B)) */
+        struct timespec t0, t1;
+        clock_gettime(CLOCK_MONOTONIC, &t0);
+        for (int i = 0; i < calls; i++)
+            if (naive) vaec_sgemm_naive(ta, tb, M, N, K, a, lda, b, ldb, 0.0f, c, N);
+            else vaec_sgemm(pool, ta, tb, M, N, K, a, lda, b, ldb, 0.0f, c, N);
+        clock_gettime(CLOCK_MONOTONIC, &t1);
+        per_call = ((double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec)) / calls;
+    }
     Py_END_ALLOW_THREADS
     vaec_pool_destroy(pool);
-    res = (PyObject *)C;
+    res = calls > 0 ? Py_BuildValue("Nd", (PyObject *)C, per_call) : (PyObject *)C;
     C = NULL;
 done:
     Py_XDECREF(A); Py_XDECREF(B); Py_XDECREF(C); Py_XDECREF(Ar); Py_XDECREF(Br); Py_XDECREF(Cr);
@@ -955,7 +970,8 @@ static PyMethodDef module_methods[] = {
     {"conv_timing", mod_conv_timing, METH_VARARGS,
      "conv_timing(on) -> (seconds, multiply-adds) in the convolution layers since the last call"},
     {"sparse_input", mod_sparse_input, METH_NOARGS, "sparse_input() -> 'off', 'auto' or 'always'"},
-    {"sgemm", (PyCFunction)(void (*)(void))mod_sgemm, METH_VARARGS | METH_KEYWORDS, "GEMM, for tests"},
+    {"sgemm", (PyCFunction)(void (*)(void))mod_sgemm, METH_VARARGS | METH_KEYWORDS,
+     "GEMM, for tests; with calls=n also (C, seconds per call of n more products on one pool), for the benchmark"},
     {"act", mod_act, METH_VARARGS, "activation forward/backward, for tests"},
     {"dense", mod_dense, METH_VARARGS, "dense(x, W, b, act, fused, threads, dout): the dense layer's kernels, for tests"},
     {"rng", mod_rng, METH_VARARGS, "rng(kind, n, seed, stream, offset): the counter-based RNG, for tests"},

@@ -204,6 +204,108 @@ class _TorchConv:
         return loss
 
 
+# The products of one training step of the 784-400-20 VAE (M, N, K, op(A) transposed, op(B)
+# transposed) at batch B, in the layouts vaec uses (tests/c/gemm_shapes.c has the same list).
+def _step_products(B):
+    return [("enc0 forward (W^T stored)", B, H, D, 0, 0), ("enc0 dW^T", D, H, B, 1, 0),
+            ("heads forward", B, 2 * Z, H, 0, 1), ("heads dW", 2 * Z, H, B, 1, 0), ("heads dX", B, H, 2 * Z, 0, 0),
+            ("dec0 forward", B, H, Z, 0, 1), ("dec0 dW", H, Z, B, 1, 0), ("dec0 dX", B, Z, H, 0, 0),
+            ("out forward", B, D, H, 0, 1), ("out dW", D, H, B, 1, 0), ("out dX", B, H, D, 0, 0)]
+
+
+# OpenBLAS's threads keep spinning for a while after a call (about 0.1 s by default), on the
+# cores vaec's threads are about to use: each vaec timing waits this long after NumPy's.
+BLAS_SPIN_S = 0.25
+
+
+def _blas_limits(threads):
+    """NumPy's BLAS held to `threads` threads (threadpoolctl), or a note that it could not be."""
+    try:
+        from threadpoolctl import threadpool_limits
+        return threadpool_limits(limits=threads, user_api="blas"), None
+    except ImportError:
+        import contextlib
+        return contextlib.nullcontext(), ("threadpoolctl is not installed (pip install 'vaec[bench]'), so NumPy's "
+                                          "BLAS ran on its default threads")
+
+
+def gemm_table(threads, batches=(100, 1000), repeats=5, seconds=0.2, out=None):
+    """Every product of the training step, and encode, against NumPy (its BLAS, usually
+    OpenBLAS) with the same operands, layouts and threads: medians of interleaved repeats.
+    Returns the table's lines."""
+    import vaec
+    from . import _core
+
+    rng = np.random.default_rng(0)
+    peak = _core.peak_gflops(threads, seconds)
+    limits, note = _blas_limits(threads)
+    lines = ["| product, batch | M×N×K | vaec µs | NumPy µs | vaec / NumPy speed | vaec % of peak |",
+             "|---|---|---|---|---|---|"]
+    with limits:
+        for B in batches:
+            for name, M, N, K, ta, tb in _step_products(B):
+                A = rng.standard_normal((K, M) if ta else (M, K)).astype(np.float32)
+                Bm = rng.standard_normal((N, K) if tb else (K, N)).astype(np.float32)
+                opA, opB = (A.T if ta else A), (Bm.T if tb else Bm)
+                C = np.empty((M, N), np.float32)
+                calls = max(3, int(seconds * peak * 1e9 / (2 * M * N * K) * 0.5))
+                tv, tn = [], []
+                for _ in range(repeats):
+                    time.sleep(BLAS_SPIN_S)
+                    tv.append(_core.sgemm(A, Bm, bool(ta), bool(tb), threads=threads, calls=calls)[1])
+                    np.matmul(opA, opB, out=C)
+                    t0 = time.perf_counter()
+                    for _ in range(calls):
+                        np.matmul(opA, opB, out=C)
+                    tn.append((time.perf_counter() - t0) / calls)
+                fl = 2.0 * M * N * K
+                lines.append(f"| {name}, {B} | {M}×{N}×{K} | {statistics.median(tv) * 1e6:,.1f} | "
+                             f"{statistics.median(tn) * 1e6:,.1f} | {_paired_ratio(tn, tv)} | "
+                             f"{100 * fl / statistics.median(tv) / 1e9 / peak:.0f} % |")
+        # encode at the largest batch: vaec's call against the same arithmetic in NumPy
+        B = max(batches)
+        m = vaec.VAE(D, Z, hidden=(H,), activation="tanh", seed=0, threads=threads)
+        P = m.params
+        W0, b0 = P["encoder.0.weight"].copy(), P["encoder.0.bias"].copy()
+        Wh = np.concatenate([P["encoder.mu.weight"], P["encoder.logvar.weight"]])
+        bh = np.concatenate([P["encoder.mu.bias"], P["encoder.logvar.bias"]])
+        X = _data(B)
+        hbuf, obuf = np.empty((B, H), np.float32), np.empty((B, 2 * Z), np.float32)
+
+        def np_encode():
+            np.matmul(X, W0.T, out=hbuf)
+            np.add(hbuf, b0, out=hbuf)
+            np.tanh(hbuf, out=hbuf)
+            np.matmul(hbuf, Wh.T, out=obuf)
+            np.add(obuf, bh, out=obuf)
+
+        tv, tn = [], []
+        for _ in range(repeats):
+            time.sleep(BLAS_SPIN_S)
+            calls, el = _timed(lambda: m.encode(X), seconds)
+            tv.append(el / calls)
+            calls, el = _timed(np_encode, seconds)
+            tn.append(el / calls)
+        fl = 2.0 * B * H * (D + 2 * Z)
+        lines.append(f"| encode (the tanh layer and both heads), {B} | {B}×{H}×{D} + {B}×{2 * Z}×{H} | "
+                     f"{statistics.median(tv) * 1e6:,.1f} | {statistics.median(tn) * 1e6:,.1f} | "
+                     f"{_paired_ratio(tn, tv)} | {100 * fl / statistics.median(tv) / 1e9 / peak:.0f} % |")
+    lines.append("")
+    lines.append(f"Each product on random operands in the layouts vaec's training step uses, {threads} thread(s) on "
+                 "both sides; vaec's time is the mean of a run of calls on one thread pool, NumPy's of the same "
+                 "number of np.matmul calls into a preallocated output, each vaec timing "
+                 f"{BLAS_SPIN_S:g} s after NumPy's (OpenBLAS's threads spin on after a call); medians of "
+                 f"{repeats} interleaved repeats, the speed ratio the median of their paired ratios (above 1: vaec "
+                 f"faster). The first layer's products are the dense ones (vaec's training skips the input's "
+                 f"zeros instead). % of peak against a {peak:.0f} GFLOP/s probe. "
+                 + (note + "." if note else f"NumPy's BLAS held to {threads} thread(s) by threadpoolctl.")
+                 + " encode's first layer skips the zeros of its input as in training, so its % of peak is "
+                 "dense-equivalent and can pass 100 %.")
+    for line in lines if out else ():
+        out(line)
+    return lines
+
+
 def _paired_ratio(num, den):
     """Median (min–max) of num[i] / den[i] over the interleaved repeats: the two sides of
     a pair ran back to back, so a slow spell of the machine cancels out of each ratio
@@ -215,7 +317,7 @@ def _paired_ratio(num, den):
 
 
 def run(threads=None, vs_torch=True, quick=False, batches=(1, 20, 100, 1000), out=print, conv_batches=(20, 100, 1000),
-        compile_torch=True):
+        compile_torch=True, gemm_batches=(100, 1000)):
     import vaec
     from . import _core
 
@@ -432,6 +534,9 @@ def run(threads=None, vs_torch=True, quick=False, batches=(1, 20, 100, 1000), ou
                  + (" torch.compile: the same PyTorch model with its loss (forward and backward) compiled, "
                     "Adam eager, each batch size compiled before its timing; on the training rows with "
                     "the zeros skipped, interleaved with the others." if cc else ""))
+    if gemm_batches:
+        lines += [""] + gemm_table(threads, gemm_batches[:1] if quick else gemm_batches, repeats=repeats,
+                                   seconds=0.1 if quick else 0.2)
     for l in lines:
         out(l)
     return lines
