@@ -150,6 +150,19 @@ def test_a_source_tree_without_the_extension_says_how_to_build_it(tmp_path):
     assert r.returncode != 0 and "pip install -e ." in r.stderr and "C extension is not built" in r.stderr, r.stderr
 
 
+def test_eval_of_an_m2_model_gives_its_test_error_and_bound(tmp_path):
+    m = vaec.M2(784, 10, latent_dim=4, hidden=(16,), seed=0)
+    m.save(tmp_path / "m2.vaec")
+    r = run("eval", str(tmp_path / "m2.vaec"), "--limit", "50")
+    assert r.returncode == 0, r.stderr
+    X, y = vaec.datasets.load_mnist("test")
+    err = float(next(line for line in r.stdout.splitlines() if line.startswith("test error")).split()[2])
+    assert abs(err - 100 * m.error_rate(X[:50], y[:50])) < 0.01
+    assert "test ELBO (labels unseen)" in r.stdout
+    r = run("eval", str(tmp_path / "m2.vaec"), "--limit", "50", "--samples", "20")
+    assert r.returncode == 2 and "holds an M2 model" in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
 def test_eval_and_sample_refuse_an_autoencoder(tmp_path):
     vaec.Autoencoder(784, 2, hidden=(8,)).save(tmp_path / "ae.vaec")
     for cmd in (["eval", str(tmp_path / "ae.vaec")], ["sample", str(tmp_path / "ae.vaec"), "--out", str(tmp_path / "s.png")]):

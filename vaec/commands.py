@@ -352,15 +352,27 @@ def evaluate(model, X, samples, seed=0, binarize=True, y=None, out=print):
 
 
 def cmd_eval(args):
+    import vaec
+
     model = _load_model(args.model, "eval", threads=args.threads)
+    is_m2 = isinstance(model, vaec.M2)
+    if is_m2 and args.samples > 1:
+        raise UsageError(f"eval: {args.model} holds an M2 model, which has no importance-sampled log-likelihood "
+                         "here; leave out --samples for its test error and bound")
     dataset = args.dataset or ("frey" if model.input_dim == 560 else "mnist")
     _, _, Xte, yte = load_dataset(dataset, args.data)
     if Xte.shape[1] != model.input_dim:
         raise UsageError(f"eval: the model takes {model.input_dim} inputs, {dataset} has {Xte.shape[1]}")
     if args.limit:
-        Xte = Xte[:args.limit]
+        Xte, yte = Xte[:args.limit], (yte[:args.limit] if yte is not None else None)
     binarize = model.likelihood == "bernoulli" and not args.no_binarize
     print(f"{dataset} test set: {len(Xte)} images, binarize={'dynamic' if binarize else 'none'}")
+    if is_m2:   # the classifier's error, and the bound with the label summed out
+        if yte is not None:
+            print(f"test error:                {100 * model.error_rate(Xte, yte):10.2f} %")
+        b = "dynamic" if binarize else None
+        print(f"test ELBO (labels unseen): {model.elbo(Xte, seed=args.seed, binarize=b).mean():10.3f} nats")
+        return 0
     evaluate(model, Xte, args.samples, seed=args.seed, binarize=binarize)
     return 0
 
