@@ -127,6 +127,29 @@ static void other_kinds(const float *x) {
     list.dec[0].kind = VAEC_LAYER_LINEAR; list.dec[0].out = 64; list.dec[0].act = VAEC_ACT_ELU;
     list.dec[1].kind = VAEC_LAYER_LINEAR; list.dec[1].out = 784;
     vae_kind("10 warm steps: VAE given as layer lists", list, x, 0, 1, 0);
+    /* a conv VAE on 1x28x28: Conv2d, MaxPool, a channels-last Flatten, ConvTranspose2d,
+     * Upsample, the conv layers' groups, lanes and scratch slots */
+    vaec_vae_config conv = cfg;
+    conv.layers = 1;
+    conv.input_shape[0] = 1; conv.input_shape[1] = conv.input_shape[2] = 28;
+    memset(conv.enc, 0, sizeof conv.enc);
+    memset(conv.dec, 0, sizeof conv.dec);
+    conv.n_enc = 5;
+    conv.enc[0] = (vaec_layer_spec){.kind = VAEC_LAYER_CONV2D, .out = 8, .act = VAEC_ACT_RELU, .kernel = {3, 3},
+                                    .stride = {1, 1}, .padding = {1, 1}};
+    conv.enc[1] = (vaec_layer_spec){.kind = VAEC_LAYER_MAXPOOL2D, .kernel = {2, 2}, .stride = {2, 2}};
+    conv.enc[2] = (vaec_layer_spec){.kind = VAEC_LAYER_CONV2D, .out = 16, .act = VAEC_ACT_RELU, .kernel = {4, 4},
+                                    .stride = {2, 2}, .padding = {1, 1}};
+    conv.enc[3] = (vaec_layer_spec){.kind = VAEC_LAYER_FLATTEN};
+    conv.enc[4] = (vaec_layer_spec){.kind = VAEC_LAYER_LINEAR, .out = 32, .act = VAEC_ACT_RELU};
+    conv.n_dec = 4;
+    conv.dec[0] = (vaec_layer_spec){.kind = VAEC_LAYER_LINEAR, .out = 16 * 7 * 7, .act = VAEC_ACT_RELU};
+    conv.dec[1] = (vaec_layer_spec){.kind = VAEC_LAYER_UNFLATTEN, .shape = {16, 7, 7}};
+    conv.dec[2] = (vaec_layer_spec){.kind = VAEC_LAYER_CONVT2D, .out = 8, .act = VAEC_ACT_RELU, .kernel = {4, 4},
+                                    .stride = {2, 2}, .padding = {1, 1}};
+    conv.dec[3] = (vaec_layer_spec){.kind = VAEC_LAYER_CONVT2D, .out = 1, .kernel = {4, 4}, .stride = {2, 2},
+                                    .padding = {1, 1}};
+    vae_kind("10 warm steps: conv VAE (Conv2d, MaxPool2d, ConvTranspose2d)", conv, x, 0, 1, 0);
 
     m2_ctx mc = {0};
     vaec_m2_config m2 = {0};
