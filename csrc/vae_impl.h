@@ -64,15 +64,15 @@ struct vaec_vae {
 /* vae.c */
 vaec_status vae_ensure_workspace(vaec_vae *m, int64_t rows);
 vaec_status vae_check_input(const vaec_vae *m, const vaec_input *x);
-/* x rows [r0, r0+R) as float rows with stride *ld: in place when possible, else scaled
- * (uint8) and binarized (under `seed`, stream 4 counter + 1, pixel (row0 + row) * D + d:
- * row0 is the call's first row in the whole batch, 0 unless the call is a share) into w_x. */
 /* The end of a call that took `counter` from the model's stream (m->rng_counter++, unless
  * the noise gave its own seed): an interrupted call gives it back, so the model is as it
  * was before the call. */
 static inline void vae_call_end(vaec_vae *m, vaec_status st, const vaec_noise *noise, uint64_t counter) {
     if (st == VAEC_ERR_INTERRUPTED && !(noise && noise->use_seed)) m->rng_counter = counter;
 }
+/* x rows [r0, r0+R) as float rows with stride *ld: in place when possible, else scaled
+ * (uint8) and binarized (under `seed`, stream 4 counter + 1, pixel (row0 + row) * D + d:
+ * row0 is the call's first row in the whole batch, 0 unless the call is a share) into w_x. */
 const float *vae_prepare_input(vaec_vae *m, const vaec_input *x, int64_t r0, int64_t R, uint64_t seed,
                                uint64_t counter, int64_t row0, int64_t *ld);
 /* vae_objectives.c: the plain ELBO's batch-mean loss and its gradients (wake-sleep's wake

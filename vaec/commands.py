@@ -351,6 +351,20 @@ def evaluate(model, X, samples, seed=0, binarize=True, y=None, out=print):
     return res
 
 
+def _test_set(args, model, command):
+    """The test images eval and compare use (--dataset, --data, --limit) and whether they
+    are binarized; says which on stdout. Returns (X, y or None, binarize)."""
+    dataset = args.dataset or ("frey" if model.input_dim == 560 else "mnist")
+    _, _, Xte, yte = load_dataset(dataset, args.data)
+    if Xte.shape[1] != model.input_dim:
+        raise UsageError(f"{command}: the model takes {model.input_dim} inputs, {dataset} has {Xte.shape[1]}")
+    if args.limit:
+        Xte, yte = Xte[:args.limit], (yte[:args.limit] if yte is not None else None)
+    binarize = model.likelihood == "bernoulli" and not args.no_binarize
+    print(f"{dataset} test set: {len(Xte)} images, binarize={'dynamic' if binarize else 'none'}")
+    return Xte, yte, binarize
+
+
 def cmd_eval(args):
     import vaec
 
@@ -359,14 +373,7 @@ def cmd_eval(args):
     if is_m2 and args.samples > 1:
         raise UsageError(f"eval: {args.model} holds an M2 model, which has no importance-sampled log-likelihood "
                          "here; leave out --samples for its test error and bound")
-    dataset = args.dataset or ("frey" if model.input_dim == 560 else "mnist")
-    _, _, Xte, yte = load_dataset(dataset, args.data)
-    if Xte.shape[1] != model.input_dim:
-        raise UsageError(f"eval: the model takes {model.input_dim} inputs, {dataset} has {Xte.shape[1]}")
-    if args.limit:
-        Xte, yte = Xte[:args.limit], (yte[:args.limit] if yte is not None else None)
-    binarize = model.likelihood == "bernoulli" and not args.no_binarize
-    print(f"{dataset} test set: {len(Xte)} images, binarize={'dynamic' if binarize else 'none'}")
+    Xte, yte, binarize = _test_set(args, model, "eval")
     if is_m2:   # the classifier's error, and the bound with the label summed out
         if yte is not None:
             print(f"test error:                {100 * model.error_rate(Xte, yte):10.2f} %")
@@ -409,14 +416,7 @@ def cmd_compare(args):
     if len(lik) != 1:
         raise UsageError("compare: the models have different likelihoods: " +
                          ", ".join(f"{p} {m.likelihood}" for p, m in zip(args.models, models)))
-    dataset = args.dataset or ("frey" if models[0].input_dim == 560 else "mnist")
-    _, _, Xte, _ = load_dataset(dataset, args.data)
-    if Xte.shape[1] != models[0].input_dim:
-        raise UsageError(f"compare: the models take {models[0].input_dim} inputs, {dataset} has {Xte.shape[1]}")
-    if args.limit:
-        Xte = Xte[:args.limit]
-    binarize = models[0].likelihood == "bernoulli" and not args.no_binarize
-    print(f"{dataset} test set: {len(Xte)} images, binarize={'dynamic' if binarize else 'none'}")
+    Xte, _, binarize = _test_set(args, models[0], "compare")
     compare(models, Xte, args.samples, seed=args.seed, binarize=binarize, names=[os.path.basename(p) for p in args.models])
     return 0
 
