@@ -12,6 +12,7 @@ from _helpers import available_isas, forced_isa
 
 SHAPES = [(1, 1, 1), (1, 7, 17), (7, 1, 63), (17, 63, 7), (63, 17, 257), (257, 300, 5), (6, 16, 256),
           (96, 256, 257), (97, 257, 513), (5, 1000, 3), (300, 33, 1),
+          (100, 40, 400), (400, 20, 100), (50, 8, 300), (61, 24, 130),  # one- and two-panel widths
           (2, 300, 785), (3, 33, 64), (4, 1000, 17), (1, 400, 784)]  # M <= 4: the unpacked small-M path
 
 
@@ -40,6 +41,28 @@ def test_sgemm_matches_naive(isa, ta, tb):
         assert np.all(np.abs(fast_acc - (exact + C0)) <= 4 * scale + 1e-6 * np.abs(C0)), (isa, M, N, K)
         # the split over threads never changes the arithmetic
         assert np.array_equal(fast, fast_mt), (isa, M, N, K)
+
+
+@pytest.mark.parametrize("isa", available_isas())
+@pytest.mark.parametrize("ta,tb", [(0, 0), (0, 1), (1, 0), (1, 1)])
+@pytest.mark.parametrize("M,N,K", [(100, 20, 400), (400, 20, 100), (61, 8, 130), (13, 24, 70)])
+def test_narrow_products_match_the_same_columns_of_a_wide_one(isa, ta, tb, M, N, K):
+    """A product one panel wide reads op(A) in place and may use AVX-512's half-vector
+    tile; as the first N columns of a wider product, op(A) is packed and the tile is the
+    full one. A column's arithmetic must not depend on which: the same bits."""
+    rng = np.random.default_rng(7)
+    A = rng.standard_normal((K, M) if ta else (M, K), dtype=np.float32)
+    wide = rng.standard_normal((N + 100, K) if tb else (K, N + 100), dtype=np.float32)
+    B = np.ascontiguousarray(wide[:N] if tb else wide[:, :N])
+    C0 = rng.standard_normal((M, N + 100), dtype=np.float32)
+    with forced_isa(isa):
+        for threads in (1, 2):
+            narrow = _core.sgemm(A, B, ta, tb, threads=threads)
+            full = _core.sgemm(A, wide, ta, tb, threads=threads)
+            assert np.array_equal(narrow, full[:, :N]), (isa, threads)
+            narrow_acc = _core.sgemm(A, B, ta, tb, C=np.ascontiguousarray(C0[:, :N]), threads=threads)
+            full_acc = _core.sgemm(A, wide, ta, tb, C=C0, threads=threads)
+            assert np.array_equal(narrow_acc, full_acc[:, :N]), (isa, threads)
 
 
 def test_sgemm_catches_a_wrong_result():
