@@ -28,8 +28,8 @@ const vaec_gemm_kernel *vaec_gemm_active_kernel(void) { return kernel_for(vaec_c
 #define GEMM_SERIAL_MACS ((int64_t)1 << 16)
 
 /* ----------------------------------------------------------- the split of C */
-/* Blocks of mb rows (a multiple of MR, at most GEMM_MB) by nb columns (a multiple of NR):
- * nbi x nbj tasks. */
+/* Blocks of mb rows (a multiple of MR, at most GEMM_MB) by nb columns (a multiple of the
+ * kernel's nq, one vector): nbi x nbj tasks. */
 typedef struct { int64_t mb, nb, nbi, nbj; } gemm_plan;
 
 static int64_t round_up(int64_t n, int64_t k) { return (n + k - 1) / k * k; }
@@ -53,7 +53,7 @@ static double plan_cost(int64_t M, int64_t N, int64_t K, int threads, int mr, in
     return (double)cdiv(p->nbi * p->nbj, threads) * task;
 }
 
-static gemm_plan plan_split(int64_t M, int64_t N, int64_t K, int threads, int mr, int nr) {
+static gemm_plan plan_split(int64_t M, int64_t N, int64_t K, int threads, int mr, int nr) {  /* nr: the column quantum */
     int64_t Kc = K > 0 ? K : 1, bi0 = cdiv(M, GEMM_MB), bi_max = cdiv(M, mr), bj_max = cdiv(N, nr);
     gemm_plan best, p;
     double best_cost = plan_cost(M, N, Kc, threads, mr, nr, bi0, 1, &best);
@@ -236,7 +236,7 @@ static void sgemm_fused(vaec_pool *pool, int transA, int transB, int64_t M, int6
         return;
     }
     int threads = macs < GEMM_SERIAL_MACS ? 1 : vaec_pool_size(pool);
-    gemm_job job = {g, kern, plan_split(M, N, K, threads, kern->mr, kern->nr)};
+    gemm_job job = {g, kern, plan_split(M, N, K, threads, kern->mr, kern->nq)};
     vaec_pool_run(threads == 1 ? NULL : pool, gemm_task, &job, job.plan.nbi * job.plan.nbj);
 }
 

@@ -125,6 +125,7 @@ typedef struct {
     vaec_gemm_block_fn block;
     vaec_gemm_small_fn small;
     int mr, nr;
+    int nq;   /* the narrowest tile as fast per column as the full one (one vector): column blocks are multiples of it */
     vaec_spmm_rows_fn spmm_rows;
     vaec_spmm_cols_fn spmm_cols;
     vaec_spx_rows_fn spx_rows;
