@@ -151,7 +151,7 @@ def build_parser():
     b.add_argument("--vs", choices=("torch", "none"), default="torch")
     b.add_argument("--threads", type=_positive_int, default=None, help="default: all cores")
     b.add_argument("--quick", action="store_true", help="shorter timings (noisier)")
-    b.add_argument("--write", metavar="FILE", default=None, help="also write the table, e.g. docs/PERFORMANCE.md")
+    b.add_argument("--write", metavar="FILE", default=None, help="also write the table to FILE (replaced whole, atomically), e.g. bench.md")
     b.set_defaults(func=cmd_bench)
 
     r = sub.add_parser("reproduce", help="rerun a published experiment and record the result",
