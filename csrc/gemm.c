@@ -28,7 +28,7 @@ const vaec_gemm_kernel *vaec_gemm_active_kernel(void) { return kernel_for(vaec_c
 #define GEMM_SERIAL_MACS ((int64_t)1 << 16)
 
 /* ----------------------------------------------------------- the split of C */
-/* Blocks of mb rows (a multiple of MR, at most GEMM_MB) by nb columns (a multiple of the
+/* Blocks of mb rows (a multiple of MR, at most mb_cap(K): GEMM_MB, more for K < GEMM_KC) by nb columns (a multiple of the
  * kernel's nq, one vector): nbi x nbj tasks. */
 typedef struct { int64_t mb, nb, nbi, nbj; } gemm_plan;
 
@@ -42,10 +42,19 @@ static int64_t cdiv(int64_t n, int64_t k) { return (n + k - 1) / k; }
  * speed depends on it: every split gives the same bits. */
 #define PACK_MACS 8
 #define TASK_MACS 4096
+/* The most rows a block may have: its packed op(A), mb x min(K, GEMM_KC) floats, fills at
+ * most the GEMM_MB x GEMM_KC of the scratch, so a short K allows taller blocks (a batch-100
+ * weight gradient, 784 x 400 x 100, is two blocks of 392 rows, not three or four). */
+static int64_t mb_cap(int64_t K, int mr) {
+    if (K >= GEMM_KC) return GEMM_MB;
+    int64_t cap = (int64_t)GEMM_MB * GEMM_KC / K / mr * mr;
+    return cap > GEMM_MB ? cap : GEMM_MB;
+}
 static double plan_cost(int64_t M, int64_t N, int64_t K, int threads, int mr, int nr, int64_t bi, int64_t bj,
                         gemm_plan *p) {
+    const int64_t cap = mb_cap(K, mr);
     p->mb = round_up(cdiv(M, bi), mr);
-    if (p->mb > GEMM_MB) p->mb = GEMM_MB;
+    if (p->mb > cap) p->mb = cap;
     p->nb = round_up(cdiv(N, bj), nr);
     p->nbi = cdiv(M, p->mb);
     p->nbj = cdiv(N, p->nb);
@@ -54,7 +63,7 @@ static double plan_cost(int64_t M, int64_t N, int64_t K, int threads, int mr, in
 }
 
 static gemm_plan plan_split(int64_t M, int64_t N, int64_t K, int threads, int mr, int nr) {  /* nr: the column quantum */
-    int64_t Kc = K > 0 ? K : 1, bi0 = cdiv(M, GEMM_MB), bi_max = cdiv(M, mr), bj_max = cdiv(N, nr);
+    int64_t Kc = K > 0 ? K : 1, bi0 = cdiv(M, mb_cap(Kc, mr)), bi_max = cdiv(M, mr), bj_max = cdiv(N, nr);
     gemm_plan best, p;
     double best_cost = plan_cost(M, N, Kc, threads, mr, nr, bi0, 1, &best);
     if (threads <= 1) return best;
