@@ -44,7 +44,7 @@ static int64_t cdiv(int64_t n, int64_t k) { return (n + k - 1) / k; }
 #define TASK_MACS 4096
 /* The most rows a block may have: its packed op(A), mb x min(K, GEMM_KC) floats, fills at
  * most the GEMM_MB x GEMM_KC of the scratch, so a short K allows taller blocks (a batch-100
- * weight gradient, 784 x 400 x 100, is two blocks of 392 rows, not three or four). */
+ * weight gradient, 784 x 400 x 100, is two blocks on two threads, not four of 198 rows). */
 static int64_t mb_cap(int64_t K, int mr) {
     if (K >= GEMM_KC) return GEMM_MB;
     int64_t cap = (int64_t)GEMM_MB * GEMM_KC / K / mr * mr;
