@@ -28,8 +28,8 @@ const vaec_gemm_kernel *vaec_gemm_active_kernel(void) { return kernel_for(vaec_c
 #define GEMM_SERIAL_MACS ((int64_t)1 << 16)
 
 /* ----------------------------------------------------------- the split of C */
-/* Blocks of mb rows (a multiple of MR, at most mb_cap(K): GEMM_MB, more for K < GEMM_KC) by nb columns (a multiple of the
- * kernel's nq, one vector): nbi x nbj tasks. */
+/* Blocks of mb rows (a multiple of MR, at most mb_cap(K): GEMM_MB, more for K < GEMM_KC)
+ * by nb columns (a multiple of the kernel's nq, one vector): nbi x nbj tasks. */
 typedef struct { int64_t mb, nb, nbi, nbj; } gemm_plan;
 
 static int64_t round_up(int64_t n, int64_t k) { return (n + k - 1) / k * k; }
@@ -50,22 +50,22 @@ static int64_t mb_cap(int64_t K, int mr) {
     int64_t cap = (int64_t)GEMM_MB * GEMM_KC / K / mr * mr;
     return cap > GEMM_MB ? cap : GEMM_MB;
 }
-static double plan_cost(int64_t M, int64_t N, int64_t K, int threads, int mr, int nr, int64_t bi, int64_t bj,
+static double plan_cost(int64_t M, int64_t N, int64_t K, int threads, int mr, int nq, int64_t bi, int64_t bj,
                         gemm_plan *p) {
     const int64_t cap = mb_cap(K, mr);
     p->mb = round_up(cdiv(M, bi), mr);
     if (p->mb > cap) p->mb = cap;
-    p->nb = round_up(cdiv(N, bj), nr);
+    p->nb = round_up(cdiv(N, bj), nq);
     p->nbi = cdiv(M, p->mb);
     p->nbj = cdiv(N, p->nb);
     double task = (double)p->mb * (double)p->nb * (double)K + PACK_MACS * (double)(p->mb + p->nb) * (double)K + TASK_MACS;
     return (double)cdiv(p->nbi * p->nbj, threads) * task;
 }
 
-static gemm_plan plan_split(int64_t M, int64_t N, int64_t K, int threads, int mr, int nr) {  /* nr: the column quantum */
-    int64_t Kc = K > 0 ? K : 1, bi0 = cdiv(M, mb_cap(Kc, mr)), bi_max = cdiv(M, mr), bj_max = cdiv(N, nr);
+static gemm_plan plan_split(int64_t M, int64_t N, int64_t K, int threads, int mr, int nq) {
+    int64_t Kc = K > 0 ? K : 1, bi0 = cdiv(M, mb_cap(Kc, mr)), bi_max = cdiv(M, mr), bj_max = cdiv(N, nq);
     gemm_plan best, p;
-    double best_cost = plan_cost(M, N, Kc, threads, mr, nr, bi0, 1, &best);
+    double best_cost = plan_cost(M, N, Kc, threads, mr, nq, bi0, 1, &best);
     if (threads <= 1) return best;
     /* column blocks bj, and for each the row blocks that make 1 to 4 rounds of tasks */
     int64_t lim = 4 * (int64_t)threads < 64 ? 4 * (int64_t)threads : 64;
@@ -74,7 +74,7 @@ static gemm_plan plan_split(int64_t M, int64_t N, int64_t K, int threads, int mr
             int64_t bi = r ? cdiv(r * threads, bj) : bi0;
             if (bi < bi0) bi = bi0;
             if (bi > bi_max) bi = bi_max;
-            double c = plan_cost(M, N, Kc, threads, mr, nr, bi, bj, &p);
+            double c = plan_cost(M, N, Kc, threads, mr, nq, bi, bj, &p);
             if (c < best_cost * 0.98) {
                 best = p;
                 best_cost = c;

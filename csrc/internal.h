@@ -27,11 +27,12 @@ size_t vaec_memory_size(void);
 void vaec_free(void *p);
 
 /* GEMM blocking shared by every ISA. vaec_sgemm splits C into blocks of at most GEMM_MB
- * rows (more when K < GEMM_KC: mb * K <= GEMM_MB * GEMM_KC; any number of columns), sized from the shape and the thread count; a task
- * computes one block, looping over K in GEMM_KC slices: it packs op(A)'s rows of the
- * slice once, and op(B) GEMM_NG columns at a time right before the micro-kernels use
- * them. Only KC affects the arithmetic, so results do not depend on the split (nor on the
- * thread count). GEMM_MB is a multiple of every MR (4, 6). */
+ * rows (more when K < GEMM_KC: mb * K <= GEMM_MB * GEMM_KC; any number of columns), sized
+ * from the shape and the thread count; a task computes one block, looping over K in
+ * GEMM_KC slices: it packs op(A)'s rows of the slice once, and op(B) GEMM_NG columns at a
+ * time right before the micro-kernels use them. Only KC affects the arithmetic, so results
+ * do not depend on the split (nor on the thread count). GEMM_MB is a multiple of every MR
+ * (4, 6). */
 #define GEMM_MB 264
 #define GEMM_KC 256
 #define GEMM_NG 64    /* op(B) is packed GEMM_NG columns at a time (a multiple of every NR) */
@@ -85,8 +86,8 @@ void vaec_sgemm_fused(vaec_pool *pool, int transA, int transB, int64_t M, int64_
                       const float *A, int64_t lda, const float *B, int64_t ldb,
                       float beta, float *C, int64_t ldc, const vaec_gemm_epilogue *epi);
 
-/* One ISA's block routine: rows [i0, i0+mb) (mb * min(K, GEMM_KC) <= GEMM_MB * GEMM_KC) and columns [j0, j0+nb) of C,
- * using `scratch` (GEMM_SCRATCH_FLOATS). */
+/* One ISA's block routine: rows [i0, i0+mb) (mb * min(K, GEMM_KC) <= GEMM_MB * GEMM_KC)
+ * and columns [j0, j0+nb) of C, using `scratch` (GEMM_SCRATCH_FLOATS). */
 typedef void (*vaec_gemm_block_fn)(const vaec_gemm_args *g, int64_t i0, int64_t mb, int64_t j0, int64_t nb,
                                    float *scratch);
 /* One ISA's routine for M <= GEMM_SMALL_M rows (op(A) not transposed): columns [j0, j1). */
@@ -125,7 +126,7 @@ typedef struct {
     vaec_gemm_block_fn block;
     vaec_gemm_small_fn small;
     int mr, nr;
-    int nq;   /* the narrowest tile as fast per column as the full one (one vector): column blocks are multiples of it */
+    int nq;   /* column blocks are multiples of it: the narrowest tile as fast per column (one vector) */
     vaec_spmm_rows_fn spmm_rows;
     vaec_spmm_cols_fn spmm_cols;
     vaec_spx_rows_fn spx_rows;
