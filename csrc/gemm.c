@@ -50,9 +50,8 @@ static int64_t mb_cap(int64_t K, int mr) {
     int64_t cap = (int64_t)GEMM_MB * GEMM_KC / K / mr * mr;
     return cap > GEMM_MB ? cap : GEMM_MB;
 }
-static double plan_cost(int64_t M, int64_t N, int64_t K, int threads, int mr, int nq, int64_t bi, int64_t bj,
-                        gemm_plan *p) {
-    const int64_t cap = mb_cap(K, mr);
+static double plan_cost(int64_t M, int64_t N, int64_t K, int threads, int mr, int nq, int64_t cap, int64_t bi,
+                        int64_t bj, gemm_plan *p) {
     p->mb = round_up(cdiv(M, bi), mr);
     if (p->mb > cap) p->mb = cap;
     p->nb = round_up(cdiv(N, bj), nq);
@@ -63,9 +62,9 @@ static double plan_cost(int64_t M, int64_t N, int64_t K, int threads, int mr, in
 }
 
 static gemm_plan plan_split(int64_t M, int64_t N, int64_t K, int threads, int mr, int nq) {
-    int64_t Kc = K > 0 ? K : 1, bi0 = cdiv(M, mb_cap(Kc, mr)), bi_max = cdiv(M, mr), bj_max = cdiv(N, nq);
+    int64_t Kc = K > 0 ? K : 1, cap = mb_cap(Kc, mr), bi0 = cdiv(M, cap), bi_max = cdiv(M, mr), bj_max = cdiv(N, nq);
     gemm_plan best, p;
-    double best_cost = plan_cost(M, N, Kc, threads, mr, nq, bi0, 1, &best);
+    double best_cost = plan_cost(M, N, Kc, threads, mr, nq, cap, bi0, 1, &best);
     if (threads <= 1) return best;
     /* column blocks bj, and for each the row blocks that make 1 to 4 rounds of tasks */
     int64_t lim = 4 * (int64_t)threads < 64 ? 4 * (int64_t)threads : 64;
@@ -74,7 +73,7 @@ static gemm_plan plan_split(int64_t M, int64_t N, int64_t K, int threads, int mr
             int64_t bi = r ? cdiv(r * threads, bj) : bi0;
             if (bi < bi0) bi = bi0;
             if (bi > bi_max) bi = bi_max;
-            double c = plan_cost(M, N, Kc, threads, mr, nq, bi, bj, &p);
+            double c = plan_cost(M, N, Kc, threads, mr, nq, cap, bi, bj, &p);
             if (c < best_cost * 0.98) {
                 best = p;
                 best_cost = c;
