@@ -39,6 +39,9 @@ static vaec_status check_config(const vaec_flowmodel_config *c) {
     if (c->dim < 1 || c->dim > (1 << 20))
         return vaec_fail(VAEC_ERR_ARG, "dim must be between 1 and 2^20, got %lld", (long long)c->dim);
     if (c->threads > 256) return vaec_fail(VAEC_ERR_ARG, "threads must be at most 256, got %d", c->threads);
+    if (c->flow.amortized)
+        return vaec_fail(VAEC_ERR_ARG, "flow: 'planar:K:amortized' takes its parameters from a VAE's encoder; a "
+                         "stand-alone flow has no encoder (use 'planar:K')");
     return vaec_flow_spec_check(&c->flow);
 }
 

@@ -12,7 +12,13 @@
  *   dL/dû += g h,  dL/dw += da z,  dL/db += da,  dL/dp += c h' σ(p) / det
  * and per layer, with γ = (m(p) − p)/q = (softplus(−p) − 1)/q, q = ‖w‖², s = Gû·w:
  *   dL/du = Gû + (s (σ(p) − 1)/q + Gp) w
- *   dL/dw = Gw + γ Gû + s ((σ(p) − 1)/q u − 2γ/q w) + Gp u */
+ *   dL/dw = Gw + γ Gû + s ((σ(p) − 1)/q u − 2γ/q w) + Gp u
+ *
+ * Amortized ("planar:K:amortized", Rezende & Mohamed's own posterior): u, w, b are row
+ * r's, read from the encoder's output (vaec_flow's cond), so p, q, γ and û are per row,
+ * computed on the fly from u and w (û is never stored), and the formulas above apply
+ * row by row: the gradients of the row's u, w, b are ADDED at dcond, one parameter row
+ * per flow row (no sum over rows, hence no partials). */
 #include "flow_impl.h"
 #include <math.h>
 #include <stdio.h>
@@ -96,12 +102,15 @@ static void forward_task(void *ctx, int64_t t, int tid) {
     for (int64_t i = 0; i < n; i++) w->ldrow[r0 + i] = ldet[i];
 }
 
+static void forward_task_amor(void *ctx, int64_t t, int tid);
+static void backward_task_amor(void *ctx, int64_t t, int tid);
+
 static vaec_status planar_forward(vaec_flow *f, vaec_pool *pool, vaec_arena *a, int64_t R, flow_ws *w, int inverse) {
     (void)inverse;
     const float *params = a->params;
-    precompute(f, params, w);
+    if (!f->spec.amortized) precompute(f, params, w);
     planar_job j = {f, params, w, R, NULL, 0.0, f->spec.K};
-    vaec_pool_run(pool, forward_task, &j, vaec_ntasks(R, FLOW_GRAIN));
+    vaec_pool_run(pool, f->spec.amortized ? forward_task_amor : forward_task, &j, vaec_ntasks(R, FLOW_GRAIN));
     int bad = atomic_load(&j.bad);
     return bad < f->spec.K ? vaec_flow_nonfinite(f, bad, "value") : VAEC_OK;
 }
@@ -151,10 +160,15 @@ static vaec_status planar_backward(vaec_flow *f, vaec_pool *pool, vaec_arena *a,
     (void)inverse;
     const float *params = a->params;
     float *grads = a->grads;
-    precompute(f, params, w);
     const int K = f->spec.K;
     const int64_t D = f->dim, P = w->P, ntasks = vaec_ntasks(R, FLOW_GRAIN);
     planar_job j = {f, params, w, R, c, c_all, K};
+    if (f->spec.amortized) {   /* the rows' own parameters: their gradients go to dcond */
+        vaec_pool_run(pool, backward_task_amor, &j, ntasks);
+        int bad = atomic_load(&j.bad);
+        return bad < K ? vaec_flow_nonfinite(f, bad, "gradient") : VAEC_OK;
+    }
+    precompute(f, params, w);
     vaec_pool_run(pool, backward_task, &j, ntasks);
     int bad = atomic_load(&j.bad);
     if (bad < K) return vaec_flow_nonfinite(f, bad, "gradient");
@@ -178,10 +192,124 @@ static vaec_status planar_backward(vaec_flow *f, vaec_pool *pool, vaec_arena *a,
     return VAEC_OK;
 }
 
+/* ------------------------------------------------------------ amortized */
+/* Row r's layer-k scalars from its u and w: p = wᵀu, q = ‖w‖², sp = softplus(p), γ. */
+typedef struct {
+    double p, q, sp, gamma;
+} row_scalars;
+
+static inline const float *amor_params(const vaec_flow *f, int64_t r, int k) {
+    return f->cond + (r % f->period) * f->ldc + (int64_t)k * (2 * f->dim + 1);
+}
+
+static inline row_scalars amor_scalars(const float *u, const float *wv, int64_t D) {
+    row_scalars s = {0.0, 0.0, 0.0, 0.0};
+    for (int64_t j = 0; j < D; j++) {
+        s.p += (double)wv[j] * u[j];
+        s.q += (double)wv[j] * wv[j];
+    }
+    s.sp = flow_softplus(s.p);
+    s.gamma = s.q > 0.0 ? (flow_softplus(-s.p) - 1.0) / s.q : 0.0;
+    return s;
+}
+
+static void forward_task_amor(void *ctx, int64_t t, int tid) {
+    (void)tid;
+    planar_job *j = ctx;
+    const vaec_flow *f = j->f;
+    flow_ws *w = j->w;
+    const int64_t D = f->dim, ld = w->ldz, r0 = t * FLOW_GRAIN, n = flow_task_end(t, j->R) - r0;
+    const int K = f->spec.K;
+    float av[FLOW_GRAIN];
+    double ldet[FLOW_GRAIN] = {0}, spv[FLOW_GRAIN], gv[FLOW_GRAIN];
+    for (int k = 0; k < K; k++) {
+        const float *zi = flow_state(w, k) + r0 * ld;
+        float *zo = flow_state(w, k + 1) + r0 * ld, *hv = w->hcache + (int64_t)k * w->rows + r0;
+        for (int64_t i = 0; i < n; i++) {
+            const float *u = amor_params(f, r0 + i, k), *wv = u + D;
+            const row_scalars s = amor_scalars(u, wv, D);
+            spv[i] = s.sp;
+            gv[i] = s.gamma;
+            double a = u[2 * D];   /* b, after u and w */
+            for (int64_t d = 0; d < D; d++) a += (double)wv[d] * zi[i * ld + d];
+            av[i] = (float)a;
+        }
+        vaec_act_forward(VAEC_ACT_TANH, hv, av, n);
+        float chk = 0.0f;
+        for (int64_t i = 0; i < n; i++) {
+            const float *u = amor_params(f, r0 + i, k), *wv = u + D;
+            const float hf = hv[i], gm = (float)gv[i];
+            for (int64_t d = 0; d < D; d++) {
+                zo[i * ld + d] = zi[i * ld + d] + (u[d] + gm * wv[d]) * hf;
+                chk += zo[i * ld + d] * 0.0f;
+            }
+            const double h = hf, hp = 1.0 - h * h;
+            ldet[i] += log(h * h + hp * spv[i]);
+            chk += (float)(ldet[i] * 0.0);
+        }
+        if (chk != 0.0f) {
+            flow_mark_bad(&j->bad, k);
+            return;
+        }
+    }
+    for (int64_t i = 0; i < n; i++) w->ldrow[r0 + i] = ldet[i];
+}
+
+/* Row by row, layer K-1 down to 0: dL/dz through the layer (in w->g) and the row's
+ * parameter gradients added at dcond. */
+static void backward_task_amor(void *ctx, int64_t t, int tid) {
+    (void)tid;
+    planar_job *j = ctx;
+    const vaec_flow *f = j->f;
+    flow_ws *w = j->w;
+    const int64_t D = f->dim, ld = w->ldz;
+    const int K = f->spec.K;
+    for (int64_t r = t * FLOW_GRAIN, e = flow_task_end(t, j->R); r < e; r++) {
+        const double c = j->c ? j->c[r] : j->c_all;
+        float *g = w->g + r * ld;
+        for (int k = K - 1; k >= 0; k--) {
+            const float *u = amor_params(f, r, k), *wv = u + D;
+            float *du = f->dcond + (r % f->period) * f->ldc + (int64_t)k * (2 * D + 1), *dw = du + D;
+            const float *zi = flow_state(w, k) + r * ld;
+            const row_scalars s = amor_scalars(u, wv, D);
+            const double m = s.sp - 1.0, sig = flow_sigmoid(s.p);
+            double gu = 0.0, gw = 0.0;   /* g·û, g·w */
+            for (int64_t i = 0; i < D; i++) {
+                gu += (double)g[i] * (u[i] + s.gamma * wv[i]);
+                gw += (double)g[i] * wv[i];
+            }
+            const double h = w->hcache[(int64_t)k * w->rows + r], hp = 1.0 - h * h;
+            const double det = h * h + hp * s.sp;
+            const double da = gu * hp - 2.0 * c * m * h * hp / det;
+            const double Gp = c * hp * sig / det, sw = h * gw;        /* Gû·w = h g·w */
+            const double dgdp = s.q > 0.0 ? (sig - 1.0) / s.q : 0.0;  /* ∂γ/∂p */
+            const double dgdq = s.q > 0.0 ? -s.gamma / s.q : 0.0;     /* ∂γ/∂q */
+            const double cu = sw * dgdp + Gp;                          /* du = Gû + cu w */
+            float daf = (float)da, chk = 0.0f;
+            for (int64_t i = 0; i < D; i++) {
+                const double Gu = (double)g[i] * h;
+                du[i] += (float)(Gu + cu * wv[i]);
+                dw[i] += (float)(da * zi[i] + s.gamma * Gu + sw * (dgdp * u[i] + 2.0 * dgdq * wv[i]) + Gp * u[i]);
+                g[i] += daf * wv[i];
+                chk += g[i] * 0.0f;
+            }
+            du[2 * D] += daf;
+            if (chk != 0.0f) {
+                flow_mark_bad(&j->bad, k);
+                break;
+            }
+        }
+    }
+}
+
 /* ------------------------------------------------------------ the type */
 /* tensors "{prefix}.{k}.u" (D), ".w" (D), ".b" (1), initialized U(+-1/sqrt(D)) */
 static vaec_status planar_plan(vaec_flow *f, int k, vaec_arena *a) {
     vaec_flow_layer *L = &f->layer[k];
+    if (f->spec.amortized) {   /* no tensors: the encoder gives every row its u, w, b */
+        L->u = L->w = L->b = L->scale = -1;
+        return VAEC_OK;
+    }
     const float bound = 1.0f / sqrtf((float)f->dim);
     char name[VAEC_NAME_LEN];
     vaec_status st;
@@ -194,8 +322,23 @@ static vaec_status planar_plan(vaec_flow *f, int k, vaec_arena *a) {
     return vaec_arena_add_tensor(a, &L->b, name, 1, 1, 0, bound);
 }
 
-static int planar_tensors(const vaec_flow_spec *s) { (void)s; return 3; }
-static int64_t planar_params(const vaec_flow *f) { return (int64_t)f->spec.K * (2 * f->dim + 1); }
+static int planar_tensors(const vaec_flow_spec *s) { return s->amortized ? 0 : 3; }
+static int64_t planar_params(const vaec_flow *f) { return f->spec.amortized ? 0 : (int64_t)f->spec.K * (2 * f->dim + 1); }
+
+/* "planar:K:amortized" */
+static vaec_status planar_parse(vaec_flow_spec *out, char *const *field, int nf, const char *text) {
+    if (nf == 0) return VAEC_OK;
+    if (nf == 1 && strcmp(field[0], "amortized") == 0) {
+        out->amortized = 1;
+        return VAEC_OK;
+    }
+    return vaec_fail(VAEC_ERR_ARG, "flow: '%s': a planar flow takes K and optionally ':amortized'; %s", text,
+                     VAEC_FLOW_ACCEPTED);
+}
+
+static void planar_format(const vaec_flow_spec *s, char *buf, size_t n) {
+    if (s->amortized) snprintf(buf, n, ":amortized");
+}
 
 /* û per layer, tanh per layer and row, the per-layer scalars, the per-task partial sums */
 static int64_t planar_layout(vaec_flow *f, float *base, int64_t off, int64_t rows, flow_ws *w) {
@@ -209,6 +352,7 @@ static int64_t planar_layout(vaec_flow *f, float *base, int64_t off, int64_t row
 }
 
 const vaec_flow_ops vaec_flow_planar_ops = {
-    VAEC_FLOW_PLANAR, "planar", 0, NULL, NULL, NULL, planar_tensors, planar_plan, planar_params, planar_layout,
+    VAEC_FLOW_PLANAR, "planar", 0, planar_parse, NULL, planar_format, planar_tensors, planar_plan, planar_params,
+    planar_layout,
     planar_forward, planar_backward,
 };

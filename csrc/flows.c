@@ -24,8 +24,9 @@ static const vaec_flow_ops *ops_of(vaec_flow_kind kind) {
 }
 
 const char VAEC_FLOW_ACCEPTED[] =
-    "accepted: 'planar:K', 'radial:K' or 'realnvp:K[:WIDTH[:tanh|relu[:learned|SCALE]]]' with K an integer "
-    "between 1 and 128 (e.g. 'planar:8', 'radial:4', 'realnvp:4', 'realnvp:4:64')";
+    "accepted: 'planar:K', 'planar:K:amortized' (a VAE's posterior only), 'radial:K' or "
+    "'realnvp:K[:WIDTH[:tanh|relu[:learned|SCALE]]]' with K an integer between 1 and 128 (e.g. 'planar:8', "
+    "'planar:10:amortized', 'radial:4', 'realnvp:4', 'realnvp:4:64')";
 #define ACCEPTED VAEC_FLOW_ACCEPTED
 
 #define WS_MAGIC 0x464c4f57  /* "FLOW" */
@@ -131,6 +132,10 @@ vaec_status vaec_flow_plan(vaec_flow *f, vaec_arena *a, const vaec_flow_spec *sp
 
 int64_t vaec_flow_num_params(const vaec_flow *f) { return f->ops->params(f); }
 
+int64_t vaec_flow_cond_width(const vaec_flow_spec *s, int64_t dim) {
+    return s->amortized ? (int64_t)s->K * (2 * dim + 1) : 0;
+}
+
 int vaec_flow_has_inverse(const vaec_flow *f) { return f->ops && f->ops->inverse; }
 
 /* -------------------------------------------------------------- workspace */
@@ -174,6 +179,8 @@ static vaec_status check_call(const vaec_flow *f, const char *fn, int64_t R, int
     if (!ws) return vaec_fail(VAEC_ERR_ARG, "%s: no workspace", fn);
     if (ld_in < f->dim || ld_out < f->dim)
         return vaec_fail(VAEC_ERR_ARG, "%s: row strides must be at least the dimension %lld", fn, (long long)f->dim);
+    if (f->spec.amortized && (!f->cond || f->period < 1 || f->ldc < vaec_flow_cond_width(&f->spec, f->dim)))
+        return vaec_fail(VAEC_ERR_ARG, "%s: an amortized flow takes its parameters from the encoder; none were given", fn);
     return VAEC_OK;
 }
 
@@ -226,6 +233,9 @@ static vaec_status run_back(vaec_flow *f, vaec_pool *pool, vaec_arena *a, const 
     const char *fn = inverse ? "vaec_flow_inverse_backward" : "vaec_flow_backward";
     vaec_status st = check_call(f, fn, R, ws_rows, ws, ldg, gout ? ldo : f->dim);
     if (st) return st;
+    if (f->spec.amortized && (!f->dcond || f->period < R))   /* one row per parameter row: no races */
+        return vaec_fail(VAEC_ERR_ARG, "%s: an amortized flow's backward needs a gradient buffer for each of its "
+                         "%lld rows' parameters", fn, (long long)R);
     flow_ws w;
     vaec_flow_layout(f, ws, ws_rows, &w);
     if ((st = check_mark(&w, inverse ? WS_INVERSE : WS_FORWARD, R, fn))) return st;

@@ -38,6 +38,9 @@
  *
  * Specs (text): "planar:K", "radial:K", "realnvp:K[:WIDTH[:tanh|relu[:learned|SCALE]]]",
  * 1 <= K <= VAEC_FLOW_MAX_K, e.g. "planar:8", "realnvp:4:64", "realnvp:6:32:relu:2".
+ * "planar:K:amortized": Rezende & Mohamed's own posterior, whose u, w, b are not
+ * parameters of the flow but outputs of the encoder, one set per example (a VAE's third
+ * encoder head, "encoder.flow"; see vaec_flow's cond). Such a flow has no tensors.
  *
  * Shapes: rows are examples; a row of z is `dim` floats; ld* arguments are row strides
  * in floats (>= dim). Per-row log-determinants are float64.
@@ -86,6 +89,7 @@ typedef struct {
     int64_t hidden;        /* realnvp: width H of each of the s and t nets (default 64) */
     vaec_act act;          /* realnvp: VAEC_ACT_TANH (default) or VAEC_ACT_RELU */
     float fixed_scale;     /* realnvp: 0 = learned per-dimension scale (default); > 0 fixed */
+    int amortized;         /* planar: 1 = the parameters are per row, from the encoder ("planar:K:amortized") */
 } vaec_flow_spec;
 
 /* "planar", "radial", "realnvp" ("?" otherwise). */
@@ -118,7 +122,16 @@ typedef struct {
     int64_t dim;
     char prefix[VAEC_FLOW_PREFIX_LEN];
     vaec_flow_layer layer[VAEC_FLOW_MAX_K];
+    /* amortized: row r's parameters are the K blocks [u (dim) | w (dim) | b] of
+     * cond + (r % period) * ldc (the encoder's output); the backward ADDS their gradients
+     * at dcond (same layout) and needs period >= R. The caller sets these before a pass. */
+    const float *cond;
+    float *dcond;
+    int64_t ldc, period;
 } vaec_flow;
+
+/* Columns of the per-row parameters an amortized flow takes (K (2 dim + 1)); 0 otherwise. */
+int64_t vaec_flow_cond_width(const vaec_flow_spec *s, int64_t dim);
 
 /* Plan the K layers' tensors into arena `a` (before vaec_arena_alloc), named
  * "{prefix}.{k}.{name}". Fails (VAEC_ERR_ARG, message lists what is accepted) when the

@@ -25,15 +25,17 @@ static vaec_status linear_shape(vaec_layer *L) {
                          (long long)L->spec.out);
     if (L->heads > 1 && (L->flags & VAEC_NET_SPARSE_INPUT))
         return vaec_fail(VAEC_ERR_ARG, "%s: a Linear layer on sparse inputs has one head", L->names[0]);
-    L->out = vaec_dims_flat(L->spec.out * L->heads);
+    if (L->extra > 0 && (L->flags & VAEC_NET_SPARSE_INPUT))
+        return vaec_fail(VAEC_ERR_ARG, "%s: a Linear layer on sparse inputs has one head", L->names[0]);
+    L->out = vaec_dims_flat(L->spec.out * L->heads + L->extra);
     return VAEC_OK;
 }
 
 static vaec_status linear_params(vaec_layer *L, vaec_arena *a) {
     const int64_t in = vaec_dims_size(L->in);
-    const char *names[2] = {L->names[0], L->names[1]};
+    const char *names[3] = {L->names[0], L->names[1], L->names[2]};
     if (L->flags & VAEC_NET_SPARSE_INPUT) return vaec_arena_add_linear_wt(a, &L->lin, names[0], in, L->spec.out);
-    return vaec_arena_add_linear(a, &L->lin, names, L->heads, in, L->spec.out);
+    return vaec_arena_add_linear_ex(a, &L->lin, names, L->heads, in, L->spec.out, L->extra);
 }
 
 /* the sparse copy of the input rows (only on the model's data), or the input channels first */

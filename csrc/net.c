@@ -22,6 +22,14 @@ void vaec_net_init(vaec_net *net, const char *prefix, vaec_dims in, vaec_layer *
 
 vaec_status vaec_net_add(vaec_net *net, vaec_arena *a, const vaec_layer_spec *spec, int index,
                          const char *const *names, int heads, int flags) {
+    return vaec_net_add_heads(net, a, spec, index, names, heads, 0, flags);
+}
+
+vaec_status vaec_net_add_heads(vaec_net *net, vaec_arena *a, const vaec_layer_spec *spec, int index,
+                               const char *const *names, int heads, int64_t extra, int flags) {
+    if (extra > 0 && (spec->kind != VAEC_LAYER_LINEAR || !names || heads > 2))
+        return vaec_fail(VAEC_ERR_ARG, "%s.%d: only a named Linear layer of at most 2 heads takes one more", net->prefix,
+                         index);
     if (net->n >= net->cap)
         return vaec_fail(VAEC_ERR_ARG, "%s: at most %d layers", net->prefix, net->cap);
     const vaec_layer_ops *ops = vaec_layer_ops_of(spec->kind);
@@ -35,7 +43,8 @@ vaec_status vaec_net_add(vaec_net *net, vaec_arena *a, const vaec_layer_spec *sp
     L->flags = flags;
     L->alias = ops->alias;
     L->heads = heads < 1 ? 1 : heads;
-    for (int h = 0; h < L->heads && h < 2; h++) {
+    L->extra = extra > 0 ? extra : 0;
+    for (int h = 0; h < L->heads + (L->extra > 0) && h < 3; h++) {
         if (names) snprintf(L->names[h], VAEC_NAME_LEN, "%s", names[h]);
         else snprintf(L->names[h], VAEC_NAME_LEN, "%s.%d", net->prefix, index);
     }

@@ -110,7 +110,8 @@ struct vaec_layer {
     int alias;                   /* its output is its input's memory (no buffers, no work) */
     int flags;                   /* VAEC_NET_* */
     int heads;                   /* Linear: output heads (1, or 2 for [mu | logvar]) */
-    char names[2][VAEC_NAME_LEN];  /* its tensors' name prefixes, one per head */
+    int64_t extra;               /* Linear: the columns of one more head after them (0: none) */
+    char names[3][VAEC_NAME_LEN];  /* its tensors' name prefixes, one per head */
     vaec_linear lin;             /* Linear-like kinds: the weight and bias in the arena */
     int64_t p0, p1;              /* its parameters' range [p0, p1) in the arena (p0 == p1: none) */
     /* the plan (vaec_net_plan) */
@@ -161,6 +162,10 @@ void vaec_net_init(vaec_net *net, const char *prefix, vaec_dims in, vaec_layer *
  * index and the shapes when they do not fit. */
 vaec_status vaec_net_add(vaec_net *net, vaec_arena *a, const vaec_layer_spec *spec, int index,
                          const char *const *names, int heads, int flags);
+/* The same for a Linear layer with one more head, names[heads], of `extra` columns after
+ * the `heads` heads of spec->out columns (the VAE's [mu | logvar | amortized flow]). */
+vaec_status vaec_net_add_heads(vaec_net *net, vaec_arena *a, const vaec_layer_spec *spec, int index,
+                               const char *const *names, int heads, int64_t extra, int flags);
 /* After the last layer: a network whose output is channels last with several channels
  * gets a layer that puts them first (the models read NCHW). */
 vaec_status vaec_net_finish(vaec_net *net, vaec_arena *a);

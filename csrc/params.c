@@ -38,9 +38,14 @@ static int64_t tensor_size(const vaec_tensor_info *t) {
 
 vaec_status vaec_arena_add_linear(vaec_arena *a, vaec_linear *L, const char *const *names, int heads,
                                   int64_t in, int64_t out) {
+    return vaec_arena_add_linear_ex(a, L, names, heads, in, out, 0);
+}
+
+vaec_status vaec_arena_add_linear_ex(vaec_arena *a, vaec_linear *L, const char *const *names, int heads,
+                                     int64_t in, int64_t out, int64_t extra) {
     if (a->params) return vaec_fail(VAEC_ERR_ARG, "arena: tensors must be planned before allocation");
     L->in = in;
-    L->out = out * heads;
+    L->out = out * heads + extra;
     L->wt = 0;
     L->W = a->n;
     L->b = L->W + L->out * in;
@@ -54,6 +59,13 @@ vaec_status vaec_arena_add_linear(vaec_arena *a, vaec_linear *L, const char *con
         if ((st = add_info(a, buf, L->W + h * out * in, 2, wshape, bound))) return st;
         snprintf(buf, sizeof buf, "%s.bias", names[h]);
         if ((st = add_info(a, buf, L->b + h * out, 1, bshape, bound))) return st;
+    }
+    if (extra > 0) {
+        const int64_t wshape[2] = {extra, in}, bshape[1] = {extra};
+        snprintf(buf, sizeof buf, "%s.weight", names[heads]);
+        if ((st = add_info(a, buf, L->W + heads * out * in, 2, wshape, bound))) return st;
+        snprintf(buf, sizeof buf, "%s.bias", names[heads]);
+        if ((st = add_info(a, buf, L->b + heads * out, 1, bshape, bound))) return st;
     }
     return VAEC_OK;
 }

@@ -103,15 +103,19 @@ static vaec_status plan_model(vaec_vae *m) {
         int flags = i == 0 && c->enc[i].kind == VAEC_LAYER_LINEAR ? VAEC_NET_SPARSE_INPUT : 0;
         st = vaec_net_add(&m->enc, A, &c->enc[i], i, NULL, 1, flags);
     }
-    const char *mu_lv[2] = {"encoder.mu", "encoder.logvar"}, *code[1] = {"encoder.code"};
+    /* the heads [mu | logvar], and with an amortized flow a third one: its u, w, b per row */
+    const char *mu_lv[3] = {"encoder.mu", "encoder.logvar", "encoder.flow"}, *code[1] = {"encoder.code"};
+    vaec_flow_spec spec = {0};
+    if (!st && c->flow[0]) st = vaec_flow_spec_parse(&spec, c->flow);
+    m->amor_cols = st ? 0 : vaec_flow_cond_width(&spec, Z);
     vaec_layer_spec head = {0};
     head.kind = VAEC_LAYER_LINEAR;
     head.out = Z;
-    if (!st) st = vaec_net_add(&m->enc, A, &head, c->n_enc, c->deterministic ? code : mu_lv, c->deterministic ? 1 : 2, 0);
+    if (!st)
+        st = vaec_net_add_heads(&m->enc, A, &head, c->n_enc, c->deterministic ? code : mu_lv, c->deterministic ? 1 : 2,
+                                m->amor_cols, 0);
     if (!st && c->flow[0]) {
-        vaec_flow_spec spec;
-        st = vaec_flow_spec_parse(&spec, c->flow);
-        if (!st) st = vaec_flow_plan(&m->flow, A, &spec, Z, "flow");
+        st = vaec_flow_plan(&m->flow, A, &spec, Z, "flow");
         m->has_flow = !st;
     }
     vaec_net_init(&m->dec, "decoder", vaec_dims_flat(Z), m->dec_layers, VAEC_MAX_LAYERS + 2);
@@ -308,8 +312,35 @@ vaec_status vaec_vae_encode(vaec_vae *m, const vaec_input *x, float *mu, float *
     return VAEC_OK;
 }
 
+vaec_status vaec_vae_code(vaec_vae *m, const vaec_input *x, float *zk) {
+    vaec_status st = vae_check_input(m, x);
+    if (st) return st;
+    const int64_t Z = m->cfg.latent_dim, lz = align16(Z);
+    int64_t chunk = x->n < VAE_CHUNK ? x->n : VAE_CHUNK;
+    if (chunk > 0 && (st = vae_ensure_workspace(m, chunk))) return st;
+    for (int64_t r0 = 0; r0 < x->n; r0 += VAE_CHUNK) {
+        int64_t R = x->n - r0 < VAE_CHUNK ? x->n - r0 : VAE_CHUNK, ldx, ldh;
+        const float *xin = vae_prepare_input(m, x, r0, R, m->rng_seed, m->rng_counter, 0, &ldx);
+        const float *h = vaec_net_forward(&m->enc, xin, ldx, R, &ldh);
+        for (int64_t r = 0; r < R; r++) memcpy(m->w_z + r * lz, h + r * ldh, (size_t)Z * sizeof(float));
+        const float *out = m->w_z;
+        if (m->has_flow) {
+            vae_flow_rows(m, h, ldh, R);
+            if ((st = vaec_flow_forward(&m->flow, m->pool, &m->arena, m->w_z, lz, m->w_zk, lz, m->w_ld, R, m->w_fws,
+                                        m->ws_rows)))
+                return st;
+            out = m->w_zk;
+        }
+        for (int64_t r = 0; r < R; r++) memcpy(zk + (r0 + r) * Z, out + r * lz, (size_t)Z * sizeof(float));
+    }
+    return VAEC_OK;
+}
+
 vaec_status vaec_vae_flow_forward(vaec_vae *m, const float *z, int64_t n, float *zk, double *logdet) {
     if (n < 0) return vaec_fail(VAEC_ERR_ARG, "z: negative number of rows");
+    if (m->amor_cols)
+        return vaec_fail(VAEC_ERR_ARG, "flow '%s' is amortized: its parameters come from the encoder's output for each "
+                         "x, so it cannot map codes z alone", m->cfg.flow);
     const int64_t Z = m->cfg.latent_dim, lz = align16(Z);
     vaec_status st;
     int64_t chunk = n < VAE_CHUNK ? n : VAE_CHUNK;

@@ -306,6 +306,7 @@ static vaec_status start(hmc_run *r) {
         const float *h = vaec_net_forward(&m->enc, r->x, r->ldx, r->R, &ldh);
         for (int64_t i = 0; i < r->R; i++) memcpy(m->w_z + i * lz, h + i * ldh, (size_t)Z * sizeof(float));
         if (m->has_flow) {
+            vae_flow_rows(m, h, ldh, r->R);
             vaec_status st = vaec_flow_forward(&m->flow, m->pool, &m->arena, m->w_z, lz, m->w_zk, lz, m->w_ld, r->R,
                                                m->w_fws, m->ws_rows);
             if (st) return st;

@@ -26,6 +26,7 @@ struct vaec_vae {
     vaec_net dec;         /* z -> logits, or [mean | logvar] */
     vaec_layer enc_layers[VAEC_MAX_LAYERS + 1], dec_layers[VAEC_MAX_LAYERS + 2];   /* + heads; + ToNCHW */
     int has_flow;                   /* a normalizing flow on the posterior */
+    int64_t amor_cols;              /* an amortized flow's parameters per row: encoder columns [2Z, 2Z + amor_cols) */
     vaec_flow flow;
     uint64_t rng_seed, rng_counter;
     /* the workspace (vae_plan): ws_rows rows of each buffer */
@@ -63,6 +64,18 @@ struct vaec_vae {
 
 /* vae.c */
 vaec_status vae_ensure_workspace(vaec_vae *m, int64_t rows);
+
+/* An amortized flow's parameters for the next pass: flow row q takes those of the
+ * encoder's row q % period (its output h, row stride ldh, columns from 2Z on), and its
+ * backward adds their gradients into d_heads at the same place. Nothing otherwise. */
+static inline void vae_flow_rows(vaec_vae *m, const float *h, int64_t ldh, int64_t period) {
+    if (!m->amor_cols) return;
+    const int64_t Z = m->cfg.latent_dim;
+    m->flow.cond = h + 2 * Z;
+    m->flow.dcond = m->d_heads + 2 * Z;
+    m->flow.ldc = ldh;
+    m->flow.period = period;
+}
 vaec_status vae_check_input(const vaec_vae *m, const vaec_input *x);
 /* The end of a call that took `counter` from the model's stream (m->rng_counter++, unless
  * the noise gave its own seed): an interrupted call gives it back, so the model is as it

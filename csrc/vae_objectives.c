@@ -100,6 +100,7 @@ static void kl_task(void *ctx, int64_t t, int tid) {
                 dmu[k] = j->analytic ? j->scale * mu[k] : 0.0f;
                 dlv[k] = j->analytic ? j->scale * 0.5f * expm1f(lv[k]) : 0.0f;
             }
+            if (m->amor_cols) memset(dlv + Z, 0, (size_t)m->amor_cols * sizeof(float));   /* the flow adds into it */
         }
     }
 }
@@ -318,6 +319,7 @@ static vaec_status decode_samples(vaec_vae *m, const noise_plan *np, const float
     vaec_pool_run(m->pool, reparam_task, &rj, vaec_ntasks(rows, ROW_GRAIN));
     const float *zin = m->w_z;
     if (m->has_flow) {
+        vae_flow_rows(m, m->w_heads, m->ld_heads, R);   /* an amortized flow: row q takes row q % R's */
         vaec_status st = vaec_flow_forward(&m->flow, m->pool, &m->arena, m->w_z, lz, m->w_zk, lz, m->w_ld, rows,
                                            m->w_fws, m->ws_rows);
         if (st) return st;
@@ -342,6 +344,7 @@ static vaec_status reparam_backward(vaec_vae *m, int64_t R, const float *rs, flo
     reparam_job rj = {m, R, rs, w, !m->has_flow, 0.0f, R, NULL, 0, 0, 0};
     if (m->has_flow) {
         vaec_pool_run(m->pool, flow_prior_task, &rj, vaec_ntasks(R, ROW_GRAIN));
+        vae_flow_rows(m, m->w_heads, m->ld_heads, R);
         vaec_status st = vaec_flow_backward(&m->flow, m->pool, &m->arena, m->d_zk, lz, m->w_dld, 0.0, m->d_z, lz, R,
                                             m->w_fws, m->ws_rows);
         if (st) return st;

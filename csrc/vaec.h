@@ -250,6 +250,10 @@ typedef struct {
  * heads*out rows. Initialized like torch.nn.Linear: U(+-1/sqrt(in)). */
 vaec_status vaec_arena_add_linear(vaec_arena *a, vaec_linear *out, const char *const *names, int heads,
                                   int64_t in, int64_t out_rows);
+/* The same with one more head after them, names[heads], of `extra_rows` rows (0: none),
+ * e.g. an amortized flow's parameters beside [mu | logvar]. */
+vaec_status vaec_arena_add_linear_ex(vaec_arena *a, vaec_linear *out, const char *const *names, int heads,
+                                     int64_t in, int64_t out_rows, int64_t extra_rows);
 /* The same for one head kept as W^T (in, out): the layout a layer reading sparse inputs
  * wants (its forward sums rows of W^T, its weight gradient writes them); the tensor's
  * shape is still (out, in), as a client sees it through a column-major view. */
@@ -377,7 +381,9 @@ typedef struct {
     int threads;                       /* <= 0: vaec_cpu_count() */
     char flow[48];                     /* "" or a flow spec for the posterior: z_K = f_K o ... o
                                           f_1(z_0), z_0 ~ q0(z|x); "planar:K", "radial:K",
-                                          "realnvp:K[:WIDTH[:tanh|relu[:learned|SCALE]]]" */
+                                          "realnvp:K[:WIDTH[:tanh|relu[:learned|SCALE]]]", or
+                                          "planar:K:amortized": u, w, b per example from a
+                                          third encoder head, "encoder.flow" (K (2 latent + 1)) */
     int deterministic;                 /* 1: a plain autoencoder on the same layers: code z =
                                           mu(x) (one encoder head, no noise, no KL, no flow);
                                           loss -log p(x|z) for Bernoulli, the squared error
@@ -480,8 +486,12 @@ vaec_status vaec_vae_iwae(vaec_vae *m, const vaec_input *x, const vaec_noise *no
 vaec_status vaec_vae_elbo(vaec_vae *m, const vaec_input *x, const vaec_noise *noise, double *out);
 /* mu, logvar (n, latent). */
 vaec_status vaec_vae_encode(vaec_vae *m, const vaec_input *x, float *mu, float *logvar);
+/* One code per row: mu(x), carried through the posterior's flow when there is one (an
+ * amortized flow with x's own parameters): zk (n, latent), the decoder's input space. */
+vaec_status vaec_vae_code(vaec_vae *m, const vaec_input *x, float *zk);
 /* The posterior's flow on given codes: z (n, latent) -> zk (n, latent) = f_K o ... o f_1(z)
- * and logdet (n,) = log|det dzk/dz| (may be NULL); the identity (logdet 0) without a flow. */
+ * and logdet (n,) = log|det dzk/dz| (may be NULL); the identity (logdet 0) without a flow.
+ * VAEC_ERR_ARG for an amortized flow, whose parameters depend on x. */
 vaec_status vaec_vae_flow_forward(vaec_vae *m, const float *z, int64_t n, float *zk, double *logdet);
 /* z (n, latent) -> out (n, input_dim): Bernoulli probabilities or Gaussian means. */
 vaec_status vaec_vae_decode(vaec_vae *m, const float *z, int64_t n, float *out);

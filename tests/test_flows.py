@@ -361,9 +361,11 @@ def test_potentials_values_and_gradients_against_numpy(box):
 # ------------------------------------------------------------------ errors
 @pytest.mark.parametrize("spec", ["planar:0", "spline:3", "realnvp:x", "planar", "planar:", "radial:-1",
                                   "planar:1000", "planar:3:2", "realnvp:4:0", "realnvp:4:64:sigmoid",
-                                  "realnvp:4:64:tanh:-1", "realnvp:4:64:tanh:1:9", "", ":", "Planar:3"])
+                                  "realnvp:4:64:tanh:-1", "realnvp:4:64:tanh:1:9", "", ":", "Planar:3",
+                                  "planar:3:amortize", "planar:3:amortized:1", "radial:3:amortized"])
 def test_malformed_specs_list_what_is_accepted(spec):
-    with pytest.raises(ValueError, match=r"accepted: 'planar:K', 'radial:K' or 'realnvp:K\[:WIDTH"):
+    with pytest.raises(ValueError, match=r"accepted: 'planar:K', 'planar:K:amortized' \(a VAE's posterior only\), "
+                                         r"'radial:K' or 'realnvp:K\[:WIDTH"):
         vaec.Flow(2, spec)
 
 

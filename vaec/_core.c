@@ -525,6 +525,33 @@ done:
     return res;
 }
 
+/* code(x) -> (n, latent): mu(x) through the posterior's flow, if any */
+static PyObject *VAE_code(vaec_py_model *self, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"x", NULL};
+    PyObject *x;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O", kwlist, &x)) return NULL;
+    if (vaec_py_acquire(self)) return NULL;
+    const vaec_vae_config *c = vaec_vae_config_get(self->m);
+    vaec_input in;
+    PyArrayObject *xa = NULL;
+    PyObject *zk = NULL, *res = NULL;
+    if (vaec_py_convert_x(x, "x", c->input_dim, c->likelihood == VAEC_LIK_BERNOULLI, &in, &xa)) goto done;
+    npy_intp dims[2] = {(npy_intp)in.n, (npy_intp)c->latent_dim};
+    if (!(zk = PyArray_SimpleNew(2, dims, NPY_FLOAT32))) goto done;
+    vaec_status st;
+    VAEC_PY_BEGIN_ALLOW_THREADS_IF(in.n * in.dim > VAEC_PY_SMALL_WORK)
+    st = vaec_vae_code(self->m, &in, (float *)PyArray_DATA((PyArrayObject *)zk));
+    VAEC_PY_END_ALLOW_THREADS_IF
+    if (st) { vaec_py_raise(st); goto done; }
+    res = zk;
+    zk = NULL;
+done:
+    Py_XDECREF(zk);
+    Py_XDECREF(xa);
+    vaec_py_release(self);
+    return res;
+}
+
 /* decode(z) -> (n, input_dim); flow(z) -> (z_K (n, latent), logdet (n,)): the two maps
  * of latent codes, sharing their argument checks. */
 static PyObject *VAE_latent_map(vaec_py_model *self, PyObject *args, PyObject *kw, int flow) {
@@ -617,6 +644,7 @@ static PyMethodDef VAE_methods[] = {
     {"iwae", (PyCFunction)(void (*)(void))VAE_iwae, METH_VARARGS | METH_KEYWORDS,
      "iwae(x, eps=None, samples=None, seed=None, binarize=False) -> float64 (n,): the k-sample bound"},
     {"encode", VAEC_PY_KW(VAE_encode), "encode(x) -> (mu, logvar)"},
+    {"code", VAEC_PY_KW(VAE_code), "code(x) -> z: mu(x) through the posterior's flow, if any"},
     {"decode", VAEC_PY_KW(VAE_decode), "decode(z) -> (n, input_dim)"},
     {"flow", VAEC_PY_KW(VAE_flow), "flow(z) -> (z_K, logdet): the posterior's flow (identity without)"},
     {"config", (PyCFunction)VAE_config, METH_NOARGS, "the configuration as a dict"},

@@ -585,8 +585,11 @@ class VAE(_Coder):
     flow : str or None
         A normalizing flow on the posterior, z_K = f_K(...f_1(z_0)), z_0 ~ q0(z|x):
         ``"planar:K"``, ``"radial:K"`` or ``"realnvp:K"`` (Rezende & Mohamed 2015; Dinh et
-        al. 2017). Its parameters are ``flow.{k}.*`` in ``params``. With a flow the KL term
-        is estimated by Monte Carlo; ``encode`` returns q0's mean and log-variance.
+        al. 2017). Its parameters are ``flow.{k}.*`` in ``params``. ``"planar:K:amortized"``
+        is Rezende & Mohamed's own posterior: each example's u, w, b come from a third
+        encoder head beside mu and logvar, ``encoder.flow`` (K (2 latent_dim + 1) outputs,
+        layer k's block [u | w | b]). With a flow the KL term is estimated by Monte Carlo;
+        ``encode`` returns q0's mean and log-variance.
     init_std : float or None
         None: torch's initialization (U(+-1/sqrt(fan_in)) per Linear layer); a number:
         every weight and bias drawn from N(0, init_std^2) instead (Kingma & Welling's
@@ -757,12 +760,12 @@ class VAE(_Coder):
         """One point in latent space per example, float32 (n, latent_dim): the posterior
         mean mu(x), or with a flow f_K(...f_1(mu(x))), q0's mean carried through the flow
         (the decoder's input space). Used by ``vaec.plot.interpolation``."""
-        mu = self._core.encode(x=self._rows(X))[0]
-        return self._core.flow(z=mu)[0] if self.flow else mu
+        return self._core.code(x=self._rows(X))
 
     def flow_transform(self, Z):
         """The posterior's flow on codes Z (n, latent_dim): (z_K, log|det dz_K/dz|),
-        float32 and float64; the identity (log-det 0) without a flow."""
+        float32 and float64; the identity (log-det 0) without a flow. An amortized flow
+        (``"planar:K:amortized"``) has no map of z alone: its parameters depend on x."""
         return self._core.flow(z=Z)
 
     def decode(self, Z):

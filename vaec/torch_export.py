@@ -71,7 +71,8 @@ def to_torch(model):
     vaec.Autoencoder): ``encode(x)`` -> (mu, logvar) (an Autoencoder: the codes), ``decode(z)``
     -> Bernoulli probabilities or Gaussian means, ``forward(x)`` = decode(encode(x)[0]).
     Inputs are (n, input_dim) rows or, for an image model, (n, C, H, W) images. The
-    posterior's flow, if any, is not part of it (its parameters are not exported)."""
+    posterior's flow, if any, is not part of it (its parameters, and an amortized flow's
+    encoder head ``encoder.flow``, are not exported)."""
     from .models import VAE, Autoencoder
     torch, nn = _torch()
     if not isinstance(model, (VAE, Autoencoder)):
@@ -153,6 +154,6 @@ def to_torch(model):
 
     module = Module()
     state = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in model.state_dict().items()
-             if not k.startswith("flow.")}
+             if not k.startswith(("flow.", "encoder.flow."))}
     module.load_state_dict(state, strict=True)
     return module.eval()
