@@ -186,6 +186,27 @@ def test_reproduce_rezende_flows_records_one_row_per_posterior(tmp_path):
     assert json.loads((tmp_path / "out" / "result.json").read_text())["rows"][1]["eval_n"] == 10
 
 
+def test_reproduce_rezende_flows_with_patience_keeps_the_best_validation_epoch(tmp_path):
+    """--patience scores the validation split after every epoch, keeps the best parameters and
+    says which epoch they are from; the amortized planar flow runs through the same command."""
+    rng = np.random.default_rng(2)
+    for split, n in (("train", 60), ("valid", 30), ("test", 20)):
+        B = (rng.random((n, 784)) < 0.2).astype(np.uint8)
+        (tmp_path / f"binarized_mnist_{split}.amat").write_text("\n".join(" ".join(map(str, r)) for r in B) + "\n")
+    results = tmp_path / "RESULTS.md"
+    r = run("reproduce", "rezende-flows", "--data", str(tmp_path), "--epochs", "3", "--patience", "2", "--flows",
+            "planar:2:amortized", "--eval-samples", "4", "--eval-limit", "5", "--out", str(tmp_path / "out"),
+            "--results", str(results), "--threads", "1")
+    assert r.returncode == 0, r.stderr
+    assert "valid -ELBO" in r.stdout
+    row = json.loads((tmp_path / "out" / "result-planar2amortized.json").read_text())
+    val = row["val_elbo"]
+    assert len(val) == row["epochs_run"] and row["best_epoch"] == int(np.argmax(val)) + 1
+    m = vaec.load(tmp_path / "out" / "model-planar2amortized.vaec")
+    assert m.flow == "planar:2:amortized" and "encoder.flow.weight" in m.params
+    assert f"best {row['best_epoch']})" in results.read_text()
+
+
 def test_reproduce_rezende_flows_resumes_where_it_was_cut_off(tmp_path):
     """A second start with the same --out reuses finished posteriors; a posterior cut off
     mid-training continues from its checkpoint and ends with the parameters of a run that

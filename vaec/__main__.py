@@ -173,7 +173,7 @@ def build_parser():
                         "13, the paper's 500,000 updates are 1000; conv-flows 10)")
     r.add_argument("--flows", default=None,
                    help="rezende-flows, conv-flows: comma-separated posteriors to compare (default "
-                        "none,planar:10,realnvp:4; conv-flows: none,planar:4,planar:10,planar:20,planar:40,realnvp:2,"
+                        "none,planar:10:amortized,realnvp:4; conv-flows: none,planar:4,planar:10,planar:20,planar:40,realnvp:2,"
                         "realnvp:5,realnvp:10,realnvp:20)")
     r.add_argument("--examples", type=_positive_int, default=1_000_000,
                    help="kingma-wake-sleep, kingma-mcem: training examples per model (default 1,000,000)")
@@ -195,6 +195,9 @@ def build_parser():
     r.add_argument("--eval-limit", type=_positive_int, default=None,
                    help="evaluate on the first N test images (kingma-mcem: the first N training and test images, "
                         "default 1000)")
+    r.add_argument("--patience", type=_positive_int, default=None,
+                   help="rezende-flows: score the ELBO of the 10,000 validation images after every epoch, keep "
+                        "the best parameters and stop after N epochs without improvement (default: no validation)")
     r.add_argument("--seed", type=_nonneg_int, default=0)
     r.add_argument("--threads", type=_positive_int, default=None)
     r.add_argument("--out", metavar="DIR", default=None)
