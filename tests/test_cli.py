@@ -196,7 +196,7 @@ def test_reproduce_rezende_flows_with_patience_keeps_the_best_validation_epoch(t
     results = tmp_path / "RESULTS.md"
     r = run("reproduce", "rezende-flows", "--data", str(tmp_path), "--epochs", "3", "--patience", "2", "--flows",
             "planar:2:amortized", "--eval-samples", "4", "--eval-limit", "5", "--out", str(tmp_path / "out"),
-            "--results", str(results), "--threads", "1")
+            "--results", str(results), "--threads", "1", "--lr", "3e-4")
     assert r.returncode == 0, r.stderr
     assert "valid -ELBO" in r.stdout
     row = json.loads((tmp_path / "out" / "result-planar2amortized.json").read_text())
@@ -204,7 +204,8 @@ def test_reproduce_rezende_flows_with_patience_keeps_the_best_validation_epoch(t
     assert len(val) == row["epochs_run"] and row["best_epoch"] == int(np.argmax(val)) + 1
     m = vaec.load(tmp_path / "out" / "model-planar2amortized.vaec")
     assert m.flow == "planar:2:amortized" and "encoder.flow.weight" in m.params
-    assert f"best {row['best_epoch']})" in results.read_text()
+    assert f"best {row['best_epoch']})" in results.read_text() and "--lr 0.0003" in results.read_text()
+    assert row["lr"] == 3e-4 and "Adam lr 0.0003" in r.stdout
 
 
 def test_reproduce_rezende_flows_resumes_where_it_was_cut_off(tmp_path):

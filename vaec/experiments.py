@@ -145,7 +145,7 @@ FLOWS_HEADER = FLOWS_TITLE + """ — `python -m vaec reproduce rezende-flows`
 
 Larochelle's statically binarized MNIST (50,000 training, 10,000 test images), the same VAE for
 every posterior: 784-400-40 encoder and 40-400-784 decoder, tanh, Bernoulli decoder, Adam lr
-1e-3, batch 100, KL annealing beta_t = min(1, 0.01 + t/10000) per iteration, the same seed and
+1e-3 (unless the command says --lr), batch 100, KL annealing beta_t = min(1, 0.01 + t/10000) per iteration, the same seed and
 epoch budget. Test −ELBO is the mean over the whole test set of 10 single-sample bounds; the paper
 reports this bound (after far longer training). −log p(x) is importance-sampled (k samples) on an
 evenly spaced subset of n test images (every (10000/n)-th: the file's first 1000 images score
@@ -178,11 +178,12 @@ def reproduce_flows(args):
     # an evenly spaced subset: the first images of the test file are harder than the rest
     Xev = Xte[::-(-len(Xte) // args.eval_limit)] if args.eval_limit else Xte
     patience = getattr(args, "patience", None)
+    lr = getattr(args, "lr", None) or 1e-3
     # early stopping on Larochelle's validation split, which the training set leaves out
     Xva = datasets.load_binarized_mnist("valid", args.data) if patience else None
     cmd = (f"`python -m vaec reproduce rezende-flows --epochs {args.epochs}" +
            (f" --data {args.data}" if args.data else "") + f" --flows {args.flows}" +
-           (f" --patience {patience}" if patience else "") +
+           (f" --patience {patience}" if patience else "") + (f" --lr {lr:g}" if lr != 1e-3 else "") +
            (f" --eval-limit {args.eval_limit}" if args.eval_limit else "") + "`")
     rows = []
     for flow in flows:
@@ -198,7 +199,7 @@ def reproduce_flows(args):
         m = vaec.VAE(784, 40, hidden=(400,), activation="tanh", likelihood="bernoulli", flow=flow,
                      seed=args.seed, threads=args.threads)
         print(f"rezende-flows: {m!r}, {args.epochs} epochs of batch 100 ({args.epochs * -(-len(Xtr) // 100):,} "
-              f"parameter updates), KL annealing (Rezende)", flush=True)
+              f"parameter updates), Adam lr {lr:g}, KL annealing (Rezende)", flush=True)
 
         def report(epoch, logs):
             if not args.quiet:
@@ -209,7 +210,7 @@ def reproduce_flows(args):
 
         ckdir = os.path.join(out, f"ckpt-{tag}")
         ckpt = os.path.join(ckdir, "checkpoint.vaec")
-        m.fit(Xtr, epochs=args.epochs, batch_size=100, lr=1e-3, warmup="rezende", seed=args.seed,
+        m.fit(Xtr, epochs=args.epochs, batch_size=100, lr=lr, warmup="rezende", seed=args.seed,
               progress=False, verbose=False, callback=report, checkpoint_dir=ckdir, checkpoint_every=5,
               resume=ckpt if os.path.exists(ckpt) else None, validation_data=Xva, patience=patience)
         train_s = float(sum(m.history["seconds"]))   # over every sitting
@@ -226,7 +227,7 @@ def reproduce_flows(args):
         row = {"flow": flow, "epochs": args.epochs, "updates": args.epochs * -(-len(Xtr) // 100),
                "neg_elbo": -elbo, "neg_elbo_subset": -elbo_sub, "nll": -ll,
                "eval_samples": args.eval_samples, "eval_n": len(Xev), "active_units": au, "paper": paper,
-               "train_seconds": train_s, "eval_seconds": eval_s}
+               "train_seconds": train_s, "eval_seconds": eval_s, "lr": lr}
         if patience:
             row.update(patience=patience, epochs_run=len(m.history["loss"]), best_epoch=best_epoch,
                        val_elbo=[float(v) for v in m.history["val_elbo"]])
