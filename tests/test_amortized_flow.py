@@ -364,3 +364,17 @@ def test_inputs_are_not_modified():
     m.elbo(xb, eps=eps)
     m.loss_and_grad(xb, eps=eps)
     assert np.array_equal(xb, xb0)
+
+
+def test_a_new_model_gives_every_example_the_flow_planar_k_starts_from():
+    """The flow head starts with zero weights and biases drawn like a planar layer's
+    parameters (U(+-1/sqrt(latent))), so every example starts with the same flow."""
+    m = vaec.VAE(30, 16, hidden=(12,), flow="planar:4:amortized", seed=3)
+    assert not m.params["encoder.flow.weight"].any()
+    b = m.params["encoder.flow.bias"]
+    assert b.std() > 0.05 and np.abs(b).max() <= 1 / np.sqrt(16)
+    x = np.random.default_rng(0).random((5, 30), dtype=np.float32)
+    eps = np.zeros((1, 5, 16), np.float32)
+    m.params["encoder.mu.weight"][...] = 0.0   # the same mu for every example: the same z_K
+    z = m.code(x)
+    assert np.allclose(z, z[0]) and not np.allclose(z, m.encode(x)[0])
