@@ -303,10 +303,13 @@ vaec_status vae_check_input(const vaec_vae *m, const vaec_input *x) {
 }
 
 /* ------------------------------------------------------- encode / decode */
-vaec_status vaec_vae_encode(vaec_vae *m, const vaec_input *x, float *mu, float *logvar) {
+/* The encoder on x, chunk by chunk: mu and logvar (each may be NULL) and, when zk is given,
+ * mu carried through the posterior's flow (an amortized one with each row's own
+ * parameters). */
+static vaec_status encode_rows(vaec_vae *m, const vaec_input *x, float *mu, float *logvar, float *zk) {
     vaec_status st = vae_check_input(m, x);
     if (st) return st;
-    const int64_t Z = m->cfg.latent_dim;
+    const int64_t Z = m->cfg.latent_dim, lz = align16(Z);
     int64_t chunk = x->n < VAE_CHUNK ? x->n : VAE_CHUNK;
     if (chunk > 0 && (st = vae_ensure_workspace(m, chunk))) return st;
     for (int64_t r0 = 0; r0 < x->n; r0 += VAE_CHUNK) {
@@ -317,20 +320,7 @@ vaec_status vaec_vae_encode(vaec_vae *m, const vaec_input *x, float *mu, float *
             if (mu) memcpy(mu + (r0 + r) * Z, h + r * ldh, (size_t)Z * sizeof(float));
             if (logvar && !m->cfg.deterministic) memcpy(logvar + (r0 + r) * Z, h + r * ldh + Z, (size_t)Z * sizeof(float));
         }
-    }
-    return VAEC_OK;
-}
-
-vaec_status vaec_vae_code(vaec_vae *m, const vaec_input *x, float *zk) {
-    vaec_status st = vae_check_input(m, x);
-    if (st) return st;
-    const int64_t Z = m->cfg.latent_dim, lz = align16(Z);
-    int64_t chunk = x->n < VAE_CHUNK ? x->n : VAE_CHUNK;
-    if (chunk > 0 && (st = vae_ensure_workspace(m, chunk))) return st;
-    for (int64_t r0 = 0; r0 < x->n; r0 += VAE_CHUNK) {
-        int64_t R = x->n - r0 < VAE_CHUNK ? x->n - r0 : VAE_CHUNK, ldx, ldh;
-        const float *xin = vae_prepare_input(m, x, r0, R, m->rng_seed, m->rng_counter, 0, &ldx);
-        const float *h = vaec_net_forward(&m->enc, xin, ldx, R, &ldh);
+        if (!zk) continue;
         for (int64_t r = 0; r < R; r++) memcpy(m->w_z + r * lz, h + r * ldh, (size_t)Z * sizeof(float));
         const float *out = m->w_z;
         if (m->has_flow) {
@@ -344,6 +334,12 @@ vaec_status vaec_vae_code(vaec_vae *m, const vaec_input *x, float *zk) {
     }
     return VAEC_OK;
 }
+
+vaec_status vaec_vae_encode(vaec_vae *m, const vaec_input *x, float *mu, float *logvar) {
+    return encode_rows(m, x, mu, logvar, NULL);
+}
+
+vaec_status vaec_vae_code(vaec_vae *m, const vaec_input *x, float *zk) { return encode_rows(m, x, NULL, NULL, zk); }
 
 vaec_status vaec_vae_flow_forward(vaec_vae *m, const float *z, int64_t n, float *zk, double *logdet) {
     if (n < 0) return vaec_fail(VAEC_ERR_ARG, "z: negative number of rows");

@@ -494,7 +494,9 @@ done:
 static PyObject *VAE_elbo(vaec_py_model *self, PyObject *args, PyObject *kw) { return VAE_bound(self, args, kw, 0); }
 static PyObject *VAE_iwae(vaec_py_model *self, PyObject *args, PyObject *kw) { return VAE_bound(self, args, kw, 1); }
 
-static PyObject *VAE_encode(vaec_py_model *self, PyObject *args, PyObject *kw) {
+/* encode(x) -> (mu, logvar) (an autoencoder: (code, None)); code(x) -> z: mu(x) through
+ * the posterior's flow, if any. Both run the encoder on x, sharing their argument checks. */
+static PyObject *VAE_encoder_map(vaec_py_model *self, PyObject *args, PyObject *kw, int code) {
     static char *kwlist[] = {"x", NULL};
     PyObject *x;
     if (!PyArg_ParseTupleAndKeywords(args, kw, "O", kwlist, &x)) return NULL;
@@ -506,17 +508,20 @@ static PyObject *VAE_encode(vaec_py_model *self, PyObject *args, PyObject *kw) {
     if (vaec_py_convert_x(x, "x", c->input_dim, c->likelihood == VAEC_LIK_BERNOULLI, &in, &xa)) goto done;
     npy_intp dims[2] = {(npy_intp)in.n, (npy_intp)c->latent_dim};
     mu = PyArray_SimpleNew(2, dims, NPY_FLOAT32);
-    /* an autoencoder has no variance: (code, None) */
-    if (c->deterministic) Py_INCREF(Py_None);
-    lv = c->deterministic ? Py_None : PyArray_SimpleNew(2, dims, NPY_FLOAT32);
+    /* an autoencoder has no variance: (code, None); code() returns one array */
+    const int no_lv = code || c->deterministic;
+    if (no_lv) Py_INCREF(Py_None);
+    lv = no_lv ? Py_None : PyArray_SimpleNew(2, dims, NPY_FLOAT32);
     if (!mu || !lv) goto done;
     vaec_status st;
+    float *mp = (float *)PyArray_DATA((PyArrayObject *)mu);
     VAEC_PY_BEGIN_ALLOW_THREADS_IF(in.n * in.dim > VAEC_PY_SMALL_WORK)
-    st = vaec_vae_encode(self->m, &in, (float *)PyArray_DATA((PyArrayObject *)mu),
-                         c->deterministic ? NULL : (float *)PyArray_DATA((PyArrayObject *)lv));
+    st = code ? vaec_vae_code(self->m, &in, mp)
+              : vaec_vae_encode(self->m, &in, mp, no_lv ? NULL : (float *)PyArray_DATA((PyArrayObject *)lv));
     VAEC_PY_END_ALLOW_THREADS_IF
     if (st) { vaec_py_raise(st); goto done; }
-    res = PyTuple_Pack(2, mu, lv);
+    if (code) Py_INCREF(mu);
+    res = code ? mu : PyTuple_Pack(2, mu, lv);
 done:
     Py_XDECREF(mu);
     Py_XDECREF(lv);
@@ -525,32 +530,8 @@ done:
     return res;
 }
 
-/* code(x) -> (n, latent): mu(x) through the posterior's flow, if any */
-static PyObject *VAE_code(vaec_py_model *self, PyObject *args, PyObject *kw) {
-    static char *kwlist[] = {"x", NULL};
-    PyObject *x;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O", kwlist, &x)) return NULL;
-    if (vaec_py_acquire(self)) return NULL;
-    const vaec_vae_config *c = vaec_vae_config_get(self->m);
-    vaec_input in;
-    PyArrayObject *xa = NULL;
-    PyObject *zk = NULL, *res = NULL;
-    if (vaec_py_convert_x(x, "x", c->input_dim, c->likelihood == VAEC_LIK_BERNOULLI, &in, &xa)) goto done;
-    npy_intp dims[2] = {(npy_intp)in.n, (npy_intp)c->latent_dim};
-    if (!(zk = PyArray_SimpleNew(2, dims, NPY_FLOAT32))) goto done;
-    vaec_status st;
-    VAEC_PY_BEGIN_ALLOW_THREADS_IF(in.n * in.dim > VAEC_PY_SMALL_WORK)
-    st = vaec_vae_code(self->m, &in, (float *)PyArray_DATA((PyArrayObject *)zk));
-    VAEC_PY_END_ALLOW_THREADS_IF
-    if (st) { vaec_py_raise(st); goto done; }
-    res = zk;
-    zk = NULL;
-done:
-    Py_XDECREF(zk);
-    Py_XDECREF(xa);
-    vaec_py_release(self);
-    return res;
-}
+static PyObject *VAE_encode(vaec_py_model *self, PyObject *args, PyObject *kw) { return VAE_encoder_map(self, args, kw, 0); }
+static PyObject *VAE_code(vaec_py_model *self, PyObject *args, PyObject *kw) { return VAE_encoder_map(self, args, kw, 1); }
 
 /* decode(z) -> (n, input_dim); flow(z) -> (z_K (n, latent), logdet (n,)): the two maps
  * of latent codes, sharing their argument checks. */
