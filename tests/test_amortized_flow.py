@@ -374,7 +374,6 @@ def test_a_new_model_gives_every_example_the_flow_planar_k_starts_from():
     b = m.params["encoder.flow.bias"]
     assert b.std() > 0.05 and np.abs(b).max() <= 1 / np.sqrt(16)
     x = np.random.default_rng(0).random((5, 30), dtype=np.float32)
-    eps = np.zeros((1, 5, 16), np.float32)
     m.params["encoder.mu.weight"][...] = 0.0   # the same mu for every example: the same z_K
     z = m.code(x)
     assert np.allclose(z, z[0]) and not np.allclose(z, m.encode(x)[0])

@@ -137,6 +137,23 @@ def test_compare_gives_paired_differences_with_standard_errors(tmp_path):
     assert r.returncode == 2 and "different likelihoods" in r.stderr and "Traceback" not in r.stderr, r.stderr
 
 
+def test_eval_and_compare_say_when_binarizing_cannot_change_the_images(tmp_path):
+    """Drawing 0/1 pixels from 0/1 images gives the images back: on the statically binarized
+    set eval and compare say the draws have no effect; on grey MNIST they do not."""
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        X = (rng.random((30, 784)) < 0.2).astype(int)
+        np.savetxt(tmp_path / f"binarized_mnist_{split}.amat", X, fmt="%d")
+    vaec.VAE(784, 3, hidden=(8,), seed=0).save(tmp_path / "a.vaec")
+    for cmd in (("eval", str(tmp_path / "a.vaec")), ("compare", str(tmp_path / "a.vaec"), str(tmp_path / "a.vaec"))):
+        r = run(*cmd, "--dataset", "binarized-mnist", "--data", str(tmp_path))
+        assert r.returncode == 0, r.stderr
+        assert "30 images, binarize=dynamic (no effect: the images are already 0/1)" in r.stdout, r.stdout
+        r = run(*cmd, "--limit", "20")
+        assert r.returncode == 0, r.stderr
+        assert "20 images, binarize=dynamic\n" in r.stdout, r.stdout
+
+
 def test_a_source_tree_without_the_extension_says_how_to_build_it(tmp_path):
     """`python -m vaec` inside a clone finds the source folder first; without the built
     extension it must say so, not fail with a bare ModuleNotFoundError."""

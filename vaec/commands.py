@@ -351,6 +351,12 @@ def evaluate(model, X, samples, seed=0, binarize=True, y=None, out=print):
     return res
 
 
+def _is_binary(X, chunk=1 << 20):
+    """Whether every value of X is 0 or 1, checked a chunk of rows at a time."""
+    rows = max(1, chunk // max(1, X.shape[1]))
+    return all(np.all((X[i:i + rows] == 0) | (X[i:i + rows] == 1)) for i in range(0, len(X), rows))
+
+
 def _test_set(args, model, command):
     """The test images eval and compare use (--dataset, --data, --limit) and whether they
     are binarized; says which on stdout. Returns (X, y or None, binarize)."""
@@ -361,7 +367,10 @@ def _test_set(args, model, command):
     if args.limit:
         Xte, yte = Xte[:args.limit], (yte[:args.limit] if yte is not None else None)
     binarize = model.likelihood == "bernoulli" and not args.no_binarize
-    print(f"{dataset} test set: {len(Xte)} images, binarize={'dynamic' if binarize else 'none'}")
+    how = "none"
+    if binarize:   # a statically binarized set is drawn from too, but the draws cannot change it
+        how = "dynamic (no effect: the images are already 0/1)" if _is_binary(Xte) else "dynamic"
+    print(f"{dataset} test set: {len(Xte)} images, binarize={how}")
     return Xte, yte, binarize
 
 
