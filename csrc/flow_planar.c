@@ -340,12 +340,15 @@ static void planar_format(const vaec_flow_spec *s, char *buf, size_t n) {
     if (s->amortized) snprintf(buf, n, ":amortized");
 }
 
-/* û per layer, tanh per layer and row, the per-layer scalars, the per-task partial sums */
+/* tanh per layer and row; for the global flow also û per layer, the per-layer scalars and
+ * the per-task partial sums (an amortized flow computes its scalars row by row and writes
+ * its parameters' gradients into the encoder head's rows, so it has none of these) */
 static int64_t planar_layout(vaec_flow *f, float *base, int64_t off, int64_t rows, flow_ws *w) {
     const int64_t K = f->spec.K, D = f->dim;
     w->P = 2 * D + 2;
-    w->vec = flow_take(base, &off, K * w->ldz);
     w->hcache = flow_take(base, &off, K * rows);
+    if (f->spec.amortized) return off;
+    w->vec = flow_take(base, &off, K * w->ldz);
     w->lsc = flow_take(base, &off, 2 * K * FLOW_LSC);
     w->partial = flow_take(base, &off, 2 * w->ntasks * K * w->P);
     return off;
