@@ -1,5 +1,6 @@
 """The packed SIMD GEMM against the naive triple loop, on every ISA path this CPU has."""
 import os
+import re
 import subprocess
 import sys
 
@@ -63,6 +64,35 @@ def test_narrow_products_match_the_same_columns_of_a_wide_one(isa, ta, tb, M, N,
             narrow_acc = _core.sgemm(A, B, ta, tb, C=np.ascontiguousarray(C0[:, :N]), threads=threads)
             full_acc = _core.sgemm(A, wide, ta, tb, C=C0, threads=threads)
             assert np.array_equal(narrow_acc, full_acc[:, :N]), (isa, threads)
+
+
+def test_sgemm_out_writes_in_place_and_checks_its_argument():
+    """The benchmark's out=: the product lands in the caller's array, bit for bit what a new
+    array gets, whatever was in it before, also when timed; a wrong array is refused by name."""
+    rng = np.random.default_rng(1)
+    A = rng.standard_normal((70, 33), dtype=np.float32)
+    B = rng.standard_normal((40, 33), dtype=np.float32)
+    want = _core.sgemm(A, B, False, True, threads=2)
+    out = np.full((70, 40), np.nan, np.float32)
+    assert _core.sgemm(A, B, False, True, threads=2, out=out) is out
+    assert np.array_equal(out, want)
+    out[...] = 7.0
+    got, t = _core.sgemm(A, B, False, True, threads=2, calls=3, out=out)
+    assert got is out and np.array_equal(out, want) and t > 0
+    for bad, err, words in [(np.empty((70, 40)), TypeError, "float32"),
+                            (np.empty((70, 80), np.float32)[:, ::2], TypeError, "C-contiguous"),
+                            (np.empty((40, 70), np.float32), ValueError, "(M, N) = (70, 40)")]:
+        with pytest.raises(err, match=r"^out: .*" + re.escape(words)):
+            _core.sgemm(A, B, False, True, out=bad)
+    ro = np.empty((70, 40), np.float32)
+    ro.flags.writeable = False
+    with pytest.raises(TypeError, match="^out: expected a writeable"):
+        _core.sgemm(A, B, False, True, out=ro)
+    S = rng.standard_normal((33, 33), dtype=np.float32)
+    with pytest.raises(ValueError, match="^out: must not share memory with A or B"):
+        _core.sgemm(S, S, out=S)
+    with pytest.raises(ValueError, match="^out: give C"):
+        _core.sgemm(A, B, False, True, C=want, out=out)
 
 
 def test_sgemm_catches_a_wrong_result():

@@ -777,15 +777,29 @@ static PyObject *mod_sparse_input(PyObject *module, PyObject *noargs) {
     return PyUnicode_FromString(sparse_names[vaec_sparse_mode()]);
 }
 
-/* sgemm(A, B, transA, transB, C=None, naive=False) -> C = op(A) op(B) (+ C): for tests. */
+/* Whether two contiguous arrays' bytes overlap. */
+static int bytes_overlap(PyArrayObject *x, PyArrayObject *y) {
+    const char *a = PyArray_BYTES(x), *b = PyArray_BYTES(y);
+    npy_intp na = PyArray_NBYTES(x), nb = PyArray_NBYTES(y);
+    return na > 0 && nb > 0 && a < b + nb && b < a + na;
+}
+
+/* sgemm(A, B, transA, transB, C=None, naive=False, threads=1, calls=0, out=None) -> C = op(A) op(B)
+ * (+ C), for tests and the benchmark; `out`, a C-contiguous float32 array of shape (M, N),
+ * takes the result in place (the benchmark times vaec and NumPy writing the same buffer). */
 static PyObject *mod_sgemm(PyObject *module, PyObject *args, PyObject *kw) {
-    static char *kwlist[] = {"A", "B", "transA", "transB", "C", "naive", "threads", "calls", NULL};
-    PyObject *Ao, *Bo, *Co = Py_None;
+    static char *kwlist[] = {"A", "B", "transA", "transB", "C", "naive", "threads", "calls", "out", NULL};
+    PyObject *Ao, *Bo, *Co = Py_None, *Oo = Py_None;
     int ta = 0, tb = 0, naive = 0, threads = 1, calls = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|ppOpii", kwlist, &Ao, &Bo, &ta, &tb, &Co, &naive, &threads, &calls))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|ppOpiiO", kwlist, &Ao, &Bo, &ta, &tb, &Co, &naive, &threads, &calls,
+                                     &Oo))
         return NULL;
     if (calls < 0) {
         PyErr_Format(PyExc_ValueError, "calls must be >= 0, got %d", calls);
+        return NULL;
+    }
+    if (Co != Py_None && Oo != Py_None) {
+        PyErr_SetString(PyExc_ValueError, "out: give C (to add to) or out (to write into), not both");
         return NULL;
     }
     PyArrayObject *A = NULL, *B = NULL, *C = NULL, *Ar = NULL, *Br = NULL, *Cr = NULL;
@@ -806,6 +820,25 @@ static PyObject *mod_sgemm(PyObject *module, PyObject *args, PyObject *kw) {
         if (!C) goto done;
         if (PyArray_DIM(C, 0) != M || PyArray_DIM(C, 1) != N) { vaec_py_wrong_shape(C, "C", "shape (M, N)"); goto done; }
         beta = 1.0f;
+    } else if (Oo != Py_None) {
+        if (!PyArray_Check(Oo) || PyArray_TYPE((PyArrayObject *)Oo) != NPY_FLOAT32 ||
+            !PyArray_IS_C_CONTIGUOUS((PyArrayObject *)Oo) || !PyArray_ISALIGNED((PyArrayObject *)Oo) ||
+            !PyArray_ISWRITEABLE((PyArrayObject *)Oo)) {
+            PyErr_SetString(PyExc_TypeError, "out: expected a writeable, C-contiguous float32 NumPy array");
+            goto done;
+        }
+        C = (PyArrayObject *)Oo;
+        Py_INCREF(C);
+        if (PyArray_NDIM(C) != 2 || PyArray_DIM(C, 0) != M || PyArray_DIM(C, 1) != N) {
+            char want[96];
+            snprintf(want, sizeof want, "shape (M, N) = (%lld, %lld)", (long long)M, (long long)N);
+            vaec_py_wrong_shape(C, "out", want);
+            goto done;
+        }
+        if (bytes_overlap(C, A) || bytes_overlap(C, B)) {
+            PyErr_SetString(PyExc_ValueError, "out: must not share memory with A or B");
+            goto done;
+        }
     } else {
         npy_intp dims[2] = {(npy_intp)M, (npy_intp)N};
         C = (PyArrayObject *)PyArray_ZEROS(2, dims, NPY_FLOAT32, 0);
