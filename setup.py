@@ -15,7 +15,7 @@ from setuptools import Extension, setup
 
 csrc = sorted(glob(os.path.join("csrc", "*.c")))
 # -fno-wrapv undoes the -fwrapv of CPython's own CFLAGS, which setuptools puts first: vaec's C
-# does not rely on signed overflow wrapping, the training step runs about 3 % faster without
+# does not rely on signed overflow wrapping, the training step runs 2-3 % faster without
 # it, and the sanitizer build can then catch a signed overflow.
 extra_compile = ["-std=c11", "-O3", "-fno-wrapv", "-fno-math-errno", "-fno-strict-aliasing", "-Wall", "-Wextra",
                  "-Wno-unused-parameter", "-Wno-missing-field-initializers", "-Wno-cast-function-type"]

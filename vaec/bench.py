@@ -292,8 +292,8 @@ def gemm_table(threads, batches=(100, 1000), repeats=5, seconds=0.2, out=None):
                      f"{_paired_ratio(tn, tv)} | {100 * fl / statistics.median(tv) / 1e9 / peak:.0f} % |")
     lines.append("")
     lines.append(f"Each product on random operands in the layouts vaec's training step uses, {threads} thread(s) on "
-                 "both sides, both writing the same output array; vaec's time is the mean of a run of calls on one thread pool, NumPy's of the same "
-                 "number of np.matmul calls into a preallocated output, each vaec timing "
+                 "both sides, both writing the same output array; vaec's time is the mean of a run of calls on one "
+                 "thread pool, NumPy's of the same number of np.matmul calls, each vaec timing "
                  f"{BLAS_SPIN_S:g} s after NumPy's (OpenBLAS's threads spin on after a call); medians of "
                  f"{repeats} interleaved repeats, the speed ratio the median of their paired ratios (above 1: vaec "
                  f"faster). The first layer's products are the dense ones (vaec's training skips the input's "
