@@ -81,13 +81,17 @@ def test_sgemm_out_writes_in_place_and_checks_its_argument():
     assert got is out and np.array_equal(out, want) and t > 0
     for bad, err, words in [(np.empty((70, 40)), TypeError, "float32"),
                             (np.empty((70, 80), np.float32)[:, ::2], TypeError, "C-contiguous"),
-                            (np.empty((40, 70), np.float32), ValueError, "(M, N) = (70, 40)")]:
+                            (np.empty((40, 70), np.float32), ValueError, "expected shape (70, 40), got")]:
         with pytest.raises(err, match=r"^out: .*" + re.escape(words)):
             _core.sgemm(A, B, False, True, out=bad)
     ro = np.empty((70, 40), np.float32)
     ro.flags.writeable = False
     with pytest.raises(TypeError, match="^out: expected a writeable"):
         _core.sgemm(A, B, False, True, out=ro)
+    unaligned = np.frombuffer(np.zeros(70 * 40 * 4 + 1, np.uint8).data, np.float32, 70 * 40, 1).reshape(70, 40)
+    assert unaligned.flags.writeable and not unaligned.flags.aligned
+    with pytest.raises(TypeError, match="^out: expected a writeable, aligned"):
+        _core.sgemm(A, B, False, True, out=unaligned)
     S = rng.standard_normal((33, 33), dtype=np.float32)
     with pytest.raises(ValueError, match="^out: must not share memory with A or B"):
         _core.sgemm(S, S, out=S)

@@ -257,11 +257,14 @@ static float *latent_rows(PyObject *obj, const char *name, int64_t n, int64_t co
     return f ? (float *)PyArray_DATA(f) : NULL;
 }
 
-/* An array the call writes into: float32, C-contiguous, writeable, of shape (n, cols) or (n,). */
+/* An array the call writes into: float32, C-contiguous, aligned, writeable, of shape (n, cols)
+ * or (n,). */
 static float *inout_rows(PyObject *obj, const char *name, int64_t n, int64_t cols) {
     if (!PyArray_Check(obj) || PyArray_TYPE((PyArrayObject *)obj) != NPY_FLOAT32 ||
-        !PyArray_IS_C_CONTIGUOUS((PyArrayObject *)obj) || !PyArray_ISWRITEABLE((PyArrayObject *)obj)) {
-        PyErr_Format(PyExc_TypeError, "%s: expected a writeable C-contiguous float32 array (updated in place)", name);
+        !PyArray_IS_C_CONTIGUOUS((PyArrayObject *)obj) || !PyArray_ISALIGNED((PyArrayObject *)obj) ||
+        !PyArray_ISWRITEABLE((PyArrayObject *)obj)) {
+        PyErr_Format(PyExc_TypeError, "%s: expected a writeable, aligned, C-contiguous float32 array (updated in place)",
+                     name);
         return NULL;
     }
     PyArrayObject *a = (PyArrayObject *)obj;
@@ -821,20 +824,9 @@ static PyObject *mod_sgemm(PyObject *module, PyObject *args, PyObject *kw) {
         if (PyArray_DIM(C, 0) != M || PyArray_DIM(C, 1) != N) { vaec_py_wrong_shape(C, "C", "shape (M, N)"); goto done; }
         beta = 1.0f;
     } else if (Oo != Py_None) {
-        if (!PyArray_Check(Oo) || PyArray_TYPE((PyArrayObject *)Oo) != NPY_FLOAT32 ||
-            !PyArray_IS_C_CONTIGUOUS((PyArrayObject *)Oo) || !PyArray_ISALIGNED((PyArrayObject *)Oo) ||
-            !PyArray_ISWRITEABLE((PyArrayObject *)Oo)) {
-            PyErr_SetString(PyExc_TypeError, "out: expected a writeable, C-contiguous float32 NumPy array");
-            goto done;
-        }
+        if (!inout_rows(Oo, "out", M, N)) goto done;
         C = (PyArrayObject *)Oo;
         Py_INCREF(C);
-        if (PyArray_NDIM(C) != 2 || PyArray_DIM(C, 0) != M || PyArray_DIM(C, 1) != N) {
-            char want[96];
-            snprintf(want, sizeof want, "shape (M, N) = (%lld, %lld)", (long long)M, (long long)N);
-            vaec_py_wrong_shape(C, "out", want);
-            goto done;
-        }
         if (bytes_overlap(C, A) || bytes_overlap(C, B)) {
             PyErr_SetString(PyExc_ValueError, "out: must not share memory with A or B");
             goto done;
