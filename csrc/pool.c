@@ -253,3 +253,66 @@ static void pool_run_job(vaec_pool *p, vaec_task_fn fn, void *ctx, int64_t ntask
         else sched_yield();
     }
 }
+
+/* ------------------------------------------------------- the round-trip probe */
+/* Two tasks of one job: the first thread to arrive pings, the second pongs. The pinger
+ * writes 2i+1 into one cache line and waits for 2i+2, the ponger waits for 2i+1 and writes
+ * 2i+2: each exchange moves the line there and back. The first `rounds` exchanges warm up,
+ * the next `rounds` are timed. If the caller ends up with both tasks (no worker woke up in
+ * time), the pinger gives up after PARTNER_NS and the second task finds nobody to answer.
+ * The whole exchange stops at PROBE_NS (two threads time-sharing one CPU swap the line
+ * once per time slice): the mean is then over the timed exchanges done, if any. */
+#define PARTNER_NS 50000000
+#define PROBE_NS 1000000000
+typedef struct {
+    _Alignas(64) _Atomic int64_t line;   /* the exchanged cache line */
+    _Alignas(64) _Atomic int arrived;    /* tasks started */
+    _Atomic int gone;                    /* the pinger gave up or finished */
+    int64_t rounds;
+    double ns;                           /* the pinger's result, -1 if it timed nothing */
+} roundtrip_job;
+
+static void roundtrip_ping(roundtrip_job *j) {
+    int64_t start = now_ns(), t0 = 0, timed = 0;
+    while (atomic_load(&j->arrived) < 2)
+        if (now_ns() > start + PARTNER_NS) return;
+    int64_t end = now_ns() + PROBE_NS;
+    for (int64_t i = 0; i < 2 * j->rounds; i++) {
+        if (i == j->rounds) t0 = now_ns();
+        atomic_store_explicit(&j->line, 2 * i + 1, memory_order_release);
+        for (int k = 0; atomic_load_explicit(&j->line, memory_order_acquire) != 2 * i + 2; k++)
+            if ((k & 1023) == 1023 && now_ns() > end) goto out;
+        if (i >= j->rounds) timed++;
+    }
+out:
+    if (timed > 0) j->ns = (double)(now_ns() - t0) / (double)timed;
+}
+
+static void roundtrip_task(void *ctx, int64_t t, int tid) {
+    (void)t;
+    (void)tid;
+    roundtrip_job *j = ctx;
+    if (atomic_fetch_add(&j->arrived, 1) == 0) {
+        roundtrip_ping(j);
+        atomic_store(&j->gone, 1);
+        return;
+    }
+    /* the ponger: answers until the pinger is gone */
+    for (int64_t i = 0; i < 2 * j->rounds; i++) {
+        while (atomic_load_explicit(&j->line, memory_order_acquire) != 2 * i + 1)
+            if (atomic_load_explicit(&j->gone, memory_order_acquire)) return;
+        atomic_store_explicit(&j->line, 2 * i + 2, memory_order_release);
+    }
+}
+
+double vaec_pool_roundtrip_ns(vaec_pool *p, int64_t rounds) {
+    if (!p || p->n < 2 || rounds < 1) return -1.0;
+    roundtrip_job j;
+    atomic_init(&j.line, 0);
+    atomic_init(&j.arrived, 0);
+    atomic_init(&j.gone, 0);
+    j.rounds = rounds;
+    j.ns = -1.0;
+    pool_run_job(p, roundtrip_task, &j, 2);
+    return j.ns;
+}

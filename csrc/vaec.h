@@ -141,6 +141,13 @@ int vaec_pool_size(const vaec_pool *pool);
  * Tasks must write disjoint outputs. */
 typedef void (*vaec_task_fn)(void *ctx, int64_t task, int tid);
 void vaec_pool_run(vaec_pool *pool, vaec_task_fn fn, void *ctx, int64_t ntasks);
+/* Measured round trip of one cache line between the caller's thread and a worker of the
+ * pool, in nanoseconds: the mean over `rounds` exchanges (after as many again to warm up).
+ * It says whether the two CPUs share a cache level (tens of ns) or not (hundreds), which
+ * decides how fast threads that hand data to each other can be (docs/PERFORMANCE.md).
+ * -1 when the pool has one thread or no worker took part within 50 ms; the exchanges stop
+ * after a second (two threads sharing one CPU): the mean over those timed, -1 if none. */
+double vaec_pool_roundtrip_ns(vaec_pool *pool, int64_t rounds);
 
 /* ---------------------------------------------------------------------- GEMM */
 /* C(M,N) = beta*C + op(A)(M,K) . op(B)(K,N), row-major, beta in {0, 1}.

@@ -151,3 +151,20 @@ print(json.dumps({"features": len({v[0] for v in out.values()}), "files": all(ou
 """ % (n, n, n)
     r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert r.stdout.strip().endswith('{"features": 1, "files": true}'), r.stderr
+
+
+def test_roundtrip_probe_times_a_cache_line_between_two_of_the_pools_threads():
+    """vaec._core.roundtrip_ns, which the bench runs before each training repeat: a
+    positive time on two threads when two CPUs are free (on one CPU the threads would
+    swap the line once per time slice and the probe may time nothing: None), None on one
+    thread, errors that name the argument."""
+    import os
+    from vaec import _core
+    assert _core.roundtrip_ns(1) is None
+    ns = _core.roundtrip_ns(2, 2000)
+    if len(os.sched_getaffinity(0)) >= 2:
+        assert ns is not None and 0 < ns < 1e6, ns
+    with pytest.raises(ValueError, match="rounds"):
+        _core.roundtrip_ns(2, 0)
+    with pytest.raises(ValueError, match="threads"):
+        _core.roundtrip_ns(0)

@@ -992,8 +992,29 @@ static PyObject *mod_peak(PyObject *module, PyObject *args) {
     return PyFloat_FromDouble(g);
 }
 
+static PyObject *mod_roundtrip(PyObject *module, PyObject *args) {
+    int threads = 2;
+    long long rounds = 20000;
+    if (!PyArg_ParseTuple(args, "|iL", &threads, &rounds)) return NULL;
+    if (threads < 1 || threads > 256) { PyErr_SetString(PyExc_ValueError, "threads: 1 to 256"); return NULL; }
+    if (rounds < 1 || rounds > 1000000) { PyErr_SetString(PyExc_ValueError, "rounds: 1 to 1000000"); return NULL; }
+    vaec_pool *pool = NULL;
+    vaec_status st = vaec_pool_create(&pool, threads);
+    if (st) return vaec_py_raise(st);
+    double ns;
+    Py_BEGIN_ALLOW_THREADS
+    ns = vaec_pool_roundtrip_ns(pool, rounds);
+    Py_END_ALLOW_THREADS
+    vaec_pool_destroy(pool);
+    if (ns < 0) Py_RETURN_NONE;
+    return PyFloat_FromDouble(ns);
+}
+
 static PyMethodDef module_methods[] = {
     {"peak_gflops", mod_peak, METH_VARARGS, "peak_gflops(threads=1, seconds=0.5): measured FP32 FMA peak"},
+    {"roundtrip_ns", mod_roundtrip, METH_VARARGS,
+     "roundtrip_ns(threads=2, rounds=20000): a cache line's round trip between two of the pool's threads, "
+     "in ns (None on one thread, or when no worker took part)"},
     {"load", VAEC_PY_KW(mod_load),
      "load(path, threads=0, kind=None) -> (kind, core, extra bytes or None): a model file of any kind"},
     {"file_kind", VAEC_PY_KW(mod_file_kind), "file_kind(path) -> model kind of a .vaec file (KIND_*)"},

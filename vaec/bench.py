@@ -343,6 +343,7 @@ def run(threads=None, vs_torch=True, quick=False, batches=(1, 20, 100, 1000), ou
     probe_s = 0.1 if quick else 0.2
     feats = vaec.cpu_features()
     rows = []
+    roundtrips = []   # a cache line's round trip between two threads before each training repeat
     m = vaec.VAE(D, Z, hidden=(H,), activation="tanh", seed=0, threads=threads)
 
     def rate(fn, n_per_call):
@@ -384,6 +385,8 @@ def run(threads=None, vs_torch=True, quick=False, batches=(1, 20, 100, 1000), ou
             for _ in range(repeats):  # interleaved, each repeat after a short peak probe: the
                 # machine's speed drifts (a VM), so each row is set against the peak of its time
                 peaks.append(_core.peak_gflops(threads, probe_s))
+                if threads > 1:
+                    roundtrips.append(_core.roundtrip_ns(threads))
                 _core.gemm_timing(sparse == "off")   # the dense path's GEMMs timed inside vaec
                 v.append(rate(v_step, B))
                 gemm_s, gemm_flops = _core.gemm_timing(False)
@@ -483,6 +486,13 @@ def run(threads=None, vs_torch=True, quick=False, batches=(1, 20, 100, 1000), ou
     lines.append(f"measured FP32 FMA peak: {peak1:.0f} GFLOP/s on 1 thread, {peak:.0f} GFLOP/s on {threads}"
                  + (f"; {min(during):.0f}–{max(during):.0f} GFLOP/s on {threads} in the probes between the "
                     "training repeats" if during else ""))
+    rt = [r for r in roundtrips if r is not None]
+    if rt:
+        far = sum(r >= 200 for r in rt)
+        lines.append(f"cache-line round trip between two threads, probed before each training repeat: "
+                     f"{min(rt):.0f}–{max(rt):.0f} ns (median {statistics.median(rt):.0f}); {far} of {len(rt)} "
+                     "at 200 ns or more, where two CPUs share no cache level (another core complex or socket) "
+                     "and threads that hand data to each other slow down (docs/PERFORMANCE.md)")
     lines.append("")
     # the torch.compile columns only when it ran: "| a | b |" -> "| a | b | c | d |" on every row
     comp = (lambda cells: cells) if cc else (lambda cells: "")
