@@ -343,7 +343,6 @@ def run(threads=None, vs_torch=True, quick=False, batches=(1, 20, 100, 1000), ou
     probe_s = 0.1 if quick else 0.2
     feats = vaec.cpu_features()
     rows = []
-    roundtrips = []   # a cache line's round trip between two threads before each training repeat
     m = vaec.VAE(D, Z, hidden=(H,), activation="tanh", seed=0, threads=threads)
 
     def rate(fn, n_per_call):
@@ -380,6 +379,7 @@ def run(threads=None, vs_torch=True, quick=False, batches=(1, 20, 100, 1000), ou
         if use_c:
             compiled.step(tx[0])   # this batch size's compilation, outside the timing
         v, t, c, peaks, dense = [], [], [], [], []
+        roundtrips = []   # a cache line's round trip between two threads before each repeat
         before = vaec.set_sparse_input(sparse) if sparse else None
         try:
             for _ in range(repeats):  # interleaved, each repeat after a short peak probe: the
@@ -400,7 +400,7 @@ def run(threads=None, vs_torch=True, quick=False, batches=(1, 20, 100, 1000), ou
             _core.gemm_timing(False)
             if before:
                 vaec.set_sparse_input(before)
-        rows.append(("train", B, v, t, _train_macs(1), sparse, peaks, c))
+        rows.append(("train", B, v, t, _train_macs(1), sparse, peaks, c, roundtrips))
         if sparse == "off" and dense:
             dense_row = (B, dense)
 
@@ -428,10 +428,12 @@ def run(threads=None, vs_torch=True, quick=False, batches=(1, 20, 100, 1000), ou
                 ctorch.step(tx[it["t"] % len(tx)])
                 it["t"] += 1
 
-            v, t, peaks, convs = [], [], [], []
+            v, t, peaks, convs, rts = [], [], [], [], []
             try:
                 for _ in range(repeats):
                     peaks.append(_core.peak_gflops(threads, probe_s))
+                    if threads > 1:
+                        rts.append(_core.roundtrip_ns(threads))
                     _core.conv_timing(True)
                     v.append(rate(cv_step, B))
                     conv_s, conv_macs_done = _core.conv_timing(False)
@@ -441,7 +443,7 @@ def run(threads=None, vs_torch=True, quick=False, batches=(1, 20, 100, 1000), ou
                         t.append(rate(ct_step, B))
             finally:
                 _core.conv_timing(False)
-            conv_rows.append((B, v, t, macs, peaks, convs))
+            conv_rows.append((B, v, t, macs, peaks, convs, rts))
 
     # single-example encode latency (microseconds; lower is better)
     x1 = X[:1]
@@ -486,48 +488,53 @@ def run(threads=None, vs_torch=True, quick=False, batches=(1, 20, 100, 1000), ou
     lines.append(f"measured FP32 FMA peak: {peak1:.0f} GFLOP/s on 1 thread, {peak:.0f} GFLOP/s on {threads}"
                  + (f"; {min(during):.0f}–{max(during):.0f} GFLOP/s on {threads} in the probes between the "
                     "training repeats" if during else ""))
-    rt = [r for r in roundtrips if r is not None]
+    rt = [r for row in rows for r in row[8] if r is not None] + [r for row in conv_rows for r in row[6] if r is not None]
     if rt:
-        far = sum(r >= 200 for r in rt)
-        lines.append(f"cache-line round trip between two threads, probed before each training repeat: "
-                     f"{min(rt):.0f}–{max(rt):.0f} ns (median {statistics.median(rt):.0f}); {far} of {len(rt)} "
-                     "at 200 ns or more, where two CPUs share no cache level (another core complex or socket) "
-                     "and threads that hand data to each other slow down (docs/PERFORMANCE.md)")
+        lines.append(f"cache-line round trip between two threads, probed before each training repeat (both models): "
+                     f"{min(rt):.0f}–{max(rt):.0f} ns (median {statistics.median(rt):.0f}); at 200 ns or more "
+                     "(the last column) two CPUs share no cache level (another core complex or socket) and "
+                     "threads that hand data to each other slow down (docs/PERFORMANCE.md)")
     lines.append("")
     # the torch.compile columns only when it ran: "| a | b |" -> "| a | b | c | d |" on every row
     comp = (lambda cells: cells) if cc else (lambda cells: "")
+    # the round-trip column only on more than one thread
+    far = (lambda cells: cells) if rt else (lambda cells: "")
     lines.append("| measure | vaec | PyTorch | vaec / PyTorch |" + comp(" torch.compile | vaec / torch.compile |")
-                 + " vaec GFLOP/s | % of peak |")
-    lines.append("|---|---|---|---|" + comp("---|---|") + "---|---|")
-    for kind, B, v, t, macs, sparse, peaks, c in rows:
+                 + " vaec GFLOP/s | % of peak |" + far(" repeats at ≥ 200 ns round trip |"))
+    lines.append("|---|---|---|---|" + comp("---|---|") + "---|---|" + far("---|"))
+    for kind, B, v, t, macs, sparse, peaks, c, rts in rows:
         gf = statistics.median(v) * macs * 2 / 1e9
         pct = statistics.median(r * macs * 2 / 1e9 / p for r, p in zip(v, peaks))
         ratio = _paired_ratio(v, t)
         what = f"batch {B}, zeros not skipped" if sparse == "off" else f"batch {B}"
         lines.append(f"| training ex/s, {what} | {fmt(v)} | {fmt(t)} | {ratio} |"
-                     + comp(f" {fmt(c)} | {_paired_ratio(v, c)} |") + f" {gf:.1f} | {100 * pct:.0f} % |")
+                     + comp(f" {fmt(c)} | {_paired_ratio(v, c)} |") + f" {gf:.1f} | {100 * pct:.0f} % |"
+                     + far(f" {sum(r is not None and r >= 200 for r in rts)} of {len(rts)} |"))
     if dense_row:
         B, dense = dense_row
         gf = statistics.median(g for g, _ in dense)
         pcts = [g / p for g, p in dense]
         lines.append(f"| dense layers alone (their GEMMs' time in vaec), batch {B}, zeros not skipped | | | |"
                      + comp(" | |") + f" {gf:.1f} | {100 * statistics.median(pcts):.0f} % ({100 * min(pcts):.0f}–"
-                     f"{100 * max(pcts):.0f}) |")
-    for B, v, t, macs, peaks, convs in conv_rows:
+                     f"{100 * max(pcts):.0f}) |" + far(" |"))
+    for B, v, t, macs, peaks, convs, rts in conv_rows:
         gf = statistics.median(v) * macs * 2 / 1e9
         pct = statistics.median(r * macs * 2 / 1e9 / p for r, p in zip(v, peaks))
         lines.append(f"| conv VAE training ex/s, batch {B} | {fmt(v)} | {fmt(t)} | {_paired_ratio(v, t)} |"
-                     + comp(" | |") + f" {gf:.1f} | {100 * pct:.0f} % |")
+                     + comp(" | |") + f" {gf:.1f} | {100 * pct:.0f} % |"
+                     + far(f" {sum(r is not None and r >= 200 for r in rts)} of {len(rts)} |"))
         if convs:
             cg = statistics.median(g for g, _ in convs)
             cp = [g / p for g, p in convs]
             lines.append(f"| conv VAE: its convolution layers alone (all their work), batch {B} | | | |" + comp(" | |")
-                         + f" {cg:.1f} | {100 * statistics.median(cp):.0f} % ({100 * min(cp):.0f}–{100 * max(cp):.0f}) |")
+                         + f" {cg:.1f} | {100 * statistics.median(cp):.0f} % ({100 * min(cp):.0f}–{100 * max(cp):.0f}) |"
+                         + far(" |"))
     ratio = _paired_ratio(lat_t, lat_v)
     lines.append(f"| encode one example, µs (lower is better) | {fmt(lat_v).replace(',', '')} | "
-                 f"{fmt(lat_t).replace(',', '')} | {ratio} |" + comp(" | |") + " | |")
+                 f"{fmt(lat_t).replace(',', '')} | {ratio} |" + comp(" | |") + " | |" + far(" |"))
     ratio = _paired_ratio(ll_v, ll_t)
-    lines.append(f"| log-likelihood ex/s, k = {k} | {fmt(ll_v)} | {fmt(ll_t)} | {ratio} |" + comp(" | |") + " | |")
+    lines.append(f"| log-likelihood ex/s, k = {k} | {fmt(ll_v)} | {fmt(ll_t)} | {ratio} |" + comp(" | |") + " | |"
+                 + far(" |"))
     lines.append("")
     lines.append(f"Medians of {repeats} interleaved repeats of about {seconds:g} s each (min–max in brackets); "
                  f"vaec / PyTorch is the median of the {repeats} ratios of back-to-back pairs; "
