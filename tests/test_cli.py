@@ -365,11 +365,16 @@ def test_bench_table_rows_fill_its_columns_with_and_without_torch_compile(compil
         assert any(x.startswith("cache-line round trip between two threads") for x in lines)
 
 
-def test_bench_gemm_table_has_every_product_of_the_step_and_encode():
+@pytest.mark.parametrize("threads", [1, 2])
+def test_bench_gemm_table_has_every_product_of_the_step_and_encode(threads):
     from vaec import bench
-    lines = bench.gemm_table(1, batches=(20,), repeats=1, seconds=0.01)
+    lines = bench.gemm_table(threads, batches=(20,), repeats=1, seconds=0.01)
     table = [line for line in lines if line.startswith("|")]
     assert len({line.count("|") for line in table}) == 1
+    # on 2 threads a last column counts the repeats whose round-trip probe found the CPUs far apart
+    assert table[0].count("|") == 7 + (threads > 1)
+    if threads > 1 and len(os.sched_getaffinity(0)) >= 2:
+        assert all(re.fullmatch(r" [01] of 1 ", line.split("|")[-2]) for line in table[2:]), table
     names = [line.split("|")[1].strip() for line in table[2:]]
     assert names == [f"{p[0]}, 20" for p in bench._step_products(20)] + ["encode (the tanh layer and both heads), 20"]
     for line in table[2:]:   # both sides timed, and a paired ratio

@@ -239,8 +239,15 @@ def gemm_table(threads, batches=(100, 1000), repeats=5, seconds=0.2, out=None):
     rng = np.random.default_rng(0)
     peak = _core.peak_gflops(threads, seconds)
     limits, note = _blas_limits(threads)
-    lines = ["| product, batch | M×N×K | vaec µs | NumPy µs | vaec / NumPy speed | vaec % of peak |",
-             "|---|---|---|---|---|---|"]
+    probe = threads > 1   # a cache line's round trip between two threads before each repeat
+
+    def far(rts):
+        done = [r for r in rts if r is not None]
+        return f" {sum(r >= 200 for r in done)} of {len(done)} |" if done else " — |"
+
+    lines = ["| product, batch | M×N×K | vaec µs | NumPy µs | vaec / NumPy speed | vaec % of peak |"
+             + (" repeats at ≥ 200 ns round trip |" if probe else ""),
+             "|---|---|---|---|---|---|" + ("---|" if probe else "")]
     with limits:
         for B in batches:
             for name, M, N, K, ta, tb in _step_products(B):
@@ -249,8 +256,10 @@ def gemm_table(threads, batches=(100, 1000), repeats=5, seconds=0.2, out=None):
                 opA, opB = (A.T if ta else A), (Bm.T if tb else Bm)
                 C = np.empty((M, N), np.float32)
                 calls = max(3, int(seconds * peak * 1e9 / (2 * M * N * K) * 0.5))
-                tv, tn = [], []
+                tv, tn, rts = [], [], []
                 for _ in range(repeats):
+                    if probe:
+                        rts.append(_core.roundtrip_ns(threads))
                     time.sleep(BLAS_SPIN_S)
                     tv.append(_core.sgemm(A, Bm, bool(ta), bool(tb), threads=threads, calls=calls, out=C)[1])
                     np.matmul(opA, opB, out=C)
@@ -261,7 +270,7 @@ def gemm_table(threads, batches=(100, 1000), repeats=5, seconds=0.2, out=None):
                 fl = 2.0 * M * N * K
                 lines.append(f"| {name}, {B} | {M}×{N}×{K} | {statistics.median(tv) * 1e6:,.1f} | "
                              f"{statistics.median(tn) * 1e6:,.1f} | {_paired_ratio(tn, tv)} | "
-                             f"{100 * fl / statistics.median(tv) / 1e9 / peak:.0f} % |")
+                             f"{100 * fl / statistics.median(tv) / 1e9 / peak:.0f} % |" + (far(rts) if probe else ""))
         # encode at the largest batch: vaec's call against the same arithmetic in NumPy
         B = max(batches)
         m = vaec.VAE(D, Z, hidden=(H,), activation="tanh", seed=0, threads=threads)
@@ -279,8 +288,10 @@ def gemm_table(threads, batches=(100, 1000), repeats=5, seconds=0.2, out=None):
             np.matmul(hbuf, Wh.T, out=obuf)
             np.add(obuf, bh, out=obuf)
 
-        tv, tn = [], []
+        tv, tn, rts = [], [], []
         for _ in range(repeats):
+            if probe:
+                rts.append(_core.roundtrip_ns(threads))
             time.sleep(BLAS_SPIN_S)
             calls, el = _timed(lambda: m.encode(X), seconds)
             tv.append(el / calls)
@@ -289,7 +300,8 @@ def gemm_table(threads, batches=(100, 1000), repeats=5, seconds=0.2, out=None):
         fl = 2.0 * B * H * (D + 2 * Z)
         lines.append(f"| encode (the tanh layer and both heads), {B} | {B}×{H}×{D} + {B}×{2 * Z}×{H} | "
                      f"{statistics.median(tv) * 1e6:,.1f} | {statistics.median(tn) * 1e6:,.1f} | "
-                     f"{_paired_ratio(tn, tv)} | {100 * fl / statistics.median(tv) / 1e9 / peak:.0f} % |")
+                     f"{_paired_ratio(tn, tv)} | {100 * fl / statistics.median(tv) / 1e9 / peak:.0f} % |"
+                     + (far(rts) if probe else ""))
     lines.append("")
     lines.append(f"Each product on random operands in the layouts vaec's training step uses, {threads} thread(s) on "
                  "both sides, both writing the same output array; vaec's time is the mean of a run of calls on one "
@@ -300,7 +312,9 @@ def gemm_table(threads, batches=(100, 1000), repeats=5, seconds=0.2, out=None):
                  f"zeros instead). % of peak against a {peak:.0f} GFLOP/s probe. "
                  + (note + "." if note else f"NumPy's BLAS held to {threads} thread(s) by threadpoolctl.")
                  + " encode's first layer skips the zeros of its input as in training, so its % of peak is "
-                 "dense-equivalent and can pass 100 %.")
+                 "dense-equivalent and can pass 100 %."
+                 + (" The last column: the repeats whose round-trip probe (as above the training table) found "
+                    "the two CPUs sharing no cache level." if probe else ""))
     for line in lines if out else ():
         out(line)
     return lines
