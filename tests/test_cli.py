@@ -359,9 +359,10 @@ def test_bench_table_rows_fill_its_columns_with_and_without_torch_compile(compil
     row = next(line for line in table if line.startswith("| training ex/s, batch 20 |"))
     if compile_torch:   # the compiled model's rate and the paired ratio are there
         assert row.split("|")[5].strip() not in ("", "—") and "×" in row.split("|")[6]
-    if far:
-        assert re.fullmatch(r" [0-3] of 3 ", row.split("|")[-2]), row
-        assert re.fullmatch(r" [0-3] of 3 ", next(x for x in table if x.startswith("| conv VAE training")).split("|")[-2])
+    if far:   # k of the repeats whose probe measured (3, or fewer on a loaded machine)
+        assert re.fullmatch(r" ([0-3] of [1-3]|—) ", row.split("|")[-2]), row
+        conv = next(x for x in table if x.startswith("| conv VAE training"))
+        assert re.fullmatch(r" ([0-3] of [1-3]|—) ", conv.split("|")[-2]), conv
         assert any(x.startswith("cache-line round trip between two threads") for x in lines)
 
 
@@ -372,9 +373,10 @@ def test_bench_gemm_table_has_every_product_of_the_step_and_encode(threads):
     table = [line for line in lines if line.startswith("|")]
     assert len({line.count("|") for line in table}) == 1
     # on 2 threads a last column counts the repeats whose round-trip probe found the CPUs far apart
+    # ("—" when the probe timed nothing: a loaded machine; test_threads tests the probe itself)
     assert table[0].count("|") == 7 + (threads > 1)
-    if threads > 1 and len(os.sched_getaffinity(0)) >= 2:
-        assert all(re.fullmatch(r" [01] of 1 ", line.split("|")[-2]) for line in table[2:]), table
+    if threads > 1:
+        assert all(re.fullmatch(r" ([01] of 1|—) ", line.split("|")[-2]) for line in table[2:]), table
     names = [line.split("|")[1].strip() for line in table[2:]]
     assert names == [f"{p[0]}, 20" for p in bench._step_products(20)] + ["encode (the tanh layer and both heads), 20"]
     for line in table[2:]:   # both sides timed, and a paired ratio

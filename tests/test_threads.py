@@ -3,6 +3,7 @@ at a time; calls on different models run in parallel (the GIL is released around
 and give the results they give serially, bit for bit; a call on a model another thread is
 using raises RuntimeError at once and changes nothing. .ci/run also runs this file against
 a build with -fsanitize=thread."""
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -158,11 +159,10 @@ def test_roundtrip_probe_times_a_cache_line_between_two_of_the_pools_threads():
     positive time on two threads when two CPUs are free (on one CPU the threads would
     swap the line once per time slice and the probe may time nothing: None), None on one
     thread, errors that name the argument."""
-    import os
     from vaec import _core
     assert _core.roundtrip_ns(1) is None
-    ns = _core.roundtrip_ns(2, 2000)
-    if len(os.sched_getaffinity(0)) >= 2:
+    if len(os.sched_getaffinity(0)) >= 2:   # up to 5 tries: a busy machine can leave a probe empty
+        ns = next((x for x in (_core.roundtrip_ns(2, 2000) for _ in range(5)) if x is not None), None)
         assert ns is not None and 0 < ns < 1e6, ns
     with pytest.raises(ValueError, match="rounds"):
         _core.roundtrip_ns(2, 0)

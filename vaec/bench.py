@@ -216,6 +216,8 @@ def _step_products(B):
 # OpenBLAS's threads keep spinning for a while after a call (about 0.1 s by default), on the
 # cores vaec's threads are about to use: each vaec timing waits this long after NumPy's.
 BLAS_SPIN_S = 0.25
+# a round trip between two threads this long: the two CPUs share no cache level (docs/PERFORMANCE.md)
+FAR_NS = 200
 
 
 def _blas_limits(threads):
@@ -240,13 +242,8 @@ def gemm_table(threads, batches=(100, 1000), repeats=5, seconds=0.2, out=None):
     peak = _core.peak_gflops(threads, seconds)
     limits, note = _blas_limits(threads)
     probe = threads > 1   # a cache line's round trip between two threads before each repeat
-
-    def far(rts):
-        done = [r for r in rts if r is not None]
-        return f" {sum(r >= 200 for r in done)} of {len(done)} |" if done else " — |"
-
     lines = ["| product, batch | M×N×K | vaec µs | NumPy µs | vaec / NumPy speed | vaec % of peak |"
-             + (" repeats at ≥ 200 ns round trip |" if probe else ""),
+             + (f" repeats at ≥ {FAR_NS} ns round trip |" if probe else ""),
              "|---|---|---|---|---|---|" + ("---|" if probe else "")]
     with limits:
         for B in batches:
@@ -270,7 +267,8 @@ def gemm_table(threads, batches=(100, 1000), repeats=5, seconds=0.2, out=None):
                 fl = 2.0 * M * N * K
                 lines.append(f"| {name}, {B} | {M}×{N}×{K} | {statistics.median(tv) * 1e6:,.1f} | "
                              f"{statistics.median(tn) * 1e6:,.1f} | {_paired_ratio(tn, tv)} | "
-                             f"{100 * fl / statistics.median(tv) / 1e9 / peak:.0f} % |" + (far(rts) if probe else ""))
+                             f"{100 * fl / statistics.median(tv) / 1e9 / peak:.0f} % |"
+                             + (f" {_far_count(rts)} |" if probe else ""))
         # encode at the largest batch: vaec's call against the same arithmetic in NumPy
         B = max(batches)
         m = vaec.VAE(D, Z, hidden=(H,), activation="tanh", seed=0, threads=threads)
@@ -301,7 +299,7 @@ def gemm_table(threads, batches=(100, 1000), repeats=5, seconds=0.2, out=None):
         lines.append(f"| encode (the tanh layer and both heads), {B} | {B}×{H}×{D} + {B}×{2 * Z}×{H} | "
                      f"{statistics.median(tv) * 1e6:,.1f} | {statistics.median(tn) * 1e6:,.1f} | "
                      f"{_paired_ratio(tn, tv)} | {100 * fl / statistics.median(tv) / 1e9 / peak:.0f} % |"
-                     + (far(rts) if probe else ""))
+                     + (f" {_far_count(rts)} |" if probe else ""))
     lines.append("")
     lines.append(f"Each product on random operands in the layouts vaec's training step uses, {threads} thread(s) on "
                  "both sides, both writing the same output array; vaec's time is the mean of a run of calls on one "
@@ -318,6 +316,13 @@ def gemm_table(threads, batches=(100, 1000), repeats=5, seconds=0.2, out=None):
     for line in lines if out else ():
         out(line)
     return lines
+
+
+def _far_count(roundtrips):
+    """The cell of the round-trip column: how many of the repeats' probes (None: the probe
+    timed nothing) found the CPUs far apart, of those that measured."""
+    done = [r for r in roundtrips if r is not None]
+    return f"{sum(r >= FAR_NS for r in done)} of {len(done)}" if done else "—"
 
 
 def _paired_ratio(num, den):
@@ -505,16 +510,16 @@ def run(threads=None, vs_torch=True, quick=False, batches=(1, 20, 100, 1000), ou
     rt = [r for row in rows for r in row[8] if r is not None] + [r for row in conv_rows for r in row[6] if r is not None]
     if rt:
         lines.append(f"cache-line round trip between two threads, probed before each training repeat (both models): "
-                     f"{min(rt):.0f}–{max(rt):.0f} ns (median {statistics.median(rt):.0f}); at 200 ns or more "
+                     f"{min(rt):.0f}–{max(rt):.0f} ns (median {statistics.median(rt):.0f}); at {FAR_NS} ns or more "
                      "(the last column) two CPUs share no cache level (another core complex or socket) and "
                      "threads that hand data to each other slow down (docs/PERFORMANCE.md)")
     lines.append("")
     # the torch.compile columns only when it ran: "| a | b |" -> "| a | b | c | d |" on every row
     comp = (lambda cells: cells) if cc else (lambda cells: "")
-    # the round-trip column only on more than one thread
+    # the round-trip column only when a probe measured (more than one thread)
     far = (lambda cells: cells) if rt else (lambda cells: "")
     lines.append("| measure | vaec | PyTorch | vaec / PyTorch |" + comp(" torch.compile | vaec / torch.compile |")
-                 + " vaec GFLOP/s | % of peak |" + far(" repeats at ≥ 200 ns round trip |"))
+                 + " vaec GFLOP/s | % of peak |" + far(f" repeats at ≥ {FAR_NS} ns round trip |"))
     lines.append("|---|---|---|---|" + comp("---|---|") + "---|---|" + far("---|"))
     for kind, B, v, t, macs, sparse, peaks, c, rts in rows:
         gf = statistics.median(v) * macs * 2 / 1e9
@@ -523,7 +528,7 @@ def run(threads=None, vs_torch=True, quick=False, batches=(1, 20, 100, 1000), ou
         what = f"batch {B}, zeros not skipped" if sparse == "off" else f"batch {B}"
         lines.append(f"| training ex/s, {what} | {fmt(v)} | {fmt(t)} | {ratio} |"
                      + comp(f" {fmt(c)} | {_paired_ratio(v, c)} |") + f" {gf:.1f} | {100 * pct:.0f} % |"
-                     + far(f" {sum(r is not None and r >= 200 for r in rts)} of {len(rts)} |"))
+                     + far(f" {_far_count(rts)} |"))
     if dense_row:
         B, dense = dense_row
         gf = statistics.median(g for g, _ in dense)
@@ -536,7 +541,7 @@ def run(threads=None, vs_torch=True, quick=False, batches=(1, 20, 100, 1000), ou
         pct = statistics.median(r * macs * 2 / 1e9 / p for r, p in zip(v, peaks))
         lines.append(f"| conv VAE training ex/s, batch {B} | {fmt(v)} | {fmt(t)} | {_paired_ratio(v, t)} |"
                      + comp(" | |") + f" {gf:.1f} | {100 * pct:.0f} % |"
-                     + far(f" {sum(r is not None and r >= 200 for r in rts)} of {len(rts)} |"))
+                     + far(f" {_far_count(rts)} |"))
         if convs:
             cg = statistics.median(g for g, _ in convs)
             cp = [g / p for g, p in convs]
