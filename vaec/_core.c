@@ -976,14 +976,25 @@ static PyObject *mod_rng(PyObject *module, PyObject *args) {
     return out;
 }
 
+/* The pool of a machine probe (peak_gflops, roundtrip_ns): its own threads, made per call;
+ * NULL with the exception set on a bad thread count or no memory. */
+static vaec_pool *probe_pool(int threads) {
+    if (threads < 1 || threads > 256) {
+        PyErr_SetString(PyExc_ValueError, "threads: 1 to 256");
+        return NULL;
+    }
+    vaec_pool *pool = NULL;
+    vaec_status st = vaec_pool_create(&pool, threads);
+    if (st) vaec_py_raise(st);
+    return pool;
+}
+
 static PyObject *mod_peak(PyObject *module, PyObject *args) {
     int threads = 1;
     double seconds = 0.5;
     if (!PyArg_ParseTuple(args, "|id", &threads, &seconds)) return NULL;
-    if (threads < 1 || threads > 256) { PyErr_SetString(PyExc_ValueError, "threads: 1 to 256"); return NULL; }
-    vaec_pool *pool = NULL;
-    vaec_status st = vaec_pool_create(&pool, threads);
-    if (st) return vaec_py_raise(st);
+    vaec_pool *pool = probe_pool(threads);
+    if (!pool) return NULL;
     double g;
     Py_BEGIN_ALLOW_THREADS
     g = vaec_cpu_peak_gflops(pool, seconds);
@@ -996,11 +1007,9 @@ static PyObject *mod_roundtrip(PyObject *module, PyObject *args) {
     int threads = 2;
     long long rounds = 20000;
     if (!PyArg_ParseTuple(args, "|iL", &threads, &rounds)) return NULL;
-    if (threads < 1 || threads > 256) { PyErr_SetString(PyExc_ValueError, "threads: 1 to 256"); return NULL; }
     if (rounds < 1 || rounds > 1000000) { PyErr_SetString(PyExc_ValueError, "rounds: 1 to 1000000"); return NULL; }
-    vaec_pool *pool = NULL;
-    vaec_status st = vaec_pool_create(&pool, threads);
-    if (st) return vaec_py_raise(st);
+    vaec_pool *pool = probe_pool(threads);
+    if (!pool) return NULL;
     double ns;
     Py_BEGIN_ALLOW_THREADS
     ns = vaec_pool_roundtrip_ns(pool, rounds);
