@@ -12,7 +12,9 @@
  *
  * The data are random binary images (15 % ones), or AB_DATA=file: 4000 x 784 float32
  * (e.g. the bench's binarized digits, vaec.bench._data(4000).tofile(file)). The rates are
- * for comparing builds, not for quoting against PyTorch (python -m vaec bench does that). */
+ * for comparing builds, not for quoting against PyTorch (python -m vaec bench does that).
+ * AB_DUMP=1 also writes each round's burst rates to stderr, one line per round, so the
+ * bursts can be split by the machine's state afterwards (docs/PERFORMANCE.md, session 13). */
 #define _POSIX_C_SOURCE 200809L
 #include "vaec.h"
 #include <dlfcn.h>
@@ -61,6 +63,10 @@ int main(int argc, char **argv) {
             double t0 = now(); int n = 0;
             while (now() - t0 < burst) { vaec_input in = {x + (size_t)(it[v]++ % nb) * B * D, VAEC_F32, B, D, 0}; st[v](m[v], &in, &noise, NULL, 1e-3f, &loss[v]); n++; }
             rate[v][nr] = n * B / (now() - t0);
+        }
+        if (getenv("AB_DUMP")) {
+            for (int v = 0; v < nv; v++) fprintf(stderr, "%.0f ", rate[v][nr]);
+            fprintf(stderr, "\n");
         }
         nr++;
     }
