@@ -353,7 +353,7 @@ def test_bench_table_rows_fill_its_columns_with_and_without_torch_compile(compil
     table = [line for line in lines if line.startswith("|")]
     assert len({line.count("|") for line in table}) == 1, table
     # on 2 threads a last column counts the repeats whose round-trip probe found the CPUs far apart
-    far = threads > 1 and len(os.sched_getaffinity(0)) >= 2
+    far = threads > 1
     assert ("vaec / torch.compile" in table[0]) == compile_torch
     assert table[0].count("|") == (9 if compile_torch else 7) + far, table[0]
     row = next(line for line in table if line.startswith("| training ex/s, batch 20 |"))
@@ -363,7 +363,8 @@ def test_bench_table_rows_fill_its_columns_with_and_without_torch_compile(compil
         assert re.fullmatch(r" ([0-3] of [1-3]|—) ", row.split("|")[-2]), row
         conv = next(x for x in table if x.startswith("| conv VAE training"))
         assert re.fullmatch(r" ([0-3] of [1-3]|—) ", conv.split("|")[-2]), conv
-        assert any(x.startswith("cache-line round trip between two threads") for x in lines)
+        if len(os.sched_getaffinity(0)) >= 2:   # two free CPUs: some probe measured
+            assert any(x.startswith("cache-line round trip between two threads") for x in lines)
 
 
 @pytest.mark.parametrize("threads", [1, 2])

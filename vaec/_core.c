@@ -1023,7 +1023,7 @@ static PyMethodDef module_methods[] = {
     {"peak_gflops", mod_peak, METH_VARARGS, "peak_gflops(threads=1, seconds=0.5): measured FP32 FMA peak"},
     {"roundtrip_ns", mod_roundtrip, METH_VARARGS,
      "roundtrip_ns(threads=2, rounds=20000): a cache line's round trip between two of the pool's threads, "
-     "in ns (None on one thread, or when no worker took part)"},
+     "in ns (None on one thread, when no worker took part within 50 ms, or when nothing was timed within a second)"},
     {"load", VAEC_PY_KW(mod_load),
      "load(path, threads=0, kind=None) -> (kind, core, extra bytes or None): a model file of any kind"},
     {"file_kind", VAEC_PY_KW(mod_file_kind), "file_kind(path) -> model kind of a .vaec file (KIND_*)"},

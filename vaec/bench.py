@@ -516,8 +516,8 @@ def run(threads=None, vs_torch=True, quick=False, batches=(1, 20, 100, 1000), ou
     lines.append("")
     # the torch.compile columns only when it ran: "| a | b |" -> "| a | b | c | d |" on every row
     comp = (lambda cells: cells) if cc else (lambda cells: "")
-    # the round-trip column only when a probe measured (more than one thread)
-    far = (lambda cells: cells) if rt else (lambda cells: "")
+    # the round-trip column on more than one thread, as in gemm_table ("—" where no probe measured)
+    far = (lambda cells: cells) if threads > 1 else (lambda cells: "")
     lines.append("| measure | vaec | PyTorch | vaec / PyTorch |" + comp(" torch.compile | vaec / torch.compile |")
                  + " vaec GFLOP/s | % of peak |" + far(f" repeats at ≥ {FAR_NS} ns round trip |"))
     lines.append("|---|---|---|---|" + comp("---|---|") + "---|---|" + far("---|"))
